@@ -1,0 +1,220 @@
+//! Avro single-object encoding of [`Envelope`]s: `C3 01`, the 8-byte CRC-64-AVRO (Rabin) fingerprint of
+//! the writer schema, then the binary datum. The same bytes go on every bus backend.
+//!
+//! Decoding looks the writer schema up by fingerprint and picks the body by its record *name* (not by
+//! shape, which Avro's union resolution would do and which is ambiguous for look-alike records), then
+//! reads it into this build's struct; fields a newer writer added are ignored and fields it lacks take
+//! their defaults, so old and new writers can share a topic.
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+use apache_avro::Schema;
+use apache_avro::rabin::Rabin;
+use apache_avro::types::Value;
+
+use crate::events::{Envelope, Event, EventId};
+use crate::values::OrderId;
+
+/// The envelope schema this build writes, as shipped in `schemas/avro/envelope.avsc`.
+pub const ENVELOPE_SCHEMA: &str = include_str!("../avro/envelope.avsc");
+
+const MAGIC: [u8; 2] = [0xC3, 0x01];
+const HEADER_LEN: usize = 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("not an Avro single-object record (missing C3 01 marker)")]
+    NotSingleObject,
+    #[error("written with an unknown schema (fingerprint {0:016x})")]
+    UnknownSchema(u64),
+    #[error("malformed Avro: {0}")]
+    Avro(#[from] apache_avro::Error),
+    #[error("field {0} is missing or has the wrong type")]
+    Field(&'static str),
+    #[error("unknown event body {0:?}")]
+    UnknownBody(String),
+    #[error("invalid value: {0}")]
+    Value(#[from] crate::ValueError),
+}
+
+struct WriterSchema {
+    schema: Schema,
+    body_names: Vec<String>,
+}
+
+struct Codec {
+    fingerprint: [u8; 8],
+    schema: Schema,
+    /// Body branch schemas of the current schema, by name, with their union index.
+    branches: HashMap<String, (u32, Schema)>,
+    known: HashMap<[u8; 8], WriterSchema>,
+}
+
+fn body_variants(schema: &Schema) -> Option<&[Schema]> {
+    let Schema::Record(rec) = schema else { return None };
+    let body = rec.fields.iter().find(|f| f.name == "body")?;
+    let Schema::Union(u) = &body.schema else { return None };
+    Some(u.variants())
+}
+
+fn variant_name(s: &Schema) -> String {
+    match s {
+        Schema::Record(r) => r.name.name.clone(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn fingerprint(schema: &Schema) -> [u8; 8] {
+    let fp = schema.fingerprint::<Rabin>().bytes;
+    let mut out = [0u8; 8];
+    out.copy_from_slice(&fp[..8]);
+    out
+}
+
+impl Codec {
+    fn load() -> Codec {
+        // The schema is compiled in; `envelope_schema_parses` in this module's tests rules out a panic here.
+        #[allow(clippy::expect_used)]
+        let schema = Schema::parse_str(ENVELOPE_SCHEMA).expect("bundled envelope.avsc is valid Avro");
+        let variants = body_variants(&schema).unwrap_or_default();
+        let branches = variants
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (variant_name(s), (i as u32, s.clone())))
+            .collect();
+        let fp = fingerprint(&schema);
+        let mut known = HashMap::new();
+        known.insert(
+            fp,
+            WriterSchema { body_names: variants.iter().map(variant_name).collect(), schema: schema.clone() },
+        );
+        Codec { fingerprint: fp, schema, branches, known }
+    }
+}
+
+static CODEC: LazyLock<Codec> = LazyLock::new(Codec::load);
+
+/// Encodes an envelope as an Avro single object.
+pub fn encode(env: &Envelope) -> Result<Vec<u8>, CodecError> {
+    let codec = &*CODEC;
+    let name = env.body.name();
+    let (index, branch) = codec.branches.get(name).ok_or_else(|| CodecError::UnknownBody(name.to_owned()))?;
+    let body = env.body.to_avro()?.resolve(branch)?;
+    let record = Value::Record(vec![
+        ("event_id".into(), Value::String(env.event_id.0.to_string())),
+        ("order_id".into(), Value::String(env.order_id.as_str().to_owned())),
+        ("occurred_at_ms".into(), Value::Long(env.occurred_at_ms)),
+        ("body".into(), Value::Union(*index, Box::new(body))),
+    ]);
+    let datum = apache_avro::to_avro_datum(&codec.schema, record)?;
+    let mut out = Vec::with_capacity(HEADER_LEN + datum.len());
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&codec.fingerprint);
+    out.extend_from_slice(&datum);
+    Ok(out)
+}
+
+/// Decodes an Avro single object written with any schema version this build knows.
+pub fn decode(bytes: &[u8]) -> Result<Envelope, CodecError> {
+    if bytes.len() < HEADER_LEN || bytes[..2] != MAGIC {
+        return Err(CodecError::NotSingleObject);
+    }
+    let mut fp = [0u8; 8];
+    fp.copy_from_slice(&bytes[2..HEADER_LEN]);
+    let writer = CODEC.known.get(&fp).ok_or(CodecError::UnknownSchema(u64::from_le_bytes(fp)))?;
+    let mut datum = &bytes[HEADER_LEN..];
+    let value = apache_avro::from_avro_datum(&writer.schema, &mut datum, None)?;
+    let Value::Record(fields) = value else { return Err(CodecError::Field("envelope")) };
+    let field = |name: &'static str| fields.iter().find(|(n, _)| n == name).map(|(_, v)| v).ok_or(CodecError::Field(name));
+    let Value::String(event_id) = field("event_id")? else { return Err(CodecError::Field("event_id")) };
+    let event_id = uuid::Uuid::parse_str(event_id).map_err(|_| CodecError::Field("event_id"))?;
+    let Value::String(order_id) = field("order_id")? else { return Err(CodecError::Field("order_id")) };
+    let Value::Long(occurred_at_ms) = field("occurred_at_ms")? else {
+        return Err(CodecError::Field("occurred_at_ms"));
+    };
+    let Value::Union(index, body) = field("body")? else { return Err(CodecError::Field("body")) };
+    let name = writer.body_names.get(*index as usize).ok_or(CodecError::Field("body"))?;
+    let body = Event::from_avro(name, body).ok_or_else(|| CodecError::UnknownBody(name.clone()))??;
+    Ok(Envelope { event_id: EventId(event_id), order_id: OrderId::parse(order_id.clone())?, occurred_at_ms: *occurred_at_ms, body })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::*;
+    use crate::values::*;
+
+    fn sample_bodies() -> Vec<Event> {
+        let sku = Sku::parse("SKU-1").unwrap();
+        let q = Quantity::new(2).unwrap();
+        vec![
+            OrderPlaced {
+                user_id: UserId::parse("u1").unwrap(),
+                lines: vec![PlacedLine { sku: sku.clone(), quantity: q, unit_price_cents: 1250 }],
+                total_cents: 2500,
+                channel: "http".into(),
+            }
+            .into(),
+            ReserveStock { lines: vec![ReserveLine { sku: sku.clone(), quantity: q }] }.into(),
+            StockReserved { units_reserved: 2 }.into(),
+            StockRejected { reason: "out_of_stock".into(), sku: Some(sku.clone()) }.into(),
+            StockRejected { reason: "unknown_sku".into(), sku: None }.into(),
+            ReleaseStock { release_reason: "cancelled".into() }.into(),
+            CommitStock { commit_reason: "shipped".into() }.into(),
+            CapturePayment { user_id: UserId::parse("u1").unwrap(), amount_cents: 2500, idempotency_key: "k".into() }.into(),
+            PaymentCaptured { charge_id: "ch_1".into(), captured_cents: 2500 }.into(),
+            PaymentDeclined { decline_reason: "limit".into() }.into(),
+            RefundPayment { refund_reason: "cancelled".into() }.into(),
+            PaymentRefunded { refund_id: "re_1".into(), refunded_cents: 2500 }.into(),
+            CreateShipment { ship_to_user_id: UserId::parse("u1").unwrap(), lines: vec![ShipmentLine { sku, quantity: q }] }.into(),
+            ShipmentCreated { shipment_id: "sh_1".into() }.into(),
+            CancelRequested { cancel_reason: "changed mind".into(), requested_by: "staff".into() }.into(),
+            StatusChangeRequested { status: crate::OrderStatus::Preparing, changed_by: "staff".into() }.into(),
+        ]
+    }
+
+    #[test]
+    fn envelope_schema_parses_and_every_body_has_a_branch() {
+        let codec = Codec::load();
+        for body in sample_bodies() {
+            assert!(codec.branches.contains_key(body.name()), "no Avro branch for {}", body.name());
+        }
+        assert_eq!(codec.branches.len(), 15, "a body in envelope.avsc has no Rust struct");
+    }
+
+    #[test]
+    fn every_body_round_trips_through_single_object_encoding() {
+        let order = OrderId::parse("o-1").unwrap();
+        for body in sample_bodies() {
+            let env = Envelope::new(EventId::derived(&order, body.name()), order.clone(), body);
+            let bytes = encode(&env).unwrap();
+            assert_eq!(&bytes[..2], &MAGIC);
+            assert_eq!(decode(&bytes).unwrap(), env);
+        }
+    }
+
+    #[test]
+    fn look_alike_bodies_keep_their_names() {
+        // ReleaseStock, CommitStock and RefundPayment each hold one string; decoding must not confuse them.
+        let order = OrderId::parse("o-1").unwrap();
+        let env = Envelope::new(EventId::random(), order, CommitStock { commit_reason: "x".into() });
+        assert_eq!(decode(&encode(&env).unwrap()).unwrap().body.name(), "CommitStock");
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        assert!(matches!(decode(b""), Err(CodecError::NotSingleObject)));
+        assert!(matches!(decode(b"{\"json\":1}"), Err(CodecError::NotSingleObject)));
+        assert!(matches!(decode(&[0xC3, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1]), Err(CodecError::UnknownSchema(_))));
+        let order = OrderId::parse("o-1").unwrap();
+        let good = encode(&Envelope::new(EventId::random(), order, StockReserved { units_reserved: 1 })).unwrap();
+        for cut in HEADER_LEN..good.len() {
+            assert!(decode(&good[..cut]).is_err());
+        }
+        let mut bad_index = good.clone();
+        let last = bad_index.len() - 2; // the union index sits just before the body's one long
+        bad_index[last] = 0x7f;
+        assert!(decode(&bad_index).is_err());
+    }
+}

@@ -1,0 +1,211 @@
+//! The events on the bus. Each body is an Avro record of `schemas/avro/envelope.avsc`; the Rust struct of
+//! the same name mirrors it field for field (money in cents, quantities as longs).
+
+use serde::{Deserialize, Serialize};
+
+use crate::values::{OrderId, Quantity, Sku, UserId};
+
+/// An event's id. Pipeline events derive theirs from the order and the step ([`EventId::derived`]), so
+/// the same step for the same order always has the same id and a redelivered event is recognisable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct EventId(pub uuid::Uuid);
+
+const EVENT_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6f72_6465_7266_6c6f_7700_0000_0000_0002);
+
+impl EventId {
+    pub fn random() -> Self {
+        Self(uuid::Uuid::new_v4())
+    }
+
+    /// The id of step `step` of order `order`.
+    pub fn derived(order: &OrderId, step: &str) -> Self {
+        let name = format!("{}\u{1f}{step}", order.as_str());
+        Self(uuid::Uuid::new_v5(&EVENT_NAMESPACE, name.as_bytes()))
+    }
+}
+
+impl std::fmt::Display for EventId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// What every record on every topic carries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope {
+    pub event_id: EventId,
+    pub order_id: OrderId,
+    pub occurred_at_ms: i64,
+    pub body: Event,
+}
+
+impl Envelope {
+    pub fn new(event_id: EventId, order_id: OrderId, body: impl Into<Event>) -> Self {
+        Self { event_id, order_id, occurred_at_ms: crate::now_ms(), body: body.into() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlacedLine {
+    pub sku: Sku,
+    pub quantity: Quantity,
+    pub unit_price_cents: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderPlaced {
+    pub user_id: UserId,
+    pub lines: Vec<PlacedLine>,
+    pub total_cents: i64,
+    pub channel: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReserveLine {
+    pub sku: Sku,
+    pub quantity: Quantity,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReserveStock {
+    pub lines: Vec<ReserveLine>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StockReserved {
+    pub units_reserved: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StockRejected {
+    pub reason: String,
+    pub sku: Option<Sku>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseStock {
+    pub release_reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitStock {
+    pub commit_reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CapturePayment {
+    pub user_id: UserId,
+    pub amount_cents: i64,
+    pub idempotency_key: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentCaptured {
+    pub charge_id: String,
+    pub captured_cents: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentDeclined {
+    pub decline_reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefundPayment {
+    pub refund_reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentRefunded {
+    pub refund_id: String,
+    pub refunded_cents: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShipmentLine {
+    pub sku: Sku,
+    pub quantity: Quantity,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateShipment {
+    pub ship_to_user_id: UserId,
+    pub lines: Vec<ShipmentLine>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShipmentCreated {
+    pub shipment_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelRequested {
+    pub cancel_reason: String,
+    pub requested_by: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusChangeRequested {
+    pub status: crate::OrderStatus,
+    pub changed_by: String,
+}
+
+macro_rules! events {
+    ($($name:ident),* $(,)?) => {
+        /// Every event body. The variant, the struct and the Avro record share one name.
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum Event {
+            $($name($name),)*
+        }
+
+        impl Event {
+            /// The Avro record name of the body.
+            pub fn name(&self) -> &'static str {
+                match self {
+                    $(Event::$name(_) => stringify!($name),)*
+                }
+            }
+
+            pub(crate) fn to_avro(&self) -> Result<apache_avro::types::Value, apache_avro::Error> {
+                match self {
+                    $(Event::$name(b) => apache_avro::to_value(b),)*
+                }
+            }
+
+            /// `None` when the name is not a body this build knows.
+            pub(crate) fn from_avro(
+                name: &str,
+                value: &apache_avro::types::Value,
+            ) -> Option<Result<Event, apache_avro::Error>> {
+                match name {
+                    $(stringify!($name) => Some(apache_avro::from_value::<$name>(value).map(Event::$name)),)*
+                    _ => None,
+                }
+            }
+        }
+
+        $(impl From<$name> for Event {
+            fn from(b: $name) -> Event {
+                Event::$name(b)
+            }
+        })*
+    };
+}
+
+events!(
+    OrderPlaced,
+    ReserveStock,
+    StockReserved,
+    StockRejected,
+    ReleaseStock,
+    CommitStock,
+    CapturePayment,
+    PaymentCaptured,
+    PaymentDeclined,
+    RefundPayment,
+    PaymentRefunded,
+    CreateShipment,
+    ShipmentCreated,
+    CancelRequested,
+    StatusChangeRequested,
+);

@@ -1,0 +1,24 @@
+//! The contracts of orderflow: what crosses a process boundary.
+//!
+//! - [`values`]: domain value types that parse, not validate (`OrderId`, `Sku`, `Quantity`, `Money`, ...).
+//! - [`order`]: the order, its status and its timeline.
+//! - [`events`]: the events on the bus, and [`codec`] that turns them into Avro single-object bytes.
+//! - [`topics`]: every topic name and partition count. No other crate spells a topic name.
+
+pub mod codec;
+pub mod events;
+pub mod order;
+pub mod topics;
+pub mod values;
+
+pub use events::{Envelope, Event, EventId};
+pub use order::{Order, OrderLine, OrderStatus, TimelineEntry};
+pub use values::{IdempotencyKey, Money, OrderId, Quantity, Sku, UserId, ValueError};
+
+/// Milliseconds since the Unix epoch, the one clock unit used in events and tables.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

@@ -1,0 +1,176 @@
+//! The order as every service sees it.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::values::{Money, OrderId, Quantity, Sku, UserId, ValueError};
+
+/// Where an order is in its life. The edges of the state machine are [`OrderStatus::can_move_to`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OrderStatus {
+    /// Accepted at intake; not yet picked up by the order saga.
+    Pending,
+    /// The saga is reserving stock and taking payment.
+    Processing,
+    /// Stock reserved and payment captured: processing is complete.
+    Confirmed,
+    Preparing,
+    OutForDelivery,
+    Delivered,
+    Cancelled,
+    /// Refused with a reason (unknown SKU, out of stock, payment declined).
+    Rejected,
+}
+
+impl OrderStatus {
+    pub const ALL: [OrderStatus; 8] = [
+        Self::Pending,
+        Self::Processing,
+        Self::Confirmed,
+        Self::Preparing,
+        Self::OutForDelivery,
+        Self::Delivered,
+        Self::Cancelled,
+        Self::Rejected,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "PENDING",
+            Self::Processing => "PROCESSING",
+            Self::Confirmed => "CONFIRMED",
+            Self::Preparing => "PREPARING",
+            Self::OutForDelivery => "OUT_FOR_DELIVERY",
+            Self::Delivered => "DELIVERED",
+            Self::Cancelled => "CANCELLED",
+            Self::Rejected => "REJECTED",
+        }
+    }
+
+    /// No transition leaves a terminal status.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Delivered | Self::Cancelled | Self::Rejected)
+    }
+
+    /// Processing is complete: the order was confirmed or rejected (or went on from confirmed).
+    pub fn is_processed(self) -> bool {
+        !matches!(self, Self::Pending | Self::Processing | Self::Cancelled)
+    }
+
+    /// Whether the order may be cancelled from here (before it leaves the store).
+    pub fn is_cancellable(self) -> bool {
+        matches!(self, Self::Pending | Self::Processing | Self::Confirmed | Self::Preparing)
+    }
+
+    /// The edges of the order state machine.
+    pub fn can_move_to(self, next: OrderStatus) -> bool {
+        use OrderStatus::*;
+        match (self, next) {
+            (Pending, Processing) => true,
+            (Processing, Confirmed | Rejected) => true,
+            (Confirmed, Preparing) => true,
+            (Preparing, OutForDelivery) => true,
+            (OutForDelivery, Delivered) => true,
+            (from, Cancelled) => from.is_cancellable(),
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for OrderStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for OrderStatus {
+    type Err = ValueError;
+    fn from_str(s: &str) -> Result<Self, ValueError> {
+        Self::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| ValueError::new("status", format!("unknown order status {s:?}")))
+    }
+}
+
+/// One line of an order, priced from the catalog at intake.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderLine {
+    pub sku: Sku,
+    pub quantity: Quantity,
+    pub unit_price: Money,
+}
+
+/// One step in an order's life, shown to customers and staff.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimelineEntry {
+    pub at_ms: i64,
+    /// Machine-readable step, such as `placed`, `stock_reserved`, `payment_captured`, `confirmed`.
+    pub kind: String,
+    pub detail: String,
+}
+
+/// An order and everything the read side shows about it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Order {
+    pub id: OrderId,
+    pub user_id: UserId,
+    pub lines: Vec<OrderLine>,
+    pub total: Money,
+    pub status: OrderStatus,
+    /// Why the order was rejected or cancelled.
+    pub reason: Option<String>,
+    pub channel: String,
+    pub placed_at_ms: i64,
+    pub updated_at_ms: i64,
+    /// When the order reached CONFIRMED or REJECTED.
+    pub processed_at_ms: Option<i64>,
+    pub timeline: Vec<TimelineEntry>,
+}
+
+impl Order {
+    /// Same customer, same lines: a retried placement, not a different order under a reused id.
+    pub fn same_request_as(&self, other: &Order) -> bool {
+        self.user_id == other.user_id
+            && self.lines.len() == other.lines.len()
+            && self
+                .lines
+                .iter()
+                .zip(&other.lines)
+                .all(|(a, b)| a.sku == b.sku && a.quantity == b.quantity)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OrderStatus::{self, *};
+
+    #[test]
+    fn status_names_round_trip() {
+        for s in OrderStatus::ALL {
+            assert_eq!(s.as_str().parse::<OrderStatus>(), Ok(s));
+        }
+        assert!("SHIPPED".parse::<OrderStatus>().is_err());
+    }
+
+    #[test]
+    fn terminal_statuses_have_no_way_out() {
+        for from in [Delivered, Cancelled, Rejected] {
+            for to in OrderStatus::ALL {
+                assert!(!from.can_move_to(to), "{from} -> {to}");
+            }
+        }
+    }
+
+    #[test]
+    fn fulfillment_moves_one_step_at_a_time() {
+        assert!(Confirmed.can_move_to(Preparing));
+        assert!(!Confirmed.can_move_to(Delivered));
+        assert!(!Pending.can_move_to(Confirmed));
+        assert!(Preparing.can_move_to(Cancelled));
+        assert!(!OutForDelivery.can_move_to(Cancelled));
+    }
+}

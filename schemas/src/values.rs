@@ -1,0 +1,265 @@
+//! Domain value types. Each one is parsed once at the edge (HTTP, GraphQL, Avro, store rows) and is
+//! valid from then on: an `OrderId` is never empty, a `Quantity` is never zero, `Money` is never negative.
+
+use std::fmt;
+use std::str::FromStr;
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+/// Why a value was refused. `field` names the input field, `reason` says what is wrong in words a
+/// client developer can act on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct ValueError {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+impl ValueError {
+    pub fn new(field: &'static str, reason: impl Into<String>) -> Self {
+        Self { field, reason: reason.into() }
+    }
+}
+
+fn check_token(field: &'static str, s: &str, max_len: usize) -> Result<(), ValueError> {
+    if s.is_empty() {
+        return Err(ValueError::new(field, "must not be empty"));
+    }
+    if s.len() > max_len {
+        return Err(ValueError::new(field, format!("must be at most {max_len} bytes")));
+    }
+    if let Some(c) = s.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))) {
+        return Err(ValueError::new(
+            field,
+            format!("may contain only letters, digits, '-', '_', '.' and ':' (found {c:?})"),
+        ));
+    }
+    Ok(())
+}
+
+macro_rules! string_id {
+    ($(#[$doc:meta])* $name:ident, $field:literal, $max:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            /// Parses untrusted input.
+            pub fn parse(s: impl Into<String>) -> Result<Self, ValueError> {
+                let s = s.into();
+                check_token($field, &s, $max)?;
+                Ok(Self(s))
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = ValueError;
+            fn try_from(s: String) -> Result<Self, ValueError> {
+                Self::parse(s)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(v: $name) -> String {
+                v.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = ValueError;
+            fn from_str(s: &str) -> Result<Self, ValueError> {
+                Self::parse(s)
+            }
+        }
+    };
+}
+
+string_id!(
+    /// An order's id: chosen by the client (1-64 of `[A-Za-z0-9._:-]`) or generated as a UUID.
+    OrderId, "order_id", 64
+);
+string_id!(
+    /// The customer who placed an order.
+    UserId, "user_id", 128
+);
+string_id!(
+    /// A stock-keeping unit: the catalog key of a product.
+    Sku, "sku", 64
+);
+string_id!(
+    /// A client-chosen key that makes a retried placement return the first result.
+    IdempotencyKey, "Idempotency-Key", 128
+);
+
+/// Namespace for ids derived from idempotency keys (UUID v5), so the same key always names the same order.
+const IDEMPOTENCY_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6f72_6465_7266_6c6f_7700_0000_0000_0001);
+
+impl OrderId {
+    /// A fresh random id for an order placed without `order_id` or `Idempotency-Key`.
+    pub fn generate() -> Self {
+        Self(uuid::Uuid::new_v4().to_string())
+    }
+
+    /// The id of the order placed by `user` with `key`: the same pair always gives the same id, so a
+    /// retry finds the first order instead of creating a second.
+    pub fn from_idempotency_key(user: &UserId, key: &IdempotencyKey) -> Self {
+        let name = format!("{}\u{1f}{}", user.as_str(), key.as_str());
+        Self(uuid::Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, name.as_bytes()).to_string())
+    }
+}
+
+/// Units of one SKU in one order line: 1 to [`Quantity::MAX`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "i64", into = "i64")]
+pub struct Quantity(u32);
+
+impl Quantity {
+    /// The most units of one SKU a single order may ask for.
+    pub const MAX: u32 = 10_000;
+
+    pub fn new(n: i64) -> Result<Self, ValueError> {
+        if n <= 0 {
+            return Err(ValueError::new("quantity", format!("must be at least 1 (got {n})")));
+        }
+        if n > i64::from(Self::MAX) {
+            return Err(ValueError::new("quantity", format!("must be at most {} (got {n})", Self::MAX)));
+        }
+        Ok(Self(n as u32))
+    }
+
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+impl TryFrom<i64> for Quantity {
+    type Error = ValueError;
+    fn try_from(n: i64) -> Result<Self, ValueError> {
+        Self::new(n)
+    }
+}
+
+impl From<Quantity> for i64 {
+    fn from(q: Quantity) -> i64 {
+        i64::from(q.0)
+    }
+}
+
+/// A non-negative amount of money in minor units (cents). Written and read as a decimal string with at
+/// most two decimals, such as `"12.50"`; never a float.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Money(i64);
+
+impl Money {
+    pub const ZERO: Money = Money(0);
+
+    pub fn from_cents(cents: i64) -> Result<Self, ValueError> {
+        if cents < 0 {
+            return Err(ValueError::new("amount", "must not be negative"));
+        }
+        Ok(Self(cents))
+    }
+
+    pub fn cents(self) -> i64 {
+        self.0
+    }
+
+    /// Parses a decimal string such as `"12.50"`, `"3"` or `"0.99"`.
+    pub fn parse(field: &'static str, s: &str) -> Result<Self, ValueError> {
+        let d = Decimal::from_str_exact(s.trim())
+            .map_err(|_| ValueError::new(field, format!("{s:?} is not a decimal amount such as \"12.50\"")))?;
+        if d.is_sign_negative() && !d.is_zero() {
+            return Err(ValueError::new(field, "must not be negative"));
+        }
+        if d.normalize().scale() > 2 {
+            return Err(ValueError::new(field, "must have at most two decimals"));
+        }
+        let cents = (d * Decimal::ONE_HUNDRED).trunc();
+        let cents = i64::try_from(cents).map_err(|_| ValueError::new(field, "is too large"))?;
+        Ok(Self(cents))
+    }
+
+    pub fn checked_add(self, other: Money) -> Option<Money> {
+        self.0.checked_add(other.0).map(Money)
+    }
+
+    pub fn checked_mul(self, q: Quantity) -> Option<Money> {
+        self.0.checked_mul(i64::from(q.get())).map(Money)
+    }
+}
+
+impl fmt::Display for Money {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", Decimal::new(self.0, 2))
+    }
+}
+
+impl TryFrom<String> for Money {
+    type Error = ValueError;
+    fn try_from(s: String) -> Result<Self, ValueError> {
+        Self::parse("amount", &s)
+    }
+}
+
+impl From<Money> for String {
+    fn from(m: Money) -> String {
+        m.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn money_parses_and_prints_two_decimals() {
+        assert_eq!(Money::parse("a", "12.5").map(|m| m.cents()), Ok(1250));
+        assert_eq!(Money::parse("a", "12.50").map(|m| m.to_string()), Ok("12.50".into()));
+        assert_eq!(Money::parse("a", "3").map(|m| m.to_string()), Ok("3.00".into()));
+        assert_eq!(Money::parse("a", "0.01").map(|m| m.cents()), Ok(1));
+        assert_eq!(Money::parse("a", "1.230").map(|m| m.cents()), Ok(123));
+        assert!(Money::parse("a", "1.234").is_err());
+        assert!(Money::parse("a", "-1").is_err());
+        assert!(Money::parse("a", "abc").is_err());
+        assert!(Money::parse("a", "1e3").is_err());
+    }
+
+    #[test]
+    fn quantity_is_positive_and_bounded() {
+        assert!(Quantity::new(0).is_err());
+        assert!(Quantity::new(-3).is_err());
+        assert!(Quantity::new(i64::from(Quantity::MAX) + 1).is_err());
+        assert_eq!(Quantity::new(7).map(Quantity::get), Ok(7));
+    }
+
+    #[test]
+    fn ids_refuse_empty_long_and_odd_characters() {
+        assert!(OrderId::parse("").is_err());
+        assert!(OrderId::parse("a".repeat(65)).is_err());
+        assert!(OrderId::parse("has space").is_err());
+        assert!(Sku::parse("SKU-1").is_ok());
+        assert!(Sku::parse("drop table;").is_err());
+    }
+
+    #[test]
+    fn idempotency_key_names_one_order_per_user() {
+        let u1 = UserId::parse("u1").unwrap();
+        let u2 = UserId::parse("u2").unwrap();
+        let k = IdempotencyKey::parse("k-1").unwrap();
+        assert_eq!(OrderId::from_idempotency_key(&u1, &k), OrderId::from_idempotency_key(&u1, &k));
+        assert_ne!(OrderId::from_idempotency_key(&u1, &k), OrderId::from_idempotency_key(&u2, &k));
+    }
+}
