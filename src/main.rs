@@ -1,1 +1,68 @@
-fn main(){}
+//! `orderflow`: one binary, one subcommand per role.
+
+use clap::{Parser, Subcommand};
+use orderflow::{App, Roles, Settings, cancel_on_signals};
+use orderflow_processors::runtime::Role;
+
+#[derive(Debug, Parser)]
+#[command(name = "orderflow", version, about = "Order processing for marketplaces and delivery businesses")]
+struct Cli {
+    #[command(flatten)]
+    settings: Settings,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run every role in one process (the default way to run orderflow).
+    Serve,
+    /// Run only the HTTP order intake.
+    Ingest,
+    /// Run only the GraphQL API.
+    Graphql,
+    /// Run one processor role.
+    Process {
+        #[arg(value_enum)]
+        role: ProcessRole,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ProcessRole {
+    Orders,
+    Inventory,
+    Payment,
+    Fulfillment,
+}
+
+impl From<ProcessRole> for Role {
+    fn from(r: ProcessRole) -> Role {
+        match r {
+            ProcessRole::Orders => Role::Orders,
+            ProcessRole::Inventory => Role::Inventory,
+            ProcessRole::Payment => Role::Payment,
+            ProcessRole::Fulfillment => Role::Fulfillment,
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    orderflow_platform::telemetry::init_logging("info,tower_http=warn");
+    let cli = Cli::parse();
+    let roles = match cli.command {
+        Command::Serve => Roles::all(),
+        Command::Ingest => Roles { ingest: true, graphql: false, processors: vec![] },
+        Command::Graphql => Roles { ingest: false, graphql: true, processors: vec![] },
+        Command::Process { role } => Roles { ingest: false, graphql: false, processors: vec![role.into()] },
+    };
+    let listener = tokio::net::TcpListener::bind(cli.settings.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e} (use --listen or ORDERFLOW_LISTEN)", cli.settings.listen))?;
+    let app = App::start(&cli.settings, roles, listener).await?;
+    println!("orderflow listening on http://{}  (GraphiQL: http://{}/graphql)", app.addr, app.addr);
+    cancel_on_signals(app.shutdown_token());
+    app.run_until_stopped().await;
+    Ok(())
+}

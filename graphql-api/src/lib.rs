@@ -1,1 +1,89 @@
+//! The GraphQL API of orderflow: the catalog, order placement and tracking for customers, and staff
+//! administration (products, stock, order status) behind a bearer token.
+//!
+//! - [`schema`] builds the executable schema over an [`ApiState`]; [`router`] serves it over HTTP.
+//! - Every error a resolver raises carries a stable `extensions.code` (see [`codes`]); errors the
+//!   GraphQL engine raises itself (syntax, validation, limits, argument coercion) get one too.
+//! - Order state has one writer, the order saga: the staff mutations that change an order publish a
+//!   request on the orders topic and wait for the saga to apply it, they never write the order row.
 
+mod auth;
+mod error;
+mod http;
+mod mutation;
+mod query;
+mod scalars;
+mod types;
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_graphql::{EmptySubscription, Schema};
+use orderflow_ingest::Intake;
+use orderflow_platform::{Bus, Stores};
+
+pub use auth::Staff;
+pub use error::codes;
+pub use http::{MAX_BODY_BYTES, router};
+pub use mutation::Mutation;
+pub use query::Query;
+pub use scalars::Decimal;
+
+/// The executable schema.
+pub type OrderflowSchema = Schema<Query, Mutation, EmptySubscription>;
+
+/// The deepest selection nesting accepted. The introspection query GraphiQL sends reaches 13 (type
+/// references nest `ofType` seven times); the deepest real query (`orders → edges → node → items →
+/// sku`) reaches 5.
+pub const MAX_DEPTH: usize = 13;
+
+/// The most work one request may ask for. List fields that take `first` cost `first` times their
+/// selection, so a full page of 100 orders with every field costs about 2,000 and a full page of
+/// products about 1,400; this allows a couple of full pages per request and refuses a query that
+/// repeats a list under many aliases.
+pub const MAX_COMPLEXITY: usize = 5_000;
+
+/// How deeply the parser may recurse (nested lists, objects and selections in the document) before it
+/// refuses the document; bounds stack use on hostile input.
+pub const MAX_RECURSIVE_DEPTH: usize = 32;
+
+/// What the resolvers work with.
+#[derive(Clone)]
+pub struct ApiState {
+    pub stores: Stores,
+    pub bus: Arc<dyn Bus>,
+    pub intake: Intake,
+    /// The bearer token that unlocks staff operations. `None` (or empty) disables them.
+    pub admin_token: Option<String>,
+}
+
+impl ApiState {
+    /// The configured staff token, if staff operations are enabled.
+    pub(crate) fn staff_token(&self) -> Option<&str> {
+        self.admin_token.as_deref().filter(|t| !t.is_empty())
+    }
+}
+
+impl fmt::Debug for ApiState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiState")
+            .field("stores", &self.stores)
+            .field("bus", &self.bus)
+            .field("intake", &self.intake)
+            .field("admin_token", &self.staff_token().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// Builds the schema with bounded cost: see [`MAX_DEPTH`], [`MAX_COMPLEXITY`] and
+/// [`MAX_RECURSIVE_DEPTH`]. Introspection stays on (GraphiQL needs it; the schema is public anyway).
+/// Batched requests are refused by [`router`], not here.
+pub fn schema(state: ApiState) -> OrderflowSchema {
+    Schema::build(Query, Mutation, EmptySubscription)
+        .data(state)
+        .limit_depth(MAX_DEPTH)
+        .limit_complexity(MAX_COMPLEXITY)
+        .limit_recursive_depth(MAX_RECURSIVE_DEPTH)
+        .extension(error::ErrorCodes)
+        .finish()
+}

@@ -1,1 +1,172 @@
+//! Order intake: turns a placement request (HTTP JSON today, partner Avro next) into a stored PENDING
+//! order and an `OrderPlaced` event. The order is priced here from the catalog; a total sent by the
+//! client is checked against that price, never trusted.
 
+pub mod http;
+
+use std::sync::Arc;
+
+use orderflow_platform::bus::{Bus, BusRecord};
+use orderflow_platform::store::{Inserted, StoreError, Stores};
+use orderflow_schemas::events::OrderPlaced;
+use orderflow_schemas::{
+    IdempotencyKey, Money, Order, OrderId, OrderLine, OrderStatus, Quantity, Sku, TimelineEntry,
+    UserId, codec, now_ms, topics,
+};
+
+/// The most lines one order may have.
+pub const MAX_LINES: usize = 100;
+
+/// A placement request, already parsed into domain types.
+#[derive(Debug, Clone)]
+pub struct PlaceOrder {
+    pub order_id: Option<OrderId>,
+    pub idempotency_key: Option<IdempotencyKey>,
+    pub user_id: UserId,
+    pub items: Vec<(Sku, Quantity)>,
+    /// The total the client expects to pay; refused if it differs from the catalog price.
+    pub total_amount: Option<Money>,
+    /// `http`, `graphql` or `partner:<id>`.
+    pub channel: String,
+}
+
+/// Why a placement was refused. Each has a stable machine-readable [`IntakeError::code`].
+#[derive(Debug, thiserror::Error)]
+pub enum IntakeError {
+    #[error("an order needs at least one item")]
+    NoItems,
+    #[error("an order may have at most {MAX_LINES} items")]
+    TooManyItems,
+    #[error("SKU {0} appears in more than one item; send one item per SKU")]
+    DuplicateSku(Sku),
+    #[error("no product with SKU {0}")]
+    UnknownSku(Sku),
+    #[error("total_amount {sent} does not match the catalog price {expected}")]
+    TotalMismatch { expected: Money, sent: Money },
+    #[error("the order total is too large")]
+    TotalOverflow,
+    #[error("order {0} already exists with different contents; use a new order_id or Idempotency-Key")]
+    IdempotencyConflict(OrderId),
+    #[error("temporarily unavailable, retry: {0}")]
+    Unavailable(String),
+}
+
+impl IntakeError {
+    /// Stable code for clients and dashboards; part of the public API.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NoItems => "no_items",
+            Self::TooManyItems => "too_many_items",
+            Self::DuplicateSku(_) => "duplicate_sku",
+            Self::UnknownSku(_) => "unknown_sku",
+            Self::TotalMismatch { .. } => "total_mismatch",
+            Self::TotalOverflow => "total_overflow",
+            Self::IdempotencyConflict(_) => "idempotency_conflict",
+            Self::Unavailable(_) => "unavailable",
+        }
+    }
+}
+
+impl From<StoreError> for IntakeError {
+    fn from(e: StoreError) -> Self {
+        IntakeError::Unavailable(e.to_string())
+    }
+}
+
+/// The result of a placement.
+#[derive(Debug, Clone)]
+pub struct Placed {
+    pub order: Order,
+    /// `true` when this request repeated an earlier one and got its result.
+    pub replayed: bool,
+}
+
+/// The intake service, shared by the HTTP and GraphQL front doors.
+#[derive(Clone)]
+pub struct Intake {
+    stores: Stores,
+    bus: Arc<dyn Bus>,
+}
+
+impl std::fmt::Debug for Intake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Intake").finish_non_exhaustive()
+    }
+}
+
+/// The `OrderPlaced` record of an accepted order, keyed by order id.
+pub fn order_placed_record(order: &Order) -> Result<BusRecord, codec::CodecError> {
+    Ok(BusRecord::new(topics::ORDERS, order.id.as_str(), codec::encode(&OrderPlaced::envelope_of(order))?))
+}
+
+impl Intake {
+    pub fn new(stores: Stores, bus: Arc<dyn Bus>) -> Self {
+        Self { stores, bus }
+    }
+
+    /// Validates, prices, stores and publishes an order. Safe to repeat: the same `order_id` (or the
+    /// same user with the same `Idempotency-Key`) returns the first order instead of a second one.
+    #[tracing::instrument(skip_all, fields(user = %req.user_id, channel = %req.channel))]
+    pub async fn place(&self, req: PlaceOrder) -> Result<Placed, IntakeError> {
+        if req.items.is_empty() {
+            return Err(IntakeError::NoItems);
+        }
+        if req.items.len() > MAX_LINES {
+            return Err(IntakeError::TooManyItems);
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (sku, _) in &req.items {
+            if !seen.insert(sku) {
+                return Err(IntakeError::DuplicateSku(sku.clone()));
+            }
+        }
+        let mut lines = Vec::with_capacity(req.items.len());
+        let mut total = Money::ZERO;
+        for (sku, quantity) in &req.items {
+            let product =
+                self.stores.catalog.product(sku).await?.ok_or_else(|| IntakeError::UnknownSku(sku.clone()))?;
+            let line_total = product.price.checked_mul(*quantity).ok_or(IntakeError::TotalOverflow)?;
+            total = total.checked_add(line_total).ok_or(IntakeError::TotalOverflow)?;
+            lines.push(OrderLine { sku: sku.clone(), quantity: *quantity, unit_price: product.price });
+        }
+        if let Some(sent) = req.total_amount {
+            if sent != total {
+                return Err(IntakeError::TotalMismatch { expected: total, sent });
+            }
+        }
+        let id = match (&req.order_id, &req.idempotency_key) {
+            (Some(id), _) => id.clone(),
+            (None, Some(key)) => OrderId::from_idempotency_key(&req.user_id, key),
+            (None, None) => OrderId::generate(),
+        };
+        let now = now_ms();
+        let order = Order {
+            id: id.clone(),
+            user_id: req.user_id,
+            lines,
+            total,
+            status: OrderStatus::Pending,
+            reason: None,
+            channel: req.channel,
+            placed_at_ms: now,
+            updated_at_ms: now,
+            processed_at_ms: None,
+            timeline: vec![TimelineEntry { at_ms: now, kind: "placed".into(), detail: format!("total {total}") }],
+        };
+        let (order, replayed) = match self.stores.orders.insert_new(&order).await? {
+            Inserted::New => (order, false),
+            Inserted::Existing(first) if first.same_request_as(&order) => (first, true),
+            Inserted::Existing(_) => return Err(IntakeError::IdempotencyConflict(id)),
+        };
+        // Published after the row is stored: if we die in between, the stalled-order sweep publishes it.
+        // A replay of a still-PENDING order publishes again for the same reason; the event id is the same.
+        if order.status == OrderStatus::Pending {
+            let record = order_placed_record(&order).map_err(|e| IntakeError::Unavailable(e.to_string()))?;
+            self.bus.publish(vec![record]).await.map_err(|e| IntakeError::Unavailable(e.to_string()))?;
+        }
+        if !replayed {
+            metrics::counter!("orderflow_orders_placed_total", "channel" => order.channel.clone()).increment(1);
+        }
+        Ok(Placed { order, replayed })
+    }
+}

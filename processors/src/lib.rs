@@ -1,1 +1,30 @@
+//! The processors: each consumes one topic in its own consumer group, does its one job idempotently,
+//! and answers on the orders topic. Pure decisions ([`saga::decide`]) are kept apart from the handlers
+//! that read and write the ports.
+//!
+//! - [`saga`]: the order saga, single writer of order state; decides the next step and compensation.
+//! - [`inventory`]: all-or-nothing reservations per order; release and commit.
+//! - [`payment`]: capture and refund through a [`payment::PaymentProvider`] with idempotency keys.
+//! - [`fulfillment`]: creates the shipment of a confirmed order.
+//! - [`runtime`]: starts roles as consumers and keeps them running until shutdown.
 
+pub mod fulfillment;
+pub mod inventory;
+pub mod payment;
+pub mod runtime;
+pub mod saga;
+
+use orderflow_platform::bus::{BusRecord, HandlerError};
+use orderflow_schemas::topics::Topic;
+use orderflow_schemas::{Envelope, codec};
+
+/// Encodes `env` for `topic`, keyed by its order id.
+pub(crate) fn record(topic: Topic, env: &Envelope) -> Result<BusRecord, HandlerError> {
+    let payload = codec::encode(env).map_err(|e| HandlerError::Poison(format!("cannot encode {}: {e}", env.body.name())))?;
+    Ok(BusRecord::new(topic, env.order_id.as_str(), payload))
+}
+
+/// Decodes a delivery; a record that is not a valid envelope can never be handled.
+pub(crate) fn decode(payload: &[u8]) -> Result<Envelope, HandlerError> {
+    codec::decode(payload).map_err(|e| HandlerError::Poison(format!("undecodable record: {e}")))
+}

@@ -45,6 +45,29 @@ impl Envelope {
     }
 }
 
+impl OrderPlaced {
+    /// The `OrderPlaced` envelope of an accepted order. Its event id is derived from the order id, so
+    /// publishing it again (a retried request, the stalled-order sweep) is recognised as the same event.
+    pub fn envelope_of(order: &crate::Order) -> Envelope {
+        let body = OrderPlaced {
+            user_id: order.user_id.clone(),
+            lines: order
+                .lines
+                .iter()
+                .map(|l| PlacedLine { sku: l.sku.clone(), quantity: l.quantity, unit_price_cents: l.unit_price.cents() })
+                .collect(),
+            total_cents: order.total.cents(),
+            channel: order.channel.clone(),
+        };
+        Envelope {
+            event_id: EventId::derived(&order.id, "placed"),
+            order_id: order.id.clone(),
+            occurred_at_ms: order.placed_at_ms,
+            body: body.into(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlacedLine {
     pub sku: Sku,

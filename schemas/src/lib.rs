@@ -5,12 +5,14 @@
 //! - [`events`]: the events on the bus, and [`codec`] that turns them into Avro single-object bytes.
 //! - [`topics`]: every topic name and partition count. No other crate spells a topic name.
 
+pub mod catalog;
 pub mod codec;
 pub mod events;
 pub mod order;
 pub mod topics;
 pub mod values;
 
+pub use catalog::{Product, StockLevel};
 pub use events::{Envelope, Event, EventId};
 pub use order::{Order, OrderLine, OrderStatus, TimelineEntry};
 pub use values::{IdempotencyKey, Money, OrderId, Quantity, Sku, UserId, ValueError};

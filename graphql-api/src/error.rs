@@ -1,0 +1,179 @@
+//! The API's one error type and the codes clients see in `extensions.code`.
+
+use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextRequest};
+use async_graphql::{ErrorExtensions, Response};
+use orderflow_ingest::IntakeError;
+use orderflow_platform::StoreError;
+use orderflow_platform::store::StockError;
+use orderflow_schemas::{OrderStatus, ValueError};
+use std::sync::Arc;
+
+/// Every `extensions.code` this API returns. Part of the public contract: never rename one.
+pub mod codes {
+    /// An argument or input field was refused; `extensions.field` names it.
+    pub const INVALID_INPUT: &str = "invalid_input";
+    /// `after` is not a cursor this API handed out for that list.
+    pub const INVALID_CURSOR: &str = "invalid_cursor";
+    /// The document was refused before execution: syntax, validation, depth or complexity limit.
+    pub const INVALID_QUERY: &str = "invalid_query";
+    /// A staff operation without a valid bearer token, or with staff operations disabled.
+    pub const UNAUTHORIZED: &str = "unauthorized";
+    pub const UNKNOWN_SKU: &str = "unknown_sku";
+    pub const SKU_EXISTS: &str = "sku_exists";
+    pub const STOCK_WOULD_GO_NEGATIVE: &str = "stock_would_go_negative";
+    pub const ORDER_NOT_FOUND: &str = "order_not_found";
+    pub const ILLEGAL_TRANSITION: &str = "illegal_transition";
+    /// The store or the bus failed; worth retrying. The cause is logged, not returned.
+    pub const UNAVAILABLE: &str = "unavailable";
+    /// The HTTP body was not one GraphQL request as JSON (batches are refused too).
+    pub const BAD_REQUEST: &str = "bad_request";
+    /// The HTTP body exceeded [`crate::MAX_BODY_BYTES`].
+    pub const PAYLOAD_TOO_LARGE: &str = "payload_too_large";
+    // Intake codes pass through unchanged from `IntakeError::code`: `no_items`, `too_many_items`,
+    // `duplicate_sku`, `unknown_sku`, `total_mismatch`, `total_overflow`, `idempotency_conflict`,
+    // `unavailable`.
+}
+
+/// Why a resolver failed. Deliberately not `Display`: async-graphql turns any `Display` error into an
+/// error without a code, so this type converts only through its own `From` impl below.
+#[derive(Debug)]
+pub(crate) enum ApiError {
+    InvalidInput { field: String, reason: String },
+    InvalidCursor,
+    Unauthorized(&'static str),
+    UnknownSku(String),
+    SkuExists(String),
+    StockWouldGoNegative { sku: String, available: u64 },
+    OrderNotFound(String),
+    IllegalTransition { from: OrderStatus, to: OrderStatus },
+    Intake(IntakeError),
+    /// The cause was logged where this was made.
+    Unavailable,
+}
+
+impl ApiError {
+    pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::InvalidInput { field: field.into(), reason: reason.into() }
+    }
+
+    /// A domain parse error, reported under the GraphQL name of the field.
+    pub(crate) fn value(field: impl Into<String>, e: ValueError) -> Self {
+        Self::invalid(field, e.reason)
+    }
+
+    pub(crate) fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidInput { .. } => codes::INVALID_INPUT,
+            Self::InvalidCursor => codes::INVALID_CURSOR,
+            Self::Unauthorized(_) => codes::UNAUTHORIZED,
+            Self::UnknownSku(_) => codes::UNKNOWN_SKU,
+            Self::SkuExists(_) => codes::SKU_EXISTS,
+            Self::StockWouldGoNegative { .. } => codes::STOCK_WOULD_GO_NEGATIVE,
+            Self::OrderNotFound(_) => codes::ORDER_NOT_FOUND,
+            Self::IllegalTransition { .. } => codes::ILLEGAL_TRANSITION,
+            Self::Intake(e) => e.code(),
+            Self::Unavailable => codes::UNAVAILABLE,
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            Self::InvalidInput { field, reason } => format!("{field}: {reason}"),
+            Self::InvalidCursor => {
+                "after: not a cursor of this list; pass the `cursor` of an edge (or `pageInfo.endCursor`) \
+                 from an earlier page of the same field"
+                    .into()
+            }
+            Self::Unauthorized(why) => (*why).into(),
+            Self::UnknownSku(sku) => format!("no product with SKU {sku}"),
+            Self::SkuExists(sku) => format!("a product with SKU {sku} already exists; use updateProduct"),
+            Self::StockWouldGoNegative { sku, available } => {
+                format!("the adjustment would take {sku} below zero available units (available: {available})")
+            }
+            Self::OrderNotFound(id) => format!("no order with id {id}"),
+            Self::IllegalTransition { from, to } => format!("an order cannot move from {from} to {to}"),
+            Self::Intake(e) => e.to_string(),
+            Self::Unavailable => "temporarily unavailable; retry shortly".into(),
+        }
+    }
+
+    /// Logs an internal failure and returns the error clients see, which does not carry the cause.
+    pub(crate) fn unavailable(what: &str, cause: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "{what} failed");
+        Self::Unavailable
+    }
+}
+
+impl From<ApiError> for async_graphql::Error {
+    fn from(e: ApiError) -> Self {
+        let code = e.code();
+        let field = match &e {
+            ApiError::InvalidInput { field, .. } => Some(field.clone()),
+            _ => None,
+        };
+        async_graphql::Error::new(e.message()).extend_with(|_, ext| {
+            ext.set("code", code);
+            if let Some(field) = &field {
+                ext.set("field", field.as_str());
+            }
+        })
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        Self::unavailable("store", &e)
+    }
+}
+
+impl From<StockError> for ApiError {
+    fn from(e: StockError) -> Self {
+        match e {
+            StockError::UnknownSku(sku) => Self::UnknownSku(sku.to_string()),
+            StockError::WouldGoNegative { sku, available } => {
+                Self::StockWouldGoNegative { sku: sku.to_string(), available }
+            }
+            StockError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<IntakeError> for ApiError {
+    fn from(e: IntakeError) -> Self {
+        match e {
+            IntakeError::Unavailable(cause) => Self::unavailable("order intake", &cause),
+            other => Self::Intake(other),
+        }
+    }
+}
+
+pub(crate) type ApiResult<T> = Result<T, ApiError>;
+
+/// Gives every error in a response an `extensions.code`, including the ones the engine raises itself:
+/// errors without a path were raised before execution (syntax, validation, limits) and become
+/// `invalid_query`; errors with a path but no code come from coercing an argument and become
+/// `invalid_input`.
+pub(crate) struct ErrorCodes;
+
+impl ExtensionFactory for ErrorCodes {
+    fn create(&self) -> Arc<dyn Extension> {
+        Arc::new(ErrorCodesExtension)
+    }
+}
+
+struct ErrorCodesExtension;
+
+#[async_trait::async_trait]
+impl Extension for ErrorCodesExtension {
+    async fn request(&self, ctx: &ExtensionContext<'_>, next: NextRequest<'_>) -> Response {
+        let mut response = next.run(ctx).await;
+        for error in &mut response.errors {
+            let extensions = error.extensions.get_or_insert_with(Default::default);
+            if extensions.get("code").is_none() {
+                let code = if error.path.is_empty() { codes::INVALID_QUERY } else { codes::INVALID_INPUT };
+                extensions.set("code", code);
+            }
+        }
+        response
+    }
+}

@@ -1,0 +1,80 @@
+//! HTTP transport: `POST /graphql` executes one request, `GET /graphql` serves GraphiQL.
+
+use std::sync::Arc;
+
+use async_graphql::http::GraphiQLSource;
+use async_graphql_axum::GraphQLResponse;
+use axum::extract::State;
+use axum::extract::rejection::JsonRejection;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use tower_http::limit::RequestBodyLimitLayer;
+
+use crate::auth::Staff;
+use crate::error::codes;
+use crate::{ApiState, OrderflowSchema};
+
+/// The largest request body accepted on `/graphql` (256 KiB). A GraphQL request is a query string and
+/// its variables; even an order with the maximum 100 items is a few KiB, so this leaves ample room
+/// while bounding what a client can make the server buffer and parse.
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+
+#[derive(Clone)]
+struct HttpState {
+    schema: OrderflowSchema,
+    admin_token: Option<Arc<str>>,
+}
+
+/// The GraphQL routes. `POST /graphql` takes exactly one request as a JSON object
+/// (`Content-Type: application/json`); batches (a JSON array) and multipart uploads are refused with
+/// `bad_request`, and bodies over [`MAX_BODY_BYTES`] with 413 `payload_too_large`. An
+/// `Authorization: Bearer <token>` header equal to [`ApiState::admin_token`] unlocks staff
+/// operations. `GET /graphql` serves the GraphiQL explorer.
+pub fn router(state: ApiState) -> Router {
+    let admin_token = state.staff_token().map(Arc::from);
+    let schema = crate::schema(state);
+    Router::new()
+        .route("/graphql", post(execute).get(graphiql))
+        .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
+        .with_state(HttpState { schema, admin_token })
+}
+
+async fn execute(
+    State(st): State<HttpState>,
+    headers: HeaderMap,
+    body: Result<Json<async_graphql::Request>, JsonRejection>,
+) -> Response {
+    let request = match body {
+        Ok(Json(request)) => request,
+        Err(rejection) => return refused(&rejection),
+    };
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let staff = Staff::from_authorization(authorization, st.admin_token.as_deref());
+    GraphQLResponse::from(st.schema.execute(request.data(staff)).await).into_response()
+}
+
+/// A body that is not one GraphQL request, answered in the GraphQL error shape so clients parse it the
+/// same way.
+fn refused(rejection: &JsonRejection) -> Response {
+    let status = rejection.status();
+    let (code, message) = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        (codes::PAYLOAD_TOO_LARGE, format!("the request body is larger than {MAX_BODY_BYTES} bytes"))
+    } else {
+        (
+            codes::BAD_REQUEST,
+            format!(
+                "expected one GraphQL request as a JSON object with Content-Type: application/json \
+                 (batches are not accepted): {}",
+                rejection.body_text()
+            ),
+        )
+    };
+    let body = serde_json::json!({ "errors": [{ "message": message, "extensions": { "code": code } }] });
+    (status, Json(body)).into_response()
+}
+
+async fn graphiql() -> Html<String> {
+    Html(GraphiQLSource::build().endpoint("/graphql").finish())
+}

@@ -1,0 +1,277 @@
+//! Write operations: order placement for everyone, catalog and order administration for staff.
+
+use std::time::Duration;
+
+use async_graphql::{Context, ID, InputObject, Object, SimpleObject};
+use orderflow_ingest::PlaceOrder;
+use orderflow_platform::BusRecord;
+use orderflow_schemas::events::{CancelRequested, StatusChangeRequested};
+use orderflow_schemas::{
+    Envelope, Event, EventId, IdempotencyKey, Order, OrderId, OrderStatus, Product, Quantity, UserId, codec, now_ms,
+    topics,
+};
+
+use crate::ApiState;
+use crate::auth::StaffGuard;
+use crate::error::{ApiError, ApiResult};
+use crate::query::{parse_order_id, parse_sku};
+use crate::scalars::Decimal;
+use crate::types::{GqlOrderStatus, OrderObject, ProductObject, Stock, state};
+
+/// How often a staff order change polls for the saga's answer, and for how long at most.
+const SAGA_POLL_INTERVAL: Duration = Duration::from_millis(10);
+const SAGA_WAIT: Duration = Duration::from_secs(5);
+/// The longest free-text reason accepted for stock adjustments and cancellations.
+const MAX_REASON_LEN: usize = 500;
+
+/// The root of write operations.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Mutation;
+
+#[derive(InputObject)]
+pub(crate) struct PlaceOrderInput {
+    /// Client-chosen id (1-64 of `[A-Za-z0-9._:-]`); placing the same id again returns the first order.
+    order_id: Option<ID>,
+    user_id: ID,
+    items: Vec<OrderItemInput>,
+    /// The total the client expects; refused with `total_mismatch` if the catalog prices differ.
+    total_amount: Option<Decimal>,
+    /// Makes a retry by the same user return the first order.
+    idempotency_key: Option<String>,
+}
+
+#[derive(InputObject)]
+pub(crate) struct OrderItemInput {
+    sku: String,
+    quantity: i32,
+}
+
+#[derive(SimpleObject)]
+pub(crate) struct PlaceOrderPayload {
+    order: OrderObject,
+    /// True when this request repeated an earlier one and got its order back.
+    replayed: bool,
+}
+
+#[derive(InputObject)]
+pub(crate) struct CreateProductInput {
+    sku: String,
+    name: String,
+    description: Option<String>,
+    price: Decimal,
+    /// Initial available units; default 0.
+    stock: Option<i32>,
+}
+
+#[derive(InputObject)]
+pub(crate) struct UpdateProductInput {
+    name: Option<String>,
+    description: Option<String>,
+    price: Option<Decimal>,
+}
+
+fn check_name(field: &str, name: String) -> ApiResult<String> {
+    let name = name.trim().to_owned();
+    if name.is_empty() {
+        return Err(ApiError::invalid(field, "must not be empty"));
+    }
+    if name.chars().count() > Product::MAX_NAME_LEN {
+        return Err(ApiError::invalid(field, format!("must be at most {} characters", Product::MAX_NAME_LEN)));
+    }
+    Ok(name)
+}
+
+fn check_description(field: &str, description: String) -> ApiResult<String> {
+    if description.chars().count() > Product::MAX_DESCRIPTION_LEN {
+        return Err(ApiError::invalid(field, format!("must be at most {} characters", Product::MAX_DESCRIPTION_LEN)));
+    }
+    Ok(description)
+}
+
+fn check_reason(field: &str, reason: Option<String>, default: &str) -> ApiResult<String> {
+    let reason = reason.map(|r| r.trim().to_owned()).filter(|r| !r.is_empty()).unwrap_or_else(|| default.to_owned());
+    if reason.chars().count() > MAX_REASON_LEN {
+        return Err(ApiError::invalid(field, format!("must be at most {MAX_REASON_LEN} characters")));
+    }
+    Ok(reason)
+}
+
+fn parse_place_order(input: PlaceOrderInput) -> ApiResult<PlaceOrder> {
+    let order_id =
+        input.order_id.map(|id| OrderId::parse(id.0).map_err(|e| ApiError::value("input.orderId", e))).transpose()?;
+    let user_id = UserId::parse(input.user_id.0).map_err(|e| ApiError::value("input.userId", e))?;
+    let idempotency_key = input
+        .idempotency_key
+        .map(|k| IdempotencyKey::parse(k).map_err(|e| ApiError::value("input.idempotencyKey", e)))
+        .transpose()?;
+    let items = input
+        .items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let sku = parse_sku(&format!("input.items[{i}].sku"), &item.sku)?;
+            let quantity = Quantity::new(i64::from(item.quantity))
+                .map_err(|e| ApiError::value(format!("input.items[{i}].quantity"), e))?;
+            Ok((sku, quantity))
+        })
+        .collect::<ApiResult<Vec<_>>>()?;
+    Ok(PlaceOrder {
+        order_id,
+        idempotency_key,
+        user_id,
+        items,
+        total_amount: input.total_amount.map(|d| d.0),
+        channel: "graphql".into(),
+    })
+}
+
+async fn create_product(st: &ApiState, input: CreateProductInput) -> ApiResult<Product> {
+    let sku = parse_sku("input.sku", &input.sku)?;
+    let name = check_name("input.name", input.name)?;
+    let description = check_description("input.description", input.description.unwrap_or_default())?;
+    let stock = input.stock.unwrap_or(0);
+    if stock < 0 {
+        return Err(ApiError::invalid("input.stock", format!("must not be negative (got {stock})")));
+    }
+    let now = now_ms();
+    let product = Product { sku, name, description, price: input.price.0, created_at_ms: now, updated_at_ms: now };
+    if !st.stores.catalog.create_product(&product).await? {
+        return Err(ApiError::SkuExists(product.sku.to_string()));
+    }
+    if stock > 0 {
+        st.stores.inventory.adjust_stock(&product.sku, i64::from(stock), "initial stock").await?;
+    }
+    Ok(product)
+}
+
+async fn update_product(st: &ApiState, sku: &str, input: UpdateProductInput) -> ApiResult<Product> {
+    let sku = parse_sku("sku", sku)?;
+    let name = input.name.map(|n| check_name("input.name", n)).transpose()?;
+    let description = input.description.map(|d| check_description("input.description", d)).transpose()?;
+    let mut product =
+        st.stores.catalog.product(&sku).await?.ok_or_else(|| ApiError::UnknownSku(sku.to_string()))?;
+    if let Some(name) = name {
+        product.name = name;
+    }
+    if let Some(description) = description {
+        product.description = description;
+    }
+    if let Some(price) = input.price {
+        product.price = price.0;
+    }
+    product.updated_at_ms = now_ms();
+    if !st.stores.catalog.update_product(&product).await? {
+        return Err(ApiError::UnknownSku(sku.to_string()));
+    }
+    Ok(product)
+}
+
+/// Asks the order saga (the one writer of order state) to move order `id` to `to`, then waits for it
+/// to do so. Refuses at once if the order's current status cannot move to `to`; the saga checks again
+/// when it applies the request, since the order may move on in between.
+async fn request_order_change(st: &ApiState, id: OrderId, to: OrderStatus, body: Event) -> ApiResult<Order> {
+    let before = st.stores.orders.order(&id).await?.ok_or_else(|| ApiError::OrderNotFound(id.to_string()))?;
+    if !before.status.can_move_to(to) {
+        return Err(ApiError::IllegalTransition { from: before.status, to });
+    }
+    let envelope = Envelope::new(EventId::random(), id.clone(), body);
+    let payload = codec::encode(&envelope).map_err(|e| ApiError::unavailable("encoding an order request", &e))?;
+    st.bus
+        .publish(vec![BusRecord::new(topics::ORDERS, id.as_str(), payload)])
+        .await
+        .map_err(|e| ApiError::unavailable("publishing an order request", &e))?;
+    let deadline = tokio::time::Instant::now() + SAGA_WAIT;
+    loop {
+        tokio::time::sleep(SAGA_POLL_INTERVAL).await;
+        let now =
+            st.stores.orders.order(&id).await?.ok_or_else(|| ApiError::OrderNotFound(id.to_string()))?;
+        if now.status != before.status {
+            return Ok(now);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(order = %id, to = %to, "the order saga has not applied a staff request within {SAGA_WAIT:?}");
+            return Ok(now);
+        }
+    }
+}
+
+#[Object]
+impl Mutation {
+    /// Places an order, priced from the catalog. Safe to retry with the same `orderId` or
+    /// `idempotencyKey`. Errors carry the intake codes (`unknown_sku`, `total_mismatch`, ...).
+    async fn place_order(&self, ctx: &Context<'_>, input: PlaceOrderInput) -> async_graphql::Result<PlaceOrderPayload> {
+        let req = parse_place_order(input)?;
+        let placed = state(ctx)?.intake.place(req).await.map_err(ApiError::from)?;
+        Ok(PlaceOrderPayload { order: OrderObject(placed.order), replayed: placed.replayed })
+    }
+
+    /// Staff: adds a product, with `stock` initial units. `sku_exists` if the SKU is taken.
+    #[graphql(guard = "StaffGuard")]
+    async fn create_product(&self, ctx: &Context<'_>, input: CreateProductInput) -> async_graphql::Result<ProductObject> {
+        Ok(ProductObject(create_product(state(ctx)?, input).await?))
+    }
+
+    /// Staff: changes the given fields of a product. `unknown_sku` if there is none.
+    #[graphql(guard = "StaffGuard")]
+    async fn update_product(
+        &self,
+        ctx: &Context<'_>,
+        sku: String,
+        input: UpdateProductInput,
+    ) -> async_graphql::Result<ProductObject> {
+        Ok(ProductObject(update_product(state(ctx)?, &sku, input).await?))
+    }
+
+    /// Staff: adds (or with a negative delta removes) available units. `stock_would_go_negative` if
+    /// fewer are available than removed.
+    #[graphql(guard = "StaffGuard")]
+    async fn adjust_stock(
+        &self,
+        ctx: &Context<'_>,
+        sku: String,
+        delta: i32,
+        reason: Option<String>,
+    ) -> async_graphql::Result<Stock> {
+        let sku = parse_sku("sku", &sku)?;
+        let reason = check_reason("reason", reason, "staff adjustment")?;
+        let level =
+            state(ctx)?.stores.inventory.adjust_stock(&sku, i64::from(delta), &reason).await.map_err(ApiError::from)?;
+        Ok(level.into())
+    }
+
+    /// Staff: moves an order one step along its life (e.g. CONFIRMED to PREPARING). The order saga
+    /// applies the change; this waits up to 5 s for it and returns the order as it then is.
+    /// `illegal_transition` if the order cannot move there from its current status.
+    #[graphql(guard = "StaffGuard")]
+    async fn update_order_status(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        status: GqlOrderStatus,
+    ) -> async_graphql::Result<OrderObject> {
+        let id = parse_order_id("id", &id)?;
+        let to = OrderStatus::from(status);
+        // Cancelling has its own request, which makes the saga release stock and refund payment.
+        let body: Event = if to == OrderStatus::Cancelled {
+            CancelRequested { cancel_reason: "cancelled by staff".into(), requested_by: "staff".into() }.into()
+        } else {
+            StatusChangeRequested { status: to, changed_by: "staff".into() }.into()
+        };
+        Ok(OrderObject(request_order_change(state(ctx)?, id, to, body).await?))
+    }
+
+    /// Staff: cancels an order that has not left the store yet; the saga releases its stock and refunds
+    /// its payment. Waits up to 5 s and returns the order as it then is.
+    #[graphql(guard = "StaffGuard")]
+    async fn cancel_order(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        reason: Option<String>,
+    ) -> async_graphql::Result<OrderObject> {
+        let id = parse_order_id("id", &id)?;
+        let cancel_reason = check_reason("reason", reason, "cancelled by staff")?;
+        let body = CancelRequested { cancel_reason, requested_by: "staff".into() }.into();
+        Ok(OrderObject(request_order_change(state(ctx)?, id, OrderStatus::Cancelled, body).await?))
+    }
+}

@@ -1,0 +1,124 @@
+//! Read operations: orders, the catalog and the metrics.
+
+use async_graphql::connection::{Connection, Edge};
+use async_graphql::{Context, ID, Object};
+use orderflow_platform::store::OrderFilter;
+use orderflow_schemas::{OrderId, OrderStatus, Sku, UserId};
+
+use crate::error::{ApiError, ApiResult};
+use crate::types::{GqlOrderStatus, Metrics, OrderObject, PageCursor, ProductObject, StatusCount, gql_int, state};
+
+/// Page size when `first` is not given.
+pub(crate) const DEFAULT_PAGE_SIZE: i32 = 20;
+/// The largest `first` accepted.
+pub(crate) const MAX_PAGE_SIZE: i32 = 100;
+
+/// The root of read operations.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Query;
+
+/// Checks `first` and decodes `after`; returns the page size and the store key to start after.
+fn page_args(list: &'static str, first: Option<i32>, after: Option<&str>) -> ApiResult<(usize, Option<String>)> {
+    let first = first.unwrap_or(DEFAULT_PAGE_SIZE);
+    if !(1..=MAX_PAGE_SIZE).contains(&first) {
+        return Err(ApiError::invalid("first", format!("must be between 1 and {MAX_PAGE_SIZE} (got {first})")));
+    }
+    let limit = first.unsigned_abs() as usize;
+    let after = after.map(|s| PageCursor::decode(list, s)).transpose()?;
+    Ok((limit, after))
+}
+
+pub(crate) fn parse_order_id(field: &str, id: &ID) -> ApiResult<OrderId> {
+    OrderId::parse(id.as_str()).map_err(|e| ApiError::value(field, e))
+}
+
+pub(crate) fn parse_sku(field: &str, sku: &str) -> ApiResult<Sku> {
+    Sku::parse(sku).map_err(|e| ApiError::value(field, e))
+}
+
+#[Object]
+impl Query {
+    /// One order by id; null if there is none.
+    async fn order(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<OrderObject>> {
+        let id = parse_order_id("id", &id)?;
+        let order = state(ctx)?.stores.orders.order(&id).await.map_err(ApiError::from)?;
+        Ok(order.map(OrderObject))
+    }
+
+    /// Orders, newest first, optionally of one customer and/or in one status. `first`: 1 to 100,
+    /// default 20; `after`: the `endCursor` of the previous page.
+    #[graphql(complexity = "first.unwrap_or(DEFAULT_PAGE_SIZE).clamp(1, MAX_PAGE_SIZE) as usize * child_complexity")]
+    async fn orders(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+        user_id: Option<ID>,
+        status: Option<GqlOrderStatus>,
+    ) -> async_graphql::Result<Connection<PageCursor, OrderObject>> {
+        let (limit, after) = page_args(PageCursor::ORDERS, first, after.as_deref())?;
+        let user = user_id.map(|u| UserId::parse(u.as_str()).map_err(|e| ApiError::value("userId", e))).transpose()?;
+        let filter = OrderFilter { user, status: status.map(OrderStatus::from) };
+        let page =
+            state(ctx)?.stores.orders.list(&filter, after.as_deref(), limit).await.map_err(ApiError::from)?;
+        let mut connection = Connection::new(after.is_some(), page.has_next);
+        connection.edges.extend(page.items.into_iter().map(|(key, order)| {
+            Edge::new(PageCursor { list: PageCursor::ORDERS, key }, OrderObject(order))
+        }));
+        Ok(connection)
+    }
+
+    /// One product by SKU; null if there is none.
+    async fn product(&self, ctx: &Context<'_>, sku: String) -> async_graphql::Result<Option<ProductObject>> {
+        let sku = parse_sku("sku", &sku)?;
+        let product = state(ctx)?.stores.catalog.product(&sku).await.map_err(ApiError::from)?;
+        Ok(product.map(ProductObject))
+    }
+
+    /// The catalog in SKU order. `first`: 1 to 100, default 20; `after`: the `endCursor` of the
+    /// previous page.
+    #[graphql(complexity = "first.unwrap_or(DEFAULT_PAGE_SIZE).clamp(1, MAX_PAGE_SIZE) as usize * child_complexity")]
+    async fn products(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<Connection<PageCursor, ProductObject>> {
+        let (limit, after) = page_args(PageCursor::PRODUCTS, first, after.as_deref())?;
+        let page = state(ctx)?.stores.catalog.products(after.as_deref(), limit).await.map_err(ApiError::from)?;
+        let mut connection = Connection::new(after.is_some(), page.has_next);
+        connection.edges.extend(page.items.into_iter().map(|(key, product)| {
+            Edge::new(PageCursor { list: PageCursor::PRODUCTS, key }, ProductObject(product))
+        }));
+        Ok(connection)
+    }
+
+    /// Order counters over every order in the store.
+    async fn metrics(&self, ctx: &Context<'_>) -> async_graphql::Result<Metrics> {
+        let stats = state(ctx)?.stores.orders.stats().await.map_err(ApiError::from)?;
+        let average_processing_time_ms =
+            if stats.processed == 0 { 0.0 } else { stats.processing_ms_total as f64 / stats.processed as f64 };
+        let orders_by_status = OrderStatus::ALL
+            .into_iter()
+            .map(|status| {
+                let count = stats.by_status.iter().filter(|(s, _)| *s == status).map(|(_, n)| *n).sum::<u64>();
+                StatusCount { status: status.into(), count: gql_int(count) }
+            })
+            .collect();
+        Ok(Metrics { orders_processed: gql_int(stats.processed), average_processing_time_ms, orders_by_status })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_must_be_between_1_and_100() {
+        assert_eq!(page_args("p", None, None).ok(), Some((20, None)));
+        assert_eq!(page_args("p", Some(100), None).ok(), Some((100, None)));
+        for bad in [0, -1, 101, i32::MAX, i32::MIN] {
+            assert!(matches!(page_args("p", Some(bad), None), Err(ApiError::InvalidInput { .. })), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! Output types: thin wrappers over the domain types, resolved on demand.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use async_graphql::connection::CursorType;
+use async_graphql::{Context, Enum, ID, Object, SimpleObject};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use orderflow_schemas::{Order, Product, StockLevel};
+
+use crate::ApiState;
+use crate::error::{ApiError, ApiResult};
+use crate::scalars::Decimal;
+
+/// Where an order is in its life.
+#[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
+#[graphql(name = "OrderStatus", remote = "orderflow_schemas::OrderStatus")]
+pub(crate) enum GqlOrderStatus {
+    Pending,
+    Processing,
+    Confirmed,
+    Preparing,
+    OutForDelivery,
+    Delivered,
+    Cancelled,
+    Rejected,
+}
+
+/// The latest instant humantime can print (9999-12-31T23:59:59.999Z); later times are clamped.
+const MAX_RFC3339_MS: i64 = 253_402_300_799_999;
+
+/// Milliseconds since the epoch as RFC 3339 UTC with milliseconds, e.g. `2025-01-31T09:15:00.123Z`.
+pub(crate) fn rfc3339_ms(at_ms: i64) -> String {
+    let ms = at_ms.clamp(0, MAX_RFC3339_MS).unsigned_abs();
+    let at = UNIX_EPOCH + Duration::from_millis(ms);
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
+/// Saturates at `i32::MAX` (GraphQL `Int` is 32-bit); counts that large are not expected.
+pub(crate) fn gql_int(n: u64) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+pub(crate) fn state<'a>(ctx: &Context<'a>) -> ApiResult<&'a ApiState> {
+    ctx.data::<ApiState>().map_err(|e| ApiError::unavailable("reading the API state", &e.message))
+}
+
+/// An order and its timeline.
+pub(crate) struct OrderObject(pub(crate) Order);
+
+#[Object(name = "Order")]
+impl OrderObject {
+    async fn id(&self) -> ID {
+        ID(self.0.id.to_string())
+    }
+
+    async fn status(&self) -> GqlOrderStatus {
+        self.0.status.into()
+    }
+
+    async fn user_id(&self) -> ID {
+        ID(self.0.user_id.to_string())
+    }
+
+    async fn items(&self) -> Vec<OrderItem> {
+        self.0
+            .lines
+            .iter()
+            .map(|l| OrderItem {
+                sku: l.sku.to_string(),
+                quantity: gql_int(u64::from(l.quantity.get())),
+                unit_price: l.unit_price.into(),
+            })
+            .collect()
+    }
+
+    /// What the customer pays: the sum of quantity times unit price.
+    async fn total_amount(&self) -> Decimal {
+        self.0.total.into()
+    }
+
+    /// Why the order was rejected or cancelled.
+    async fn reason(&self) -> Option<&str> {
+        self.0.reason.as_deref()
+    }
+
+    /// RFC 3339 UTC with milliseconds.
+    async fn placed_at(&self) -> String {
+        rfc3339_ms(self.0.placed_at_ms)
+    }
+
+    /// Every step of the order, oldest first.
+    async fn timeline(&self) -> Vec<TimelineEvent> {
+        self.0
+            .timeline
+            .iter()
+            .map(|t| TimelineEvent { at: rfc3339_ms(t.at_ms), kind: t.kind.clone(), detail: t.detail.clone() })
+            .collect()
+    }
+}
+
+/// One line of an order, priced at intake.
+#[derive(SimpleObject)]
+pub(crate) struct OrderItem {
+    sku: String,
+    quantity: i32,
+    unit_price: Decimal,
+}
+
+/// One step in an order's life.
+#[derive(SimpleObject)]
+pub(crate) struct TimelineEvent {
+    /// RFC 3339 UTC with milliseconds.
+    at: String,
+    /// Machine-readable step, such as `placed`, `stock_reserved`, `confirmed`.
+    #[graphql(name = "type")]
+    kind: String,
+    detail: String,
+}
+
+/// A product in the catalog.
+pub(crate) struct ProductObject(pub(crate) Product);
+
+#[Object(name = "Product")]
+impl ProductObject {
+    async fn sku(&self) -> &str {
+        self.0.sku.as_str()
+    }
+
+    async fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    async fn description(&self) -> &str {
+        &self.0.description
+    }
+
+    async fn price(&self) -> Decimal {
+        self.0.price.into()
+    }
+
+    /// Units on the shelf; 0/0 for a product that never had stock.
+    async fn stock(&self, ctx: &Context<'_>) -> async_graphql::Result<Stock> {
+        let level = state(ctx)?.stores.inventory.stock(&self.0.sku).await.map_err(ApiError::from)?;
+        Ok(level.unwrap_or_default().into())
+    }
+}
+
+/// Units of one SKU on the shelf.
+#[derive(SimpleObject, Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Stock {
+    /// Units that can be ordered now.
+    available: i32,
+    /// Units held for orders in progress.
+    reserved: i32,
+}
+
+impl From<StockLevel> for Stock {
+    fn from(s: StockLevel) -> Self {
+        Stock { available: gql_int(s.available), reserved: gql_int(s.reserved) }
+    }
+}
+
+/// Order counters.
+#[derive(SimpleObject)]
+pub(crate) struct Metrics {
+    /// Orders that reached CONFIRMED or REJECTED.
+    pub(crate) orders_processed: i32,
+    /// Mean time from placement to CONFIRMED or REJECTED; 0 when none was processed.
+    pub(crate) average_processing_time_ms: f64,
+    /// Every status, zero counts included.
+    pub(crate) orders_by_status: Vec<StatusCount>,
+}
+
+#[derive(SimpleObject)]
+pub(crate) struct StatusCount {
+    pub(crate) status: GqlOrderStatus,
+    pub(crate) count: i32,
+}
+
+/// A position in a keyset-paginated list: the store's key, tagged with the list it belongs to and
+/// base64url-encoded so clients treat it as opaque.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PageCursor {
+    pub(crate) list: &'static str,
+    pub(crate) key: String,
+}
+
+/// Cursors longer than this are refused before decoding (store keys are short).
+const MAX_CURSOR_LEN: usize = 1024;
+
+impl PageCursor {
+    pub(crate) const PRODUCTS: &'static str = "products";
+    pub(crate) const ORDERS: &'static str = "orders";
+
+    /// Decodes a cursor that must belong to `list`.
+    pub(crate) fn decode(list: &'static str, s: &str) -> ApiResult<String> {
+        if s.len() > MAX_CURSOR_LEN {
+            return Err(ApiError::InvalidCursor);
+        }
+        let bytes = URL_SAFE_NO_PAD.decode(s).map_err(|_| ApiError::InvalidCursor)?;
+        let text = String::from_utf8(bytes).map_err(|_| ApiError::InvalidCursor)?;
+        let (tag, key) = text.split_once(':').ok_or(ApiError::InvalidCursor)?;
+        if tag != list || key.is_empty() {
+            return Err(ApiError::InvalidCursor);
+        }
+        Ok(key.to_owned())
+    }
+}
+
+impl CursorType for PageCursor {
+    type Error = &'static str;
+
+    /// Not used for input (resolvers call [`PageCursor::decode`] with the expected list); required by
+    /// the trait.
+    fn decode_cursor(_s: &str) -> Result<Self, Self::Error> {
+        Err("decode cursors with PageCursor::decode")
+    }
+
+    fn encode_cursor(&self) -> String {
+        URL_SAFE_NO_PAD.encode(format!("{}:{}", self.list, self.key))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_rfc3339_utc_with_millis() {
+        assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339_ms(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+        assert_eq!(rfc3339_ms(-5), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339_ms(i64::MAX), "9999-12-31T23:59:59.999Z");
+    }
+
+    #[test]
+    fn cursors_round_trip_and_belong_to_one_list() {
+        let c = PageCursor { list: PageCursor::PRODUCTS, key: "SKU-1".into() }.encode_cursor();
+        assert_eq!(PageCursor::decode(PageCursor::PRODUCTS, &c).ok(), Some("SKU-1".to_owned()));
+        assert!(PageCursor::decode(PageCursor::ORDERS, &c).is_err());
+        assert!(PageCursor::decode(PageCursor::PRODUCTS, "not base64!").is_err());
+        assert!(PageCursor::decode(PageCursor::PRODUCTS, &URL_SAFE_NO_PAD.encode("SKU-1")).is_err());
+        assert!(PageCursor::decode(PageCursor::PRODUCTS, &"A".repeat(5000)).is_err());
+    }
+}

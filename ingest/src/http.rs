@@ -1,0 +1,271 @@
+//! `POST /v1/orders` and `GET /v1/orders/{order_id}`: the JSON front door for web and mobile clients.
+//!
+//! Every 4xx/5xx body is `{"code": "...", "message": "..."}` with a stable machine-readable `code`
+//! (listed in the README). Internal causes are logged, never returned.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use orderflow_platform::store::Stores;
+use orderflow_schemas::{IdempotencyKey, Money, Order, OrderId, Quantity, Sku, UserId, ValueError};
+use serde::{Deserialize, Serialize};
+
+use crate::{Intake, IntakeError, PlaceOrder};
+
+/// The largest request body accepted on the JSON API.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// An API error: status, stable code, human message.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    code: &'a str,
+    message: &'a str,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into() }
+    }
+
+    pub fn not_found() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", "no such route; see the README for the API")
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody { code: self.code, message: &self.message };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<ValueError> for ApiError {
+    fn from(e: ValueError) -> Self {
+        let code = match e.field {
+            "order_id" => "invalid_order_id",
+            "user_id" => "invalid_user_id",
+            "sku" => "invalid_sku",
+            "quantity" => "invalid_quantity",
+            "total_amount" => "invalid_total_amount",
+            "Idempotency-Key" => "invalid_idempotency_key",
+            _ => "invalid_request",
+        };
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, e.to_string())
+    }
+}
+
+impl From<IntakeError> for ApiError {
+    fn from(e: IntakeError) -> Self {
+        let status = match &e {
+            IntakeError::IdempotencyConflict(_) => StatusCode::CONFLICT,
+            IntakeError::Unavailable(cause) => {
+                tracing::error!(%cause, "order intake unavailable");
+                return Self::new(StatusCode::SERVICE_UNAVAILABLE, e.code(), "temporarily unavailable; retry with the same order_id");
+            }
+            _ => StatusCode::UNPROCESSABLE_ENTITY,
+        };
+        Self::new(status, e.code(), e.to_string())
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        match r {
+            JsonRejection::JsonSyntaxError(e) => {
+                Self::new(StatusCode::BAD_REQUEST, "malformed_json", format!("the body is not valid JSON: {}", source_text(&e)))
+            }
+            JsonRejection::JsonDataError(e) => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", format!("the JSON does not match the request schema: {}", source_text(&e)))
+            }
+            JsonRejection::MissingJsonContentType(_) => Self::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the body with `Content-Type: application/json`",
+            ),
+            other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => Self::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("the body is larger than {MAX_BODY_BYTES} bytes"),
+            ),
+            other => Self::new(other.status(), "invalid_request", other.body_text()),
+        }
+    }
+}
+
+fn source_text(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg = s.to_string();
+        src = s.source();
+    }
+    msg
+}
+
+/// `Json` whose rejections are [`ApiError`]s.
+#[derive(Debug)]
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let Json(v) = Json::<T>::from_request(req, state).await?;
+        Ok(Self(v))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlaceOrderBody {
+    order_id: Option<String>,
+    user_id: String,
+    items: Vec<ItemBody>,
+    total_amount: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ItemBody {
+    sku: String,
+    quantity: i64,
+}
+
+impl PlaceOrderBody {
+    fn parse(self, idempotency_key: Option<IdempotencyKey>) -> Result<PlaceOrder, ApiError> {
+        let total_amount = match self.total_amount {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(s)) => Some(Money::parse("total_amount", &s)?),
+            Some(other) => {
+                return Err(ValueError::new("total_amount", format!("must be a decimal string such as \"12.50\", not {other}")).into());
+            }
+        };
+        Ok(PlaceOrder {
+            order_id: self.order_id.map(OrderId::parse).transpose()?,
+            idempotency_key,
+            user_id: UserId::parse(self.user_id)?,
+            items: self
+                .items
+                .into_iter()
+                .map(|i| Ok((Sku::parse(i.sku)?, Quantity::new(i.quantity)?)))
+                .collect::<Result<_, ValueError>>()?,
+            total_amount,
+            channel: "http".into(),
+        })
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PlacedBody {
+    pub order_id: String,
+    pub status: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct OrderBody {
+    pub order_id: String,
+    pub user_id: String,
+    pub status: String,
+    pub items: Vec<OrderItemBody>,
+    pub total_amount: String,
+    pub reason: Option<String>,
+    pub placed_at_ms: i64,
+    pub timeline: Vec<TimelineBody>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct OrderItemBody {
+    pub sku: String,
+    pub quantity: u32,
+    pub unit_price: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TimelineBody {
+    pub at_ms: i64,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub detail: String,
+}
+
+impl From<&Order> for OrderBody {
+    fn from(o: &Order) -> Self {
+        Self {
+            order_id: o.id.to_string(),
+            user_id: o.user_id.to_string(),
+            status: o.status.as_str().to_owned(),
+            items: o
+                .lines
+                .iter()
+                .map(|l| OrderItemBody { sku: l.sku.to_string(), quantity: l.quantity.get(), unit_price: l.unit_price.to_string() })
+                .collect(),
+            total_amount: o.total.to_string(),
+            reason: o.reason.clone(),
+            placed_at_ms: o.placed_at_ms,
+            timeline: o.timeline.iter().map(|t| TimelineBody { at_ms: t.at_ms, kind: t.kind.clone(), detail: t.detail.clone() }).collect(),
+        }
+    }
+}
+
+/// State of the order routes.
+#[derive(Clone, Debug)]
+pub struct OrdersApi {
+    pub intake: Intake,
+    pub stores: Stores,
+}
+
+async fn place_order(
+    State(api): State<OrdersApi>,
+    headers: HeaderMap,
+    body: Result<ApiJson<PlaceOrderBody>, ApiError>,
+) -> Result<Response, ApiError> {
+    let ApiJson(body) = body?;
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => Some(IdempotencyKey::parse(
+            v.to_str().map_err(|_| ValueError::new("Idempotency-Key", "must be visible ASCII"))?,
+        )?),
+    };
+    let placed = api.intake.place(body.parse(key)?).await?;
+    let id = placed.order.id.to_string();
+    // A repeated request answers with the first request's result, which was always PENDING.
+    let mut response = (StatusCode::ACCEPTED, Json(PlacedBody { order_id: id.clone(), status: "PENDING".into() })).into_response();
+    if let Ok(location) = HeaderValue::from_str(&format!("/v1/orders/{id}")) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    if placed.replayed {
+        response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+async fn get_order(State(api): State<OrdersApi>, Path(id): Path<String>) -> Result<Json<OrderBody>, ApiError> {
+    let not_found = || ApiError::new(StatusCode::NOT_FOUND, "order_not_found", format!("no order with id {id:?}"));
+    let Ok(order_id) = OrderId::parse(id.clone()) else { return Err(not_found()) };
+    match api.stores.orders.order(&order_id).await {
+        Ok(Some(order)) => Ok(Json(OrderBody::from(&order))),
+        Ok(None) => Err(not_found()),
+        Err(e) => {
+            tracing::error!(error = %e, "reading order failed");
+            Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "temporarily unavailable; retry"))
+        }
+    }
+}
+
+/// The order routes, with the body limit applied.
+pub fn router(api: OrdersApi) -> Router {
+    Router::new()
+        .route("/v1/orders", post(place_order))
+        .route("/v1/orders/{order_id}", get(get_order))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(api)
+}

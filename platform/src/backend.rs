@@ -1,0 +1,115 @@
+//! Picking adapters from URL-like settings: `embedded` (the default, in the data directory),
+//! `kafka://host:port[,host:port]` for the bus and `scylla://host:port[,...]` for the store.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use crate::bus::Bus;
+use crate::store::Stores;
+
+/// A backend setting as given on the command line or in `ORDERFLOW_BUS` / `ORDERFLOW_STORE`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendUrl {
+    /// In-process, durable, in the data directory.
+    Embedded,
+    /// Apache Kafka bootstrap servers.
+    Kafka(Vec<String>),
+    /// ScyllaDB / Apache Cassandra contact points.
+    Scylla(Vec<String>),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("unsupported backend {0:?}: use `embedded`, `kafka://HOST:PORT[,HOST:PORT]` or `scylla://HOST:PORT[,...]`")]
+    Unsupported(String),
+    #[error("{0} needs at least one HOST:PORT")]
+    NoHosts(String),
+    #[error("the {0} adapter is not part of this build yet: run with the default `embedded`")]
+    NotBuilt(&'static str),
+    #[error("{what} {url} cannot be used as the {role}")]
+    WrongRole { what: &'static str, url: String, role: &'static str },
+    #[error("cannot open the embedded data directory {path}: {reason}")]
+    Embedded { path: PathBuf, reason: String },
+}
+
+impl FromStr for BackendUrl {
+    type Err = BackendError;
+    fn from_str(s: &str) -> Result<Self, BackendError> {
+        let hosts = |rest: &str| -> Result<Vec<String>, BackendError> {
+            let hosts: Vec<String> =
+                rest.split(',').map(str::trim).filter(|h| !h.is_empty()).map(str::to_owned).collect();
+            if hosts.is_empty() { Err(BackendError::NoHosts(s.to_owned())) } else { Ok(hosts) }
+        };
+        if s == "embedded" {
+            Ok(Self::Embedded)
+        } else if let Some(rest) = s.strip_prefix("kafka://") {
+            Ok(Self::Kafka(hosts(rest)?))
+        } else if let Some(rest) = s.strip_prefix("scylla://").or_else(|| s.strip_prefix("cassandra://")) {
+            Ok(Self::Scylla(hosts(rest)?))
+        } else {
+            Err(BackendError::Unsupported(s.to_owned()))
+        }
+    }
+}
+
+impl std::fmt::Display for BackendUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Embedded => f.write_str("embedded"),
+            Self::Kafka(h) => write!(f, "kafka://{}", h.join(",")),
+            Self::Scylla(h) => write!(f, "scylla://{}", h.join(",")),
+        }
+    }
+}
+
+/// The adapters a process runs on.
+#[derive(Clone, Debug)]
+pub struct Backends {
+    pub bus: Arc<dyn Bus>,
+    pub stores: Stores,
+}
+
+/// Options of the embedded adapters.
+#[derive(Debug, Clone)]
+pub struct EmbeddedOptions {
+    /// fsync every write (survives power loss, slower). Off: every write reaches the OS before it is
+    /// acknowledged, which survives a crash or `kill -9` of the process, and the journal is synced in
+    /// the background.
+    pub sync_writes: bool,
+}
+
+impl Default for EmbeddedOptions {
+    fn default() -> Self {
+        Self { sync_writes: false }
+    }
+}
+
+impl Backends {
+    /// Opens the adapters named by `bus` and `store`; `data_dir` holds whatever is embedded.
+    pub fn open(bus: &BackendUrl, store: &BackendUrl, data_dir: &Path, options: &EmbeddedOptions) -> Result<Self, BackendError> {
+        match (bus, store) {
+            (BackendUrl::Embedded, BackendUrl::Embedded) => crate::embedded::open(data_dir, options),
+            (BackendUrl::Scylla(_), _) => Err(BackendError::WrongRole { what: "ScyllaDB", url: bus.to_string(), role: "bus" }),
+            (_, BackendUrl::Kafka(_)) => Err(BackendError::WrongRole { what: "Kafka", url: store.to_string(), role: "store" }),
+            (BackendUrl::Kafka(_), _) => Err(BackendError::NotBuilt("Kafka bus")),
+            (_, BackendUrl::Scylla(_)) => Err(BackendError::NotBuilt("ScyllaDB store")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_backend_urls() {
+        assert_eq!("embedded".parse::<BackendUrl>().ok(), Some(BackendUrl::Embedded));
+        assert_eq!(
+            "kafka://a:9092, b:9092".parse::<BackendUrl>().ok(),
+            Some(BackendUrl::Kafka(vec!["a:9092".into(), "b:9092".into()]))
+        );
+        assert!(matches!("kafka://".parse::<BackendUrl>(), Err(BackendError::NoHosts(_))));
+        assert!(matches!("redis://x".parse::<BackendUrl>(), Err(BackendError::Unsupported(_))));
+    }
+}

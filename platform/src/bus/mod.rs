@@ -1,0 +1,105 @@
+//! The bus port: append records to key-partitioned topics; consume them in consumer groups with the
+//! position committed only after the handler's writes and outputs are durable (at-least-once).
+//!
+//! Adapters: [`crate::embedded::EmbeddedLog`] (default) and, next, Kafka. Both run the same
+//! [`policy`] around the handler, so retries and dead-lettering behave the same everywhere.
+
+pub mod policy;
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use orderflow_schemas::topics::Topic;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("bus unavailable: {0}")]
+    Unavailable(String),
+    #[error("unknown topic {0}")]
+    UnknownTopic(String),
+    #[error("consumer group {group} is already consuming {topic} in this process")]
+    AlreadyConsuming { group: String, topic: String },
+    #[error("shutting down")]
+    ShuttingDown,
+}
+
+/// A record to append. Records with the same key land in the same partition, in publish order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BusRecord {
+    pub topic: String,
+    pub key: String,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, String)>,
+}
+
+impl BusRecord {
+    pub fn new(topic: Topic, key: impl Into<String>, payload: Vec<u8>) -> Self {
+        Self { topic: topic.name.to_owned(), key: key.into(), payload, headers: Vec::new() }
+    }
+}
+
+/// A record handed to a consumer.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub topic: String,
+    pub partition: u32,
+    pub offset: u64,
+    pub key: String,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, String)>,
+}
+
+/// How a handler failed, which decides what the consumer does next.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// Worth trying again (store or bus briefly unavailable): the record is retried with backoff and the
+    /// position does not move past it.
+    #[error("transient: {0}")]
+    Transient(String),
+    /// The record can never be handled (undecodable, refers to nothing): it goes to the dead-letter
+    /// topic with the reason and the consumer moves on.
+    #[error("rejected: {0}")]
+    Poison(String),
+}
+
+impl From<crate::store::StoreError> for HandlerError {
+    fn from(e: crate::store::StoreError) -> Self {
+        match e {
+            crate::store::StoreError::Corrupt(m) => HandlerError::Poison(m),
+            other => HandlerError::Transient(other.to_string()),
+        }
+    }
+}
+
+impl From<BusError> for HandlerError {
+    fn from(e: BusError) -> Self {
+        HandlerError::Transient(e.to_string())
+    }
+}
+
+/// What a consumer does with each record. Must be idempotent: a record can arrive more than once.
+#[async_trait]
+pub trait Handler: Send + Sync {
+    async fn handle(&self, delivery: &Delivery) -> Result<(), HandlerError>;
+}
+
+#[async_trait]
+pub trait Bus: Send + Sync + fmt::Debug {
+    /// Appends `records`; returns once every one is durable. Creates nothing: topics come from
+    /// [`orderflow_schemas::topics::ALL`].
+    async fn publish(&self, records: Vec<BusRecord>) -> Result<(), BusError>;
+
+    /// Consumes `topic` as a member of `group` until `shutdown` is cancelled, running `handler` under
+    /// [`policy::handle_with_policy`] and committing each record's position after it returns. On
+    /// shutdown it finishes the record in hand and returns.
+    async fn consume(
+        &self,
+        group: &str,
+        topic: Topic,
+        handler: Arc<dyn Handler>,
+        shutdown: CancellationToken,
+    ) -> Result<(), BusError>;
+}

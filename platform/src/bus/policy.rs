@@ -1,0 +1,75 @@
+//! What every bus adapter does around a handler: retry transient failures with capped exponential
+//! backoff (for as long as it takes, since skipping would lose an order), and move poison records to
+//! the dead-letter topic with the reason so the partition keeps flowing.
+
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use orderflow_schemas::topics;
+use tokio_util::sync::CancellationToken;
+
+use super::{Bus, BusError, BusRecord, Delivery, Handler, HandlerError};
+
+/// Header with the reason a record was dead-lettered.
+pub const ERROR_HEADER: &str = "orderflow.error";
+/// Headers naming where a dead-lettered record came from.
+pub const SOURCE_TOPIC_HEADER: &str = "orderflow.source.topic";
+pub const SOURCE_PARTITION_HEADER: &str = "orderflow.source.partition";
+pub const SOURCE_OFFSET_HEADER: &str = "orderflow.source.offset";
+pub const GROUP_HEADER: &str = "orderflow.group";
+
+/// Runs `handler` on `delivery` until it succeeds or is poison. Returns `Err` only when shutting down
+/// before the record was handled; the caller must then not commit its position.
+pub async fn handle_with_policy(
+    bus: &dyn Bus,
+    group: &str,
+    handler: &dyn Handler,
+    delivery: &Delivery,
+    shutdown: &CancellationToken,
+) -> Result<(), BusError> {
+    let mut backoff = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(20))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times()
+        .build();
+    loop {
+        let started = std::time::Instant::now();
+        let outcome = handler.handle(delivery).await;
+        metrics::histogram!("orderflow_handler_duration_seconds", "group" => group.to_owned())
+            .record(started.elapsed().as_secs_f64());
+        match outcome {
+            Ok(()) => {
+                metrics::counter!("orderflow_records_processed_total", "group" => group.to_owned()).increment(1);
+                return Ok(());
+            }
+            Err(HandlerError::Poison(reason)) => {
+                tracing::warn!(group, topic = %delivery.topic, partition = delivery.partition, offset = delivery.offset, %reason, "dead-lettering record");
+                metrics::counter!("orderflow_records_dead_lettered_total", "group" => group.to_owned()).increment(1);
+                let mut record = BusRecord::new(topics::DEAD_LETTER, delivery.key.clone(), delivery.payload.clone());
+                record.headers = delivery.headers.clone();
+                record.headers.extend([
+                    (ERROR_HEADER.to_owned(), reason),
+                    (SOURCE_TOPIC_HEADER.to_owned(), delivery.topic.clone()),
+                    (SOURCE_PARTITION_HEADER.to_owned(), delivery.partition.to_string()),
+                    (SOURCE_OFFSET_HEADER.to_owned(), delivery.offset.to_string()),
+                    (GROUP_HEADER.to_owned(), group.to_owned()),
+                ]);
+                // Dead-lettering itself can fail transiently; retry it like any other step.
+                match bus.publish(vec![record]).await {
+                    Ok(()) => return Ok(()),
+                    Err(e) => tracing::warn!(error = %e, "dead-letter publish failed; retrying"),
+                }
+            }
+            Err(HandlerError::Transient(reason)) => {
+                metrics::counter!("orderflow_handler_retries_total", "group" => group.to_owned()).increment(1);
+                tracing::warn!(group, topic = %delivery.topic, offset = delivery.offset, %reason, "handler failed; retrying");
+            }
+        }
+        let delay = backoff.next().unwrap_or(Duration::from_secs(5));
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shutdown.cancelled() => return Err(BusError::ShuttingDown),
+        }
+    }
+}

@@ -1,0 +1,315 @@
+//! The embedded bus: a durable, partitioned log in the `log` keyspace, with consumer-group positions in
+//! `cursors`. Same contract as Kafka: a key always maps to one partition, a partition is read in order by
+//! one task per group, and a position is committed only after the handler returned.
+//!
+//! Keys: `log` = topic, 0x00, partition (u16 BE), offset (u64 BE); `cursors` = group, 0x00, topic, 0x00,
+//! partition (u16 BE) -> next offset (u64 BE). Records every group has read are deleted in the
+//! background, keeping the newest one so offsets never restart.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use fjall::Readable;
+use orderflow_schemas::topics::{self, Topic};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::{Db, from_row, to_row, unavailable};
+use crate::bus::{Bus, BusError, BusRecord, Delivery, Handler, policy};
+use crate::store::StoreError;
+
+/// Records read per scan of a partition.
+const SCAN_BATCH: usize = 256;
+/// How often a consumer looks again without a wake-up (a safety net; publishes wake it at once).
+const IDLE_POLL: Duration = Duration::from_millis(500);
+/// Try to trim a partition after this many committed records.
+const TRIM_EVERY: u64 = 1024;
+
+#[derive(Serialize, Deserialize)]
+struct StoredMeta {
+    key: String,
+    headers: Vec<(String, String)>,
+}
+
+/// The partition of `key` in a topic with `partitions` partitions. Stable across versions and machines.
+pub(crate) fn partition_for(key: &str, partitions: u16) -> u16 {
+    (crc32fast::hash(key.as_bytes()) % u32::from(partitions.max(1))) as u16
+}
+
+fn partition_prefix(topic: &str, partition: u16) -> Vec<u8> {
+    let mut k = Vec::with_capacity(topic.len() + 3);
+    k.extend_from_slice(topic.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&partition.to_be_bytes());
+    k
+}
+
+fn record_key(topic: &str, partition: u16, offset: u64) -> Vec<u8> {
+    let mut k = partition_prefix(topic, partition);
+    k.extend_from_slice(&offset.to_be_bytes());
+    k
+}
+
+fn offset_of(key: &[u8]) -> Option<u64> {
+    let tail: [u8; 8] = key.get(key.len().checked_sub(8)?..)?.try_into().ok()?;
+    Some(u64::from_be_bytes(tail))
+}
+
+fn cursor_key(group: &str, topic: &str, partition: u16) -> Vec<u8> {
+    let mut k = Vec::with_capacity(group.len() + topic.len() + 4);
+    k.extend_from_slice(group.as_bytes());
+    k.push(0);
+    k.extend_from_slice(topic.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&partition.to_be_bytes());
+    k
+}
+
+fn encode_value(record: &BusRecord) -> Result<Vec<u8>, StoreError> {
+    let meta = to_row(&StoredMeta { key: record.key.clone(), headers: record.headers.clone() })?;
+    let mut v = Vec::with_capacity(4 + meta.len() + record.payload.len());
+    v.extend_from_slice(&(meta.len() as u32).to_be_bytes());
+    v.extend_from_slice(&meta);
+    v.extend_from_slice(&record.payload);
+    Ok(v)
+}
+
+fn decode_value(v: &[u8]) -> Result<(StoredMeta, Vec<u8>), StoreError> {
+    let corrupt = || StoreError::Corrupt("log record shorter than its header".into());
+    let len_bytes: [u8; 4] = v.get(..4).ok_or_else(corrupt)?.try_into().map_err(|_| corrupt())?;
+    let len = u32::from_be_bytes(len_bytes) as usize;
+    let meta = from_row(v.get(4..4 + len).ok_or_else(corrupt)?)?;
+    Ok((meta, v.get(4 + len..).ok_or_else(corrupt)?.to_vec()))
+}
+
+/// The embedded bus adapter.
+pub struct EmbeddedLog {
+    db: Arc<Db>,
+    /// Next offset per (topic, partition), loaded from the log on first use.
+    next_offsets: Arc<Mutex<HashMap<(&'static str, u16), u64>>>,
+    /// Woken on every publish to a topic.
+    wakers: HashMap<&'static str, Arc<Notify>>,
+    /// (group, topic) pairs consuming in this process: one consumer per group, like a Kafka group of one.
+    active: Mutex<std::collections::HashSet<(String, String)>>,
+}
+
+impl std::fmt::Debug for EmbeddedLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedLog").finish_non_exhaustive()
+    }
+}
+
+fn topic_named(name: &str) -> Result<Topic, BusError> {
+    topics::ALL.into_iter().find(|t| t.name == name).ok_or_else(|| BusError::UnknownTopic(name.to_owned()))
+}
+
+impl EmbeddedLog {
+    pub(crate) fn new(db: Arc<Db>) -> Self {
+        let wakers = topics::ALL.iter().map(|t| (t.name, Arc::new(Notify::new()))).collect();
+        Self { db, next_offsets: Arc::new(Mutex::new(HashMap::new())), wakers, active: Mutex::new(Default::default()) }
+    }
+
+    fn waker(&self, topic: &str) -> Result<Arc<Notify>, BusError> {
+        self.wakers.get(topic).cloned().ok_or_else(|| BusError::UnknownTopic(topic.to_owned()))
+    }
+
+    fn read_cursor(&self, group: &str, topic: &str, partition: u16) -> Result<u64, StoreError> {
+        let v = self.db.cursors.get(cursor_key(group, topic, partition)).map_err(unavailable)?;
+        Ok(match v {
+            Some(bytes) => u64::from_be_bytes(bytes.as_ref().try_into().map_err(|_| StoreError::Corrupt("cursor".into()))?),
+            None => 0,
+        })
+    }
+
+    fn write_cursor(&self, group: &str, topic: &str, partition: u16, next: u64) -> Result<(), StoreError> {
+        self.db.cursors.insert(cursor_key(group, topic, partition), next.to_be_bytes()).map_err(unavailable)
+    }
+
+    fn scan(&self, topic: &str, partition: u16, from: u64) -> Result<Vec<Delivery>, StoreError> {
+        let start = record_key(topic, partition, from);
+        let end = record_key(topic, partition, u64::MAX);
+        let mut out = Vec::new();
+        for guard in self.db.log.inner().range(start..end).take(SCAN_BATCH) {
+            let (k, v) = guard.into_inner().map_err(unavailable)?;
+            let offset = offset_of(&k).ok_or_else(|| StoreError::Corrupt("log key".into()))?;
+            let (meta, payload) = decode_value(&v)?;
+            out.push(Delivery {
+                topic: topic.to_owned(),
+                partition: u32::from(partition),
+                offset,
+                key: meta.key,
+                payload,
+                headers: meta.headers,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Deletes records of a partition that every group which ever read the topic has committed past,
+    /// keeping the newest record so that the next offset can always be recovered from the log.
+    fn trim(&self, topic: &str, partition: u16) -> Result<(), StoreError> {
+        let mut min_next = u64::MAX;
+        for guard in self.db.cursors.inner().iter() {
+            let (k, v) = guard.into_inner().map_err(unavailable)?;
+            let mut parts = k.splitn(2, |b| *b == 0);
+            let (_group, rest) = (parts.next(), parts.next().unwrap_or_default());
+            if rest.len() == topic.len() + 3 && rest.starts_with(topic.as_bytes()) && rest[topic.len() + 1..] == partition.to_be_bytes() {
+                let next = u64::from_be_bytes(v.as_ref().try_into().map_err(|_| StoreError::Corrupt("cursor".into()))?);
+                min_next = min_next.min(next);
+            }
+        }
+        let prefix = partition_prefix(topic, partition);
+        let newest = match self.db.log.inner().prefix(&prefix).next_back() {
+            Some(g) => offset_of(&g.key().map_err(unavailable)?).unwrap_or(0),
+            None => return Ok(()),
+        };
+        let upto = min_next.min(newest);
+        if upto == 0 || min_next == u64::MAX {
+            return Ok(());
+        }
+        let keys: Vec<_> = self
+            .db
+            .log
+            .inner()
+            .range(record_key(topic, partition, 0)..record_key(topic, partition, upto))
+            .map(|g| g.key())
+            .collect::<Result<_, _>>()
+            .map_err(unavailable)?;
+        let mut tx = self.db.db.write_tx();
+        for k in keys {
+            tx.remove(&self.db.log, k);
+        }
+        tx.commit().map_err(unavailable)
+    }
+
+    async fn consume_partition(
+        &self,
+        group: &str,
+        topic: Topic,
+        partition: u16,
+        handler: Arc<dyn Handler>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), BusError> {
+        let waker = self.waker(topic.name)?;
+        let mut since_trim = 0u64;
+        let store_err = |e: StoreError| BusError::Unavailable(e.to_string());
+        loop {
+            if shutdown.is_cancelled() {
+                return Ok(());
+            }
+            // Register for a wake-up before looking, so a publish between the scan and the wait is not missed.
+            let notified = waker.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let next = self.read_cursor(group, topic.name, partition).map_err(store_err)?;
+            let batch = self.scan(topic.name, partition, next).map_err(store_err)?;
+            if batch.is_empty() {
+                tokio::select! {
+                    () = &mut notified => {}
+                    () = tokio::time::sleep(IDLE_POLL) => {}
+                    () = shutdown.cancelled() => return Ok(()),
+                }
+                continue;
+            }
+            for delivery in batch {
+                match policy::handle_with_policy(self, group, handler.as_ref(), &delivery, shutdown).await {
+                    Ok(()) => {}
+                    Err(BusError::ShuttingDown) => return Ok(()),
+                    Err(e) => return Err(e),
+                }
+                self.write_cursor(group, topic.name, partition, delivery.offset + 1).map_err(store_err)?;
+                since_trim += 1;
+            }
+            if since_trim >= TRIM_EVERY {
+                since_trim = 0;
+                if let Err(e) = self.trim(topic.name, partition) {
+                    tracing::warn!(error = %e, topic = topic.name, partition, "log trim failed; will retry later");
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Bus for EmbeddedLog {
+    async fn publish(&self, records: Vec<BusRecord>) -> Result<(), BusError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut placed = Vec::with_capacity(records.len());
+        for r in records {
+            let topic = topic_named(&r.topic)?;
+            let value = encode_value(&r).map_err(|e| BusError::Unavailable(e.to_string()))?;
+            placed.push((topic, partition_for(&r.key, topic.partitions), value));
+        }
+        let count = placed.len() as u64;
+        let woken: Vec<&'static str> = placed.iter().map(|(t, _, _)| t.name).collect();
+        let db = Arc::clone(&self.db);
+        let next_offsets = Arc::clone(&self.next_offsets);
+        // Offsets are assigned under the write-transaction lock, so they are dense and in commit order.
+        tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
+            let mut tx = db.db.write_tx().durability(db.durability);
+            let mut next = next_offsets.lock().map_err(|_| StoreError::Unavailable("offset table poisoned".into()))?;
+            let mut assigned = Vec::with_capacity(placed.len());
+            for (topic, partition, value) in placed {
+                let slot = (topic.name, partition);
+                let offset = match next.get(&slot) {
+                    Some(o) => *o,
+                    None => match tx.prefix(&db.log, partition_prefix(topic.name, partition)).next_back() {
+                        Some(g) => offset_of(&g.key().map_err(unavailable)?).map_or(0, |o| o + 1),
+                        None => 0,
+                    },
+                };
+                tx.insert(&db.log, record_key(topic.name, partition, offset), value);
+                assigned.push(slot);
+                next.insert(slot, offset + 1);
+            }
+            if let Err(e) = tx.commit() {
+                // Forget the offsets handed out to the failed commit; they are re-read from the log.
+                for slot in assigned {
+                    next.remove(&slot);
+                }
+                return Err(unavailable(e));
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| BusError::Unavailable(e.to_string()))?
+        .map_err(|e| BusError::Unavailable(e.to_string()))?;
+        for name in woken {
+            if let Some(w) = self.wakers.get(name) {
+                w.notify_waiters();
+            }
+        }
+        metrics::counter!("orderflow_bus_records_published_total", "backend" => "embedded").increment(count);
+        Ok(())
+    }
+
+    #[tracing::instrument(skip(self, handler, shutdown), fields(topic = topic.name))]
+    async fn consume(
+        &self,
+        group: &str,
+        topic: Topic,
+        handler: Arc<dyn Handler>,
+        shutdown: CancellationToken,
+    ) -> Result<(), BusError> {
+        let member = (group.to_owned(), topic.name.to_owned());
+        {
+            let mut active = self.active.lock().map_err(|_| BusError::Unavailable("consumer table poisoned".into()))?;
+            if !active.insert(member.clone()) {
+                return Err(BusError::AlreadyConsuming { group: member.0, topic: member.1 });
+            }
+        }
+        // Every partition is read by its own future; they run concurrently within this task.
+        let partitions = (0..topic.partitions)
+            .map(|p| self.consume_partition(group, topic, p, Arc::clone(&handler), &shutdown));
+        let result = futures::future::try_join_all(partitions).await.map(|_| ());
+        if let Ok(mut active) = self.active.lock() {
+            active.remove(&member);
+        }
+        result
+    }
+}

@@ -1,0 +1,119 @@
+//! The embedded adapters: one fjall database in the data directory holds both the log (the bus) and
+//! the tables (the store). fjall is an LSM engine with a write-ahead journal; with the default settings
+//! every write reaches the OS before it is acknowledged, so a crash or `kill -9` of the process loses
+//! nothing (an OS crash or power loss can lose the last second unless `sync_writes` is on).
+//!
+//! All writes go through fjall's single-writer transactions, which serialise them; that is what makes
+//! the conditional writes (insert-if-absent, compare-and-set, all-or-nothing reservations) safe.
+
+mod log;
+mod store;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use fjall::{KeyspaceCreateOptions, PersistMode, SingleWriterTxDatabase, SingleWriterTxKeyspace, SingleWriterWriteTx};
+
+pub use log::EmbeddedLog;
+pub use store::EmbeddedStore;
+
+use crate::backend::{BackendError, Backends, EmbeddedOptions};
+use crate::store::{StoreError, Stores};
+
+/// The open database and its keyspaces ("tables").
+pub(crate) struct Db {
+    pub(crate) db: SingleWriterTxDatabase,
+    pub(crate) durability: Option<PersistMode>,
+    pub(crate) log: SingleWriterTxKeyspace,
+    pub(crate) cursors: SingleWriterTxKeyspace,
+    pub(crate) products: SingleWriterTxKeyspace,
+    pub(crate) stock: SingleWriterTxKeyspace,
+    pub(crate) stock_moves: SingleWriterTxKeyspace,
+    pub(crate) reservations: SingleWriterTxKeyspace,
+    pub(crate) orders: SingleWriterTxKeyspace,
+    pub(crate) order_index: SingleWriterTxKeyspace,
+    pub(crate) saga_effects: SingleWriterTxKeyspace,
+    pub(crate) stats: SingleWriterTxKeyspace,
+    pub(crate) payments: SingleWriterTxKeyspace,
+    pub(crate) provider: SingleWriterTxKeyspace,
+    pub(crate) shipments: SingleWriterTxKeyspace,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db").finish_non_exhaustive()
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+impl Db {
+    fn open(dir: &Path, options: &EmbeddedOptions) -> Result<Db, fjall::Error> {
+        let db = SingleWriterTxDatabase::builder(dir.join("fjall")).open()?;
+        let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
+        Ok(Db {
+            durability: options.sync_writes.then_some(PersistMode::SyncData),
+            log: ks("log")?,
+            cursors: ks("cursors")?,
+            products: ks("products")?,
+            stock: ks("stock")?,
+            stock_moves: ks("stock_moves")?,
+            reservations: ks("reservations")?,
+            orders: ks("orders")?,
+            order_index: ks("order_index")?,
+            saga_effects: ks("saga_effects")?,
+            stats: ks("stats")?,
+            payments: ks("payments")?,
+            provider: ks("provider")?,
+            shipments: ks("shipments")?,
+            db,
+        })
+    }
+
+    /// Runs `f` in a write transaction on a blocking thread and commits if it returns `Ok`.
+    pub(crate) async fn write<T, F>(self: &Arc<Self>, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Db, &mut SingleWriterWriteTx<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
+        let this = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let mut tx = this.db.write_tx().durability(this.durability);
+            let out = f(&this, &mut tx)?;
+            tx.commit().map_err(unavailable)?;
+            Ok(out)
+        })
+        .await
+        .map_err(unavailable)?
+    }
+}
+
+/// Opens (creating if needed) the embedded bus and store in `dir`.
+pub fn open(dir: &Path, options: &EmbeddedOptions) -> Result<Backends, BackendError> {
+    let err = |reason: String| BackendError::Embedded { path: dir.to_owned(), reason };
+    std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+    let db = Arc::new(Db::open(dir, options).map_err(|e| err(e.to_string()))?);
+    let store = Arc::new(EmbeddedStore::new(Arc::clone(&db)));
+    let bus = Arc::new(EmbeddedLog::new(db));
+    Ok(Backends {
+        bus,
+        stores: Stores {
+            catalog: store.clone(),
+            inventory: store.clone(),
+            orders: store.clone(),
+            payments: store.clone(),
+            shipments: store,
+        },
+    })
+}
+
+/// serde_json row encoding shared by the tables.
+pub(crate) fn to_row<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(v).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+pub(crate) fn from_row<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+}

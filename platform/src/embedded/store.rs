@@ -1,0 +1,552 @@
+//! The embedded store: every port of [`crate::store`] on fjall keyspaces. Rows are JSON; keys are laid out
+//! so each query is one prefix or range scan (see the key notes on each method).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use fjall::Readable;
+use orderflow_schemas::{EventId, Order, OrderId, OrderStatus, Product, Quantity, Sku, StockLevel, now_ms};
+use serde::{Deserialize, Serialize};
+
+use super::{Db, from_row, to_row, unavailable};
+use crate::bus::BusRecord;
+use crate::store::*;
+
+/// The embedded adapter of every store port.
+pub struct EmbeddedStore {
+    db: Arc<Db>,
+}
+
+impl std::fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedStore").finish_non_exhaustive()
+    }
+}
+
+impl EmbeddedStore {
+    pub(crate) fn new(db: Arc<Db>) -> Self {
+        Self { db }
+    }
+}
+
+fn get_row<T: serde::de::DeserializeOwned>(
+    r: &impl Readable,
+    ks: &fjall::SingleWriterTxKeyspace,
+    key: impl AsRef<[u8]>,
+) -> Result<Option<T>> {
+    match r.get(ks, key).map_err(unavailable)? {
+        Some(v) => Ok(Some(from_row(&v)?)),
+        None => Ok(None),
+    }
+}
+
+fn get_latest<T: serde::de::DeserializeOwned>(ks: &fjall::SingleWriterTxKeyspace, key: impl AsRef<[u8]>) -> Result<Option<T>> {
+    match ks.get(key).map_err(unavailable)? {
+        Some(v) => Ok(Some(from_row(&v)?)),
+        None => Ok(None),
+    }
+}
+
+/// Keyset page over the keys `prefix + suffix`, in key order (or reversed), starting after `after`.
+fn page_keys(
+    ks: &fjall::SingleWriterTxKeyspace,
+    prefix: &[u8],
+    after: Option<&str>,
+    limit: usize,
+) -> Result<(Vec<String>, bool)> {
+    let mut start = prefix.to_vec();
+    if let Some(after) = after {
+        start.extend_from_slice(after.as_bytes());
+        start.push(0);
+    }
+    let mut end = prefix.to_vec();
+    end.push(0xFF);
+    let mut out = Vec::with_capacity(limit + 1);
+    for guard in ks.inner().range(start..end).take(limit + 1) {
+        let key = guard.key().map_err(unavailable)?;
+        let suffix = key.get(prefix.len()..).unwrap_or_default();
+        out.push(String::from_utf8_lossy(suffix).into_owned());
+    }
+    let has_next = out.len() > limit;
+    out.truncate(limit);
+    Ok((out, has_next))
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Catalog: products[sku] = Product
+
+#[async_trait]
+impl CatalogStore for EmbeddedStore {
+    async fn create_product(&self, product: &Product) -> Result<bool> {
+        let product = product.clone();
+        self.db
+            .write(move |db, tx| {
+                if tx.contains_key(&db.products, product.sku.as_str()).map_err(unavailable)? {
+                    return Ok(false);
+                }
+                tx.insert(&db.products, product.sku.as_str(), to_row(&product)?);
+                Ok(true)
+            })
+            .await
+    }
+
+    async fn update_product(&self, product: &Product) -> Result<bool> {
+        let product = product.clone();
+        self.db
+            .write(move |db, tx| {
+                if !tx.contains_key(&db.products, product.sku.as_str()).map_err(unavailable)? {
+                    return Ok(false);
+                }
+                tx.insert(&db.products, product.sku.as_str(), to_row(&product)?);
+                Ok(true)
+            })
+            .await
+    }
+
+    async fn product(&self, sku: &Sku) -> Result<Option<Product>> {
+        get_latest(&self.db.products, sku.as_str())
+    }
+
+    async fn products(&self, after: Option<&str>, limit: usize) -> Result<Page<Product>> {
+        let mut start = after.map(|a| a.as_bytes().to_vec()).unwrap_or_default();
+        if after.is_some() {
+            start.push(0);
+        }
+        let mut items = Vec::with_capacity(limit + 1);
+        for guard in self.db.products.inner().range(start..).take(limit + 1) {
+            let (k, v) = guard.into_inner().map_err(unavailable)?;
+            items.push((String::from_utf8_lossy(&k).into_owned(), from_row::<Product>(&v)?));
+        }
+        let has_next = items.len() > limit;
+        items.truncate(limit);
+        Ok(Page { items, has_next })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Inventory: stock[sku] = StockLevel; reservations[order] = ReservationRow;
+// stock_moves[sku 0x00 at_ms(BE) uuid] = StockMovement (newest last, read in reverse).
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ReservationRow {
+    lines: Vec<(Sku, Quantity)>,
+    outcome: Reservation,
+    ended: Option<ReservationEnd>,
+}
+
+fn movement_key(sku: &Sku, at_ms: i64) -> Vec<u8> {
+    let mut k = sku.as_str().as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(&(at_ms.max(0) as u64).to_be_bytes());
+    k.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
+    k
+}
+
+fn record_movement(db: &Db, tx: &mut fjall::SingleWriterWriteTx<'_>, sku: &Sku, kind: &str, delta: i64, reference: &str) -> Result<()> {
+    let at_ms = now_ms();
+    let m = StockMovement { at_ms, kind: kind.to_owned(), available_delta: delta, reference: reference.to_owned() };
+    tx.insert(&db.stock_moves, movement_key(sku, at_ms), to_row(&m)?);
+    Ok(())
+}
+
+fn units(q: Quantity) -> u64 {
+    u64::from(q.get())
+}
+
+#[async_trait]
+impl InventoryStore for EmbeddedStore {
+    async fn stock(&self, sku: &Sku) -> Result<Option<StockLevel>> {
+        get_latest(&self.db.stock, sku.as_str())
+    }
+
+    async fn adjust_stock(&self, sku: &Sku, delta: i64, reason: &str) -> Result<StockLevel, StockError> {
+        let (sku, reason) = (sku.clone(), reason.to_owned());
+        let out = self
+            .db
+            .write(move |db, tx| {
+                if !tx.contains_key(&db.products, sku.as_str()).map_err(unavailable)? {
+                    return Ok(Err(StockError::UnknownSku(sku)));
+                }
+                let mut level: StockLevel = get_row(tx, &db.stock, sku.as_str())?.unwrap_or_default();
+                let Some(available) = (level.available as i64).checked_add(delta).filter(|a| *a >= 0) else {
+                    return Ok(Err(StockError::WouldGoNegative { sku, available: level.available }));
+                };
+                level.available = available as u64;
+                tx.insert(&db.stock, sku.as_str(), to_row(&level)?);
+                record_movement(db, tx, &sku, "adjust", delta, &reason)?;
+                Ok(Ok(level))
+            })
+            .await?;
+        out
+    }
+
+    async fn reserve(&self, order: &OrderId, lines: &[(Sku, Quantity)]) -> Result<Reservation> {
+        let (order, lines) = (order.clone(), lines.to_vec());
+        self.db
+            .write(move |db, tx| {
+                if let Some(row) = get_row::<ReservationRow>(tx, &db.reservations, order.as_str())? {
+                    return Ok(row.outcome);
+                }
+                let mut levels = Vec::with_capacity(lines.len());
+                let mut refusal = None;
+                for (sku, q) in &lines {
+                    if !tx.contains_key(&db.products, sku.as_str()).map_err(unavailable)? {
+                        refusal = Some(Reservation::Rejected { reason: "unknown_sku".into(), sku: Some(sku.clone()) });
+                        break;
+                    }
+                    let level: StockLevel = get_row(tx, &db.stock, sku.as_str())?.unwrap_or_default();
+                    if level.available < units(*q) {
+                        refusal = Some(Reservation::Rejected { reason: "out_of_stock".into(), sku: Some(sku.clone()) });
+                        break;
+                    }
+                    levels.push(level);
+                }
+                let outcome = match refusal {
+                    Some(r) => r,
+                    None => {
+                        let mut total = 0;
+                        for ((sku, q), mut level) in lines.iter().zip(levels) {
+                            level.available -= units(*q); // checked above, under the same write lock
+                            level.reserved += units(*q);
+                            total += units(*q);
+                            tx.insert(&db.stock, sku.as_str(), to_row(&level)?);
+                            record_movement(db, tx, sku, "reserve", -(units(*q) as i64), order.as_str())?;
+                        }
+                        Reservation::Reserved { units: total }
+                    }
+                };
+                let row = ReservationRow { lines, outcome: outcome.clone(), ended: None };
+                tx.insert(&db.reservations, order.as_str(), to_row(&row)?);
+                Ok(outcome)
+            })
+            .await
+    }
+
+    async fn end_reservation(&self, order: &OrderId, end: ReservationEnd) -> Result<ReservationEnd> {
+        let order = order.clone();
+        self.db
+            .write(move |db, tx| {
+                let Some(mut row) = get_row::<ReservationRow>(tx, &db.reservations, order.as_str())? else {
+                    // Nothing was reserved: leave a closed row so a late reservation request is refused.
+                    let row = ReservationRow {
+                        lines: Vec::new(),
+                        outcome: Reservation::Rejected { reason: "ended_before_reserved".into(), sku: None },
+                        ended: Some(end),
+                    };
+                    tx.insert(&db.reservations, order.as_str(), to_row(&row)?);
+                    return Ok(ReservationEnd::NothingHeld);
+                };
+                if row.ended.is_some() || !matches!(row.outcome, Reservation::Reserved { .. }) || end == ReservationEnd::NothingHeld {
+                    return Ok(ReservationEnd::NothingHeld);
+                }
+                for (sku, q) in &row.lines {
+                    let mut level: StockLevel = get_row(tx, &db.stock, sku.as_str())?.unwrap_or_default();
+                    if level.reserved < units(*q) {
+                        return Err(StoreError::Corrupt(format!("{sku}: {} reserved, releasing {}", level.reserved, q.get())));
+                    }
+                    level.reserved -= units(*q);
+                    match end {
+                        ReservationEnd::Released => {
+                            level.available += units(*q);
+                            record_movement(db, tx, sku, "release", units(*q) as i64, order.as_str())?;
+                        }
+                        _ => {
+                            level.sold += units(*q);
+                            record_movement(db, tx, sku, "commit", 0, order.as_str())?;
+                        }
+                    }
+                    tx.insert(&db.stock, sku.as_str(), to_row(&level)?);
+                }
+                row.ended = Some(end);
+                tx.insert(&db.reservations, order.as_str(), to_row(&row)?);
+                Ok(end)
+            })
+            .await
+    }
+
+    async fn movements(&self, sku: &Sku, limit: usize) -> Result<Vec<StockMovement>> {
+        let mut prefix = sku.as_str().as_bytes().to_vec();
+        prefix.push(0);
+        self.db
+            .stock_moves
+            .inner()
+            .prefix(prefix)
+            .rev()
+            .take(limit)
+            .map(|g| from_row(&g.value().map_err(unavailable)?))
+            .collect()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Orders: orders[id] = Order; order_index holds, with empty values,
+//   "a" 0x00 pos            every order, newest first
+//   "u" 0x00 user 0x00 pos  one customer's orders, newest first
+//   "s" 0x00 STATUS 0x00 pos orders in a status, newest first
+// where pos = hex(u64::MAX - placed_at_ms) ":" id. saga_effects[id 0x00 event_id] = outputs.
+// stats["orders"] = StatsRow, updated in the same transaction as every status change.
+
+fn position(order: &Order) -> String {
+    format!("{:016x}:{}", u64::MAX - order.placed_at_ms.max(0) as u64, order.id)
+}
+
+fn index_prefix(kind: &str, part: Option<&str>) -> Vec<u8> {
+    let mut k = kind.as_bytes().to_vec();
+    k.push(0);
+    if let Some(p) = part {
+        k.extend_from_slice(p.as_bytes());
+        k.push(0);
+    }
+    k
+}
+
+fn index_key(prefix: Vec<u8>, pos: &str) -> Vec<u8> {
+    let mut k = prefix;
+    k.extend_from_slice(pos.as_bytes());
+    k
+}
+
+fn effects_key(id: &OrderId, event: EventId) -> Vec<u8> {
+    let mut k = id.as_str().as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(event.0.as_bytes());
+    k
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct StatsRow {
+    counts: BTreeMap<OrderStatus, u64>,
+    processed: u64,
+    processing_ms_total: u64,
+}
+
+const STATS_KEY: &str = "orders";
+
+fn bump_stats(db: &Db, tx: &mut fjall::SingleWriterWriteTx<'_>, before: Option<&Order>, after: &Order) -> Result<()> {
+    let mut stats: StatsRow = get_row(tx, &db.stats, STATS_KEY)?.unwrap_or_default();
+    if let Some(before) = before {
+        let c = stats.counts.entry(before.status).or_default();
+        *c = c.saturating_sub(1);
+    }
+    *stats.counts.entry(after.status).or_default() += 1;
+    let newly_processed = after.processed_at_ms.is_some() && before.is_none_or(|b| b.processed_at_ms.is_none());
+    if let (true, Some(at)) = (newly_processed, after.processed_at_ms) {
+        stats.processed += 1;
+        stats.processing_ms_total += (at - after.placed_at_ms).max(0) as u64;
+    }
+    tx.insert(&db.stats, STATS_KEY, to_row(&stats)?);
+    Ok(())
+}
+
+#[async_trait]
+impl OrderStore for EmbeddedStore {
+    async fn insert_new(&self, order: &Order) -> Result<Inserted> {
+        let order = order.clone();
+        self.db
+            .write(move |db, tx| {
+                if let Some(existing) = get_row::<Order>(tx, &db.orders, order.id.as_str())? {
+                    return Ok(Inserted::Existing(existing));
+                }
+                tx.insert(&db.orders, order.id.as_str(), to_row(&order)?);
+                let pos = position(&order);
+                tx.insert(&db.order_index, index_key(index_prefix("a", None), &pos), b"");
+                tx.insert(&db.order_index, index_key(index_prefix("u", Some(order.user_id.as_str())), &pos), b"");
+                tx.insert(&db.order_index, index_key(index_prefix("s", Some(order.status.as_str())), &pos), b"");
+                bump_stats(db, tx, None, &order)?;
+                Ok(Inserted::New)
+            })
+            .await
+    }
+
+    async fn order(&self, id: &OrderId) -> Result<Option<Order>> {
+        get_latest(&self.db.orders, id.as_str())
+    }
+
+    async fn apply(&self, t: Transition) -> Result<Applied> {
+        self.db
+            .write(move |db, tx| {
+                let ek = effects_key(&t.order.id, t.event_id);
+                if let Some(outputs) = get_row::<Vec<BusRecord>>(tx, &db.saga_effects, &ek)? {
+                    return Ok(Applied::Duplicate(outputs));
+                }
+                let Some(before) = get_row::<Order>(tx, &db.orders, t.order.id.as_str())? else {
+                    return Ok(Applied::Conflict);
+                };
+                if before.status != t.expected {
+                    return Ok(Applied::Conflict);
+                }
+                if before.status != t.order.status {
+                    let pos = position(&before);
+                    tx.remove(&db.order_index, index_key(index_prefix("s", Some(before.status.as_str())), &pos));
+                    tx.insert(&db.order_index, index_key(index_prefix("s", Some(t.order.status.as_str())), &pos), b"");
+                    bump_stats(db, tx, Some(&before), &t.order)?;
+                }
+                tx.insert(&db.orders, t.order.id.as_str(), to_row(&t.order)?);
+                tx.insert(&db.saga_effects, ek, to_row(&t.outputs)?);
+                Ok(Applied::Applied)
+            })
+            .await
+    }
+
+    async fn seen(&self, id: &OrderId, event: EventId) -> Result<Option<Vec<BusRecord>>> {
+        let ek = effects_key(id, event);
+        self.db
+            .write(move |db, tx| {
+                if let Some(outputs) = get_row::<Vec<BusRecord>>(tx, &db.saga_effects, &ek)? {
+                    return Ok(Some(outputs));
+                }
+                tx.insert(&db.saga_effects, ek, to_row(&Vec::<BusRecord>::new())?);
+                Ok(None)
+            })
+            .await
+    }
+
+    async fn list(&self, filter: &OrderFilter, after: Option<&str>, limit: usize) -> Result<Page<Order>> {
+        // Pick the narrowest index; a second filter is checked on the rows.
+        let (prefix, recheck_status) = match (&filter.user, filter.status) {
+            (Some(user), status) => (index_prefix("u", Some(user.as_str())), status),
+            (None, Some(status)) => (index_prefix("s", Some(status.as_str())), None),
+            (None, None) => (index_prefix("a", None), None),
+        };
+        let mut items = Vec::with_capacity(limit + 1);
+        let mut cursor = after.map(str::to_owned);
+        loop {
+            let (keys, more) = page_keys(&self.db.order_index, &prefix, cursor.as_deref(), limit + 1)?;
+            for pos in &keys {
+                let Some((_, id)) = pos.split_once(':') else { continue };
+                if let Some(order) = get_latest::<Order>(&self.db.orders, id)? {
+                    if recheck_status.is_none_or(|s| s == order.status) {
+                        items.push((pos.clone(), order));
+                    }
+                }
+                if items.len() > limit {
+                    break;
+                }
+            }
+            if items.len() > limit || !more {
+                break;
+            }
+            cursor = keys.last().cloned();
+        }
+        let has_next = items.len() > limit;
+        items.truncate(limit);
+        Ok(Page { items, has_next })
+    }
+
+    async fn stalled_pending(&self, placed_before_ms: i64, limit: usize) -> Result<Vec<Order>> {
+        let prefix = index_prefix("s", Some(OrderStatus::Pending.as_str()));
+        let mut out = Vec::new();
+        // The index is newest first, so read it backwards for oldest first.
+        for guard in self.db.order_index.inner().prefix(&prefix).rev() {
+            let key = guard.key().map_err(unavailable)?;
+            let pos = String::from_utf8_lossy(key.get(prefix.len()..).unwrap_or_default()).into_owned();
+            let Some((_, id)) = pos.split_once(':') else { continue };
+            let Some(order) = get_latest::<Order>(&self.db.orders, id)? else { continue };
+            if order.placed_at_ms >= placed_before_ms || out.len() >= limit {
+                break;
+            }
+            if order.status == OrderStatus::Pending {
+                out.push(order);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn stats(&self) -> Result<OrderStats> {
+        let row: StatsRow = get_latest(&self.db.stats, STATS_KEY)?.unwrap_or_default();
+        Ok(OrderStats {
+            by_status: OrderStatus::ALL.iter().map(|s| (*s, row.counts.get(s).copied().unwrap_or(0))).collect(),
+            processed: row.processed,
+            processing_ms_total: row.processing_ms_total,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Payments: payments[order] = PaymentRecord; provider[idempotency key] = ProviderEntry.
+
+#[async_trait]
+impl PaymentStore for EmbeddedStore {
+    async fn payment(&self, order: &OrderId) -> Result<Option<PaymentRecord>> {
+        get_latest(&self.db.payments, order.as_str())
+    }
+
+    async fn record_first(&self, order: &OrderId, record: &PaymentRecord) -> Result<PaymentRecord> {
+        let (order, record) = (order.clone(), record.clone());
+        self.db
+            .write(move |db, tx| {
+                if let Some(first) = get_row(tx, &db.payments, order.as_str())? {
+                    return Ok(first);
+                }
+                tx.insert(&db.payments, order.as_str(), to_row(&record)?);
+                Ok(record)
+            })
+            .await
+    }
+
+    async fn replace(&self, order: &OrderId, from: &PaymentRecord, to: &PaymentRecord) -> Result<PaymentRecord> {
+        let (order, from, to) = (order.clone(), from.clone(), to.clone());
+        self.db
+            .write(move |db, tx| {
+                let current: Option<PaymentRecord> = get_row(tx, &db.payments, order.as_str())?;
+                match current {
+                    Some(c) if c == from => {
+                        tx.insert(&db.payments, order.as_str(), to_row(&to)?);
+                        Ok(to)
+                    }
+                    Some(c) => Ok(c),
+                    None => Err(StoreError::Corrupt(format!("no payment to replace for order {order}"))),
+                }
+            })
+            .await
+    }
+
+    async fn provider_entry_once(&self, idempotency_key: &str, entry: &ProviderEntry) -> Result<ProviderEntry> {
+        let (key, entry) = (idempotency_key.to_owned(), entry.clone());
+        self.db
+            .write(move |db, tx| {
+                if let Some(first) = get_row(tx, &db.provider, key.as_bytes())? {
+                    return Ok(first);
+                }
+                tx.insert(&db.provider, key.as_bytes(), to_row(&entry)?);
+                Ok(entry)
+            })
+            .await
+    }
+
+    async fn provider_entries(&self) -> Result<Vec<(String, ProviderEntry)>> {
+        self.db
+            .provider
+            .inner()
+            .iter()
+            .map(|g| {
+                let (k, v) = g.into_inner().map_err(unavailable)?;
+                Ok((String::from_utf8_lossy(&k).into_owned(), from_row(&v)?))
+            })
+            .collect()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Fulfillment: shipments[order] = Shipment.
+
+#[async_trait]
+impl ShipmentStore for EmbeddedStore {
+    async fn create_once(&self, shipment: &Shipment) -> Result<Shipment> {
+        let shipment = shipment.clone();
+        self.db
+            .write(move |db, tx| {
+                if let Some(first) = get_row(tx, &db.shipments, shipment.order_id.as_str())? {
+                    return Ok(first);
+                }
+                tx.insert(&db.shipments, shipment.order_id.as_str(), to_row(&shipment)?);
+                Ok(shipment)
+            })
+            .await
+    }
+
+    async fn shipment(&self, order: &OrderId) -> Result<Option<Shipment>> {
+        get_latest(&self.db.shipments, order.as_str())
+    }
+}

@@ -1,0 +1,245 @@
+//! The store port: the tables each service owns, as traits whose methods are the queries the service
+//! makes. Every adapter (embedded fjall today, CQL next) implements the same traits and passes the same
+//! conformance tests, so processors never know which one they run on.
+//!
+//! Writes that must happen once are conditional (insert-if-absent, compare-and-set on a status), which is
+//! what makes at-least-once delivery safe: a redelivered event finds its write already done.
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use orderflow_schemas::{EventId, Money, Order, OrderId, OrderStatus, Product, Quantity, Sku, StockLevel, UserId};
+use serde::{Deserialize, Serialize};
+
+use crate::bus::BusRecord;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The engine failed (I/O, corruption, timeout). Callers retry or report 503; never a client error.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A stored row could not be read back: a bug or a schema drift, never user input.
+    #[error("stored row is unreadable: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// One page of a keyset-paginated list; `next` is the opaque position after the last item.
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub items: Vec<(String, T)>,
+    pub has_next: bool,
+}
+
+/// The handles of every table group, each behind its port.
+#[derive(Clone)]
+pub struct Stores {
+    pub catalog: Arc<dyn CatalogStore>,
+    pub inventory: Arc<dyn InventoryStore>,
+    pub orders: Arc<dyn OrderStore>,
+    pub payments: Arc<dyn PaymentStore>,
+    pub shipments: Arc<dyn ShipmentStore>,
+}
+
+impl fmt::Debug for Stores {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Stores").finish_non_exhaustive()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Catalog
+
+#[async_trait]
+pub trait CatalogStore: Send + Sync {
+    /// Creates the product; `false` if the SKU already exists (nothing changes then).
+    async fn create_product(&self, product: &Product) -> Result<bool>;
+    /// Replaces an existing product; `false` if there is no such SKU.
+    async fn update_product(&self, product: &Product) -> Result<bool>;
+    async fn product(&self, sku: &Sku) -> Result<Option<Product>>;
+    /// Products in SKU order, starting after the position `after` (a key from an earlier page).
+    async fn products(&self, after: Option<&str>, limit: usize) -> Result<Page<Product>>;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Inventory
+
+/// The result of a reservation, stored per order so a redelivered request gets the same answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reservation {
+    /// Every line is held for the order.
+    Reserved { units: u64 },
+    /// Nothing is held; `reason` is `unknown_sku` or `out_of_stock`.
+    Rejected { reason: String, sku: Option<Sku> },
+}
+
+/// What happened to an order's held units.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReservationEnd {
+    /// Units went back to `available`.
+    Released,
+    /// Units left as `sold`.
+    Committed,
+    /// There was nothing held for the order (never reserved, rejected, or already ended).
+    NothingHeld,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StockError {
+    #[error("no product with SKU {0}")]
+    UnknownSku(Sku),
+    #[error("the adjustment would leave {available} available units of {sku} below zero")]
+    WouldGoNegative { sku: Sku, available: u64 },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// One movement of stock, for the per-SKU ledger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StockMovement {
+    pub at_ms: i64,
+    /// `adjust`, `reserve`, `release`, `commit`.
+    pub kind: String,
+    /// Change in available units (negative when units are held or removed).
+    pub available_delta: i64,
+    pub reference: String,
+}
+
+#[async_trait]
+pub trait InventoryStore: Send + Sync {
+    async fn stock(&self, sku: &Sku) -> Result<Option<StockLevel>>;
+    /// Adds (or with a negative delta removes) available units of a known SKU. Creates the stock row
+    /// for a product that has none.
+    async fn adjust_stock(&self, sku: &Sku, delta: i64, reason: &str) -> Result<StockLevel, StockError>;
+    /// Holds every line for `order` or none. Idempotent per order: a second call returns the first
+    /// result and changes nothing. Never lets `available` go below zero.
+    async fn reserve(&self, order: &OrderId, lines: &[(Sku, Quantity)]) -> Result<Reservation>;
+    /// Ends the order's hold: back to `available` (release) or out as `sold` (commit). Idempotent.
+    async fn end_reservation(&self, order: &OrderId, end: ReservationEnd) -> Result<ReservationEnd>;
+    /// The most recent movements of a SKU, newest first.
+    async fn movements(&self, sku: &Sku, limit: usize) -> Result<Vec<StockMovement>>;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Orders
+
+/// Filters for listing orders. Both set = both must match.
+#[derive(Debug, Clone, Default)]
+pub struct OrderFilter {
+    pub user: Option<UserId>,
+    pub status: Option<OrderStatus>,
+}
+
+/// Counts behind the `metrics` query.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderStats {
+    pub by_status: Vec<(OrderStatus, u64)>,
+    /// Orders that reached CONFIRMED or REJECTED.
+    pub processed: u64,
+    /// Sum over processed orders of (processed_at - placed_at), for the average.
+    pub processing_ms_total: u64,
+}
+
+/// The outcome of [`OrderStore::insert_new`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inserted {
+    New,
+    /// An order with that id already exists; here it is.
+    Existing(Order),
+}
+
+/// A saga step: the order's new state and the records it must publish, applied once per event.
+#[derive(Debug, Clone)]
+pub struct Transition {
+    pub event_id: EventId,
+    /// The status the order must still have for the step to apply.
+    pub expected: OrderStatus,
+    pub order: Order,
+    pub outputs: Vec<BusRecord>,
+}
+
+/// The outcome of [`OrderStore::apply`].
+#[derive(Debug, Clone)]
+pub enum Applied {
+    /// Written now; publish `outputs`.
+    Applied,
+    /// This event was applied before (a redelivery): publish the outputs stored with it again, since
+    /// the process may have died before it published them the first time.
+    Duplicate(Vec<BusRecord>),
+    /// The order moved on meanwhile; re-read it and decide again.
+    Conflict,
+}
+
+#[async_trait]
+pub trait OrderStore: Send + Sync {
+    /// Inserts a new order if the id is free.
+    async fn insert_new(&self, order: &Order) -> Result<Inserted>;
+    async fn order(&self, id: &OrderId) -> Result<Option<Order>>;
+    /// Applies a saga step atomically with a record of the event and its outputs, if the order still
+    /// has `expected` status and the event was not applied before.
+    async fn apply(&self, transition: Transition) -> Result<Applied>;
+    /// Records an event that changes nothing (e.g. a late reply) so that its redelivery is recognised.
+    async fn seen(&self, id: &OrderId, event: EventId) -> Result<Option<Vec<BusRecord>>>;
+    /// Newest first, starting after the position `after` (a key from an earlier page).
+    async fn list(&self, filter: &OrderFilter, after: Option<&str>, limit: usize) -> Result<Page<Order>>;
+    /// PENDING orders placed before `placed_before_ms`, oldest first: intake accepted them but their
+    /// `OrderPlaced` may never have reached the bus (a crash in between), so they are published again.
+    async fn stalled_pending(&self, placed_before_ms: i64, limit: usize) -> Result<Vec<Order>>;
+    async fn stats(&self) -> Result<OrderStats>;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Payments
+
+/// The payment of one order as the payment processor recorded it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PaymentRecord {
+    Captured { charge_id: String, amount: Money },
+    Declined { reason: String },
+    Refunded { charge_id: String, refund_id: String, amount: Money },
+}
+
+#[async_trait]
+pub trait PaymentStore: Send + Sync {
+    async fn payment(&self, order: &OrderId) -> Result<Option<PaymentRecord>>;
+    /// Stores the first record for an order; returns the stored one (the first wins).
+    async fn record_first(&self, order: &OrderId, record: &PaymentRecord) -> Result<PaymentRecord>;
+    /// Compare-and-set from `from` to `to`; returns the record now stored.
+    async fn replace(&self, order: &OrderId, from: &PaymentRecord, to: &PaymentRecord) -> Result<PaymentRecord>;
+    /// The built-in simulated provider's own ledger (it stands in for an external system, so it keeps its
+    /// own books): one entry per idempotency key, the first write wins and is returned.
+    async fn provider_entry_once(&self, idempotency_key: &str, entry: &ProviderEntry) -> Result<ProviderEntry>;
+    /// Every entry of the simulated provider's ledger, for audits and tests.
+    async fn provider_entries(&self) -> Result<Vec<(String, ProviderEntry)>>;
+}
+
+/// One money movement at the simulated provider.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderEntry {
+    /// `charge` or `refund`.
+    pub kind: String,
+    pub id: String,
+    pub amount: Money,
+    pub at_ms: i64,
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Fulfillment
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shipment {
+    pub shipment_id: String,
+    pub order_id: OrderId,
+    pub user_id: UserId,
+    pub lines: Vec<(Sku, Quantity)>,
+    pub created_at_ms: i64,
+}
+
+#[async_trait]
+pub trait ShipmentStore: Send + Sync {
+    /// Creates the order's shipment unless it has one; returns the stored shipment.
+    async fn create_once(&self, shipment: &Shipment) -> Result<Shipment>;
+    async fn shipment(&self, order: &OrderId) -> Result<Option<Shipment>>;
+}

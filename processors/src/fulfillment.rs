@@ -1,0 +1,47 @@
+//! The fulfillment processor: hands a confirmed order to the warehouse by creating its shipment, once.
+//! Later moves (preparing, out for delivery, delivered) come from staff or courier webhooks through the
+//! order saga.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use orderflow_platform::bus::{Bus, Delivery, Handler, HandlerError};
+use orderflow_platform::store::{Shipment, ShipmentStore};
+use orderflow_schemas::events::ShipmentCreated;
+use orderflow_schemas::{Envelope, Event, EventId, now_ms, topics};
+
+pub struct FulfillmentHandler {
+    pub shipments: Arc<dyn ShipmentStore>,
+    pub bus: Arc<dyn Bus>,
+}
+
+impl std::fmt::Debug for FulfillmentHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FulfillmentHandler").finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl Handler for FulfillmentHandler {
+    async fn handle(&self, delivery: &Delivery) -> Result<(), HandlerError> {
+        let env = crate::decode(&delivery.payload)?;
+        let Event::CreateShipment(cmd) = &env.body else {
+            return Err(HandlerError::Poison(format!("{} does not belong on the fulfillment topic", env.body.name())));
+        };
+        let wanted = Shipment {
+            shipment_id: format!("sh_{}", EventId::derived(&env.order_id, "shipment").0.simple()),
+            order_id: env.order_id.clone(),
+            user_id: cmd.ship_to_user_id.clone(),
+            lines: cmd.lines.iter().map(|l| (l.sku.clone(), l.quantity)).collect(),
+            created_at_ms: now_ms(),
+        };
+        let shipment = self.shipments.create_once(&wanted).await?;
+        let reply = Envelope::new(
+            EventId::derived(&env.order_id, "shipment_created"),
+            env.order_id.clone(),
+            ShipmentCreated { shipment_id: shipment.shipment_id },
+        );
+        self.bus.publish(vec![crate::record(topics::ORDERS, &reply)?]).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,368 @@
+//! The order saga: the single writer of order state. [`decide`] is the state machine as a pure
+//! function of (order, event); [`SagaHandler`] applies its decision atomically with the event id and
+//! the outputs, then publishes the outputs.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use orderflow_platform::bus::{Bus, Delivery, Handler, HandlerError};
+use orderflow_platform::store::{Applied, OrderStore, Transition};
+use orderflow_schemas::events::*;
+use orderflow_schemas::topics::{self, Topic};
+use orderflow_schemas::{Envelope, Event, EventId, Order, OrderStatus, TimelineEntry};
+
+/// What an event does to an order: its new state and the commands to send.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub order: Order,
+    pub outputs: Vec<(Topic, Envelope)>,
+}
+
+struct Step<'a> {
+    before: &'a Order,
+    order: Order,
+    at_ms: i64,
+    outputs: Vec<(Topic, Envelope)>,
+}
+
+impl<'a> Step<'a> {
+    fn new(before: &'a Order, at_ms: i64) -> Self {
+        let mut order = before.clone();
+        order.updated_at_ms = at_ms.max(before.updated_at_ms);
+        Self { before, order, at_ms, outputs: Vec::new() }
+    }
+
+    fn note(mut self, kind: &str, detail: impl Into<String>) -> Self {
+        self.order.timeline.push(TimelineEntry { at_ms: self.at_ms, kind: kind.to_owned(), detail: detail.into() });
+        self
+    }
+
+    fn status(mut self, status: OrderStatus) -> Self {
+        debug_assert!(self.before.status.can_move_to(status), "{} -> {status}", self.before.status);
+        self.order.status = status;
+        if matches!(status, OrderStatus::Confirmed | OrderStatus::Rejected) {
+            self.order.processed_at_ms = Some(self.at_ms);
+        }
+        self
+    }
+
+    fn reason(mut self, reason: impl Into<String>) -> Self {
+        self.order.reason = Some(reason.into());
+        self
+    }
+
+    fn send(mut self, topic: Topic, step: &str, body: impl Into<Event>) -> Self {
+        let env = Envelope {
+            event_id: EventId::derived(&self.order.id, step),
+            order_id: self.order.id.clone(),
+            occurred_at_ms: self.at_ms,
+            body: body.into(),
+        };
+        self.outputs.push((topic, env));
+        self
+    }
+
+    fn release(self, why: &str) -> Self {
+        self.send(topics::INVENTORY, "release", ReleaseStock { release_reason: why.to_owned() })
+    }
+
+    fn refund(self, why: &str) -> Self {
+        self.send(topics::PAYMENTS, "refund", RefundPayment { refund_reason: why.to_owned() })
+    }
+
+    fn done(self) -> Option<Decision> {
+        Some(Decision { order: self.order, outputs: self.outputs })
+    }
+}
+
+/// The order state machine. `None`: the event changes nothing in this state (a duplicate, or a reply
+/// that arrives after the order moved on and needs no compensation).
+pub fn decide(order: &Order, env: &Envelope, now_ms: i64) -> Option<Decision> {
+    use OrderStatus::*;
+    let step = Step::new(order, now_ms);
+    match (&env.body, order.status) {
+        (Event::OrderPlaced(_), Pending) => step
+            .status(Processing)
+            .note("processing", "reserving stock")
+            .send(
+                topics::INVENTORY,
+                "reserve",
+                ReserveStock { lines: order.lines.iter().map(|l| ReserveLine { sku: l.sku.clone(), quantity: l.quantity }).collect() },
+            )
+            .done(),
+        (Event::StockReserved(r), Processing) => step
+            .note("stock_reserved", format!("{} units reserved", r.units_reserved))
+            .send(
+                topics::PAYMENTS,
+                "capture",
+                CapturePayment {
+                    user_id: order.user_id.clone(),
+                    amount_cents: order.total.cents(),
+                    idempotency_key: format!("{}:capture", order.id),
+                },
+            )
+            .done(),
+        // The order was cancelled while the reservation was in flight: give the units back.
+        (Event::StockReserved(_), Cancelled) => step.note("stock_released", "reserved after cancellation").release("cancelled").done(),
+        (Event::StockRejected(r), Processing) => {
+            let reason = match &r.sku {
+                Some(sku) => format!("{}: {sku}", r.reason),
+                None => r.reason.clone(),
+            };
+            step.status(Rejected).reason(reason.clone()).note("rejected", reason).done()
+        }
+        (Event::PaymentCaptured(p), Processing) => step
+            .note("payment_captured", format!("charge {}", p.charge_id))
+            .status(Confirmed)
+            .note("confirmed", "stock reserved and payment captured")
+            .send(
+                topics::FULFILLMENT,
+                "ship",
+                CreateShipment {
+                    ship_to_user_id: order.user_id.clone(),
+                    lines: order.lines.iter().map(|l| ShipmentLine { sku: l.sku.clone(), quantity: l.quantity }).collect(),
+                },
+            )
+            .done(),
+        // Captured after the order was cancelled: pay it back.
+        (Event::PaymentCaptured(p), Cancelled) => step.note("refund_requested", format!("charge {} after cancellation", p.charge_id)).refund("cancelled").done(),
+        (Event::PaymentDeclined(d), Processing) => {
+            let reason = format!("payment_declined: {}", d.decline_reason);
+            step.status(Rejected).reason(reason.clone()).note("rejected", reason).release("payment declined").done()
+        }
+        (Event::PaymentRefunded(r), _) => step.note("refunded", format!("refund {} of {} cents", r.refund_id, r.refunded_cents)).done(),
+        (Event::ShipmentCreated(s), Confirmed | Preparing | OutForDelivery | Delivered) => {
+            step.note("shipment_created", format!("shipment {}", s.shipment_id)).done()
+        }
+        (Event::CancelRequested(c), status) if status.is_cancellable() => {
+            let step = step.status(Cancelled).reason(c.cancel_reason.clone()).note("cancelled", format!("by {}: {}", c.requested_by, c.cancel_reason));
+            match status {
+                Pending => step.done(),
+                // A reservation and a capture may be in flight; their late replies are compensated above.
+                Processing => step.release("cancelled").done(),
+                _ => step.release("cancelled").refund("cancelled").done(),
+            }
+        }
+        (Event::StatusChangeRequested(c), status)
+            if status.can_move_to(c.status) && matches!(c.status, Preparing | OutForDelivery | Delivered) =>
+        {
+            let step = step.status(c.status).note(&c.status.as_str().to_ascii_lowercase(), format!("by {}", c.changed_by));
+            if c.status == OutForDelivery {
+                step.send(topics::INVENTORY, "commit", CommitStock { commit_reason: "out for delivery".into() }).done()
+            } else {
+                step.done()
+            }
+        }
+        _ => None,
+    }
+}
+
+/// Events on the orders topic that are commands for other processors never belong there.
+fn belongs_on_orders_topic(event: &Event) -> bool {
+    matches!(
+        event,
+        Event::OrderPlaced(_)
+            | Event::StockReserved(_)
+            | Event::StockRejected(_)
+            | Event::PaymentCaptured(_)
+            | Event::PaymentDeclined(_)
+            | Event::PaymentRefunded(_)
+            | Event::ShipmentCreated(_)
+            | Event::CancelRequested(_)
+            | Event::StatusChangeRequested(_)
+    )
+}
+
+/// Consumes the orders topic.
+pub struct SagaHandler {
+    pub orders: Arc<dyn OrderStore>,
+    pub bus: Arc<dyn Bus>,
+}
+
+impl std::fmt::Debug for SagaHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SagaHandler").finish_non_exhaustive()
+    }
+}
+
+/// How often a step is re-decided when the order changed under it before giving up for a retry.
+const MAX_CONFLICTS: usize = 8;
+
+#[async_trait]
+impl Handler for SagaHandler {
+    async fn handle(&self, delivery: &Delivery) -> Result<(), HandlerError> {
+        let env = crate::decode(&delivery.payload)?;
+        if !belongs_on_orders_topic(&env.body) {
+            return Err(HandlerError::Poison(format!("{} does not belong on the orders topic", env.body.name())));
+        }
+        for _ in 0..MAX_CONFLICTS {
+            let Some(order) = self.orders.order(&env.order_id).await? else {
+                return Err(HandlerError::Poison(format!("no order {}", env.order_id)));
+            };
+            let Some(decision) = decide(&order, &env, orderflow_schemas::now_ms()) else {
+                tracing::debug!(order = %order.id, event = env.body.name(), status = %order.status, "event changes nothing");
+                if let Some(previous) = self.orders.seen(&order.id, env.event_id).await? {
+                    self.bus.publish(previous).await?;
+                }
+                return Ok(());
+            };
+            let outputs = decision.outputs.iter().map(|(t, e)| crate::record(*t, e)).collect::<Result<Vec<_>, _>>()?;
+            let from = order.status;
+            let to = decision.order.status;
+            let transition = Transition { event_id: env.event_id, expected: from, order: decision.order, outputs: outputs.clone() };
+            match self.orders.apply(transition).await? {
+                Applied::Applied => {
+                    if from != to {
+                        metrics::counter!("orderflow_order_transitions_total", "to" => to.as_str()).increment(1);
+                        tracing::info!(order = %order.id, %from, %to, event = env.body.name(), "order moved");
+                    }
+                    self.bus.publish(outputs).await?;
+                    return Ok(());
+                }
+                Applied::Duplicate(previous) => {
+                    self.bus.publish(previous).await?;
+                    return Ok(());
+                }
+                Applied::Conflict => continue,
+            }
+        }
+        Err(HandlerError::Transient(format!("order {} kept changing", env.order_id)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use orderflow_schemas::{Money, OrderId, OrderLine, Quantity, Sku, UserId};
+
+    fn order(status: OrderStatus) -> Order {
+        Order {
+            id: OrderId::parse("o-1").unwrap(),
+            user_id: UserId::parse("u-1").unwrap(),
+            lines: vec![OrderLine { sku: Sku::parse("S1").unwrap(), quantity: Quantity::new(2).unwrap(), unit_price: Money::from_cents(500).unwrap() }],
+            total: Money::from_cents(1000).unwrap(),
+            status,
+            reason: None,
+            channel: "http".into(),
+            placed_at_ms: 1_000,
+            updated_at_ms: 1_000,
+            processed_at_ms: None,
+            timeline: vec![],
+        }
+    }
+
+    fn env(body: impl Into<Event>) -> Envelope {
+        Envelope { event_id: EventId::random(), order_id: OrderId::parse("o-1").unwrap(), occurred_at_ms: 1_000, body: body.into() }
+    }
+
+    fn placed() -> Envelope {
+        OrderPlaced::envelope_of(&order(OrderStatus::Pending))
+    }
+
+    fn bodies(d: &Decision) -> Vec<(&'static str, &'static str)> {
+        d.outputs.iter().map(|(t, e)| (t.name, e.body.name())).collect()
+    }
+
+    #[test]
+    fn happy_path_reserves_then_charges_then_confirms_and_ships() {
+        let d = decide(&order(OrderStatus::Pending), &placed(), 1_005).unwrap();
+        assert_eq!(d.order.status, OrderStatus::Processing);
+        assert_eq!(bodies(&d), vec![(topics::INVENTORY.name, "ReserveStock")]);
+
+        let d = decide(&d.order, &env(StockReserved { units_reserved: 2 }), 1_010).unwrap();
+        assert_eq!(d.order.status, OrderStatus::Processing);
+        let Event::CapturePayment(c) = &d.outputs[0].1.body else { panic!("expected a capture") };
+        assert_eq!(c.amount_cents, 1000);
+        assert_eq!(c.idempotency_key, "o-1:capture");
+
+        let d = decide(&d.order, &env(PaymentCaptured { charge_id: "ch".into(), captured_cents: 1000 }), 1_050).unwrap();
+        assert_eq!(d.order.status, OrderStatus::Confirmed);
+        assert_eq!(d.order.processed_at_ms, Some(1_050));
+        assert_eq!(bodies(&d), vec![(topics::FULFILLMENT.name, "CreateShipment")]);
+        let kinds: Vec<_> = d.order.timeline.iter().map(|t| t.kind.as_str()).collect();
+        assert_eq!(kinds, ["processing", "stock_reserved", "payment_captured", "confirmed"]);
+    }
+
+    #[test]
+    fn out_of_stock_rejects_with_the_sku_in_the_reason() {
+        let d = decide(&order(OrderStatus::Processing), &env(StockRejected { reason: "out_of_stock".into(), sku: Some(Sku::parse("S1").unwrap()) }), 2_000).unwrap();
+        assert_eq!(d.order.status, OrderStatus::Rejected);
+        assert_eq!(d.order.reason.as_deref(), Some("out_of_stock: S1"));
+        assert_eq!(d.order.processed_at_ms, Some(2_000));
+        assert!(d.outputs.is_empty(), "nothing was reserved, so nothing to release");
+    }
+
+    #[test]
+    fn declined_payment_rejects_and_releases_stock() {
+        let d = decide(&order(OrderStatus::Processing), &env(PaymentDeclined { decline_reason: "over limit".into() }), 2_000).unwrap();
+        assert_eq!(d.order.status, OrderStatus::Rejected);
+        assert_eq!(bodies(&d), vec![(topics::INVENTORY.name, "ReleaseStock")]);
+    }
+
+    #[test]
+    fn cancelling_compensates_what_was_done() {
+        let cancel = env(CancelRequested { cancel_reason: "changed mind".into(), requested_by: "staff".into() });
+        assert!(decide(&order(OrderStatus::Pending), &cancel, 1).unwrap().outputs.is_empty());
+        assert_eq!(bodies(&decide(&order(OrderStatus::Processing), &cancel, 1).unwrap()), vec![(topics::INVENTORY.name, "ReleaseStock")]);
+        assert_eq!(
+            bodies(&decide(&order(OrderStatus::Confirmed), &cancel, 1).unwrap()),
+            vec![(topics::INVENTORY.name, "ReleaseStock"), (topics::PAYMENTS.name, "RefundPayment")]
+        );
+        assert!(decide(&order(OrderStatus::OutForDelivery), &cancel, 1).is_none());
+        assert!(decide(&order(OrderStatus::Delivered), &cancel, 1).is_none());
+    }
+
+    #[test]
+    fn late_replies_after_cancellation_are_compensated() {
+        let c = order(OrderStatus::Cancelled);
+        let d = decide(&c, &env(StockReserved { units_reserved: 2 }), 1).unwrap();
+        assert_eq!(d.order.status, OrderStatus::Cancelled);
+        assert_eq!(bodies(&d), vec![(topics::INVENTORY.name, "ReleaseStock")]);
+        let d = decide(&c, &env(PaymentCaptured { charge_id: "ch".into(), captured_cents: 1000 }), 1).unwrap();
+        assert_eq!(bodies(&d), vec![(topics::PAYMENTS.name, "RefundPayment")]);
+    }
+
+    #[test]
+    fn duplicates_and_out_of_order_events_change_nothing() {
+        assert!(decide(&order(OrderStatus::Processing), &placed(), 1).is_none());
+        assert!(decide(&order(OrderStatus::Confirmed), &env(PaymentCaptured { charge_id: "c".into(), captured_cents: 1 }), 1).is_none());
+        assert!(decide(&order(OrderStatus::Rejected), &env(StockReserved { units_reserved: 1 }), 1).is_none());
+    }
+
+    #[test]
+    fn fulfillment_moves_only_forward_and_commits_stock_when_it_leaves() {
+        let to = |s| env(StatusChangeRequested { status: s, changed_by: "staff".into() });
+        assert!(decide(&order(OrderStatus::Processing), &to(OrderStatus::Preparing), 1).is_none());
+        assert!(decide(&order(OrderStatus::Confirmed), &to(OrderStatus::Delivered), 1).is_none());
+        assert!(decide(&order(OrderStatus::Confirmed), &to(OrderStatus::Confirmed), 1).is_none());
+        let d = decide(&order(OrderStatus::Preparing), &to(OrderStatus::OutForDelivery), 1).unwrap();
+        assert_eq!(d.order.status, OrderStatus::OutForDelivery);
+        assert_eq!(bodies(&d), vec![(topics::INVENTORY.name, "CommitStock")]);
+        assert_eq!(decide(&order(OrderStatus::OutForDelivery), &to(OrderStatus::Delivered), 1).unwrap().order.status, OrderStatus::Delivered);
+    }
+
+    #[test]
+    fn every_decision_follows_a_legal_edge_and_derives_output_ids() {
+        let events = [
+            placed(),
+            env(StockReserved { units_reserved: 1 }),
+            env(StockRejected { reason: "out_of_stock".into(), sku: None }),
+            env(PaymentCaptured { charge_id: "c".into(), captured_cents: 1 }),
+            env(PaymentDeclined { decline_reason: "x".into() }),
+            env(CancelRequested { cancel_reason: "x".into(), requested_by: "s".into() }),
+            env(StatusChangeRequested { status: OrderStatus::Preparing, changed_by: "s".into() }),
+        ];
+        for status in OrderStatus::ALL {
+            for e in &events {
+                if let Some(d) = decide(&order(status), e, 5) {
+                    assert!(d.order.status == status || status.can_move_to(d.order.status), "{status} -> {}", d.order.status);
+                    for (_, out) in &d.outputs {
+                        // Same order, same step: the same id every time, so redeliveries are recognisable.
+                        let again = decide(&order(status), e, 6).unwrap();
+                        assert!(again.outputs.iter().any(|(_, o)| o.event_id == out.event_id));
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! The one configuration struct, from flags or `ORDERFLOW_*` environment variables (flags win).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use orderflow_platform::BackendUrl;
+use orderflow_platform::backend::EmbeddedOptions;
+use orderflow_processors::payment::SimulatedRules;
+use orderflow_processors::runtime::ProcessorSettings;
+use orderflow_schemas::{Money, UserId};
+
+/// What to put in an empty catalog at start-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Seed {
+    /// A handful of demo products with stock, so a new user can place an order at once.
+    Demo,
+    /// Nothing: staff create products with `createProduct`.
+    None,
+}
+
+/// Settings shared by every role. Each flag can also be set with the environment variable shown.
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    /// Address the HTTP server (REST, GraphQL, health, metrics) listens on.
+    #[arg(long, env = "ORDERFLOW_LISTEN", default_value = "127.0.0.1:8080", global = true)]
+    pub listen: SocketAddr,
+
+    /// Directory of the embedded store and log.
+    #[arg(long, env = "ORDERFLOW_DATA_DIR", default_value = "./data", global = true)]
+    pub data_dir: PathBuf,
+
+    /// Bus backend: `embedded`, or `kafka://HOST:PORT[,HOST:PORT]`.
+    #[arg(long, env = "ORDERFLOW_BUS", default_value = "embedded", global = true)]
+    pub bus: BackendUrl,
+
+    /// Store backend: `embedded`, or `scylla://HOST:PORT[,HOST:PORT]`.
+    #[arg(long, env = "ORDERFLOW_STORE", default_value = "embedded", global = true)]
+    pub store: BackendUrl,
+
+    /// Bearer token for staff operations over GraphQL. Unset: staff operations are disabled.
+    #[arg(long, env = "ORDERFLOW_ADMIN_TOKEN", hide_env_values = true, global = true)]
+    pub admin_token: Option<String>,
+
+    /// Latency of each call to the simulated payment provider, in milliseconds.
+    #[arg(long, env = "ORDERFLOW_PAYMENT_LATENCY_MS", default_value_t = 20, global = true)]
+    pub payment_latency_ms: u64,
+
+    /// The simulated provider declines charges above this amount (e.g. `500.00`).
+    #[arg(long, env = "ORDERFLOW_PAYMENT_DECLINE_ABOVE", value_parser = parse_money, global = true)]
+    pub payment_decline_above: Option<Money>,
+
+    /// The simulated provider declines every charge of these user ids (comma-separated).
+    #[arg(long, env = "ORDERFLOW_PAYMENT_DECLINE_USERS", value_delimiter = ',', value_parser = parse_user, global = true)]
+    pub payment_decline_users: Vec<UserId>,
+
+    /// What to put in an empty catalog at start-up.
+    #[arg(long, env = "ORDERFLOW_SEED_CATALOG", value_enum, default_value_t = Seed::Demo, global = true)]
+    pub seed_catalog: Seed,
+
+    /// fsync every embedded write: survives power loss, at a cost in write speed. Without it, writes
+    /// survive a crash or `kill -9` of the process.
+    #[arg(long, env = "ORDERFLOW_SYNC_WRITES", global = true)]
+    pub sync_writes: bool,
+
+    /// Re-publish PENDING orders older than this many milliseconds (recovers orders whose event was
+    /// lost to a crash between storing and publishing).
+    #[arg(long, env = "ORDERFLOW_STALLED_AFTER_MS", default_value_t = 3000, global = true)]
+    pub stalled_after_ms: u64,
+}
+
+fn parse_money(s: &str) -> Result<Money, String> {
+    Money::parse("amount", s).map_err(|e| e.to_string())
+}
+
+fn parse_user(s: &str) -> Result<UserId, String> {
+    UserId::parse(s.trim()).map_err(|e| e.to_string())
+}
+
+impl Settings {
+    pub fn embedded(&self) -> EmbeddedOptions {
+        EmbeddedOptions { sync_writes: self.sync_writes }
+    }
+
+    pub fn processors(&self) -> ProcessorSettings {
+        ProcessorSettings {
+            payment: SimulatedRules {
+                latency: Duration::from_millis(self.payment_latency_ms),
+                decline_above: self.payment_decline_above,
+                decline_users: self.payment_decline_users.iter().cloned().collect(),
+            },
+            stalled_after: Duration::from_millis(self.stalled_after_ms),
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! The `orderflow` binary's library: assembling roles into a running process. `main.rs` only parses
+//! the command line; tests start the same [`App`] on port 0.
+
+pub mod config;
+pub mod demo;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use orderflow_graphql::ApiState;
+use orderflow_ingest::Intake;
+use orderflow_ingest::http::{ApiError, OrdersApi};
+use orderflow_platform::{Backends, BackendUrl};
+use orderflow_processors::runtime::{Role, spawn_role};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{Seed, Settings};
+
+/// What one process runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Roles {
+    pub ingest: bool,
+    pub graphql: bool,
+    pub processors: Vec<Role>,
+}
+
+impl Roles {
+    /// Every role: `orderflow serve`.
+    pub fn all() -> Self {
+        Self { ingest: true, graphql: true, processors: Role::ALL.to_vec() }
+    }
+}
+
+/// A running orderflow process.
+#[derive(Debug)]
+pub struct App {
+    pub addr: SocketAddr,
+    pub backends: Backends,
+    shutdown: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+/// How long shutdown waits for in-flight requests and records before giving up.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+
+async fn healthz(backends: Backends) -> impl IntoResponse {
+    match backends.stores.orders.stats().await {
+        Ok(_) => (StatusCode::OK, axum::Json(serde_json::json!({"status": "ok"}))),
+        Err(e) => {
+            tracing::warn!(error = %e, "health check failed");
+            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(serde_json::json!({"status": "unavailable", "store": "unreachable"})))
+        }
+    }
+}
+
+async fn metrics() -> impl IntoResponse {
+    match orderflow_platform::telemetry::prometheus() {
+        Some(handle) => (StatusCode::OK, [("content-type", "text/plain; version=0.0.4")], handle.render()).into_response(),
+        None => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "metrics recorder not installed").into_response(),
+    }
+}
+
+fn router(roles: &Roles, backends: &Backends, settings: &Settings) -> Router {
+    let intake = Intake::new(backends.stores.clone(), Arc::clone(&backends.bus));
+    let health_backends = backends.clone();
+    let mut app = Router::new()
+        .route("/healthz", get(move || healthz(health_backends.clone())))
+        .route("/metrics", get(metrics));
+    if roles.ingest {
+        app = app.merge(orderflow_ingest::http::router(OrdersApi { intake: intake.clone(), stores: backends.stores.clone() }));
+    }
+    if roles.graphql {
+        app = app.merge(orderflow_graphql::router(ApiState {
+            stores: backends.stores.clone(),
+            bus: Arc::clone(&backends.bus),
+            intake,
+            admin_token: settings.admin_token.clone().filter(|t| !t.is_empty()),
+        }));
+    }
+    app.fallback(|| async { ApiError::not_found() })
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; it has been logged").into_response()
+        }))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+}
+
+impl App {
+    /// Opens the backends, seeds the catalog if asked, starts the processors and serves HTTP on
+    /// `listener`.
+    pub async fn start(settings: &Settings, roles: Roles, listener: TcpListener) -> anyhow::Result<App> {
+        let _ = orderflow_platform::telemetry::prometheus();
+        if roles != Roles::all() && (settings.bus == BackendUrl::Embedded || settings.store == BackendUrl::Embedded) {
+            anyhow::bail!(
+                "the embedded bus and store live inside one process: run `orderflow serve`, or give every role \
+                 --bus kafka://HOST:PORT and --store scylla://HOST:PORT"
+            );
+        }
+        let backends = Backends::open(&settings.bus, &settings.store, &settings.data_dir, &settings.embedded())
+            .with_context(|| format!("opening bus {} and store {}", settings.bus, settings.store))?;
+        if settings.seed_catalog == Seed::Demo && roles.graphql {
+            let n = demo::seed_if_empty(&backends.stores).await.context("seeding the demo catalog")?;
+            if n > 0 {
+                tracing::info!(products = n, "empty catalog: added the demo products (start with --seed-catalog none to skip)");
+            }
+        }
+        let shutdown = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let processor_settings = settings.processors();
+        for role in &roles.processors {
+            spawn_role(*role, &backends, &processor_settings, &shutdown, &mut tasks);
+        }
+        let addr = listener.local_addr()?;
+        if roles.ingest || roles.graphql || !roles.processors.is_empty() {
+            let app = router(&roles, &backends, settings);
+            let token = shutdown.clone();
+            tasks.spawn(async move {
+                if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(token.cancelled_owned()).await {
+                    tracing::error!(error = %e, "HTTP server failed");
+                }
+            });
+        }
+        tracing::info!(%addr, bus = %settings.bus, store = %settings.store, data_dir = %settings.data_dir.display(), "orderflow is up");
+        Ok(App { addr, backends, shutdown, tasks })
+    }
+
+    /// A token that stops the app when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Stops accepting work, finishes in-flight requests and records, and returns.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        let drain = async { while self.tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
+            tracing::warn!("shutdown grace period over; abandoning the remaining tasks");
+            self.tasks.abort_all();
+        }
+    }
+
+    /// Runs until the shutdown token is cancelled (e.g. by SIGTERM), then stops gracefully.
+    pub async fn run_until_stopped(self) {
+        self.shutdown.cancelled().await;
+        self.stop().await;
+    }
+}
+
+/// Cancels `token` on SIGTERM or Ctrl-C.
+pub fn cancel_on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    let _ = ctrl_c.await;
+                    token.cancel();
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("shutting down: finishing in-flight work");
+        token.cancel();
+    });
+}
