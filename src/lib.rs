@@ -16,7 +16,7 @@ use axum::routing::get;
 use orderflow_graphql::ApiState;
 use orderflow_ingest::Intake;
 use orderflow_ingest::http::{ApiError, OrdersApi};
-use orderflow_platform::{Backends, BackendUrl};
+use orderflow_platform::{BackendUrl, Backends};
 use orderflow_processors::runtime::{Role, spawn_role};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -56,26 +56,34 @@ async fn healthz(backends: Backends) -> impl IntoResponse {
         Ok(_) => (StatusCode::OK, axum::Json(serde_json::json!({"status": "ok"}))),
         Err(e) => {
             tracing::warn!(error = %e, "health check failed");
-            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(serde_json::json!({"status": "unavailable", "store": "unreachable"})))
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(serde_json::json!({"status": "unavailable", "store": "unreachable"})),
+            )
         }
     }
 }
 
 async fn metrics() -> impl IntoResponse {
     match orderflow_platform::telemetry::prometheus() {
-        Some(handle) => (StatusCode::OK, [("content-type", "text/plain; version=0.0.4")], handle.render()).into_response(),
-        None => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "metrics recorder not installed").into_response(),
+        Some(handle) => {
+            (StatusCode::OK, [("content-type", "text/plain; version=0.0.4")], handle.render()).into_response()
+        }
+        None => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "metrics recorder not installed")
+            .into_response(),
     }
 }
 
 fn router(roles: &Roles, backends: &Backends, settings: &Settings) -> Router {
     let intake = Intake::new(backends.stores.clone(), Arc::clone(&backends.bus));
     let health_backends = backends.clone();
-    let mut app = Router::new()
-        .route("/healthz", get(move || healthz(health_backends.clone())))
-        .route("/metrics", get(metrics));
+    let mut app =
+        Router::new().route("/healthz", get(move || healthz(health_backends.clone()))).route("/metrics", get(metrics));
     if roles.ingest {
-        app = app.merge(orderflow_ingest::http::router(OrdersApi { intake: intake.clone(), stores: backends.stores.clone() }));
+        app = app.merge(orderflow_ingest::http::router(OrdersApi {
+            intake: intake.clone(),
+            stores: backends.stores.clone(),
+        }));
     }
     if roles.graphql {
         app = app.merge(orderflow_graphql::router(ApiState {
@@ -87,7 +95,8 @@ fn router(roles: &Roles, backends: &Backends, settings: &Settings) -> Router {
     }
     app.fallback(|| async { ApiError::not_found() })
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; it has been logged").into_response()
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; it has been logged")
+                .into_response()
         }))
         .layer(tower_http::trace::TraceLayer::new_for_http())
 }
@@ -108,7 +117,10 @@ impl App {
         if settings.seed_catalog == Seed::Demo && roles.graphql {
             let n = demo::seed_if_empty(&backends.stores).await.context("seeding the demo catalog")?;
             if n > 0 {
-                tracing::info!(products = n, "empty catalog: added the demo products (start with --seed-catalog none to skip)");
+                tracing::info!(
+                    products = n,
+                    "empty catalog: added the demo products (start with --seed-catalog none to skip)"
+                );
             }
         }
         let shutdown = CancellationToken::new();

@@ -57,9 +57,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Graphql => Roles { ingest: false, graphql: true, processors: vec![] },
         Command::Process { role } => Roles { ingest: false, graphql: false, processors: vec![role.into()] },
     };
-    let listener = tokio::net::TcpListener::bind(cli.settings.listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e} (use --listen or ORDERFLOW_LISTEN)", cli.settings.listen))?;
+    let listener = tokio::net::TcpListener::bind(cli.settings.listen).await.map_err(|e| {
+        anyhow::anyhow!("cannot listen on {}: {e} (use --listen or ORDERFLOW_LISTEN)", cli.settings.listen)
+    })?;
     let app = App::start(&cli.settings, roles, listener).await?;
     println!("orderflow listening on http://{}  (GraphiQL: http://{}/graphql)", app.addr, app.addr);
     cancel_on_signals(app.shutdown_token());

@@ -14,8 +14,12 @@ impl Staff {
     /// Checks an `Authorization` header value (`Bearer <token>`, scheme case-insensitive) against the
     /// configured token. No token configured (or an empty one) never matches.
     pub fn from_authorization(header: Option<&str>, admin_token: Option<&str>) -> Staff {
-        let Some(expected) = admin_token.filter(|t| !t.is_empty()) else { return Staff(false) };
-        let Some(sent) = header.and_then(bearer_token) else { return Staff(false) };
+        let Some(expected) = admin_token.filter(|t| !t.is_empty()) else {
+            return Staff(false);
+        };
+        let Some(sent) = header.and_then(bearer_token) else {
+            return Staff(false);
+        };
         Staff(constant_time_eq(sent.as_bytes(), expected.as_bytes()))
     }
 }

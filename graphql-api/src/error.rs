@@ -38,14 +38,23 @@ pub mod codes {
 /// error without a code, so this type converts only through its own `From` impl below.
 #[derive(Debug)]
 pub(crate) enum ApiError {
-    InvalidInput { field: String, reason: String },
+    InvalidInput {
+        field: String,
+        reason: String,
+    },
     InvalidCursor,
     Unauthorized(&'static str),
     UnknownSku(String),
     SkuExists(String),
-    StockWouldGoNegative { sku: String, available: u64 },
+    StockWouldGoNegative {
+        sku: String,
+        available: u64,
+    },
     OrderNotFound(String),
-    IllegalTransition { from: OrderStatus, to: OrderStatus },
+    IllegalTransition {
+        from: OrderStatus,
+        to: OrderStatus,
+    },
     Intake(IntakeError),
     /// The cause was logged where this was made.
     Unavailable,

@@ -7,6 +7,7 @@ use async_graphql_axum::GraphQLResponse;
 use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::map_response;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
@@ -38,6 +39,9 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/graphql", post(execute).get(graphiql))
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
+        // Outside the limit layer, so its plain-text 413 (sent when Content-Length is too large) is
+        // seen and reshaped too.
+        .layer(map_response(too_large_in_graphql_shape))
         .with_state(HttpState { schema, admin_token })
 }
 
@@ -59,20 +63,31 @@ async fn execute(
 /// same way.
 fn refused(rejection: &JsonRejection) -> Response {
     let status = rejection.status();
-    let (code, message) = if status == StatusCode::PAYLOAD_TOO_LARGE {
-        (codes::PAYLOAD_TOO_LARGE, format!("the request body is larger than {MAX_BODY_BYTES} bytes"))
-    } else {
-        (
-            codes::BAD_REQUEST,
-            format!(
-                "expected one GraphQL request as a JSON object with Content-Type: application/json \
-                 (batches are not accepted): {}",
-                rejection.body_text()
-            ),
-        )
-    };
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        return too_large();
+    }
+    let message = format!(
+        "expected one GraphQL request as a JSON object with Content-Type: application/json \
+         (batches are not accepted): {}",
+        rejection.body_text()
+    );
+    error_response(status, codes::BAD_REQUEST, &message)
+}
+
+fn too_large() -> Response {
+    let message = format!("the request body is larger than {MAX_BODY_BYTES} bytes");
+    error_response(StatusCode::PAYLOAD_TOO_LARGE, codes::PAYLOAD_TOO_LARGE, &message)
+}
+
+fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
     let body = serde_json::json!({ "errors": [{ "message": message, "extensions": { "code": code } }] });
     (status, Json(body)).into_response()
+}
+
+async fn too_large_in_graphql_shape(response: Response) -> Response {
+    let is_json =
+        response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE && !is_json { too_large() } else { response }
 }
 
 async fn graphiql() -> Html<String> {

@@ -39,7 +39,7 @@ pub const MAX_DEPTH: usize = 13;
 
 /// The most work one request may ask for. List fields that take `first` cost `first` times their
 /// selection, so a full page of 100 orders with every field costs about 2,000 and a full page of
-/// products about 1,400; this allows a couple of full pages per request and refuses a query that
+/// products about 1,300; this allows a couple of full pages per request and refuses a query that
 /// repeats a list under many aliases.
 pub const MAX_COMPLEXITY: usize = 5_000;
 

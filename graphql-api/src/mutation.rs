@@ -148,8 +148,7 @@ async fn update_product(st: &ApiState, sku: &str, input: UpdateProductInput) -> 
     let sku = parse_sku("sku", sku)?;
     let name = input.name.map(|n| check_name("input.name", n)).transpose()?;
     let description = input.description.map(|d| check_description("input.description", d)).transpose()?;
-    let mut product =
-        st.stores.catalog.product(&sku).await?.ok_or_else(|| ApiError::UnknownSku(sku.to_string()))?;
+    let mut product = st.stores.catalog.product(&sku).await?.ok_or_else(|| ApiError::UnknownSku(sku.to_string()))?;
     if let Some(name) = name {
         product.name = name;
     }
@@ -183,8 +182,7 @@ async fn request_order_change(st: &ApiState, id: OrderId, to: OrderStatus, body:
     let deadline = tokio::time::Instant::now() + SAGA_WAIT;
     loop {
         tokio::time::sleep(SAGA_POLL_INTERVAL).await;
-        let now =
-            st.stores.orders.order(&id).await?.ok_or_else(|| ApiError::OrderNotFound(id.to_string()))?;
+        let now = st.stores.orders.order(&id).await?.ok_or_else(|| ApiError::OrderNotFound(id.to_string()))?;
         if now.status != before.status {
             return Ok(now);
         }
@@ -207,7 +205,11 @@ impl Mutation {
 
     /// Staff: adds a product, with `stock` initial units. `sku_exists` if the SKU is taken.
     #[graphql(guard = "StaffGuard")]
-    async fn create_product(&self, ctx: &Context<'_>, input: CreateProductInput) -> async_graphql::Result<ProductObject> {
+    async fn create_product(
+        &self,
+        ctx: &Context<'_>,
+        input: CreateProductInput,
+    ) -> async_graphql::Result<ProductObject> {
         Ok(ProductObject(create_product(state(ctx)?, input).await?))
     }
 

@@ -59,12 +59,13 @@ impl Query {
         let (limit, after) = page_args(PageCursor::ORDERS, first, after.as_deref())?;
         let user = user_id.map(|u| UserId::parse(u.as_str()).map_err(|e| ApiError::value("userId", e))).transpose()?;
         let filter = OrderFilter { user, status: status.map(OrderStatus::from) };
-        let page =
-            state(ctx)?.stores.orders.list(&filter, after.as_deref(), limit).await.map_err(ApiError::from)?;
+        let page = state(ctx)?.stores.orders.list(&filter, after.as_deref(), limit).await.map_err(ApiError::from)?;
         let mut connection = Connection::new(after.is_some(), page.has_next);
-        connection.edges.extend(page.items.into_iter().map(|(key, order)| {
-            Edge::new(PageCursor { list: PageCursor::ORDERS, key }, OrderObject(order))
-        }));
+        connection.edges.extend(
+            page.items
+                .into_iter()
+                .map(|(key, order)| Edge::new(PageCursor { list: PageCursor::ORDERS, key }, OrderObject(order))),
+        );
         Ok(connection)
     }
 
@@ -87,9 +88,11 @@ impl Query {
         let (limit, after) = page_args(PageCursor::PRODUCTS, first, after.as_deref())?;
         let page = state(ctx)?.stores.catalog.products(after.as_deref(), limit).await.map_err(ApiError::from)?;
         let mut connection = Connection::new(after.is_some(), page.has_next);
-        connection.edges.extend(page.items.into_iter().map(|(key, product)| {
-            Edge::new(PageCursor { list: PageCursor::PRODUCTS, key }, ProductObject(product))
-        }));
+        connection.edges.extend(
+            page.items.into_iter().map(|(key, product)| {
+                Edge::new(PageCursor { list: PageCursor::PRODUCTS, key }, ProductObject(product))
+            }),
+        );
         Ok(connection)
     }
 

@@ -17,9 +17,7 @@ impl ScalarType for Decimal {
             Value::Number(n) => Err(InputValueError::custom(format!(
                 "send amounts as a string such as \"{n}\", not as a number (floats cannot hold cents exactly)"
             ))),
-            _ => Err(InputValueError::custom(format!(
-                "expected a decimal string such as \"12.50\", found {value}"
-            ))),
+            _ => Err(InputValueError::custom(format!("expected a decimal string such as \"12.50\", found {value}"))),
         }
     }
 
@@ -43,9 +41,11 @@ mod tests {
         let ok = <Decimal as ScalarType>::parse(Value::String("12.5".into()));
         assert_eq!(ok.ok().map(|d| d.0.cents()), Some(1250));
         let number = <Decimal as ScalarType>::parse(Value::from(12.5));
-        assert!(number.err().is_some_and(|e| e.into_server_error(Default::default()).message.contains("string")));
+        assert!(number.err().is_some_and(|e| { e.into_server_error(Default::default()).message.contains("string") }));
         let bad = <Decimal as ScalarType>::parse(Value::String("1.234".into()));
-        assert!(bad.err().is_some_and(|e| e.into_server_error(Default::default()).message.contains("two decimals")));
+        assert!(
+            bad.err().is_some_and(|e| { e.into_server_error(Default::default()).message.contains("two decimals") })
+        );
         assert_eq!(Decimal(Money::from_cents(1205).unwrap_or_default()).to_value(), Value::String("12.05".into()));
     }
 }

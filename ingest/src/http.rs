@@ -70,7 +70,11 @@ impl From<IntakeError> for ApiError {
             IntakeError::IdempotencyConflict(_) => StatusCode::CONFLICT,
             IntakeError::Unavailable(cause) => {
                 tracing::error!(%cause, "order intake unavailable");
-                return Self::new(StatusCode::SERVICE_UNAVAILABLE, e.code(), "temporarily unavailable; retry with the same order_id");
+                return Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    e.code(),
+                    "temporarily unavailable; retry with the same order_id",
+                );
             }
             _ => StatusCode::UNPROCESSABLE_ENTITY,
         };
@@ -81,12 +85,16 @@ impl From<IntakeError> for ApiError {
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
         match r {
-            JsonRejection::JsonSyntaxError(e) => {
-                Self::new(StatusCode::BAD_REQUEST, "malformed_json", format!("the body is not valid JSON: {}", source_text(&e)))
-            }
-            JsonRejection::JsonDataError(e) => {
-                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", format!("the JSON does not match the request schema: {}", source_text(&e)))
-            }
+            JsonRejection::JsonSyntaxError(e) => Self::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_json",
+                format!("the body is not valid JSON: {}", source_text(&e)),
+            ),
+            JsonRejection::JsonDataError(e) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request",
+                format!("the JSON does not match the request schema: {}", source_text(&e)),
+            ),
             JsonRejection::MissingJsonContentType(_) => Self::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
@@ -146,7 +154,11 @@ impl PlaceOrderBody {
             None | Some(serde_json::Value::Null) => None,
             Some(serde_json::Value::String(s)) => Some(Money::parse("total_amount", &s)?),
             Some(other) => {
-                return Err(ValueError::new("total_amount", format!("must be a decimal string such as \"12.50\", not {other}")).into());
+                return Err(ValueError::new(
+                    "total_amount",
+                    format!("must be a decimal string such as \"12.50\", not {other}"),
+                )
+                .into());
             }
         };
         Ok(PlaceOrder {
@@ -206,12 +218,20 @@ impl From<&Order> for OrderBody {
             items: o
                 .lines
                 .iter()
-                .map(|l| OrderItemBody { sku: l.sku.to_string(), quantity: l.quantity.get(), unit_price: l.unit_price.to_string() })
+                .map(|l| OrderItemBody {
+                    sku: l.sku.to_string(),
+                    quantity: l.quantity.get(),
+                    unit_price: l.unit_price.to_string(),
+                })
                 .collect(),
             total_amount: o.total.to_string(),
             reason: o.reason.clone(),
             placed_at_ms: o.placed_at_ms,
-            timeline: o.timeline.iter().map(|t| TimelineBody { at_ms: t.at_ms, kind: t.kind.clone(), detail: t.detail.clone() }).collect(),
+            timeline: o
+                .timeline
+                .iter()
+                .map(|t| TimelineBody { at_ms: t.at_ms, kind: t.kind.clone(), detail: t.detail.clone() })
+                .collect(),
         }
     }
 }
@@ -238,7 +258,8 @@ async fn place_order(
     let placed = api.intake.place(body.parse(key)?).await?;
     let id = placed.order.id.to_string();
     // A repeated request answers with the first request's result, which was always PENDING.
-    let mut response = (StatusCode::ACCEPTED, Json(PlacedBody { order_id: id.clone(), status: "PENDING".into() })).into_response();
+    let mut response =
+        (StatusCode::ACCEPTED, Json(PlacedBody { order_id: id.clone(), status: "PENDING".into() })).into_response();
     if let Ok(location) = HeaderValue::from_str(&format!("/v1/orders/{id}")) {
         response.headers_mut().insert(header::LOCATION, location);
     }

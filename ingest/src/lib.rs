@@ -10,8 +10,8 @@ use orderflow_platform::bus::{Bus, BusRecord};
 use orderflow_platform::store::{Inserted, StoreError, Stores};
 use orderflow_schemas::events::OrderPlaced;
 use orderflow_schemas::{
-    IdempotencyKey, Money, Order, OrderId, OrderLine, OrderStatus, Quantity, Sku, TimelineEntry,
-    UserId, codec, now_ms, topics,
+    IdempotencyKey, Money, Order, OrderId, OrderLine, OrderStatus, Quantity, Sku, TimelineEntry, UserId, codec, now_ms,
+    topics,
 };
 
 /// The most lines one order may have.
@@ -129,10 +129,10 @@ impl Intake {
             total = total.checked_add(line_total).ok_or(IntakeError::TotalOverflow)?;
             lines.push(OrderLine { sku: sku.clone(), quantity: *quantity, unit_price: product.price });
         }
-        if let Some(sent) = req.total_amount {
-            if sent != total {
-                return Err(IntakeError::TotalMismatch { expected: total, sent });
-            }
+        if let Some(sent) = req.total_amount
+            && sent != total
+        {
+            return Err(IntakeError::TotalMismatch { expected: total, sent });
         }
         let id = match (&req.order_id, &req.idempotency_key) {
             (Some(id), _) => id.clone(),

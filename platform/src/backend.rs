@@ -71,7 +71,7 @@ pub struct Backends {
 }
 
 /// Options of the embedded adapters.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct EmbeddedOptions {
     /// fsync every write (survives power loss, slower). Off: every write reaches the OS before it is
     /// acknowledged, which survives a crash or `kill -9` of the process, and the journal is synced in
@@ -79,19 +79,22 @@ pub struct EmbeddedOptions {
     pub sync_writes: bool,
 }
 
-impl Default for EmbeddedOptions {
-    fn default() -> Self {
-        Self { sync_writes: false }
-    }
-}
-
 impl Backends {
     /// Opens the adapters named by `bus` and `store`; `data_dir` holds whatever is embedded.
-    pub fn open(bus: &BackendUrl, store: &BackendUrl, data_dir: &Path, options: &EmbeddedOptions) -> Result<Self, BackendError> {
+    pub fn open(
+        bus: &BackendUrl,
+        store: &BackendUrl,
+        data_dir: &Path,
+        options: &EmbeddedOptions,
+    ) -> Result<Self, BackendError> {
         match (bus, store) {
             (BackendUrl::Embedded, BackendUrl::Embedded) => crate::embedded::open(data_dir, options),
-            (BackendUrl::Scylla(_), _) => Err(BackendError::WrongRole { what: "ScyllaDB", url: bus.to_string(), role: "bus" }),
-            (_, BackendUrl::Kafka(_)) => Err(BackendError::WrongRole { what: "Kafka", url: store.to_string(), role: "store" }),
+            (BackendUrl::Scylla(_), _) => {
+                Err(BackendError::WrongRole { what: "ScyllaDB", url: bus.to_string(), role: "bus" })
+            }
+            (_, BackendUrl::Kafka(_)) => {
+                Err(BackendError::WrongRole { what: "Kafka", url: store.to_string(), role: "store" })
+            }
             (BackendUrl::Kafka(_), _) => Err(BackendError::NotBuilt("Kafka bus")),
             (_, BackendUrl::Scylla(_)) => Err(BackendError::NotBuilt("ScyllaDB store")),
         }

@@ -14,6 +14,6 @@ pub mod embedded;
 pub mod store;
 pub mod telemetry;
 
-pub use backend::{Backends, BackendUrl};
+pub use backend::{BackendUrl, Backends};
 pub use bus::{Bus, BusError, BusRecord, Delivery, Handler, HandlerError};
 pub use store::{Page, StoreError, Stores};

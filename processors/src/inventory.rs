@@ -34,11 +34,13 @@ impl Handler for InventoryHandler {
                         StockReserved { units_reserved: i64::try_from(units).unwrap_or(i64::MAX) }.into()
                     }
                     Reservation::Rejected { reason, sku } => {
-                        metrics::counter!("orderflow_reservations_rejected_total", "reason" => reason.clone()).increment(1);
+                        metrics::counter!("orderflow_reservations_rejected_total", "reason" => reason.clone())
+                            .increment(1);
                         StockRejected { reason, sku }.into()
                     }
                 };
-                let reply = Envelope::new(EventId::derived(&env.order_id, "reserve_reply"), env.order_id.clone(), reply);
+                let reply =
+                    Envelope::new(EventId::derived(&env.order_id, "reserve_reply"), env.order_id.clone(), reply);
                 self.bus.publish(vec![crate::record(topics::ORDERS, &reply)?]).await?;
             }
             Event::ReleaseStock(_) => {
@@ -47,7 +49,9 @@ impl Handler for InventoryHandler {
             Event::CommitStock(_) => {
                 self.inventory.end_reservation(&env.order_id, ReservationEnd::Committed).await?;
             }
-            other => return Err(HandlerError::Poison(format!("{} does not belong on the inventory topic", other.name()))),
+            other => {
+                return Err(HandlerError::Poison(format!("{} does not belong on the inventory topic", other.name())));
+            }
         }
         Ok(())
     }

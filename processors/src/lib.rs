@@ -20,7 +20,8 @@ use orderflow_schemas::{Envelope, codec};
 
 /// Encodes `env` for `topic`, keyed by its order id.
 pub(crate) fn record(topic: Topic, env: &Envelope) -> Result<BusRecord, HandlerError> {
-    let payload = codec::encode(env).map_err(|e| HandlerError::Poison(format!("cannot encode {}: {e}", env.body.name())))?;
+    let payload =
+        codec::encode(env).map_err(|e| HandlerError::Poison(format!("cannot encode {}: {e}", env.body.name())))?;
     Ok(BusRecord::new(topic, env.order_id.as_str(), payload))
 }
 

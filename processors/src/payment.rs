@@ -61,14 +61,24 @@ impl PaymentProvider for SimulatedProvider {
         if let Some(limit) = self.rules.decline_above.filter(|limit| amount > *limit) {
             return Ok(CaptureResult::Declined { reason: format!("amount over the {limit} limit") });
         }
-        let entry = ProviderEntry { kind: "charge".into(), id: format!("ch_{}", uuid::Uuid::new_v4().simple()), amount, at_ms: now_ms() };
+        let entry = ProviderEntry {
+            kind: "charge".into(),
+            id: format!("ch_{}", uuid::Uuid::new_v4().simple()),
+            amount,
+            at_ms: now_ms(),
+        };
         let stored = self.ledger.provider_entry_once(key, &entry).await?;
         Ok(CaptureResult::Captured { charge_id: stored.id })
     }
 
     async fn refund(&self, key: &str, _charge_id: &str, amount: Money) -> Result<String, StoreError> {
         tokio::time::sleep(self.rules.latency).await;
-        let entry = ProviderEntry { kind: "refund".into(), id: format!("re_{}", uuid::Uuid::new_v4().simple()), amount, at_ms: now_ms() };
+        let entry = ProviderEntry {
+            kind: "refund".into(),
+            id: format!("re_{}", uuid::Uuid::new_v4().simple()),
+            amount,
+            at_ms: now_ms(),
+        };
         Ok(self.ledger.provider_entry_once(key, &entry).await?.id)
     }
 }
@@ -103,7 +113,8 @@ impl Handler for PaymentHandler {
                 let record = match self.payments.payment(order).await? {
                     Some(r) => r,
                     None => {
-                        let amount = Money::from_cents(cmd.amount_cents).map_err(|e| HandlerError::Poison(e.to_string()))?;
+                        let amount =
+                            Money::from_cents(cmd.amount_cents).map_err(|e| HandlerError::Poison(e.to_string()))?;
                         let result = self.provider.capture(&cmd.idempotency_key, &cmd.user_id, amount).await?;
                         let record = match result {
                             CaptureResult::Captured { charge_id } => PaymentRecord::Captured { charge_id, amount },
@@ -113,8 +124,14 @@ impl Handler for PaymentHandler {
                     }
                 };
                 match record {
-                    PaymentRecord::Captured { charge_id, amount } | PaymentRecord::Refunded { charge_id, amount, .. } => {
-                        self.reply(order, "capture_reply", PaymentCaptured { charge_id, captured_cents: amount.cents() }).await
+                    PaymentRecord::Captured { charge_id, amount }
+                    | PaymentRecord::Refunded { charge_id, amount, .. } => {
+                        self.reply(
+                            order,
+                            "capture_reply",
+                            PaymentCaptured { charge_id, captured_cents: amount.cents() },
+                        )
+                        .await
                     }
                     PaymentRecord::Declined { reason } => {
                         metrics::counter!("orderflow_payments_declined_total").increment(1);
@@ -129,12 +146,18 @@ impl Handler for PaymentHandler {
                     let refunded = PaymentRecord::Refunded { charge_id, refund_id, amount };
                     let stored = self.payments.replace(order, &captured, &refunded).await?;
                     if let PaymentRecord::Refunded { refund_id, amount, .. } = stored {
-                        self.reply(order, "refund_reply", PaymentRefunded { refund_id, refunded_cents: amount.cents() }).await?;
+                        self.reply(
+                            order,
+                            "refund_reply",
+                            PaymentRefunded { refund_id, refunded_cents: amount.cents() },
+                        )
+                        .await?;
                     }
                     Ok(())
                 }
                 Some(PaymentRecord::Refunded { refund_id, amount, .. }) => {
-                    self.reply(order, "refund_reply", PaymentRefunded { refund_id, refunded_cents: amount.cents() }).await
+                    self.reply(order, "refund_reply", PaymentRefunded { refund_id, refunded_cents: amount.cents() })
+                        .await
                 }
                 // Never captured (declined, or the capture has not happened): nothing to pay back.
                 Some(PaymentRecord::Declined { .. }) | None => Ok(()),

@@ -84,7 +84,13 @@ fn handler(role: Role, backends: &Backends, settings: &ProcessorSettings) -> Arc
 }
 
 /// Starts `role` on `tasks`; it runs until `shutdown` is cancelled, finishing the record in hand.
-pub fn spawn_role(role: Role, backends: &Backends, settings: &ProcessorSettings, shutdown: &CancellationToken, tasks: &mut JoinSet<()>) {
+pub fn spawn_role(
+    role: Role,
+    backends: &Backends,
+    settings: &ProcessorSettings,
+    shutdown: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) {
     let handler = handler(role, backends, settings);
     let bus = Arc::clone(&backends.bus);
     let token = shutdown.clone();
@@ -135,7 +141,9 @@ async fn sweep_stalled(backends: Backends, stalled_after: Duration, shutdown: Ca
         }
         let records: Result<Vec<BusRecord>, _> = stalled
             .iter()
-            .map(|o| codec::encode(&OrderPlaced::envelope_of(o)).map(|p| BusRecord::new(topics::ORDERS, o.id.as_str(), p)))
+            .map(|o| {
+                codec::encode(&OrderPlaced::envelope_of(o)).map(|p| BusRecord::new(topics::ORDERS, o.id.as_str(), p))
+            })
             .collect();
         match records {
             Ok(records) => {

@@ -87,7 +87,13 @@ pub fn decide(order: &Order, env: &Envelope, now_ms: i64) -> Option<Decision> {
             .send(
                 topics::INVENTORY,
                 "reserve",
-                ReserveStock { lines: order.lines.iter().map(|l| ReserveLine { sku: l.sku.clone(), quantity: l.quantity }).collect() },
+                ReserveStock {
+                    lines: order
+                        .lines
+                        .iter()
+                        .map(|l| ReserveLine { sku: l.sku.clone(), quantity: l.quantity })
+                        .collect(),
+                },
             )
             .done(),
         (Event::StockReserved(r), Processing) => step
@@ -103,7 +109,9 @@ pub fn decide(order: &Order, env: &Envelope, now_ms: i64) -> Option<Decision> {
             )
             .done(),
         // The order was cancelled while the reservation was in flight: give the units back.
-        (Event::StockReserved(_), Cancelled) => step.note("stock_released", "reserved after cancellation").release("cancelled").done(),
+        (Event::StockReserved(_), Cancelled) => {
+            step.note("stock_released", "reserved after cancellation").release("cancelled").done()
+        }
         (Event::StockRejected(r), Processing) => {
             let reason = match &r.sku {
                 Some(sku) => format!("{}: {sku}", r.reason),
@@ -120,22 +128,34 @@ pub fn decide(order: &Order, env: &Envelope, now_ms: i64) -> Option<Decision> {
                 "ship",
                 CreateShipment {
                     ship_to_user_id: order.user_id.clone(),
-                    lines: order.lines.iter().map(|l| ShipmentLine { sku: l.sku.clone(), quantity: l.quantity }).collect(),
+                    lines: order
+                        .lines
+                        .iter()
+                        .map(|l| ShipmentLine { sku: l.sku.clone(), quantity: l.quantity })
+                        .collect(),
                 },
             )
             .done(),
         // Captured after the order was cancelled: pay it back.
-        (Event::PaymentCaptured(p), Cancelled) => step.note("refund_requested", format!("charge {} after cancellation", p.charge_id)).refund("cancelled").done(),
+        (Event::PaymentCaptured(p), Cancelled) => step
+            .note("refund_requested", format!("charge {} after cancellation", p.charge_id))
+            .refund("cancelled")
+            .done(),
         (Event::PaymentDeclined(d), Processing) => {
             let reason = format!("payment_declined: {}", d.decline_reason);
             step.status(Rejected).reason(reason.clone()).note("rejected", reason).release("payment declined").done()
         }
-        (Event::PaymentRefunded(r), _) => step.note("refunded", format!("refund {} of {} cents", r.refund_id, r.refunded_cents)).done(),
+        (Event::PaymentRefunded(r), _) => {
+            step.note("refunded", format!("refund {} of {} cents", r.refund_id, r.refunded_cents)).done()
+        }
         (Event::ShipmentCreated(s), Confirmed | Preparing | OutForDelivery | Delivered) => {
             step.note("shipment_created", format!("shipment {}", s.shipment_id)).done()
         }
         (Event::CancelRequested(c), status) if status.is_cancellable() => {
-            let step = step.status(Cancelled).reason(c.cancel_reason.clone()).note("cancelled", format!("by {}: {}", c.requested_by, c.cancel_reason));
+            let step = step
+                .status(Cancelled)
+                .reason(c.cancel_reason.clone())
+                .note("cancelled", format!("by {}: {}", c.requested_by, c.cancel_reason));
             match status {
                 Pending => step.done(),
                 // A reservation and a capture may be in flight; their late replies are compensated above.
@@ -146,7 +166,8 @@ pub fn decide(order: &Order, env: &Envelope, now_ms: i64) -> Option<Decision> {
         (Event::StatusChangeRequested(c), status)
             if status.can_move_to(c.status) && matches!(c.status, Preparing | OutForDelivery | Delivered) =>
         {
-            let step = step.status(c.status).note(&c.status.as_str().to_ascii_lowercase(), format!("by {}", c.changed_by));
+            let step =
+                step.status(c.status).note(&c.status.as_str().to_ascii_lowercase(), format!("by {}", c.changed_by));
             if c.status == OutForDelivery {
                 step.send(topics::INVENTORY, "commit", CommitStock { commit_reason: "out for delivery".into() }).done()
             } else {
@@ -209,7 +230,8 @@ impl Handler for SagaHandler {
             let outputs = decision.outputs.iter().map(|(t, e)| crate::record(*t, e)).collect::<Result<Vec<_>, _>>()?;
             let from = order.status;
             let to = decision.order.status;
-            let transition = Transition { event_id: env.event_id, expected: from, order: decision.order, outputs: outputs.clone() };
+            let transition =
+                Transition { event_id: env.event_id, expected: from, order: decision.order, outputs: outputs.clone() };
             match self.orders.apply(transition).await? {
                 Applied::Applied => {
                     if from != to {
@@ -239,7 +261,11 @@ mod tests {
         Order {
             id: OrderId::parse("o-1").unwrap(),
             user_id: UserId::parse("u-1").unwrap(),
-            lines: vec![OrderLine { sku: Sku::parse("S1").unwrap(), quantity: Quantity::new(2).unwrap(), unit_price: Money::from_cents(500).unwrap() }],
+            lines: vec![OrderLine {
+                sku: Sku::parse("S1").unwrap(),
+                quantity: Quantity::new(2).unwrap(),
+                unit_price: Money::from_cents(500).unwrap(),
+            }],
             total: Money::from_cents(1000).unwrap(),
             status,
             reason: None,
@@ -252,7 +278,12 @@ mod tests {
     }
 
     fn env(body: impl Into<Event>) -> Envelope {
-        Envelope { event_id: EventId::random(), order_id: OrderId::parse("o-1").unwrap(), occurred_at_ms: 1_000, body: body.into() }
+        Envelope {
+            event_id: EventId::random(),
+            order_id: OrderId::parse("o-1").unwrap(),
+            occurred_at_ms: 1_000,
+            body: body.into(),
+        }
     }
 
     fn placed() -> Envelope {
@@ -275,7 +306,8 @@ mod tests {
         assert_eq!(c.amount_cents, 1000);
         assert_eq!(c.idempotency_key, "o-1:capture");
 
-        let d = decide(&d.order, &env(PaymentCaptured { charge_id: "ch".into(), captured_cents: 1000 }), 1_050).unwrap();
+        let d =
+            decide(&d.order, &env(PaymentCaptured { charge_id: "ch".into(), captured_cents: 1000 }), 1_050).unwrap();
         assert_eq!(d.order.status, OrderStatus::Confirmed);
         assert_eq!(d.order.processed_at_ms, Some(1_050));
         assert_eq!(bodies(&d), vec![(topics::FULFILLMENT.name, "CreateShipment")]);
@@ -285,7 +317,12 @@ mod tests {
 
     #[test]
     fn out_of_stock_rejects_with_the_sku_in_the_reason() {
-        let d = decide(&order(OrderStatus::Processing), &env(StockRejected { reason: "out_of_stock".into(), sku: Some(Sku::parse("S1").unwrap()) }), 2_000).unwrap();
+        let d = decide(
+            &order(OrderStatus::Processing),
+            &env(StockRejected { reason: "out_of_stock".into(), sku: Some(Sku::parse("S1").unwrap()) }),
+            2_000,
+        )
+        .unwrap();
         assert_eq!(d.order.status, OrderStatus::Rejected);
         assert_eq!(d.order.reason.as_deref(), Some("out_of_stock: S1"));
         assert_eq!(d.order.processed_at_ms, Some(2_000));
@@ -294,7 +331,12 @@ mod tests {
 
     #[test]
     fn declined_payment_rejects_and_releases_stock() {
-        let d = decide(&order(OrderStatus::Processing), &env(PaymentDeclined { decline_reason: "over limit".into() }), 2_000).unwrap();
+        let d = decide(
+            &order(OrderStatus::Processing),
+            &env(PaymentDeclined { decline_reason: "over limit".into() }),
+            2_000,
+        )
+        .unwrap();
         assert_eq!(d.order.status, OrderStatus::Rejected);
         assert_eq!(bodies(&d), vec![(topics::INVENTORY.name, "ReleaseStock")]);
     }
@@ -303,7 +345,10 @@ mod tests {
     fn cancelling_compensates_what_was_done() {
         let cancel = env(CancelRequested { cancel_reason: "changed mind".into(), requested_by: "staff".into() });
         assert!(decide(&order(OrderStatus::Pending), &cancel, 1).unwrap().outputs.is_empty());
-        assert_eq!(bodies(&decide(&order(OrderStatus::Processing), &cancel, 1).unwrap()), vec![(topics::INVENTORY.name, "ReleaseStock")]);
+        assert_eq!(
+            bodies(&decide(&order(OrderStatus::Processing), &cancel, 1).unwrap()),
+            vec![(topics::INVENTORY.name, "ReleaseStock")]
+        );
         assert_eq!(
             bodies(&decide(&order(OrderStatus::Confirmed), &cancel, 1).unwrap()),
             vec![(topics::INVENTORY.name, "ReleaseStock"), (topics::PAYMENTS.name, "RefundPayment")]
@@ -325,7 +370,14 @@ mod tests {
     #[test]
     fn duplicates_and_out_of_order_events_change_nothing() {
         assert!(decide(&order(OrderStatus::Processing), &placed(), 1).is_none());
-        assert!(decide(&order(OrderStatus::Confirmed), &env(PaymentCaptured { charge_id: "c".into(), captured_cents: 1 }), 1).is_none());
+        assert!(
+            decide(
+                &order(OrderStatus::Confirmed),
+                &env(PaymentCaptured { charge_id: "c".into(), captured_cents: 1 }),
+                1
+            )
+            .is_none()
+        );
         assert!(decide(&order(OrderStatus::Rejected), &env(StockReserved { units_reserved: 1 }), 1).is_none());
     }
 
@@ -338,7 +390,10 @@ mod tests {
         let d = decide(&order(OrderStatus::Preparing), &to(OrderStatus::OutForDelivery), 1).unwrap();
         assert_eq!(d.order.status, OrderStatus::OutForDelivery);
         assert_eq!(bodies(&d), vec![(topics::INVENTORY.name, "CommitStock")]);
-        assert_eq!(decide(&order(OrderStatus::OutForDelivery), &to(OrderStatus::Delivered), 1).unwrap().order.status, OrderStatus::Delivered);
+        assert_eq!(
+            decide(&order(OrderStatus::OutForDelivery), &to(OrderStatus::Delivered), 1).unwrap().order.status,
+            OrderStatus::Delivered
+        );
     }
 
     #[test]
@@ -355,7 +410,11 @@ mod tests {
         for status in OrderStatus::ALL {
             for e in &events {
                 if let Some(d) = decide(&order(status), e, 5) {
-                    assert!(d.order.status == status || status.can_move_to(d.order.status), "{status} -> {}", d.order.status);
+                    assert!(
+                        d.order.status == status || status.can_move_to(d.order.status),
+                        "{status} -> {}",
+                        d.order.status
+                    );
                     for (_, out) in &d.outputs {
                         // Same order, same step: the same id every time, so redeliveries are recognisable.
                         let again = decide(&order(status), e, 6).unwrap();

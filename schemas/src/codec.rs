@@ -78,11 +78,7 @@ impl Codec {
         #[allow(clippy::expect_used)]
         let schema = Schema::parse_str(ENVELOPE_SCHEMA).expect("bundled envelope.avsc is valid Avro");
         let variants = body_variants(&schema).unwrap_or_default();
-        let branches = variants
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (variant_name(s), (i as u32, s.clone())))
-            .collect();
+        let branches = variants.iter().enumerate().map(|(i, s)| (variant_name(s), (i as u32, s.clone()))).collect();
         let fp = fingerprint(&schema);
         let mut known = HashMap::new();
         known.insert(
@@ -126,7 +122,8 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope, CodecError> {
     let mut datum = &bytes[HEADER_LEN..];
     let value = apache_avro::from_avro_datum(&writer.schema, &mut datum, None)?;
     let Value::Record(fields) = value else { return Err(CodecError::Field("envelope")) };
-    let field = |name: &'static str| fields.iter().find(|(n, _)| n == name).map(|(_, v)| v).ok_or(CodecError::Field(name));
+    let field =
+        |name: &'static str| fields.iter().find(|(n, _)| n == name).map(|(_, v)| v).ok_or(CodecError::Field(name));
     let Value::String(event_id) = field("event_id")? else { return Err(CodecError::Field("event_id")) };
     let event_id = uuid::Uuid::parse_str(event_id).map_err(|_| CodecError::Field("event_id"))?;
     let Value::String(order_id) = field("order_id")? else { return Err(CodecError::Field("order_id")) };
@@ -136,7 +133,12 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope, CodecError> {
     let Value::Union(index, body) = field("body")? else { return Err(CodecError::Field("body")) };
     let name = writer.body_names.get(*index as usize).ok_or(CodecError::Field("body"))?;
     let body = Event::from_avro(name, body).ok_or_else(|| CodecError::UnknownBody(name.clone()))??;
-    Ok(Envelope { event_id: EventId(event_id), order_id: OrderId::parse(order_id.clone())?, occurred_at_ms: *occurred_at_ms, body })
+    Ok(Envelope {
+        event_id: EventId(event_id),
+        order_id: OrderId::parse(order_id.clone())?,
+        occurred_at_ms: *occurred_at_ms,
+        body,
+    })
 }
 
 #[cfg(test)]
@@ -162,12 +164,17 @@ mod tests {
             StockRejected { reason: "unknown_sku".into(), sku: None }.into(),
             ReleaseStock { release_reason: "cancelled".into() }.into(),
             CommitStock { commit_reason: "shipped".into() }.into(),
-            CapturePayment { user_id: UserId::parse("u1").unwrap(), amount_cents: 2500, idempotency_key: "k".into() }.into(),
+            CapturePayment { user_id: UserId::parse("u1").unwrap(), amount_cents: 2500, idempotency_key: "k".into() }
+                .into(),
             PaymentCaptured { charge_id: "ch_1".into(), captured_cents: 2500 }.into(),
             PaymentDeclined { decline_reason: "limit".into() }.into(),
             RefundPayment { refund_reason: "cancelled".into() }.into(),
             PaymentRefunded { refund_id: "re_1".into(), refunded_cents: 2500 }.into(),
-            CreateShipment { ship_to_user_id: UserId::parse("u1").unwrap(), lines: vec![ShipmentLine { sku, quantity: q }] }.into(),
+            CreateShipment {
+                ship_to_user_id: UserId::parse("u1").unwrap(),
+                lines: vec![ShipmentLine { sku, quantity: q }],
+            }
+            .into(),
             ShipmentCreated { shipment_id: "sh_1".into() }.into(),
             CancelRequested { cancel_reason: "changed mind".into(), requested_by: "staff".into() }.into(),
             StatusChangeRequested { status: crate::OrderStatus::Preparing, changed_by: "staff".into() }.into(),

@@ -54,7 +54,11 @@ impl OrderPlaced {
             lines: order
                 .lines
                 .iter()
-                .map(|l| PlacedLine { sku: l.sku.clone(), quantity: l.quantity, unit_price_cents: l.unit_price.cents() })
+                .map(|l| PlacedLine {
+                    sku: l.sku.clone(),
+                    quantity: l.quantity,
+                    unit_price_cents: l.unit_price.cents(),
+                })
                 .collect(),
             total_cents: order.total.cents(),
             channel: order.channel.clone(),

@@ -136,11 +136,7 @@ impl Order {
     pub fn same_request_as(&self, other: &Order) -> bool {
         self.user_id == other.user_id
             && self.lines.len() == other.lines.len()
-            && self
-                .lines
-                .iter()
-                .zip(&other.lines)
-                .all(|(a, b)| a.sku == b.sku && a.quantity == b.quantity)
+            && self.lines.iter().zip(&other.lines).all(|(a, b)| a.sku == b.sku && a.quantity == b.quantity)
     }
 }
 

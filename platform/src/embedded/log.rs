@@ -119,7 +119,9 @@ impl EmbeddedLog {
     fn read_cursor(&self, group: &str, topic: &str, partition: u16) -> Result<u64, StoreError> {
         let v = self.db.cursors.get(cursor_key(group, topic, partition)).map_err(unavailable)?;
         Ok(match v {
-            Some(bytes) => u64::from_be_bytes(bytes.as_ref().try_into().map_err(|_| StoreError::Corrupt("cursor".into()))?),
+            Some(bytes) => {
+                u64::from_be_bytes(bytes.as_ref().try_into().map_err(|_| StoreError::Corrupt("cursor".into()))?)
+            }
             None => 0,
         })
     }
@@ -156,7 +158,10 @@ impl EmbeddedLog {
             let (k, v) = guard.into_inner().map_err(unavailable)?;
             let mut parts = k.splitn(2, |b| *b == 0);
             let (_group, rest) = (parts.next(), parts.next().unwrap_or_default());
-            if rest.len() == topic.len() + 3 && rest.starts_with(topic.as_bytes()) && rest[topic.len() + 1..] == partition.to_be_bytes() {
+            if rest.len() == topic.len() + 3
+                && rest.starts_with(topic.as_bytes())
+                && rest[topic.len() + 1..] == partition.to_be_bytes()
+            {
                 let next = u64::from_be_bytes(v.as_ref().try_into().map_err(|_| StoreError::Corrupt("cursor".into()))?);
                 min_next = min_next.min(next);
             }
@@ -304,8 +309,8 @@ impl Bus for EmbeddedLog {
             }
         }
         // Every partition is read by its own future; they run concurrently within this task.
-        let partitions = (0..topic.partitions)
-            .map(|p| self.consume_partition(group, topic, p, Arc::clone(&handler), &shutdown));
+        let partitions =
+            (0..topic.partitions).map(|p| self.consume_partition(group, topic, p, Arc::clone(&handler), &shutdown));
         let result = futures::future::try_join_all(partitions).await.map(|_| ());
         if let Ok(mut active) = self.active.lock() {
             active.remove(&member);

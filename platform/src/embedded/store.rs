@@ -41,7 +41,10 @@ fn get_row<T: serde::de::DeserializeOwned>(
     }
 }
 
-fn get_latest<T: serde::de::DeserializeOwned>(ks: &fjall::SingleWriterTxKeyspace, key: impl AsRef<[u8]>) -> Result<Option<T>> {
+fn get_latest<T: serde::de::DeserializeOwned>(
+    ks: &fjall::SingleWriterTxKeyspace,
+    key: impl AsRef<[u8]>,
+) -> Result<Option<T>> {
     match ks.get(key).map_err(unavailable)? {
         Some(v) => Ok(Some(from_row(&v)?)),
         None => Ok(None),
@@ -143,7 +146,14 @@ fn movement_key(sku: &Sku, at_ms: i64) -> Vec<u8> {
     k
 }
 
-fn record_movement(db: &Db, tx: &mut fjall::SingleWriterWriteTx<'_>, sku: &Sku, kind: &str, delta: i64, reference: &str) -> Result<()> {
+fn record_movement(
+    db: &Db,
+    tx: &mut fjall::SingleWriterWriteTx<'_>,
+    sku: &Sku,
+    kind: &str,
+    delta: i64,
+    reference: &str,
+) -> Result<()> {
     let at_ms = now_ms();
     let m = StockMovement { at_ms, kind: kind.to_owned(), available_delta: delta, reference: reference.to_owned() };
     tx.insert(&db.stock_moves, movement_key(sku, at_ms), to_row(&m)?);
@@ -162,8 +172,7 @@ impl InventoryStore for EmbeddedStore {
 
     async fn adjust_stock(&self, sku: &Sku, delta: i64, reason: &str) -> Result<StockLevel, StockError> {
         let (sku, reason) = (sku.clone(), reason.to_owned());
-        let out = self
-            .db
+        self.db
             .write(move |db, tx| {
                 if !tx.contains_key(&db.products, sku.as_str()).map_err(unavailable)? {
                     return Ok(Err(StockError::UnknownSku(sku)));
@@ -177,8 +186,7 @@ impl InventoryStore for EmbeddedStore {
                 record_movement(db, tx, &sku, "adjust", delta, &reason)?;
                 Ok(Ok(level))
             })
-            .await?;
-        out
+            .await?
     }
 
     async fn reserve(&self, order: &OrderId, lines: &[(Sku, Quantity)]) -> Result<Reservation> {
@@ -237,13 +245,20 @@ impl InventoryStore for EmbeddedStore {
                     tx.insert(&db.reservations, order.as_str(), to_row(&row)?);
                     return Ok(ReservationEnd::NothingHeld);
                 };
-                if row.ended.is_some() || !matches!(row.outcome, Reservation::Reserved { .. }) || end == ReservationEnd::NothingHeld {
+                if row.ended.is_some()
+                    || !matches!(row.outcome, Reservation::Reserved { .. })
+                    || end == ReservationEnd::NothingHeld
+                {
                     return Ok(ReservationEnd::NothingHeld);
                 }
                 for (sku, q) in &row.lines {
                     let mut level: StockLevel = get_row(tx, &db.stock, sku.as_str())?.unwrap_or_default();
                     if level.reserved < units(*q) {
-                        return Err(StoreError::Corrupt(format!("{sku}: {} reserved, releasing {}", level.reserved, q.get())));
+                        return Err(StoreError::Corrupt(format!(
+                            "{sku}: {} reserved, releasing {}",
+                            level.reserved,
+                            q.get()
+                        )));
                     }
                     level.reserved -= units(*q);
                     match end {
@@ -415,10 +430,10 @@ impl OrderStore for EmbeddedStore {
             let (keys, more) = page_keys(&self.db.order_index, &prefix, cursor.as_deref(), limit + 1)?;
             for pos in &keys {
                 let Some((_, id)) = pos.split_once(':') else { continue };
-                if let Some(order) = get_latest::<Order>(&self.db.orders, id)? {
-                    if recheck_status.is_none_or(|s| s == order.status) {
-                        items.push((pos.clone(), order));
-                    }
+                if let Some(order) = get_latest::<Order>(&self.db.orders, id)?
+                    && recheck_status.is_none_or(|s| s == order.status)
+                {
+                    items.push((pos.clone(), order));
                 }
                 if items.len() > limit {
                     break;

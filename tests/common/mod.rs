@@ -1,0 +1,189 @@
+//! Shared test harness: starts orderflow on port 0 with a fresh data directory, in process or as a
+//! child process, and talks to it over real sockets.
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use orderflow::{App, Roles, Seed, Settings};
+use orderflow_platform::BackendUrl;
+use serde_json::{Value, json};
+
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+pub fn settings(data_dir: &Path) -> Settings {
+    Settings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: data_dir.to_owned(),
+        bus: BackendUrl::Embedded,
+        store: BackendUrl::Embedded,
+        admin_token: Some(ADMIN_TOKEN.into()),
+        payment_latency_ms: 1,
+        payment_decline_above: None,
+        payment_decline_users: vec![],
+        seed_catalog: Seed::Demo,
+        sync_writes: false,
+        stalled_after_ms: 3000,
+    }
+}
+
+/// An in-process orderflow with its own data directory.
+pub struct TestApp {
+    pub app: Option<App>,
+    pub base: String,
+    pub http: reqwest::Client,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestApp {
+    pub async fn start() -> TestApp {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
+        orderflow_platform::telemetry::init_logging("warn");
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = settings(dir.path());
+        tweak(&mut s);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let app = App::start(&s, Roles::all(), listener).await.unwrap();
+        let base = format!("http://{}", app.addr);
+        TestApp { app: Some(app), base, http: reqwest::Client::new(), dir }
+    }
+
+    pub fn app(&self) -> &App {
+        self.app.as_ref().unwrap()
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(app) = self.app.take() {
+            app.stop().await;
+        }
+    }
+
+    pub async fn post_order(&self, body: Value) -> (u16, Value) {
+        let r = self.http.post(format!("{}/v1/orders", self.base)).json(&body).send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get_order(&self, id: &str) -> (u16, Value) {
+        let r = self.http.get(format!("{}/v1/orders/{id}", self.base)).send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn gql(&self, query: &str, variables: Value, staff: bool) -> Value {
+        gql(&self.http, &self.base, query, variables, staff).await
+    }
+
+    /// Waits until the order has `status` (or any terminal/processed status if `None`), up to 10 s.
+    pub async fn wait_status(&self, id: &str, want: &[&str]) -> Value {
+        wait_status(&self.http, &self.base, id, want, Duration::from_secs(10)).await
+    }
+}
+
+pub async fn gql(http: &reqwest::Client, base: &str, query: &str, variables: Value, staff: bool) -> Value {
+    let mut req = http.post(format!("{base}/graphql")).json(&json!({"query": query, "variables": variables}));
+    if staff {
+        req = req.bearer_auth(ADMIN_TOKEN);
+    }
+    req.send().await.unwrap().json().await.unwrap()
+}
+
+pub async fn wait_status(http: &reqwest::Client, base: &str, id: &str, want: &[&str], limit: Duration) -> Value {
+    let started = Instant::now();
+    loop {
+        let r = http.get(format!("{base}/v1/orders/{id}")).send().await;
+        if let Ok(r) = r {
+            if r.status().is_success() {
+                let body: Value = r.json().await.unwrap();
+                if want.iter().any(|w| body["status"] == *w) {
+                    return body;
+                }
+                if started.elapsed() > limit {
+                    panic!("order {id} did not reach {want:?} within {limit:?}: {body}");
+                }
+            }
+        }
+        if started.elapsed() > limit {
+            panic!("order {id} did not reach {want:?} within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The stock of a SKU as GraphQL shows it: (available, reserved).
+pub async fn stock(app: &TestApp, sku: &str) -> (i64, i64) {
+    let v = app
+        .gql("query($s: String!){ product(sku: $s){ stock { available reserved } } }", json!({"s": sku}), false)
+        .await;
+    let s = &v["data"]["product"]["stock"];
+    (s["available"].as_i64().unwrap(), s["reserved"].as_i64().unwrap())
+}
+
+/// orderflow as a child process (for crash tests), with its own port and data directory.
+pub struct Proc {
+    pub child: Child,
+    pub base: String,
+    pub log: PathBuf,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Proc {
+    pub fn spawn(data_dir: &Path, port: u16, extra_env: &[(&str, &str)]) -> Proc {
+        let log = data_dir.with_extension(format!("{port}.log"));
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_orderflow"));
+        cmd.arg("serve")
+            .env("ORDERFLOW_LISTEN", format!("127.0.0.1:{port}"))
+            .env("ORDERFLOW_DATA_DIR", data_dir)
+            .env("ORDERFLOW_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("ORDERFLOW_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(out.try_clone().unwrap());
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap();
+        Proc { child, base: format!("http://127.0.0.1:{port}"), log }
+    }
+
+    pub async fn wait_healthy(&self) {
+        let http = reqwest::Client::new();
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(20) {
+            if let Ok(r) = http.get(format!("{}/healthz", self.base)).send().await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("orderflow did not become healthy; log:\n{}", std::fs::read_to_string(&self.log).unwrap_or_default());
+    }
+
+    /// `kill -9`: no shutdown hooks, no flushing.
+    pub fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM and wait for a graceful exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,180 @@
+//! The GraphQL API over a real socket: the shop queries, placement, and staff operations end to end
+//! through the pipeline.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{TestApp, stock};
+use serde_json::{Value, json};
+
+async fn place(app: &TestApp, user: &str, sku: &str, quantity: i64) -> String {
+    let v = app
+        .gql(
+            "mutation($i: PlaceOrderInput!){ placeOrder(input: $i){ order { id status totalAmount } replayed } }",
+            json!({"i": {"userId": user, "items": [{"sku": sku, "quantity": quantity}]}}),
+            false,
+        )
+        .await;
+    assert_eq!(v["data"]["placeOrder"]["order"]["status"], "PENDING", "{v}");
+    v["data"]["placeOrder"]["order"]["id"].as_str().unwrap().to_owned()
+}
+
+fn code(v: &Value) -> &str {
+    v["errors"][0]["extensions"]["code"].as_str().unwrap_or("")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graphiql_is_served_on_get() {
+    let app = TestApp::start().await;
+    let r = app.http.get(format!("{}/graphql", app.base)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().to_lowercase().contains("graphiql"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn customer_places_and_tracks_an_order() {
+    let app = TestApp::start().await;
+    let id = place(&app, "ivy", "SKU-CROISSANT", 4).await;
+    app.wait_status(&id, &["CONFIRMED"]).await;
+    let v = app
+        .gql(
+            "query($id: ID!){ order(id: $id){ id status userId items { sku quantity } totalAmount timeline { at type detail } } }",
+            json!({"id": id}),
+            false,
+        )
+        .await;
+    let o = &v["data"]["order"];
+    assert_eq!(o["status"], "CONFIRMED", "{v}");
+    assert_eq!(o["userId"], "ivy");
+    assert_eq!(o["items"], json!([{"sku": "SKU-CROISSANT", "quantity": 4}]));
+    assert_eq!(o["totalAmount"], "11.00");
+    assert!(o["timeline"].as_array().unwrap().iter().any(|t| t["type"] == "confirmed"));
+    assert!(o["timeline"][0]["at"].as_str().unwrap().ends_with('Z'));
+
+    let v = app
+        .gql(
+            "{ orders(first: 10, userId: \"ivy\"){ edges { node { id } } pageInfo { hasNextPage } } }",
+            json!({}),
+            false,
+        )
+        .await;
+    assert_eq!(v["data"]["orders"]["edges"][0]["node"]["id"], id.as_str());
+    let v = app
+        .gql(
+            "{ metrics { ordersProcessed averageProcessingTimeMs ordersByStatus { status count } } }",
+            json!({}),
+            false,
+        )
+        .await;
+    assert_eq!(v["data"]["metrics"]["ordersProcessed"], 1, "{v}");
+    assert!(v["data"]["metrics"]["averageProcessingTimeMs"].as_f64().unwrap() > 0.0);
+    let confirmed = v["data"]["metrics"]["ordersByStatus"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["status"] == "CONFIRMED")
+        .unwrap()
+        .clone();
+    assert_eq!(confirmed["count"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staff_operations_need_the_token() {
+    let app = TestApp::start().await;
+    let create = "mutation{ createProduct(input: {sku: \"SKU-TEA\", name: \"Green tea\", price: \"2.20\", stock: 10}){ sku price stock { available } } }";
+    let v = app.gql(create, json!({}), false).await;
+    assert_eq!(code(&v), "unauthorized", "{v}");
+    assert_eq!(app.gql("{ product(sku: \"SKU-TEA\"){ sku } }", json!({}), false).await["data"]["product"], Value::Null);
+
+    let v = app.gql(create, json!({}), true).await;
+    assert_eq!(
+        v["data"]["createProduct"],
+        json!({"sku": "SKU-TEA", "price": "2.20", "stock": {"available": 10}}),
+        "{v}"
+    );
+    let v = app
+        .gql(
+            "mutation{ adjustStock(sku: \"SKU-TEA\", delta: -25, reason: \"breakage\"){ available } }",
+            json!({}),
+            true,
+        )
+        .await;
+    assert_eq!(code(&v), "stock_would_go_negative", "{v}");
+    let v = app
+        .gql("mutation{ adjustStock(sku: \"SKU-TEA\", delta: 5, reason: \"delivery\"){ available } }", json!({}), true)
+        .await;
+    assert_eq!(v["data"]["adjustStock"]["available"], 15);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_confirmed_order_refunds_and_restores_stock() {
+    let app = TestApp::start().await;
+    let id = place(&app, "jack", "SKU-MUG", 2).await;
+    app.wait_status(&id, &["CONFIRMED"]).await;
+    assert_eq!(stock(&app, "SKU-MUG").await, (3, 2));
+    let v = app
+        .gql(
+            "mutation($id: ID!){ cancelOrder(id: $id, reason: \"customer called\"){ status } }",
+            json!({"id": id}),
+            true,
+        )
+        .await;
+    assert_eq!(v["data"]["cancelOrder"]["status"], "CANCELLED", "{v}");
+    for _ in 0..200 {
+        let order = app.get_order(&id).await.1;
+        let refunded = order["timeline"].as_array().unwrap().iter().any(|t| t["type"] == "refunded");
+        if stock(&app, "SKU-MUG").await == (5, 0) && refunded {
+            let entries = app.app().backends.stores.payments.provider_entries().await.unwrap();
+            assert_eq!(entries.iter().filter(|(_, e)| e.kind == "refund").count(), 1);
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("stock not restored or no refund: {:?} {}", stock(&app, "SKU-MUG").await, app.get_order(&id).await.1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staff_moves_an_order_through_fulfillment_and_stock_leaves_when_it_ships() {
+    let app = TestApp::start().await;
+    let id = place(&app, "kim", "SKU-SALAD", 1).await;
+    app.wait_status(&id, &["CONFIRMED"]).await;
+    let m = "mutation($id: ID!, $s: OrderStatus!){ updateOrderStatus(id: $id, status: $s){ status } }";
+    let v = app.gql(m, json!({"id": id, "s": "DELIVERED"}), true).await;
+    assert_eq!(code(&v), "illegal_transition", "{v}");
+    for s in ["PREPARING", "OUT_FOR_DELIVERY", "DELIVERED"] {
+        let v = app.gql(m, json!({"id": id, "s": s}), true).await;
+        assert_eq!(v["data"]["updateOrderStatus"]["status"], s, "{v}");
+    }
+    // Out for delivery: the reserved unit was taken off the shelf for good.
+    for _ in 0..100 {
+        if stock(&app, "SKU-SALAD").await == (99, 0) {
+            let v = app.gql("mutation($id: ID!){ cancelOrder(id: $id){ status } }", json!({"id": id}), true).await;
+            assert_eq!(code(&v), "illegal_transition", "a delivered order cannot be cancelled: {v}");
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("stock not committed: {:?}", stock(&app, "SKU-SALAD").await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_queries_are_refused() {
+    let app = TestApp::start().await;
+    let deep = format!("{{ __schema {{ types {{ {} name {} }} }} }}", "fields { type { ".repeat(8), "} } ".repeat(8));
+    let v = app.gql(&deep, json!({}), false).await;
+    assert!(v["errors"].as_array().is_some_and(|e| !e.is_empty()), "{v}");
+    let v = app.gql("{ products(first: 1000){ edges { node { sku } } } }", json!({}), false).await;
+    assert!(v["errors"].as_array().is_some_and(|e| !e.is_empty()), "first is capped at 100: {v}");
+    let v = app.gql("{ product(sku: ", json!({}), false).await;
+    assert!(v["errors"].as_array().is_some_and(|e| !e.is_empty()), "malformed query: {v}");
+    let r = app
+        .http
+        .post(format!("{}/graphql", app.base))
+        .header("content-type", "application/json")
+        .body("x".repeat(300_000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+}
