@@ -10,6 +10,7 @@
 
 pub mod backend;
 pub mod bus;
+pub mod conformance;
 pub mod embedded;
 pub mod store;
 pub mod telemetry;

@@ -220,6 +220,9 @@ impl EmbeddedLog {
                 continue;
             }
             for delivery in batch {
+                if shutdown.is_cancelled() {
+                    return Ok(());
+                }
                 match policy::handle_with_policy(self, group, handler.as_ref(), &delivery, shutdown).await {
                     Ok(()) => {}
                     Err(BusError::ShuttingDown) => return Ok(()),

@@ -37,6 +37,8 @@ pub(crate) struct Db {
     pub(crate) payments: SingleWriterTxKeyspace,
     pub(crate) provider: SingleWriterTxKeyspace,
     pub(crate) shipments: SingleWriterTxKeyspace,
+    /// Last value handed out by [`Db::next_seq`].
+    last_seq: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Db {
@@ -68,8 +70,23 @@ impl Db {
             payments: ks("payments")?,
             provider: ks("provider")?,
             shipments: ks("shipments")?,
+            last_seq: std::sync::atomic::AtomicU64::new(0),
             db,
         })
+    }
+
+    /// A strictly increasing sequence that also follows the clock (microseconds since the epoch, bumped
+    /// when two calls fall in the same microsecond), so keys built from it sort in the order of events
+    /// within a process and across restarts.
+    pub(crate) fn next_seq(&self) -> u64 {
+        use std::sync::atomic::Ordering;
+        let now_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+            .unwrap_or(0);
+        let prev = self.last_seq.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| Some(now_us.max(last + 1)));
+        let last = prev.unwrap_or_else(|v| v);
+        now_us.max(last + 1)
     }
 
     /// Runs `f` in a write transaction on a blocking thread and commits if it returns `Ok`.

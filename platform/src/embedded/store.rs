@@ -129,7 +129,7 @@ impl CatalogStore for EmbeddedStore {
 
 // ---------------------------------------------------------------------------------------------------
 // Inventory: stock[sku] = StockLevel; reservations[order] = ReservationRow;
-// stock_moves[sku 0x00 at_ms(BE) uuid] = StockMovement (newest last, read in reverse).
+// stock_moves[sku 0x00 seq(BE)] = StockMovement (newest last, read in reverse).
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct ReservationRow {
@@ -138,11 +138,10 @@ struct ReservationRow {
     ended: Option<ReservationEnd>,
 }
 
-fn movement_key(sku: &Sku, at_ms: i64) -> Vec<u8> {
+fn movement_key(sku: &Sku, seq: u64) -> Vec<u8> {
     let mut k = sku.as_str().as_bytes().to_vec();
     k.push(0);
-    k.extend_from_slice(&(at_ms.max(0) as u64).to_be_bytes());
-    k.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
+    k.extend_from_slice(&seq.to_be_bytes());
     k
 }
 
@@ -156,7 +155,7 @@ fn record_movement(
 ) -> Result<()> {
     let at_ms = now_ms();
     let m = StockMovement { at_ms, kind: kind.to_owned(), available_delta: delta, reference: reference.to_owned() };
-    tx.insert(&db.stock_moves, movement_key(sku, at_ms), to_row(&m)?);
+    tx.insert(&db.stock_moves, movement_key(sku, db.next_seq()), to_row(&m)?);
     Ok(())
 }
 
