@@ -49,7 +49,7 @@ impl From<ProcessRole> for Role {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    orderflow_platform::telemetry::init_logging("info,tower_http=warn");
+    orderflow_platform::telemetry::init_logging("info,tower_http=warn,fjall=warn,lsm_tree=warn");
     let cli = Cli::parse();
     let roles = match cli.command {
         Command::Serve => Roles::all(),
