@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use orderflow_platform::BackendUrl;
-use orderflow_platform::backend::EmbeddedOptions;
+use orderflow_platform::backend::BackendOptions;
 use orderflow_processors::payment::SimulatedRules;
 use orderflow_processors::runtime::ProcessorSettings;
 use orderflow_schemas::{Money, UserId};
@@ -64,6 +64,10 @@ pub struct Settings {
     #[arg(long, env = "ORDERFLOW_SYNC_WRITES", global = true)]
     pub sync_writes: bool,
 
+    /// Replication factor of the topics orderflow creates on Kafka (use 3 on a production cluster).
+    #[arg(long, env = "ORDERFLOW_KAFKA_REPLICATION_FACTOR", default_value_t = 1, global = true)]
+    pub kafka_replication_factor: i32,
+
     /// Re-publish PENDING orders older than this many milliseconds (recovers orders whose event was
     /// lost to a crash between storing and publishing).
     #[arg(long, env = "ORDERFLOW_STALLED_AFTER_MS", default_value_t = 3000, global = true)]
@@ -79,8 +83,8 @@ fn parse_user(s: &str) -> Result<UserId, String> {
 }
 
 impl Settings {
-    pub fn embedded(&self) -> EmbeddedOptions {
-        EmbeddedOptions { sync_writes: self.sync_writes }
+    pub fn backend_options(&self) -> BackendOptions {
+        BackendOptions { sync_writes: self.sync_writes, kafka_replication_factor: self.kafka_replication_factor }
     }
 
     pub fn processors(&self) -> ProcessorSettings {

@@ -112,7 +112,8 @@ impl App {
                  --bus kafka://HOST:PORT and --store scylla://HOST:PORT"
             );
         }
-        let backends = Backends::open(&settings.bus, &settings.store, &settings.data_dir, &settings.embedded())
+        let backends = Backends::open(&settings.bus, &settings.store, &settings.data_dir, &settings.backend_options())
+            .await
             .with_context(|| format!("opening bus {} and store {}", settings.bus, settings.store))?;
         if settings.seed_catalog == Seed::Demo && roles.graphql {
             let n = demo::seed_if_empty(&backends.stores).await.context("seeding the demo catalog")?;

@@ -8,7 +8,7 @@ use async_graphql::{Request, Variables};
 use async_trait::async_trait;
 use orderflow_graphql::{ApiState, OrderflowSchema, Staff, schema};
 use orderflow_ingest::Intake;
-use orderflow_platform::backend::EmbeddedOptions;
+use orderflow_platform::backend::BackendOptions;
 use orderflow_platform::store::{Applied, Transition};
 use orderflow_platform::{Backends, Delivery, Handler, HandlerError, Stores};
 use orderflow_schemas::{Event, OrderStatus, TimelineEntry, codec, now_ms, topics};
@@ -26,7 +26,7 @@ struct Api {
 
 fn api_with_token(admin_token: Option<&str>) -> Result<Api> {
     let dir = tempfile::tempdir()?;
-    let backends = orderflow_platform::embedded::open(dir.path(), &EmbeddedOptions::default())?;
+    let backends = orderflow_platform::embedded::open(dir.path(), &BackendOptions::default())?;
     let state = ApiState {
         stores: backends.stores.clone(),
         bus: backends.bus.clone(),

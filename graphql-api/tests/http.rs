@@ -5,14 +5,14 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use orderflow_graphql::{ApiState, MAX_BODY_BYTES, router};
 use orderflow_ingest::Intake;
-use orderflow_platform::backend::EmbeddedOptions;
+use orderflow_platform::backend::BackendOptions;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
 const TOKEN: &str = "http-s3cret";
 
 fn app(dir: &std::path::Path) -> Result<axum::Router> {
-    let backends = orderflow_platform::embedded::open(dir, &EmbeddedOptions::default())?;
+    let backends = orderflow_platform::embedded::open(dir, &BackendOptions::default())?;
     Ok(router(ApiState {
         stores: backends.stores.clone(),
         bus: backends.bus.clone(),

@@ -29,6 +29,8 @@ pub enum BackendError {
     NotBuilt(&'static str),
     #[error("{what} {url} cannot be used as the {role}")]
     WrongRole { what: &'static str, url: String, role: &'static str },
+    #[error("Kafka at the given bootstrap servers is not usable: {0}")]
+    Kafka(String),
     #[error("cannot open the embedded data directory {path}: {reason}")]
     Embedded { path: PathBuf, reason: String },
 }
@@ -70,35 +72,57 @@ pub struct Backends {
     pub stores: Stores,
 }
 
-/// Options of the embedded adapters.
-#[derive(Debug, Clone, Default)]
-pub struct EmbeddedOptions {
+/// Options of the adapters (embedded and Kafka).
+#[derive(Debug, Clone)]
+pub struct BackendOptions {
+    /// Replication factor of topics orderflow creates on Kafka (3 on a production cluster).
+    pub kafka_replication_factor: i32,
     /// fsync every write (survives power loss, slower). Off: every write reaches the OS before it is
     /// acknowledged, which survives a crash or `kill -9` of the process, and the journal is synced in
     /// the background.
     pub sync_writes: bool,
 }
 
+impl Default for BackendOptions {
+    fn default() -> Self {
+        Self { kafka_replication_factor: 1, sync_writes: false }
+    }
+}
+
 impl Backends {
-    /// Opens the adapters named by `bus` and `store`; `data_dir` holds whatever is embedded.
-    pub fn open(
+    /// Opens the adapters named by `bus` and `store`; `data_dir` holds whatever is embedded. For Kafka
+    /// this checks the cluster answers and creates missing topics.
+    pub async fn open(
         bus: &BackendUrl,
         store: &BackendUrl,
         data_dir: &Path,
-        options: &EmbeddedOptions,
+        options: &BackendOptions,
     ) -> Result<Self, BackendError> {
         match (bus, store) {
-            (BackendUrl::Embedded, BackendUrl::Embedded) => crate::embedded::open(data_dir, options),
             (BackendUrl::Scylla(_), _) => {
                 Err(BackendError::WrongRole { what: "ScyllaDB", url: bus.to_string(), role: "bus" })
             }
             (_, BackendUrl::Kafka(_)) => {
                 Err(BackendError::WrongRole { what: "Kafka", url: store.to_string(), role: "store" })
             }
-            (BackendUrl::Kafka(_), _) => Err(BackendError::NotBuilt("Kafka bus")),
+            (BackendUrl::Embedded, BackendUrl::Embedded) => crate::embedded::open(data_dir, options),
+            (BackendUrl::Kafka(hosts), BackendUrl::Embedded) => {
+                let embedded = crate::embedded::open(data_dir, options)?;
+                Ok(Backends { bus: Arc::new(kafka_bus(hosts, options).await?), stores: embedded.stores })
+            }
             (_, BackendUrl::Scylla(_)) => Err(BackendError::NotBuilt("ScyllaDB store")),
         }
     }
+}
+
+async fn kafka_bus(hosts: &[String], options: &BackendOptions) -> Result<crate::kafka::KafkaBus, BackendError> {
+    let bus = crate::kafka::KafkaBus::connect(crate::kafka::KafkaOptions {
+        bootstrap: hosts.to_vec(),
+        replication_factor: options.kafka_replication_factor,
+    })
+    .map_err(|e| BackendError::Kafka(e.to_string()))?;
+    bus.ensure_topics().await.map_err(|e| BackendError::Kafka(e.to_string()))?;
+    Ok(bus)
 }
 
 #[cfg(test)]

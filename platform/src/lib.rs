@@ -12,6 +12,7 @@ pub mod backend;
 pub mod bus;
 pub mod conformance;
 pub mod embedded;
+pub mod kafka;
 pub mod store;
 pub mod telemetry;
 

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use orderflow_platform::backend::EmbeddedOptions;
+use orderflow_platform::backend::BackendOptions;
 use orderflow_platform::conformance::{bus, store};
 use orderflow_platform::{Backends, Bus, embedded};
 
@@ -14,7 +14,7 @@ struct Fresh {
 
 fn fresh() -> Fresh {
     let dir = tempfile::tempdir().expect("tempdir");
-    let backends = embedded::open(dir.path(), &EmbeddedOptions::default()).expect("open");
+    let backends = embedded::open(dir.path(), &BackendOptions::default()).expect("open");
     Fresh { _dir: dir, backends }
 }
 
@@ -59,12 +59,12 @@ async fn log_and_cursors_survive_reopening() {
     use orderflow_schemas::topics;
     let dir = tempfile::tempdir().expect("tempdir");
     {
-        let b = embedded::open(dir.path(), &EmbeddedOptions::default()).expect("open");
+        let b = embedded::open(dir.path(), &BackendOptions::default()).expect("open");
         let recs = (0..10).map(|i| BusRecord::new(topics::PAYMENTS, "k", vec![i])).collect();
         b.bus.publish(recs).await.expect("publish");
     }
     // Reopen: new records get new offsets after the old ones, and a group reads all of them in order.
-    let b = embedded::open(dir.path(), &EmbeddedOptions::default()).expect("reopen");
+    let b = embedded::open(dir.path(), &BackendOptions::default()).expect("reopen");
     b.bus.publish(vec![BusRecord::new(topics::PAYMENTS, "k", vec![10])]).await.expect("publish");
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     struct H(Arc<std::sync::Mutex<Vec<(u64, u8)>>>, tokio_util::sync::CancellationToken);

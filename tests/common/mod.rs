@@ -24,6 +24,7 @@ pub fn settings(data_dir: &Path) -> Settings {
         payment_decline_users: vec![],
         seed_catalog: Seed::Demo,
         sync_writes: false,
+        kafka_replication_factor: 1,
         stalled_after_ms: 3000,
     }
 }

@@ -17,7 +17,7 @@ use fjall::{KeyspaceCreateOptions, PersistMode, SingleWriterTxDatabase, SingleWr
 pub use log::EmbeddedLog;
 pub use store::EmbeddedStore;
 
-use crate::backend::{BackendError, Backends, EmbeddedOptions};
+use crate::backend::{BackendError, BackendOptions, Backends};
 use crate::store::{StoreError, Stores};
 
 /// The open database and its keyspaces ("tables").
@@ -52,7 +52,7 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
 }
 
 impl Db {
-    fn open(dir: &Path, options: &EmbeddedOptions) -> Result<Db, fjall::Error> {
+    fn open(dir: &Path, options: &BackendOptions) -> Result<Db, fjall::Error> {
         let db = SingleWriterTxDatabase::builder(dir.join("fjall")).open()?;
         let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
         Ok(Db {
@@ -108,7 +108,7 @@ impl Db {
 }
 
 /// Opens (creating if needed) the embedded bus and store in `dir`.
-pub fn open(dir: &Path, options: &EmbeddedOptions) -> Result<Backends, BackendError> {
+pub fn open(dir: &Path, options: &BackendOptions) -> Result<Backends, BackendError> {
     let err = |reason: String| BackendError::Embedded { path: dir.to_owned(), reason };
     std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
     let db = Arc::new(Db::open(dir, options).map_err(|e| err(e.to_string()))?);
