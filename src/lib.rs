@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod demo;
+pub mod tools;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -129,6 +130,16 @@ impl App {
         let processor_settings = settings.processors();
         for role in &roles.processors {
             spawn_role(*role, &backends, &processor_settings, &shutdown, &mut tasks);
+        }
+        if roles.ingest {
+            let intake = Intake::new(backends.stores.clone(), Arc::clone(&backends.bus));
+            tasks.spawn(orderflow_platform::bus::run_consumer(
+                Arc::clone(&backends.bus),
+                orderflow_schemas::topics::groups::PARTNER_INTAKE,
+                orderflow_schemas::topics::PARTNER_ORDERS,
+                Arc::new(orderflow_ingest::partner::PartnerIntake { intake }),
+                shutdown.clone(),
+            ));
         }
         let addr = listener.local_addr()?;
         if roles.ingest || roles.graphql || !roles.processors.is_empty() {

@@ -26,6 +26,24 @@ enum Command {
         #[arg(value_enum)]
         role: ProcessRole,
     },
+    /// Create the topics orderflow needs on the configured Kafka (start-up does this too) and list them.
+    Topics,
+    /// Send one partner order to the partner topic, encoded exactly as partners must (an example
+    /// producer; see the README for the schema).
+    PartnerOrder {
+        #[arg(long)]
+        partner_id: String,
+        #[arg(long)]
+        external_order_id: String,
+        #[arg(long)]
+        user_id: String,
+        /// An item as SKU:QUANTITY; repeat for more items.
+        #[arg(long = "item", required = true)]
+        items: Vec<String>,
+        /// The total the partner expects, e.g. 7.00.
+        #[arg(long)]
+        total_amount: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -52,6 +70,18 @@ async fn main() -> anyhow::Result<()> {
     orderflow_platform::telemetry::init_logging("info,tower_http=warn,fjall=warn,lsm_tree=warn");
     let cli = Cli::parse();
     let roles = match cli.command {
+        Command::Topics => return orderflow::tools::topics(&cli.settings).await,
+        Command::PartnerOrder { partner_id, external_order_id, user_id, items, total_amount } => {
+            return orderflow::tools::partner_order(
+                &cli.settings,
+                partner_id,
+                external_order_id,
+                user_id,
+                items,
+                total_amount,
+            )
+            .await;
+        }
         Command::Serve => Roles::all(),
         Command::Ingest => Roles { ingest: true, graphql: false, processors: vec![] },
         Command::Graphql => Roles { ingest: false, graphql: true, processors: vec![] },

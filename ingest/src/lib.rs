@@ -3,6 +3,7 @@
 //! client is checked against that price, never trusted.
 
 pub mod http;
+pub mod partner;
 
 use std::sync::Arc;
 

@@ -63,8 +63,6 @@ impl Default for ProcessorSettings {
     }
 }
 
-/// Pause before restarting a consumer that failed.
-const RESTART_PAUSE: Duration = Duration::from_secs(1);
 /// Orders re-published per sweep, at most.
 const SWEEP_BATCH: usize = 500;
 
@@ -93,24 +91,7 @@ pub fn spawn_role(
 ) {
     let handler = handler(role, backends, settings);
     let bus = Arc::clone(&backends.bus);
-    let token = shutdown.clone();
-    tasks.spawn(async move {
-        tracing::info!(group = role.group(), topic = role.topic().name, "processor started");
-        loop {
-            match bus.consume(role.group(), role.topic(), Arc::clone(&handler), token.clone()).await {
-                Ok(()) => break,
-                Err(e) => {
-                    tracing::error!(error = %e, group = role.group(), "consumer failed; restarting");
-                    metrics::counter!("orderflow_consumer_restarts_total", "group" => role.group()).increment(1);
-                }
-            }
-            tokio::select! {
-                () = tokio::time::sleep(RESTART_PAUSE) => {}
-                () = token.cancelled() => break,
-            }
-        }
-        tracing::info!(group = role.group(), "processor stopped");
-    });
+    tasks.spawn(orderflow_platform::bus::run_consumer(bus, role.group(), role.topic(), handler, shutdown.clone()));
     if role == Role::Orders {
         let backends = backends.clone();
         let stalled_after = settings.stalled_after;

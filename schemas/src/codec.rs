@@ -19,8 +19,27 @@ use crate::values::OrderId;
 /// The envelope schema this build writes, as shipped in `schemas/avro/envelope.avsc`.
 pub const ENVELOPE_SCHEMA: &str = include_str!("../avro/envelope.avsc");
 
-const MAGIC: [u8; 2] = [0xC3, 0x01];
-const HEADER_LEN: usize = 10;
+pub(crate) const MAGIC: [u8; 2] = [0xC3, 0x01];
+pub(crate) const HEADER_LEN: usize = 10;
+
+/// Frames an Avro datum as a single object written with the schema of `fingerprint`.
+pub(crate) fn single_object(fingerprint: &[u8; 8], datum: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + datum.len());
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(fingerprint);
+    out.extend_from_slice(datum);
+    out
+}
+
+/// Splits a single object into the writer's fingerprint and the datum.
+pub(crate) fn split_single_object(bytes: &[u8]) -> Result<([u8; 8], &[u8]), CodecError> {
+    if bytes.len() < HEADER_LEN || bytes[..2] != MAGIC {
+        return Err(CodecError::NotSingleObject);
+    }
+    let mut fp = [0u8; 8];
+    fp.copy_from_slice(&bytes[2..HEADER_LEN]);
+    Ok((fp, &bytes[HEADER_LEN..]))
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
@@ -65,7 +84,7 @@ fn variant_name(s: &Schema) -> String {
     }
 }
 
-fn fingerprint(schema: &Schema) -> [u8; 8] {
+pub(crate) fn fingerprint(schema: &Schema) -> [u8; 8] {
     let fp = schema.fingerprint::<Rabin>().bytes;
     let mut out = [0u8; 8];
     out.copy_from_slice(&fp[..8]);
@@ -104,22 +123,13 @@ pub fn encode(env: &Envelope) -> Result<Vec<u8>, CodecError> {
         ("body".into(), Value::Union(*index, Box::new(body))),
     ]);
     let datum = apache_avro::to_avro_datum(&codec.schema, record)?;
-    let mut out = Vec::with_capacity(HEADER_LEN + datum.len());
-    out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&codec.fingerprint);
-    out.extend_from_slice(&datum);
-    Ok(out)
+    Ok(single_object(&codec.fingerprint, &datum))
 }
 
 /// Decodes an Avro single object written with any schema version this build knows.
 pub fn decode(bytes: &[u8]) -> Result<Envelope, CodecError> {
-    if bytes.len() < HEADER_LEN || bytes[..2] != MAGIC {
-        return Err(CodecError::NotSingleObject);
-    }
-    let mut fp = [0u8; 8];
-    fp.copy_from_slice(&bytes[2..HEADER_LEN]);
+    let (fp, mut datum) = split_single_object(bytes)?;
     let writer = CODEC.known.get(&fp).ok_or(CodecError::UnknownSchema(u64::from_le_bytes(fp)))?;
-    let mut datum = &bytes[HEADER_LEN..];
     let value = apache_avro::from_avro_datum(&writer.schema, &mut datum, None)?;
     let Value::Record(fields) = value else { return Err(CodecError::Field("envelope")) };
     let field =

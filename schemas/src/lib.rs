@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod codec;
 pub mod events;
 pub mod order;
+pub mod partner;
 pub mod topics;
 pub mod values;
 

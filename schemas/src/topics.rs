@@ -18,11 +18,14 @@ pub const INVENTORY: Topic = Topic { name: "orderflow.inventory.v1", partitions:
 pub const PAYMENTS: Topic = Topic { name: "orderflow.payments.v1", partitions: 8, key: "order_id" };
 /// Shipment commands for the fulfillment processor. Key: order id.
 pub const FULFILLMENT: Topic = Topic { name: "orderflow.fulfillment.v1", partitions: 8, key: "order_id" };
+/// Orders from partner systems (Avro `schemas/avro/partner_order.avsc`). Key: the partner's order id.
+pub const PARTNER_ORDERS: Topic =
+    Topic { name: "orderflow.partner-orders.v1", partitions: 8, key: "external_order_id" };
 /// Records a processor could not handle at all (undecodable, or refused for good), with the reason in
 /// the `orderflow.error` header. Nothing consumes it automatically: it is for operators.
 pub const DEAD_LETTER: Topic = Topic { name: "orderflow.deadletter.v1", partitions: 1, key: "original key" };
 
-pub const ALL: [Topic; 5] = [ORDERS, INVENTORY, PAYMENTS, FULFILLMENT, DEAD_LETTER];
+pub const ALL: [Topic; 6] = [ORDERS, INVENTORY, PAYMENTS, FULFILLMENT, PARTNER_ORDERS, DEAD_LETTER];
 
 /// Consumer group names, one per processor role.
 pub mod groups {
@@ -30,4 +33,5 @@ pub mod groups {
     pub const INVENTORY: &str = "orderflow-inventory";
     pub const PAYMENT: &str = "orderflow-payment";
     pub const FULFILLMENT: &str = "orderflow-fulfillment";
+    pub const PARTNER_INTAKE: &str = "orderflow-partner-intake";
 }

@@ -120,6 +120,14 @@ impl OrderId {
     }
 }
 
+impl OrderId {
+    /// The id of partner `partner`'s order `external`: the same pair always names the same order.
+    pub fn from_partner(partner: &str, external: &str) -> Self {
+        let name = format!("partner\u{1f}{partner}\u{1f}{external}");
+        Self(uuid::Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, name.as_bytes()).to_string())
+    }
+}
+
 /// Units of one SKU in one order line: 1 to [`Quantity::MAX`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "i64", into = "i64")]

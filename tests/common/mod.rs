@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod scenarios;
+
 use orderflow::{App, Roles, Seed, Settings};
 use orderflow_platform::BackendUrl;
 use serde_json::{Value, json};

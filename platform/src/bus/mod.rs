@@ -103,3 +103,32 @@ pub trait Bus: Send + Sync + fmt::Debug {
         shutdown: CancellationToken,
     ) -> Result<(), BusError>;
 }
+
+/// Pause before restarting a consumer that failed.
+const RESTART_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Runs `handler` as member `group` of `topic` until `shutdown`, restarting the consumer after a pause
+/// whenever it fails (the bus or the store went away). This is how every role consumes.
+pub async fn run_consumer(
+    bus: Arc<dyn Bus>,
+    group: &'static str,
+    topic: Topic,
+    handler: Arc<dyn Handler>,
+    shutdown: CancellationToken,
+) {
+    tracing::info!(group, topic = topic.name, "consumer started");
+    loop {
+        match bus.consume(group, topic, Arc::clone(&handler), shutdown.clone()).await {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::error!(error = %e, group, "consumer failed; restarting");
+                metrics::counter!("orderflow_consumer_restarts_total", "group" => group).increment(1);
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(RESTART_PAUSE) => {}
+            () = shutdown.cancelled() => break,
+        }
+    }
+    tracing::info!(group, topic = topic.name, "consumer stopped");
+}

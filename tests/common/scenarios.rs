@@ -1,0 +1,192 @@
+//! End-to-end order scenarios that make no assumption about the backends: each creates its own
+//! products (unique SKUs) through the staff API, so they run the same on the embedded default and on
+//! Kafka + CQL, where one store is shared by every test of a run.
+
+use std::time::Duration;
+
+use orderflow_platform::bus::{BusRecord, Delivery, Handler, HandlerError, policy};
+use orderflow_schemas::partner::{self, PartnerItem, PartnerOrder};
+use orderflow_schemas::{OrderId, topics};
+use serde_json::json;
+
+use super::{TestApp, stock};
+
+/// A user id the test apps' simulated provider always declines.
+pub const DECLINED_USER: &str = "declined-user";
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]).to_uppercase()
+}
+
+/// Creates a product with `stock` units and price 4.00; returns its SKU.
+pub async fn product(app: &TestApp, stock: i64) -> String {
+    let sku = unique("SKU");
+    let v = app
+        .gql(
+            "mutation($i: CreateProductInput!){ createProduct(input: $i){ sku } }",
+            json!({"i": {"sku": sku, "name": "test product", "price": "4.00", "stock": stock}}),
+            true,
+        )
+        .await;
+    assert_eq!(v["data"]["createProduct"]["sku"], sku.as_str(), "{v}");
+    sku
+}
+
+async fn eventually<T: PartialEq + std::fmt::Debug>(what: &str, want: T, mut get: impl AsyncFnMut() -> T) {
+    let mut last = get().await;
+    for _ in 0..500 {
+        if last == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        last = get().await;
+    }
+    panic!("{what}: wanted {want:?}, still {last:?}");
+}
+
+pub async fn order_is_confirmed_and_stock_held(app: &TestApp) {
+    let sku = product(app, 10).await;
+    let (status, body) =
+        app.post_order(json!({"user_id": "e2e", "items": [{"sku": sku, "quantity": 2}], "total_amount": "8.00"})).await;
+    assert_eq!(status, 202, "{body}");
+    let order = app.wait_status(body["order_id"].as_str().unwrap(), &["CONFIRMED"]).await;
+    assert_eq!(order["total_amount"], "8.00");
+    assert_eq!(stock(app, &sku).await, (8, 2));
+}
+
+pub async fn placement_is_idempotent(app: &TestApp) {
+    let sku = product(app, 10).await;
+    let id = unique("order").to_lowercase();
+    let req = json!({"order_id": id, "user_id": "e2e", "items": [{"sku": sku, "quantity": 1}]});
+    let first = app.post_order(req.clone()).await;
+    app.wait_status(&id, &["CONFIRMED"]).await;
+    assert_eq!(app.post_order(req).await, first);
+    assert_eq!(stock(app, &sku).await, (9, 1));
+    let conflict =
+        app.post_order(json!({"order_id": id, "user_id": "e2e", "items": [{"sku": sku, "quantity": 3}]})).await;
+    assert_eq!((conflict.0, conflict.1["code"].as_str()), (409, Some("idempotency_conflict")));
+}
+
+pub async fn out_of_stock_is_rejected_and_holds_nothing(app: &TestApp) {
+    let scarce = product(app, 1).await;
+    let plenty = product(app, 50).await;
+    let (_, body) = app
+        .post_order(
+            json!({"user_id": "e2e", "items": [{"sku": plenty, "quantity": 5}, {"sku": scarce, "quantity": 2}]}),
+        )
+        .await;
+    let order = app.wait_status(body["order_id"].as_str().unwrap(), &["REJECTED"]).await;
+    assert_eq!(order["reason"], format!("out_of_stock: {scarce}"));
+    assert_eq!(stock(app, &plenty).await, (50, 0));
+}
+
+pub async fn declined_payment_is_rejected_and_stock_released(app: &TestApp) {
+    let sku = product(app, 5).await;
+    let (_, body) = app.post_order(json!({"user_id": DECLINED_USER, "items": [{"sku": sku, "quantity": 2}]})).await;
+    let order = app.wait_status(body["order_id"].as_str().unwrap(), &["REJECTED"]).await;
+    assert!(order["reason"].as_str().unwrap().starts_with("payment_declined"), "{order}");
+    eventually("stock released", (5, 0), async || stock(app, &sku).await).await;
+}
+
+pub async fn cancel_refunds_and_restores_stock(app: &TestApp) {
+    let sku = product(app, 5).await;
+    let (_, body) = app.post_order(json!({"user_id": "e2e", "items": [{"sku": sku, "quantity": 3}]})).await;
+    let id = body["order_id"].as_str().unwrap().to_owned();
+    app.wait_status(&id, &["CONFIRMED"]).await;
+    let v = app.gql("mutation($id: ID!){ cancelOrder(id: $id){ status } }", json!({"id": id}), true).await;
+    assert_eq!(v["data"]["cancelOrder"]["status"], "CANCELLED", "{v}");
+    eventually("stock restored", (5, 0), async || stock(app, &sku).await).await;
+    eventually("refunded", true, async || {
+        app.get_order(&id).await.1["timeline"].as_array().unwrap().iter().any(|t| t["type"] == "refunded")
+    })
+    .await;
+}
+
+pub async fn bad_input_is_refused_with_codes(app: &TestApp) {
+    let sku = product(app, 5).await;
+    for (body, code) in [
+        (json!({"user_id": "e2e", "items": [{"sku": sku, "quantity": 0}]}), "invalid_quantity"),
+        (json!({"user_id": "e2e", "items": [{"sku": "SKU-NOT-THERE", "quantity": 1}]}), "unknown_sku"),
+        (json!({"user_id": "e2e", "items": [{"sku": sku, "quantity": 1}], "total_amount": "1.00"}), "total_mismatch"),
+    ] {
+        assert_eq!(app.post_order(body).await.1["code"], code);
+    }
+    assert_eq!(stock(app, &sku).await, (5, 0));
+}
+
+struct DeadLetters {
+    key: String,
+    found: std::sync::Mutex<Vec<Delivery>>,
+}
+
+#[async_trait::async_trait]
+impl Handler for DeadLetters {
+    async fn handle(&self, d: &Delivery) -> Result<(), HandlerError> {
+        if d.key == self.key {
+            self.found.lock().unwrap().push(d.clone());
+        }
+        Ok(())
+    }
+}
+
+pub async fn partner_orders_are_placed_once_and_bad_ones_dead_lettered(app: &TestApp) {
+    let sku = product(app, 10).await;
+    let bus = &app.app().backends.bus;
+    let external = unique("EXT");
+    let good = PartnerOrder {
+        partner_id: "acme".into(),
+        external_order_id: external.clone(),
+        user_id: "partner-customer".into(),
+        items: vec![PartnerItem { sku: sku.clone(), quantity: 2 }],
+        total_amount: Some("8.00".into()),
+        placed_at_ms: None,
+    };
+    let bad_key = unique("BAD");
+    let unknown_sku = PartnerOrder {
+        external_order_id: bad_key.clone(),
+        items: vec![PartnerItem { sku: "NOPE-1".into(), quantity: 1 }],
+        ..good.clone()
+    };
+    let record = |key: &str, payload: Vec<u8>| BusRecord::new(topics::PARTNER_ORDERS, key, payload);
+    bus.publish(vec![
+        record(&bad_key, b"not avro at all".to_vec()),
+        record(&bad_key, partner::encode(&unknown_sku).unwrap()),
+        record(&external, partner::encode(&good).unwrap()),
+        record(&external, partner::encode(&good).unwrap()),
+    ])
+    .await
+    .unwrap();
+    let id = OrderId::from_partner("acme", &external);
+    let order = app.wait_status(id.as_str(), &["CONFIRMED"]).await;
+    assert_eq!(order["user_id"], "partner-customer");
+    assert_eq!(stock(app, &sku).await, (8, 2), "the repeated record was one order");
+
+    let dead = std::sync::Arc::new(DeadLetters { key: bad_key, found: Default::default() });
+    let token = tokio_util::sync::CancellationToken::new();
+    let (b, t, h) = (bus.clone(), token.clone(), dead.clone());
+    let group = unique("dlq-reader");
+    let reader = tokio::spawn(async move { b.consume(&group, topics::DEAD_LETTER, h, t).await });
+    eventually("two dead letters", 2, async || dead.found.lock().unwrap().len()).await;
+    token.cancel();
+    reader.await.unwrap().unwrap();
+    let reasons: Vec<String> = dead
+        .found
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|d| d.headers.iter().find(|(k, _)| k == policy::ERROR_HEADER).map(|(_, v)| v.clone()).unwrap_or_default())
+        .collect();
+    assert!(reasons[0].starts_with("malformed_avro"), "{reasons:?}");
+    assert!(reasons[1].starts_with("unknown_sku"), "{reasons:?}");
+}
+
+/// Every scenario, one after the other.
+pub async fn run_all(app: &TestApp) {
+    order_is_confirmed_and_stock_held(app).await;
+    placement_is_idempotent(app).await;
+    out_of_stock_is_rejected_and_holds_nothing(app).await;
+    declined_payment_is_rejected_and_stock_released(app).await;
+    cancel_refunds_and_restores_stock(app).await;
+    bad_input_is_refused_with_codes(app).await;
+    partner_orders_are_placed_once_and_bad_ones_dead_lettered(app).await;
+}
