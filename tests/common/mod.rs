@@ -139,10 +139,15 @@ pub fn free_port() -> u16 {
 
 impl Proc {
     pub fn spawn(data_dir: &Path, port: u16, extra_env: &[(&str, &str)]) -> Proc {
+        Self::spawn_with_args(&["serve"], data_dir, port, extra_env)
+    }
+
+    /// Runs `orderflow <args>` (a role) with its own port and data directory.
+    pub fn spawn_with_args(args: &[&str], data_dir: &Path, port: u16, extra_env: &[(&str, &str)]) -> Proc {
         let log = data_dir.with_extension(format!("{port}.log"));
         let out = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_orderflow"));
-        cmd.arg("serve")
+        cmd.args(args)
             .env("ORDERFLOW_LISTEN", format!("127.0.0.1:{port}"))
             .env("ORDERFLOW_DATA_DIR", data_dir)
             .env("ORDERFLOW_ADMIN_TOKEN", ADMIN_TOKEN)
