@@ -84,7 +84,11 @@ fn parse_user(s: &str) -> Result<UserId, String> {
 
 impl Settings {
     pub fn backend_options(&self) -> BackendOptions {
-        BackendOptions { sync_writes: self.sync_writes, kafka_replication_factor: self.kafka_replication_factor }
+        BackendOptions {
+            sync_writes: self.sync_writes,
+            kafka_replication_factor: self.kafka_replication_factor,
+            migrate_cql: false,
+        }
     }
 
     pub fn processors(&self) -> ProcessorSettings {

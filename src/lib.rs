@@ -17,6 +17,7 @@ use axum::routing::get;
 use orderflow_graphql::ApiState;
 use orderflow_ingest::Intake;
 use orderflow_ingest::http::{ApiError, OrdersApi};
+use orderflow_platform::backend::BackendOptions;
 use orderflow_platform::{BackendUrl, Backends};
 use orderflow_processors::runtime::{Role, spawn_role};
 use tokio::net::TcpListener;
@@ -113,7 +114,9 @@ impl App {
                  --bus kafka://HOST:PORT and --store scylla://HOST:PORT"
             );
         }
-        let backends = Backends::open(&settings.bus, &settings.store, &settings.data_dir, &settings.backend_options())
+        // One process with every role applies the CQL schema itself; separate roles expect `orderflow migrate`.
+        let options = BackendOptions { migrate_cql: roles == Roles::all(), ..settings.backend_options() };
+        let backends = Backends::open(&settings.bus, &settings.store, &settings.data_dir, &options)
             .await
             .with_context(|| format!("opening bus {} and store {}", settings.bus, settings.store))?;
         if settings.seed_catalog == Seed::Demo && roles.graphql {

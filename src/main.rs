@@ -26,6 +26,8 @@ enum Command {
         #[arg(value_enum)]
         role: ProcessRole,
     },
+    /// Apply the CQL schema (keyspaces and tables) to the configured `--store scylla://...`; idempotent.
+    Migrate,
     /// Create the topics orderflow needs on the configured Kafka (start-up does this too) and list them.
     Topics,
     /// Send one partner order to the partner topic, encoded exactly as partners must (an example
@@ -71,6 +73,11 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let roles = match cli.command {
         Command::Topics => return orderflow::tools::topics(&cli.settings).await,
+        Command::Migrate => {
+            orderflow_platform::backend::migrate_cql(&cli.settings.store).await?;
+            println!("CQL schema applied to {}", cli.settings.store);
+            return Ok(());
+        }
         Command::PartnerOrder { partner_id, external_order_id, user_id, items, total_amount } => {
             return orderflow::tools::partner_order(
                 &cli.settings,

@@ -25,10 +25,10 @@ pub enum BackendError {
     Unsupported(String),
     #[error("{0} needs at least one HOST:PORT")]
     NoHosts(String),
-    #[error("the {0} adapter is not part of this build yet: run with the default `embedded`")]
-    NotBuilt(&'static str),
     #[error("{what} {url} cannot be used as the {role}")]
     WrongRole { what: &'static str, url: String, role: &'static str },
+    #[error("the CQL store is not usable: {0}")]
+    Cql(String),
     #[error("Kafka at the given bootstrap servers is not usable: {0}")]
     Kafka(String),
     #[error("cannot open the embedded data directory {path}: {reason}")]
@@ -81,11 +81,13 @@ pub struct BackendOptions {
     /// acknowledged, which survives a crash or `kill -9` of the process, and the journal is synced in
     /// the background.
     pub sync_writes: bool,
+    /// Apply the CQL schema on start-up (single-process `serve`); separate roles expect `orderflow migrate`.
+    pub migrate_cql: bool,
 }
 
 impl Default for BackendOptions {
     fn default() -> Self {
-        Self { kafka_replication_factor: 1, sync_writes: false }
+        Self { kafka_replication_factor: 1, sync_writes: false, migrate_cql: false }
     }
 }
 
@@ -110,9 +112,39 @@ impl Backends {
                 let embedded = crate::embedded::open(data_dir, options)?;
                 Ok(Backends { bus: Arc::new(kafka_bus(hosts, options).await?), stores: embedded.stores })
             }
-            (_, BackendUrl::Scylla(_)) => Err(BackendError::NotBuilt("ScyllaDB store")),
+            (BackendUrl::Embedded, BackendUrl::Scylla(points)) => {
+                let embedded = crate::embedded::open(data_dir, options)?;
+                Ok(Backends { bus: embedded.bus, stores: cql_stores(points, options).await? })
+            }
+            (BackendUrl::Kafka(hosts), BackendUrl::Scylla(points)) => Ok(Backends {
+                bus: Arc::new(kafka_bus(hosts, options).await?),
+                stores: cql_stores(points, options).await?,
+            }),
         }
     }
+}
+
+/// Applies the CQL schema (keyspaces and tables) idempotently: `orderflow migrate`.
+pub async fn migrate_cql(store: &BackendUrl) -> Result<(), BackendError> {
+    let BackendUrl::Scylla(points) = store else {
+        return Err(BackendError::WrongRole {
+            what: "this store",
+            url: store.to_string(),
+            role: "CQL store to migrate",
+        });
+    };
+    let session = crate::cql::session(points).await.map_err(|e| BackendError::Cql(e.to_string()))?;
+    crate::cql::schema::migrate(&session).await.map_err(|e| BackendError::Cql(e.to_string()))
+}
+
+async fn cql_stores(points: &[String], options: &BackendOptions) -> Result<Stores, BackendError> {
+    let store = if options.migrate_cql {
+        crate::cql::connect_and_migrate(points).await
+    } else {
+        crate::cql::connect(points).await
+    }
+    .map_err(|e| BackendError::Cql(format!("{e} (has the schema been applied? run `orderflow migrate`)")))?;
+    Ok(Arc::new(store).stores())
 }
 
 async fn kafka_bus(hosts: &[String], options: &BackendOptions) -> Result<crate::kafka::KafkaBus, BackendError> {

@@ -11,6 +11,7 @@
 pub mod backend;
 pub mod bus;
 pub mod conformance;
+pub mod cql;
 pub mod embedded;
 pub mod kafka;
 pub mod store;

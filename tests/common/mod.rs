@@ -99,15 +99,15 @@ pub async fn wait_status(http: &reqwest::Client, base: &str, id: &str, want: &[&
     let started = Instant::now();
     loop {
         let r = http.get(format!("{base}/v1/orders/{id}")).send().await;
-        if let Ok(r) = r {
-            if r.status().is_success() {
-                let body: Value = r.json().await.unwrap();
-                if want.iter().any(|w| body["status"] == *w) {
-                    return body;
-                }
-                if started.elapsed() > limit {
-                    panic!("order {id} did not reach {want:?} within {limit:?}: {body}");
-                }
+        if let Ok(r) = r
+            && r.status().is_success()
+        {
+            let body: Value = r.json().await.unwrap();
+            if want.iter().any(|w| body["status"] == *w) {
+                return body;
+            }
+            if started.elapsed() > limit {
+                panic!("order {id} did not reach {want:?} within {limit:?}: {body}");
             }
         }
         if started.elapsed() > limit {
@@ -145,6 +145,9 @@ impl Proc {
     /// Runs `orderflow <args>` (a role) with its own port and data directory.
     pub fn spawn_with_args(args: &[&str], data_dir: &Path, port: u16, extra_env: &[(&str, &str)]) -> Proc {
         let log = data_dir.with_extension(format!("{port}.log"));
+        if let Some(parent) = log.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
         let out = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_orderflow"));
         cmd.args(args)
@@ -165,10 +168,10 @@ impl Proc {
         let http = reqwest::Client::new();
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(20) {
-            if let Ok(r) = http.get(format!("{}/healthz", self.base)).send().await {
-                if r.status().is_success() {
-                    return;
-                }
+            if let Ok(r) = http.get(format!("{}/healthz", self.base)).send().await
+                && r.status().is_success()
+            {
+                return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

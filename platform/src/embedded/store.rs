@@ -189,7 +189,19 @@ impl InventoryStore for EmbeddedStore {
     }
 
     async fn reserve(&self, order: &OrderId, lines: &[(Sku, Quantity)]) -> Result<Reservation> {
-        let (order, lines) = (order.clone(), lines.to_vec());
+        let order = order.clone();
+        // One line per SKU, so two lines of one SKU are checked against the sum they need.
+        let mut merged: Vec<(Sku, Quantity)> = Vec::with_capacity(lines.len());
+        for (sku, q) in lines {
+            match merged.iter_mut().find(|(s, _)| s == sku) {
+                Some((_, total)) => {
+                    *total = Quantity::new(i64::from(total.get()) + i64::from(q.get()))
+                        .map_err(|e| StoreError::Corrupt(format!("reservation of {sku}: {e}")))?;
+                }
+                None => merged.push((sku.clone(), *q)),
+            }
+        }
+        let lines = merged;
         self.db
             .write(move |db, tx| {
                 if let Some(row) = get_row::<ReservationRow>(tx, &db.reservations, order.as_str())? {

@@ -1,0 +1,203 @@
+//! Payments: `orderflow_payments.payments` (one record per order, compare-and-set) and `provider_ledger` (the
+//! simulated provider's books, one entry per idempotency key).
+
+use async_trait::async_trait;
+use orderflow_schemas::{Money, OrderId};
+use scylla::client::session::Session;
+use scylla::statement::prepared::PreparedStatement;
+
+use super::{CqlStore, Lwt, MAX_UNKNOWN_RETRIES, corrupt, prepare, serial};
+use crate::store::{PaymentRecord, PaymentStore, ProviderEntry, Result, StoreError};
+
+pub(super) struct Statements {
+    insert: PreparedStatement,
+    replace: PreparedStatement,
+    get: PreparedStatement,
+    get_serial: PreparedStatement,
+    provider_insert: PreparedStatement,
+    provider_get_serial: PreparedStatement,
+    provider_all: PreparedStatement,
+}
+
+impl Statements {
+    pub(super) async fn prepare(s: &Session) -> Result<Self> {
+        let get = prepare(
+            s,
+            "SELECT kind, charge_id, refund_id, amount_cents, reason FROM orderflow_payments.payments \
+             WHERE order_id = ?",
+            true,
+        )
+        .await?;
+        let provider_get = prepare(
+            s,
+            "SELECT idempotency_key, kind, entry_id, amount_cents, at_ms FROM orderflow_payments.provider_ledger \
+             WHERE idempotency_key = ?",
+            true,
+        )
+        .await?;
+        let mut provider_all = prepare(
+            s,
+            "SELECT idempotency_key, kind, entry_id, amount_cents, at_ms FROM orderflow_payments.provider_ledger",
+            true,
+        )
+        .await?;
+        provider_all.set_page_size(1000);
+        Ok(Self {
+            insert: prepare(
+                s,
+                "INSERT INTO orderflow_payments.payments (order_id, kind, charge_id, refund_id, amount_cents, reason) \
+                 VALUES (?, ?, ?, ?, ?, ?) IF NOT EXISTS",
+                false,
+            )
+            .await?,
+            replace: prepare(
+                s,
+                "UPDATE orderflow_payments.payments \
+                 SET kind = ?, charge_id = ?, refund_id = ?, amount_cents = ?, reason = ? WHERE order_id = ? \
+                 IF kind = ? AND charge_id = ? AND refund_id = ? AND amount_cents = ? AND reason = ?",
+                false,
+            )
+            .await?,
+            get_serial: serial(&get),
+            get,
+            provider_insert: prepare(
+                s,
+                "INSERT INTO orderflow_payments.provider_ledger (idempotency_key, kind, entry_id, amount_cents, at_ms) \
+                 VALUES (?, ?, ?, ?, ?) IF NOT EXISTS",
+                false,
+            )
+            .await?,
+            provider_get_serial: serial(&provider_get),
+            provider_all,
+        })
+    }
+}
+
+/// A record as its columns: kind, charge id, refund id, amount in cents, reason ('' and 0 where absent, so
+/// that a compare-and-set on every column compares the whole record).
+type Columns<'a> = (&'a str, &'a str, &'a str, i64, &'a str);
+type RecordTuple = (Option<String>, Option<String>, Option<String>, Option<i64>, Option<String>);
+
+fn to_columns(r: &PaymentRecord) -> Columns<'_> {
+    match r {
+        PaymentRecord::Captured { charge_id, amount } => ("captured", charge_id, "", amount.cents(), ""),
+        PaymentRecord::Declined { reason } => ("declined", "", "", 0, reason),
+        PaymentRecord::Refunded { charge_id, refund_id, amount } => {
+            ("refunded", charge_id, refund_id, amount.cents(), "")
+        }
+    }
+}
+
+fn from_columns(order: &OrderId, row: RecordTuple) -> Result<PaymentRecord> {
+    let (kind, charge_id, refund_id, amount_cents, reason) = row;
+    let amount = || Money::from_cents(amount_cents.unwrap_or(0)).map_err(corrupt);
+    Ok(match kind.as_deref() {
+        Some("captured") => PaymentRecord::Captured { charge_id: charge_id.unwrap_or_default(), amount: amount()? },
+        Some("declined") => PaymentRecord::Declined { reason: reason.unwrap_or_default() },
+        Some("refunded") => PaymentRecord::Refunded {
+            charge_id: charge_id.unwrap_or_default(),
+            refund_id: refund_id.unwrap_or_default(),
+            amount: amount()?,
+        },
+        other => return Err(StoreError::Corrupt(format!("payment of {order}: unknown kind {other:?}"))),
+    })
+}
+
+type EntryTuple = (String, Option<String>, Option<String>, Option<i64>, Option<i64>);
+
+fn entry_from_row(row: EntryTuple) -> Result<(String, ProviderEntry)> {
+    let (key, kind, id, amount_cents, at_ms) = row;
+    Ok((
+        key,
+        ProviderEntry {
+            kind: kind.unwrap_or_default(),
+            id: id.unwrap_or_default(),
+            amount: Money::from_cents(amount_cents.unwrap_or(0)).map_err(corrupt)?,
+            at_ms: at_ms.unwrap_or(0),
+        },
+    ))
+}
+
+impl CqlStore {
+    async fn payment_read(&self, order: &OrderId, serial: bool) -> Result<Option<PaymentRecord>> {
+        let st = &self.payments;
+        let stmt = if serial { &st.get_serial } else { &st.get };
+        self.first_row::<RecordTuple>(stmt, (order.as_str(),)).await?.map(|r| from_columns(order, r)).transpose()
+    }
+}
+
+#[async_trait]
+impl PaymentStore for CqlStore {
+    async fn payment(&self, order: &OrderId) -> Result<Option<PaymentRecord>> {
+        self.payment_read(order, false).await
+    }
+
+    async fn record_first(&self, order: &OrderId, record: &PaymentRecord) -> Result<PaymentRecord> {
+        let (kind, charge_id, refund_id, amount, reason) = to_columns(record);
+        for _ in 0..MAX_UNKNOWN_RETRIES {
+            match self.lwt(&self.payments.insert, (order.as_str(), kind, charge_id, refund_id, amount, reason)).await? {
+                Lwt::Applied => return Ok(record.clone()),
+                Lwt::NotApplied => {}
+                Lwt::Unknown(e) => {
+                    tracing::warn!(%order, error = %e, "payment insert outcome unknown; settling with a SERIAL read");
+                }
+            }
+            // The first record wins, whoever wrote it.
+            if let Some(first) = self.payment_read(order, true).await? {
+                return Ok(first);
+            }
+        }
+        Err(StoreError::Unavailable(format!("recording the payment of {order}: outcome stayed unknown")))
+    }
+
+    async fn replace(&self, order: &OrderId, from: &PaymentRecord, to: &PaymentRecord) -> Result<PaymentRecord> {
+        let (k, c, r, a, why) = to_columns(to);
+        let (fk, fc, fr, fa, fwhy) = to_columns(from);
+        for _ in 0..MAX_UNKNOWN_RETRIES {
+            let outcome =
+                self.lwt(&self.payments.replace, (k, c, r, a, why, order.as_str(), fk, fc, fr, fa, fwhy)).await?;
+            match &outcome {
+                Lwt::Applied => return Ok(to.clone()),
+                Lwt::NotApplied => {}
+                Lwt::Unknown(e) => {
+                    tracing::warn!(%order, error = %e, "payment replace outcome unknown; settling with a SERIAL read");
+                }
+            }
+            match self.payment_read(order, true).await? {
+                None => return Err(StoreError::Corrupt(format!("no payment to replace for order {order}"))),
+                // Still `from` after an unknown outcome: it did not apply and never will; try again.
+                Some(current) if current == *from && matches!(outcome, Lwt::Unknown(_)) => continue,
+                Some(current) => return Ok(current),
+            }
+        }
+        Err(StoreError::Unavailable(format!("replacing the payment of {order}: outcome stayed unknown")))
+    }
+
+    async fn provider_entry_once(&self, idempotency_key: &str, entry: &ProviderEntry) -> Result<ProviderEntry> {
+        let values = (idempotency_key, &entry.kind, &entry.id, entry.amount.cents(), entry.at_ms);
+        for _ in 0..MAX_UNKNOWN_RETRIES {
+            match self.lwt(&self.payments.provider_insert, values).await? {
+                Lwt::Applied => return Ok(entry.clone()),
+                Lwt::NotApplied => {}
+                Lwt::Unknown(e) => {
+                    tracing::warn!(key = idempotency_key, error = %e, "provider entry outcome unknown; settling with a SERIAL read");
+                }
+            }
+            if let Some(row) =
+                self.first_row::<EntryTuple>(&self.payments.provider_get_serial, (idempotency_key,)).await?
+            {
+                return Ok(entry_from_row(row)?.1);
+            }
+        }
+        Err(StoreError::Unavailable(format!("provider entry {idempotency_key}: outcome stayed unknown")))
+    }
+
+    async fn provider_entries(&self) -> Result<Vec<(String, ProviderEntry)>> {
+        // A full scan, in token order: for audits and tests (see payments.cql). Sorted by key like the
+        // embedded adapter's.
+        let rows: Vec<EntryTuple> = self.stream_rows(&self.payments.provider_all, ()).await?;
+        let mut entries = rows.into_iter().map(entry_from_row).collect::<Result<Vec<_>>>()?;
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(entries)
+    }
+}

@@ -1,0 +1,87 @@
+//! Applies `schemas/cql/*.cql` (embedded in the binary) to a cluster. Every statement in them is idempotent
+//! (`IF NOT EXISTS`), so this runs at every deploy; run it from one process (a deploy step or the first
+//! instance), not from every instance at once, since concurrent schema changes are what makes a cluster's
+//! schema disagree.
+
+use scylla::client::session::Session;
+
+use crate::store::{Result, StoreError};
+
+/// The schema files, in the order they are applied.
+const FILES: [(&str, &str); 5] = [
+    ("catalog.cql", include_str!("../../../schemas/cql/catalog.cql")),
+    ("inventory.cql", include_str!("../../../schemas/cql/inventory.cql")),
+    ("orders.cql", include_str!("../../../schemas/cql/orders.cql")),
+    ("payments.cql", include_str!("../../../schemas/cql/payments.cql")),
+    ("fulfillment.cql", include_str!("../../../schemas/cql/fulfillment.cql")),
+];
+
+/// The replication map every `CREATE KEYSPACE` in the files carries: right for one development node only.
+pub const DEFAULT_REPLICATION: &str = "{'class': 'SimpleStrategy', 'replication_factor': 1}";
+
+/// Creates the keyspaces (with [`DEFAULT_REPLICATION`]) and tables that do not exist yet, then waits until
+/// every node agrees on the schema.
+pub async fn migrate(session: &Session) -> Result<()> {
+    migrate_with_replication(session, DEFAULT_REPLICATION).await
+}
+
+/// Like [`migrate`], creating missing keyspaces with `replication` instead, e.g.
+/// `{'class': 'NetworkTopologyStrategy', 'dc1': 3}` for production. A keyspace that already exists keeps its
+/// replication: change it with `ALTER KEYSPACE ... WITH replication = ...` and then run a full repair.
+pub async fn migrate_with_replication(session: &Session, replication: &str) -> Result<()> {
+    for (file, text) in FILES {
+        for stmt in statements(text) {
+            let stmt = stmt.replace(DEFAULT_REPLICATION, replication);
+            session
+                .query_unpaged(stmt.as_str(), ())
+                .await
+                .map_err(|e| StoreError::Unavailable(format!("{file}: `{stmt}` failed: {e}")))?;
+        }
+    }
+    session
+        .await_schema_agreement()
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("schema agreement not reached: {e}")))?;
+    Ok(())
+}
+
+/// The statements of a `.cql` file: `--` comment lines dropped, split at `;`. (The files keep `;` out of
+/// string literals and comments, which is all this needs.)
+fn statements(text: &str) -> Vec<String> {
+    let without_comments: String =
+        text.lines().filter(|l| !l.trim_start().starts_with("--")).map(|l| format!("{l}\n")).collect();
+    without_comments.split(';').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_file_splits_into_idempotent_statements() {
+        for (file, text) in FILES {
+            let stmts = statements(text);
+            assert!(stmts.len() >= 2, "{file}: a keyspace and at least one table");
+            assert!(stmts[0].starts_with("CREATE KEYSPACE IF NOT EXISTS"), "{file}: {}", stmts[0]);
+            assert!(stmts[0].contains(DEFAULT_REPLICATION), "{file}: the replication map is replaceable");
+            for s in &stmts[1..] {
+                assert!(s.starts_with("CREATE TABLE IF NOT EXISTS orderflow_"), "{file}: {s}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_table_has_a_comment_saying_what_it_serves() {
+        for (file, text) in FILES {
+            let lines: Vec<&str> = text.lines().collect();
+            for (i, line) in lines.iter().enumerate() {
+                if line.starts_with("CREATE TABLE") {
+                    let comment_above = lines[..i].iter().rev().take_while(|l| l.starts_with("--")).count();
+                    assert!(comment_above > 0, "{file}: no comment above `{line}`");
+                    let block = lines[i - comment_above..i].join("\n");
+                    assert!(block.contains("Serves:") && block.contains("Key:"), "{file}: `{line}`");
+                }
+            }
+        }
+    }
+}

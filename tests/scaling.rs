@@ -1,0 +1,130 @@
+//! Operators scale a processor by starting more instances. Three `orderflow process payment`
+//! processes share one consumer group over the payments topic's partitions (real Kafka, CQL store on
+//! real Cassandra); one is killed with SIGKILL mid-stream. Every order must still end CONFIRMED,
+//! charged exactly once, with stock that adds up.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::{ADMIN_TOKEN, Proc, free_port, wait_status};
+use orderflow_platform::conformance::real_engine;
+use orderflow_platform::{BackendUrl, Backends};
+use serde_json::json;
+
+const ORDERS: usize = 60;
+
+fn role(args: &[&str], kafka: &str, cql: &str, dir: &std::path::Path, extra: &[(&str, &str)]) -> Proc {
+    let mut env = vec![("ORDERFLOW_BUS", format!("kafka://{kafka}")), ("ORDERFLOW_STORE", format!("scylla://{cql}"))];
+    env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    Proc::spawn_with_args(args, &dir.join(args.join("-")), free_port(), &env)
+}
+
+async fn processed(http: &reqwest::Client, p: &Proc) -> u64 {
+    let text = http.get(format!("{}/metrics", p.base)).send().await.unwrap().text().await.unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("orderflow_records_processed_total") && l.contains("orderflow-payment"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_payment_processors_one_killed_every_order_charged_once() {
+    let (Some(kafka), Some(cql)) = (real_engine("ORDERFLOW_TEST_KAFKA"), real_engine("ORDERFLOW_TEST_CQL")) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    let slow = [("ORDERFLOW_PAYMENT_LATENCY_MS", "150")];
+    let mut procs = [
+        role(&["ingest"], &kafka, &cql, dir.path(), &[]),
+        role(&["graphql"], &kafka, &cql, dir.path(), &[("ORDERFLOW_SEED_CATALOG", "none")]),
+        role(&["process", "orders"], &kafka, &cql, dir.path(), &[]),
+        role(&["process", "inventory"], &kafka, &cql, dir.path(), &[]),
+        role(&["process", "fulfillment"], &kafka, &cql, dir.path(), &[]),
+    ];
+    let mut payments: Vec<Proc> =
+        (0..3).map(|i| role(&["process", "payment"], &kafka, &cql, &dir.path().join(format!("p{i}")), &slow)).collect();
+    for p in procs.iter().chain(&payments) {
+        p.wait_healthy().await;
+    }
+    let (ingest, graphql) = (&procs[0], &procs[1]);
+
+    let sku = format!("SCALE-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]).to_uppercase();
+    let created: serde_json::Value = http
+        .post(format!("{}/graphql", graphql.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"query": "mutation($s: String!){ createProduct(input: {sku: $s, name: \"scale\", price: \"1.00\", stock: 1000}){ sku } }", "variables": {"s": sku}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(created["data"]["createProduct"]["sku"], sku.as_str(), "{created}");
+
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let ids: Vec<String> = (0..ORDERS).map(|i| format!("scale-{}-{i}", &run[..8])).collect();
+    for id in &ids {
+        let r = http
+            .post(format!("{}/v1/orders", ingest.base))
+            .json(&json!({"order_id": id, "user_id": format!("u-{id}"), "items": [{"sku": sku, "quantity": 1}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+    }
+
+    // Let the group spread the partitions and start charging, then kill one member.
+    let mut counts = Vec::new();
+    for _ in 0..300 {
+        counts = futures::future::join_all(payments.iter().map(|p| processed(&http, p))).await;
+        if counts.iter().filter(|c| **c > 0).count() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(counts.iter().filter(|c| **c > 0).count() >= 2, "the work was not shared between instances: {counts:?}");
+    let victim = counts.iter().enumerate().max_by_key(|(_, c)| **c).map(|(i, _)| i).unwrap();
+    payments[victim].kill9();
+
+    for id in &ids {
+        wait_status(&http, &ingest.base, id, &["CONFIRMED"], Duration::from_secs(90)).await;
+    }
+
+    let stock: serde_json::Value = http
+        .post(format!("{}/graphql", graphql.base))
+        .json(&json!({"query": "query($s: String!){ product(sku: $s){ stock { available reserved } } }", "variables": {"s": sku}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stock["data"]["product"]["stock"], json!({"available": 1000 - ORDERS, "reserved": ORDERS}));
+
+    // The provider's books: one charge per order, none twice.
+    let backends = Backends::open(
+        &BackendUrl::Kafka(vec![kafka.clone()]),
+        &BackendUrl::Scylla(vec![cql.clone()]),
+        dir.path(),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    let mut charges: HashMap<String, usize> = HashMap::new();
+    for (key, entry) in backends.stores.payments.provider_entries().await.unwrap() {
+        if entry.kind == "charge" && key.starts_with(&format!("scale-{}", &run[..8])) {
+            *charges.entry(key).or_default() += 1;
+        }
+    }
+    assert_eq!(charges.len(), ORDERS, "every order charged");
+    assert!(charges.values().all(|n| *n == 1));
+    for p in procs.iter_mut().chain(payments.iter_mut()) {
+        let _ = p.child.kill();
+    }
+}
