@@ -14,12 +14,11 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Instant;
 
-use orderflow_platform::conformance::{real_engine, run_id, store};
+use orderflow_platform::conformance::store::{self, product, q};
+use orderflow_platform::conformance::{real_engine, run_id};
 use orderflow_platform::cql::{self, CqlStore};
 use orderflow_platform::store::{Applied, Inserted, OrderFilter, Reservation, ReservationEnd, Stores, Transition};
-use orderflow_schemas::{
-    EventId, Money, Order, OrderId, OrderLine, OrderStatus, Product, Quantity, Sku, StockLevel, UserId, now_ms,
-};
+use orderflow_schemas::{EventId, Order, OrderId, OrderStatus, Sku, StockLevel, UserId, now_ms};
 
 /// The CQL contact points, or None when the test should be skipped (see [`real_engine`]).
 fn cql_contact_points() -> Option<Vec<String>> {
@@ -83,29 +82,11 @@ async fn cql_store_passes_every_conformance_check_in_sequence() {
     println!("cql conformance: all checks passed in {} ms", started.elapsed().as_millis());
 }
 
-async fn product(stores: &Stores, sku: &str, stock: i64) -> Sku {
-    let p = Product {
-        sku: Sku::parse(sku).expect("sku"),
-        name: sku.into(),
-        description: String::new(),
-        price: Money::from_cents(100).expect("money"),
-        created_at_ms: now_ms(),
-        updated_at_ms: now_ms(),
-    };
-    assert!(stores.catalog.create_product(&p).await.expect("create product"));
-    stores.inventory.adjust_stock(&p.sku, stock, "test").await.expect("adjust");
-    p.sku
-}
-
 /// The `[applied]` flag of a conditional write.
 fn applied(result: scylla::response::query_result::QueryResult) -> bool {
     let rows = result.into_rows_result().expect("an LWT returns rows");
     let first = rows.rows::<scylla::value::Row>().expect("rows").next().expect("one row").expect("row");
     first.columns.first().and_then(|c| c.as_ref()).and_then(|v| v.as_boolean()).expect("[applied]")
-}
-
-fn q(n: i64) -> Quantity {
-    Quantity::new(n).expect("quantity")
 }
 
 /// A reserve that died after recording its intent and holding its first line (as a crash would leave it):
@@ -198,22 +179,6 @@ async fn interrupted_release_finishes_without_releasing_twice(store: &CqlStore, 
     assert_eq!(level(b).await.available, 4, "a late request returns the first answer and holds nothing");
 }
 
-fn new_order(id: &str, user: &UserId, placed_at_ms: i64) -> Order {
-    Order {
-        id: OrderId::parse(id).expect("order id"),
-        user_id: user.clone(),
-        lines: vec![OrderLine { sku: Sku::parse("X").expect("sku"), quantity: q(1), unit_price: Money::ZERO }],
-        total: Money::ZERO,
-        status: OrderStatus::Pending,
-        reason: None,
-        channel: "test".into(),
-        placed_at_ms,
-        updated_at_ms: placed_at_ms,
-        processed_at_ms: None,
-        timeline: vec![],
-    }
-}
-
 /// insert_new writes the index rows ahead of the conditional insert: a retried placement that loses (same
 /// id, another time and customer) must take its rows back, so lists and counts show the order once.
 async fn retried_insert_leaves_no_stray_index_rows(stores: &Stores) {
@@ -223,10 +188,11 @@ async fn retried_insert_leaves_no_stray_index_rows(stores: &Stores) {
         s.by_status.iter().find(|(st, _)| *st == OrderStatus::Pending).map(|(_, n)| *n).expect("pending count")
     };
     let before = os.stats().await.expect("stats");
-    let first = new_order(&format!("{id}-1"), &UserId::parse(format!("{id}-u1")).expect("user"), now_ms() - 5_000);
+    let first =
+        store::order(&format!("{id}-1"), UserId::parse(format!("{id}-u1")).expect("user").as_str(), now_ms() - 5_000);
     assert_eq!(os.insert_new(&first).await.expect("insert"), Inserted::New);
     let other_user = UserId::parse(format!("{id}-u2")).expect("user");
-    let retry = new_order(first.id.as_str(), &other_user, now_ms());
+    let retry = store::order(first.id.as_str(), other_user.as_str(), now_ms());
     assert_eq!(os.insert_new(&retry).await.expect("retry"), Inserted::Existing(first.clone()));
     let of_other = OrderFilter { user: Some(other_user), status: None };
     assert!(os.list(&of_other, None, 10).await.expect("list").items.is_empty(), "no row left for the loser");
@@ -241,7 +207,7 @@ async fn redelivered_step_repairs_the_read_models(store: &CqlStore, stores: &Sto
     let id = run_id("crash-apply");
     let os = &stores.orders;
     let user = UserId::parse(format!("{id}-u")).expect("user");
-    let order = new_order(&format!("{id}-1"), &user, now_ms());
+    let order = store::order(&format!("{id}-1"), user.as_str(), now_ms());
     os.insert_new(&order).await.expect("insert");
     let mut next = order.clone();
     next.status = OrderStatus::Cancelled;

@@ -8,15 +8,18 @@ use super::run_id;
 use crate::bus::BusRecord;
 use crate::store::*;
 
-fn sku(s: &str) -> Sku {
+/// Parses a SKU the checks know to be valid.
+pub fn sku(s: &str) -> Sku {
     Sku::parse(s).unwrap()
 }
 
-fn q(n: i64) -> Quantity {
+/// A quantity the checks know to be valid.
+pub fn q(n: i64) -> Quantity {
     Quantity::new(n).unwrap()
 }
 
-async fn product(stores: &Stores, sku_name: &str, stock: i64) -> Sku {
+/// Creates a product (price 2.50) with `stock` units; returns its SKU.
+pub async fn product(stores: &Stores, sku_name: &str, stock: i64) -> Sku {
     let now = now_ms();
     let p = Product {
         sku: sku(sku_name),
@@ -33,7 +36,8 @@ async fn product(stores: &Stores, sku_name: &str, stock: i64) -> Sku {
     p.sku
 }
 
-fn order(id: &str, user: &str, placed_at_ms: i64) -> Order {
+/// A PENDING one-line order of `user`.
+pub fn order(id: &str, user: &str, placed_at_ms: i64) -> Order {
     Order {
         id: OrderId::parse(id).unwrap(),
         user_id: UserId::parse(user).unwrap(),
