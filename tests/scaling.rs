@@ -39,6 +39,12 @@ async fn three_payment_processors_one_killed_every_order_charged_once() {
     };
     let dir = tempfile::tempdir().unwrap();
     let http = reqwest::Client::new();
+    // What an operator does first: apply the schema (idempotent, so it is fine if a test did already).
+    let migrate = std::process::Command::new(env!("CARGO_BIN_EXE_orderflow"))
+        .args(["--store", &format!("scylla://{cql}"), "migrate"])
+        .output()
+        .unwrap();
+    assert!(migrate.status.success(), "orderflow migrate failed: {}", String::from_utf8_lossy(&migrate.stderr));
     let slow = [("ORDERFLOW_PAYMENT_LATENCY_MS", "150")];
     let mut procs = [
         role(&["ingest"], &kafka, &cql, dir.path(), &[]),
