@@ -1,0 +1,96 @@
+//! `orderflow-load`: drives a running orderflow over HTTP and GraphQL and measures it next to
+//! baselines taken in the same run (a bare axum handler, raw fjall writes).
+//!
+//! A tool crate: the library exists so the binary and the smoke test share one implementation, and it
+//! reports errors with `anyhow` like a binary does.
+
+pub mod baseline;
+pub mod chart;
+pub mod client;
+pub mod load;
+pub mod stats;
+
+pub use load::{Load, Report, RunConfig, Scenario, run};
+
+use serde::Serialize;
+
+/// The product next to the bare baseline for one operation: `ratio = product / bare`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Comparison {
+    pub op: String,
+    pub product_per_s: f64,
+    pub bare_per_s: f64,
+    pub throughput_ratio: f64,
+    pub product_p99_ms: f64,
+    pub bare_p99_ms: f64,
+    pub p99_ratio: f64,
+}
+
+impl Comparison {
+    /// Compares `place_order` of two runs made with the same load settings.
+    pub fn place(product: &Report, bare: &Report) -> Option<Self> {
+        let (p, b) = (product.op("place_order")?, bare.op("place_order")?);
+        Some(Self {
+            op: "place_order".into(),
+            product_per_s: p.throughput_per_s,
+            bare_per_s: b.throughput_per_s,
+            throughput_ratio: p.throughput_per_s / b.throughput_per_s.max(1e-9),
+            product_p99_ms: p.latency_ms.p99,
+            bare_p99_ms: b.latency_ms.p99,
+            p99_ratio: p.latency_ms.p99 / b.latency_ms.p99.max(1e-9),
+        })
+    }
+}
+
+/// A human summary of a report, one line per operation.
+pub fn summary(report: &Report) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let load = match report.load {
+        Load::Closed { users, iterations, think_ms } => format!(
+            "closed loop, {users} users{}{}",
+            iterations.map(|i| format!(", {i} iterations each")).unwrap_or_default(),
+            if think_ms > 0 { format!(", think {think_ms} ms") } else { String::new() }
+        ),
+        Load::Open { rate_per_s, .. } => format!("open loop, {rate_per_s} req/s"),
+    };
+    let _ = writeln!(
+        out,
+        "scenario {:?} ({load}) against {} for {:.1} s",
+        report.scenario, report.target, report.elapsed_s
+    );
+    let _ = writeln!(
+        out,
+        "{:<12} {:>9} {:>9} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "op", "requests", "req/s", "err %", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms"
+    );
+    for o in report.stats.ops.iter().chain(std::iter::once(&report.stats.total)) {
+        let l = &o.latency_ms;
+        let _ = writeln!(
+            out,
+            "{:<12} {:>9} {:>9.1} {:>8.3} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
+            o.op, o.requests, o.throughput_per_s, o.error_rate_pct, l.p50, l.p90, l.p99, l.p999, l.max
+        );
+    }
+    for (kind, n) in &report.stats.errors_by_kind {
+        let _ = writeln!(out, "  errors {kind}: {n}");
+    }
+    for sample in &report.stats.error_samples {
+        let _ = writeln!(out, "  e.g. {sample}");
+    }
+    if let Some(e) = &report.e2e {
+        let _ = writeln!(
+            out,
+            "end-to-end placed -> CONFIRMED/REJECTED over {} sampled orders: {} confirmed, {} rejected, {} not finished; p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            e.sampled, e.confirmed, e.rejected, e.not_terminal, e.latency_ms.p50, e.latency_ms.p99, e.latency_ms.max
+        );
+    }
+    if let Some(p) = &report.pipeline {
+        let _ = writeln!(
+            out,
+            "pipeline: {} orders accepted, {} processed during the load ({:.1}/s), {} after draining",
+            p.accepted_orders, p.processed_during_load, p.processed_per_s_during_load, p.processed_after_drain
+        );
+    }
+    out
+}

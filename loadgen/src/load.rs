@@ -1,0 +1,568 @@
+//! Running a scenario: seeding the catalog, the closed or open load loop, then sampling placed orders
+//! for their end-to-end processing time.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::client::{Api, Failure};
+use crate::stats::{LatencyMs, Recorder, StatsReport};
+
+/// What the simulated users do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Scenario {
+    /// Only `POST /v1/orders` (1-3 random seeded SKUs).
+    Place,
+    /// Only catalog reads over GraphQL: `product(sku)` and `products(first: 20)`.
+    Browse,
+    /// Browsing, ordering and following orders: 30% products, 30% product, 25% place, 15% track.
+    Mixed,
+    /// Everyone orders one unit of one SKU with limited stock (`--flash-stock`).
+    Flash,
+}
+
+/// Closed loop (a fixed number of users, each sending as soon as its previous answer came) or open
+/// loop (a fixed arrival rate, whatever the answers do).
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Load {
+    Closed {
+        users: usize,
+        /// Per-user iteration cap (`None`: until the duration ends).
+        iterations: Option<u64>,
+        think_ms: u64,
+    },
+    Open {
+        rate_per_s: f64,
+        /// Requests allowed in flight; past it, sends queue (and their latency, measured from the
+        /// intended send time, shows it).
+        max_in_flight: usize,
+    },
+}
+
+/// One run's settings.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub target: String,
+    pub admin_token: Option<String>,
+    pub scenario: Scenario,
+    pub load: Load,
+    pub duration: Duration,
+    /// Products created with unique SKUs before the run (0 with `seed == false`).
+    pub seed_products: usize,
+    /// `false` against the bare baseline server: no catalog, no order sampling.
+    pub seed: bool,
+    pub flash_stock: u32,
+    /// Placed orders sampled (uniformly) for end-to-end times.
+    pub sample_orders: usize,
+    /// Longest wait for sampled orders to finish after the load stops (and, again, for the pipeline to
+    /// finish every order the run placed).
+    pub e2e_wait: Duration,
+    pub request_timeout: Duration,
+    pub progress: bool,
+}
+
+impl RunConfig {
+    /// Defaults for a target: closed loop, 8 users, 10 s, `place`.
+    pub fn new(target: impl Into<String>) -> Self {
+        Self {
+            target: target.into(),
+            admin_token: None,
+            scenario: Scenario::Place,
+            load: Load::Closed { users: 8, iterations: None, think_ms: 0 },
+            duration: Duration::from_secs(10),
+            seed_products: 50,
+            seed: true,
+            flash_stock: 100,
+            sample_orders: 200,
+            e2e_wait: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(10),
+            progress: true,
+        }
+    }
+}
+
+/// End-to-end processing time (placed -> CONFIRMED/REJECTED) of sampled orders, from their timelines.
+#[derive(Debug, Clone, Serialize)]
+pub struct E2eReport {
+    pub sampled: usize,
+    pub confirmed: usize,
+    pub rejected: usize,
+    /// Still not CONFIRMED/REJECTED when the bounded wait ended (or unreadable): lost or backlogged.
+    pub not_terminal: usize,
+    /// Over the orders that finished.
+    pub latency_ms: LatencyMs,
+    pub waited_s: f64,
+}
+
+/// Orders the pipeline finished, from the `metrics` query before and after.
+#[derive(Debug, Clone, Serialize)]
+pub struct PipelineReport {
+    pub accepted_orders: u64,
+    pub processed_during_load: u64,
+    pub processed_per_s_during_load: f64,
+    pub processed_after_drain: u64,
+}
+
+/// A run's result (the JSON written by `--json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub target: String,
+    pub scenario: Scenario,
+    pub load: Load,
+    pub duration_s: f64,
+    /// Length of the load phase, start to last answer.
+    pub elapsed_s: f64,
+    pub seeded_skus: usize,
+    #[serde(flatten)]
+    pub stats: StatsReport,
+    pub e2e: Option<E2eReport>,
+    pub pipeline: Option<PipelineReport>,
+}
+
+impl Report {
+    /// The figures of one operation, if it ran.
+    pub fn op(&self, name: &str) -> Option<&crate::stats::OpReport> {
+        self.stats.ops.iter().find(|o| o.op == name)
+    }
+}
+
+const OP_PLACE: &str = "place_order";
+const OP_PRODUCT: &str = "product";
+const OP_PRODUCTS: &str = "products";
+const OP_TRACK: &str = "track_order";
+
+/// Recently placed order ids kept for `track_order`.
+const RECENT_ORDERS: usize = 1024;
+/// Concurrent order polls while sampling.
+const SAMPLE_CONCURRENCY: usize = 16;
+/// Polling interval for an order that is not finished yet.
+const SAMPLE_POLL: Duration = Duration::from_millis(50);
+
+#[derive(Debug, Default)]
+struct Placed {
+    count: u64,
+    /// Uniform reservoir sample of placed ids.
+    sample: Vec<String>,
+    recent: VecDeque<String>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    api: Api,
+    scenario: Scenario,
+    skus: Vec<String>,
+    run_id: String,
+    next_order: AtomicU64,
+    recorder: Mutex<Recorder>,
+    placed: Mutex<Placed>,
+    sample_orders: usize,
+}
+
+impl Shared {
+    fn record(&self, op: &'static str, latency: Duration, outcome: Result<(), Failure>) {
+        let error = outcome.err().map(|f| f.parts());
+        if let Ok(mut r) = self.recorder.lock() {
+            r.record(op, Instant::now(), latency, error);
+        }
+    }
+
+    fn remember(&self, id: String, rng: &mut fastrand::Rng) {
+        let Ok(mut p) = self.placed.lock() else { return };
+        p.count += 1;
+        if p.sample.len() < self.sample_orders {
+            p.sample.push(id.clone());
+        } else if let Ok(count) = usize::try_from(p.count) {
+            let j = rng.usize(..count);
+            if let Some(slot) = p.sample.get_mut(j) {
+                *slot = id.clone();
+            }
+        }
+        if p.recent.len() >= RECENT_ORDERS {
+            p.recent.pop_front();
+        }
+        p.recent.push_back(id);
+    }
+
+    fn recent_order(&self, rng: &mut fastrand::Rng) -> Option<String> {
+        let p = self.placed.lock().ok()?;
+        if p.recent.is_empty() {
+            return None;
+        }
+        p.recent.get(rng.usize(..p.recent.len())).cloned()
+    }
+
+    fn choose(&self, rng: &mut fastrand::Rng) -> &'static str {
+        match self.scenario {
+            Scenario::Place | Scenario::Flash => OP_PLACE,
+            Scenario::Browse => {
+                if rng.u8(..100) < 50 {
+                    OP_PRODUCT
+                } else {
+                    OP_PRODUCTS
+                }
+            }
+            Scenario::Mixed => match rng.u8(..100) {
+                0..30 => OP_PRODUCTS,
+                30..60 => OP_PRODUCT,
+                60..85 => OP_PLACE,
+                _ => OP_TRACK,
+            },
+        }
+    }
+
+    fn order_body(&self, user: u64, rng: &mut fastrand::Rng) -> (String, Value) {
+        let n = self.next_order.fetch_add(1, Ordering::Relaxed);
+        let id = format!("ld-{}-{n}", self.run_id);
+        let items: Vec<Value> = if self.scenario == Scenario::Flash || self.skus.len() < 2 {
+            let sku = self.skus.first().map_or("SKU-NONE", String::as_str);
+            vec![json!({"sku": sku, "quantity": 1})]
+        } else {
+            let lines = rng.usize(1..=3.min(self.skus.len()));
+            let first = rng.usize(..self.skus.len());
+            (0..lines)
+                .filter_map(|i| self.skus.get((first + i) % self.skus.len()))
+                .map(|sku| json!({"sku": sku, "quantity": rng.u8(1..=2)}))
+                .collect()
+        };
+        let body = json!({"order_id": id, "user_id": format!("load-user-{user}"), "items": items});
+        (id, body)
+    }
+
+    /// Runs one operation; the caller measures and records it.
+    async fn execute(&self, op: &'static str, user: u64, rng: &mut fastrand::Rng) -> Result<(), Failure> {
+        match op {
+            OP_PLACE => {
+                let (id, body) = self.order_body(user, rng);
+                self.api.place_order(&body).await?;
+                self.remember(id, rng);
+                Ok(())
+            }
+            OP_PRODUCT => {
+                let sku = self.skus.get(rng.usize(..self.skus.len().max(1))).cloned().unwrap_or_default();
+                let v = self
+                    .api
+                    .graphql(
+                        "query($s: String!){ product(sku: $s){ sku name price stock { available reserved } } }",
+                        json!({"s": sku}),
+                        false,
+                    )
+                    .await?;
+                if v.pointer("/data/product/sku").is_none() {
+                    return Err(Failure::Decode(format!("product {sku} missing from the answer")));
+                }
+                Ok(())
+            }
+            OP_PRODUCTS => {
+                let v = self
+                    .api
+                    .graphql(
+                        "{ products(first: 20) { edges { cursor node { sku name price stock { available } } } pageInfo { hasNextPage endCursor } } }",
+                        json!({}),
+                        false,
+                    )
+                    .await?;
+                if v.pointer("/data/products/edges").is_none() {
+                    return Err(Failure::Decode("products.edges missing from the answer".into()));
+                }
+                Ok(())
+            }
+            _ => {
+                let Some(id) = self.recent_order(rng) else {
+                    // Nothing placed yet: browse instead, still counted as a track request.
+                    return self
+                        .api
+                        .graphql("{ products(first: 20) { edges { cursor } } }", json!({}), false)
+                        .await
+                        .map(|_| ());
+                };
+                let v = self
+                    .api
+                    .graphql(
+                        "query($id: ID!){ order(id: $id){ status timeline { at type } } }",
+                        json!({"id": id}),
+                        false,
+                    )
+                    .await?;
+                if v.pointer("/data/order/status").is_none() {
+                    return Err(Failure::Decode(format!("order {id} missing from the answer")));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Creates the run's own products (unique SKUs) through the staff `createProduct` mutation.
+async fn seed_catalog(api: &Api, cfg: &RunConfig, run_id: &str) -> anyhow::Result<Vec<String>> {
+    if cfg.admin_token.is_none() {
+        bail!("seeding the catalog needs --admin-token (or ORDERFLOW_ADMIN_TOKEN): createProduct is a staff operation");
+    }
+    let (count, stock) = match cfg.scenario {
+        Scenario::Flash => (1, i64::from(cfg.flash_stock)),
+        _ => (cfg.seed_products.max(1), 1_000_000_000),
+    };
+    let mut skus = Vec::with_capacity(count);
+    for i in 0..count {
+        let sku = format!("LD-{run_id}-{i}");
+        let price = format!("{}.{:02}", 1 + i % 20, (i * 25) % 100);
+        let input = json!({"sku": sku, "name": format!("Load product {i}"), "price": price, "stock": stock});
+        api.graphql("mutation($p: CreateProductInput!){ createProduct(input: $p){ sku } }", json!({"p": input}), true)
+            .await
+            .map_err(|f| anyhow::anyhow!("createProduct {sku}: {}", f.parts().1))?;
+        skus.push(sku);
+    }
+    Ok(skus)
+}
+
+fn progress_bar(cfg: &RunConfig) -> indicatif::ProgressBar {
+    if !cfg.progress {
+        return indicatif::ProgressBar::hidden();
+    }
+    let pb = indicatif::ProgressBar::with_draw_target(
+        Some(cfg.duration.as_secs().max(1)),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {prefix} [{bar:30}] {pos}/{len}s {msg}") {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    pb.set_prefix(format!("{:?}", cfg.scenario).to_lowercase());
+    pb
+}
+
+/// Runs one scenario against `cfg.target` and returns the figures.
+pub async fn run(cfg: &RunConfig) -> anyhow::Result<Report> {
+    let api = Api::new(&cfg.target, cfg.admin_token.clone(), cfg.request_timeout)?;
+    let run_id = uuid::Uuid::new_v4().simple().to_string().chars().take(8).collect::<String>();
+    let skus = if cfg.seed {
+        seed_catalog(&api, cfg, &run_id).await.context("seeding the catalog")?
+    } else {
+        (0..cfg.seed_products.max(1)).map(|i| format!("SKU-BARE-{i}")).collect()
+    };
+    let processed_before = if cfg.seed { api.orders_processed().await } else { None };
+
+    let started = Instant::now();
+    let shared = Arc::new(Shared {
+        api: api.clone(),
+        scenario: cfg.scenario,
+        skus: skus.clone(),
+        run_id,
+        next_order: AtomicU64::new(0),
+        recorder: Mutex::new(Recorder::new(started)),
+        placed: Mutex::new(Placed::default()),
+        sample_orders: cfg.sample_orders,
+    });
+
+    let done = Arc::new(AtomicBool::new(false));
+    let pb = progress_bar(cfg);
+    let ticker = {
+        let (shared, done, pb) = (Arc::clone(&shared), Arc::clone(&done), pb.clone());
+        let limit = cfg.duration + cfg.request_timeout * 2;
+        tokio::spawn(async move {
+            while !done.load(Ordering::Relaxed) && started.elapsed() < limit {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                let (n, e) = shared.recorder.lock().map(|r| r.totals()).unwrap_or_default();
+                let secs = started.elapsed().as_secs_f64().max(1e-3);
+                pb.set_position(started.elapsed().as_secs());
+                pb.set_message(format!("{n} req, {e} errors, {:.0} req/s", n as f64 / secs));
+            }
+        })
+    };
+
+    let deadline = started + cfg.duration;
+    match cfg.load {
+        Load::Closed { users, iterations, think_ms } => {
+            closed_loop(&shared, users, iterations, think_ms, deadline).await
+        }
+        Load::Open { rate_per_s, max_in_flight } => {
+            open_loop(&shared, rate_per_s, max_in_flight, cfg.duration, started).await?
+        }
+    }
+    let elapsed = started.elapsed();
+    done.store(true, Ordering::Relaxed);
+    let _ = ticker.await;
+    pb.finish_and_clear();
+
+    let processed_end = if cfg.seed { api.orders_processed().await } else { None };
+    let accepted = shared.placed.lock().map(|p| p.count).unwrap_or(0);
+    let sample = shared.placed.lock().map(|p| p.sample.clone()).unwrap_or_default();
+    let e2e = if cfg.seed && !sample.is_empty() { Some(sample_e2e(&api, sample, cfg.e2e_wait).await) } else { None };
+    let pipeline = match (processed_before, processed_end) {
+        (Some(before), Some(end)) => {
+            // Wait (bounded by --e2e-wait) for the pipeline to finish this run's orders, so the next
+            // run does not start behind a backlog.
+            let drain_deadline = Instant::now() + cfg.e2e_wait;
+            let mut after = end;
+            while after.saturating_sub(before) < accepted && Instant::now() < drain_deadline {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                after = api.orders_processed().await.unwrap_or(after);
+            }
+            let during = end.saturating_sub(before);
+            Some(PipelineReport {
+                accepted_orders: accepted,
+                processed_during_load: during,
+                processed_per_s_during_load: during as f64 / elapsed.as_secs_f64().max(1e-9),
+                processed_after_drain: after.saturating_sub(before),
+            })
+        }
+        _ => None,
+    };
+    let stats = shared.recorder.lock().map_err(|_| anyhow::anyhow!("recorder lock poisoned"))?.report(elapsed);
+    Ok(Report {
+        target: cfg.target.clone(),
+        scenario: cfg.scenario,
+        load: cfg.load,
+        duration_s: cfg.duration.as_secs_f64(),
+        elapsed_s: elapsed.as_secs_f64(),
+        seeded_skus: if cfg.seed { skus.len() } else { 0 },
+        stats,
+        e2e,
+        pipeline,
+    })
+}
+
+async fn closed_loop(shared: &Arc<Shared>, users: usize, iterations: Option<u64>, think_ms: u64, deadline: Instant) {
+    let mut tasks = JoinSet::new();
+    for user in 0..users as u64 {
+        let shared = Arc::clone(shared);
+        tasks.spawn(async move {
+            let mut rng = fastrand::Rng::with_seed(user);
+            let mut done = 0u64;
+            while Instant::now() < deadline && iterations.is_none_or(|cap| done < cap) {
+                let op = shared.choose(&mut rng);
+                let t0 = Instant::now();
+                let outcome = shared.execute(op, user, &mut rng).await;
+                shared.record(op, t0.elapsed(), outcome);
+                done += 1;
+                if think_ms > 0 {
+                    tokio::time::sleep(Duration::from_millis(think_ms)).await;
+                }
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+async fn open_loop(
+    shared: &Arc<Shared>,
+    rate_per_s: f64,
+    max_in_flight: usize,
+    duration: Duration,
+    started: Instant,
+) -> anyhow::Result<()> {
+    if !(rate_per_s.is_finite() && rate_per_s > 0.0) {
+        bail!("--rate must be a positive number of requests per second");
+    }
+    let total = (rate_per_s * duration.as_secs_f64()).floor() as u64;
+    let permits = Arc::new(Semaphore::new(max_in_flight.max(1)));
+    let mut tasks = JoinSet::new();
+    let mut rng = fastrand::Rng::with_seed(0x10ad);
+    for i in 0..total {
+        // The send time this request was due at: latency is measured from here, not from when the
+        // request actually went out, so a stalled server cannot hide its queue (coordinated omission).
+        let intended = started + Duration::from_secs_f64(i as f64 / rate_per_s);
+        tokio::time::sleep_until(intended.into()).await;
+        let permit = Arc::clone(&permits).acquire_owned().await.context("in-flight limiter closed")?;
+        let shared = Arc::clone(shared);
+        let op = shared.choose(&mut rng);
+        let seed = rng.u64(..);
+        tasks.spawn(async move {
+            let _permit = permit;
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let outcome = shared.execute(op, seed % 10_000, &mut rng).await;
+            shared.record(op, intended.elapsed(), outcome);
+        });
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// Reads each sampled order until it is CONFIRMED or REJECTED (or the bounded wait ends) and takes
+/// placed -> terminal from its timeline (server clock).
+async fn sample_e2e(api: &Api, ids: Vec<String>, wait: Duration) -> E2eReport {
+    let started = Instant::now();
+    let deadline = started + wait;
+    let permits = Arc::new(Semaphore::new(SAMPLE_CONCURRENCY));
+    let mut tasks = JoinSet::new();
+    let sampled = ids.len();
+    for id in ids {
+        let (api, permits) = (api.clone(), Arc::clone(&permits));
+        tasks.spawn(async move {
+            let _permit = permits.acquire_owned().await.ok()?;
+            loop {
+                if let Ok(order) = api.get_order(&id).await
+                    && let Some(outcome) = terminal(&order)
+                {
+                    return Some(outcome);
+                }
+                if Instant::now() >= deadline {
+                    return None;
+                }
+                tokio::time::sleep(SAMPLE_POLL).await;
+            }
+        });
+    }
+    let (mut confirmed, mut rejected, mut times) = (0, 0, Vec::with_capacity(sampled));
+    while let Some(result) = tasks.join_next().await {
+        if let Ok(Some((is_confirmed, ms))) = result {
+            if is_confirmed {
+                confirmed += 1;
+            } else {
+                rejected += 1;
+            }
+            times.push(ms);
+        }
+    }
+    E2eReport {
+        sampled,
+        confirmed,
+        rejected,
+        not_terminal: sampled - confirmed - rejected,
+        latency_ms: LatencyMs::of_millis(&times),
+        waited_s: started.elapsed().as_secs_f64(),
+    }
+}
+
+/// `(confirmed?, placed -> confirmed/rejected in ms)` once the order's timeline has either.
+fn terminal(order: &Value) -> Option<(bool, u64)> {
+    let timeline = order.get("timeline")?.as_array()?;
+    let at = |kind: &str| {
+        timeline
+            .iter()
+            .find(|e| e.get("type").and_then(Value::as_str) == Some(kind))
+            .and_then(|e| e.get("at_ms")?.as_i64())
+    };
+    let placed = at("placed").or_else(|| order.get("placed_at_ms")?.as_i64())?;
+    let (confirmed, end) = match (at("confirmed"), at("rejected")) {
+        (Some(t), _) => (true, t),
+        (None, Some(t)) => (false, t),
+        (None, None) => return None,
+    };
+    Some((confirmed, u64::try_from(end - placed).unwrap_or(0)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn end_to_end_time_comes_from_the_timeline() {
+        let order = json!({"status": "CONFIRMED", "placed_at_ms": 1000, "timeline": [
+            {"at_ms": 1000, "type": "placed"}, {"at_ms": 1002, "type": "processing"},
+            {"at_ms": 1022, "type": "confirmed"}]});
+        assert_eq!(terminal(&order), Some((true, 22)));
+        let pending = json!({"status": "PROCESSING", "timeline": [{"at_ms": 5, "type": "placed"}]});
+        assert_eq!(terminal(&pending), None);
+        let rejected = json!({"timeline": [{"at_ms": 5, "type": "placed"}, {"at_ms": 9, "type": "rejected"}]});
+        assert_eq!(terminal(&rejected), Some((false, 4)));
+    }
+}

@@ -1,0 +1,270 @@
+//! `orderflow-load`: load generator and in-run baselines for orderflow. See `--help`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use orderflow_loadgen::{Comparison, Load, Report, RunConfig, Scenario, baseline, chart, summary};
+use serde::Serialize;
+
+#[derive(Debug, Parser)]
+#[command(name = "orderflow-load", version, about = "Load generator and in-run baselines for orderflow")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Drive a running orderflow with a scenario.
+    Run(RunArgs),
+    /// Measure the bare axum baseline (`place` with the same client and load settings).
+    BaselineHttp(BaselineHttpArgs),
+    /// Serve the bare axum baseline (for running it pinned to the server's core).
+    BareServer {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+        /// Stop by itself after this long (a bound; Ctrl-C or SIGTERM stop it earlier).
+        #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+        max_lifetime: Duration,
+    },
+    /// Raw fjall writes in the shape of one order's pipeline writes (23 commits, 39 keys per order).
+    BaselineFjall {
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// Directory for the database (default: a fresh temporary directory, removed afterwards).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// fsync every commit, like `orderflow --sync-writes`.
+        #[arg(long)]
+        sync_writes: bool,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Args)]
+struct LoadArgs {
+    /// Base URL of the server (loopback only).
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    target: String,
+    /// Closed loop: this many concurrent users, each sending as soon as it has its answer.
+    #[arg(long, conflicts_with = "rate")]
+    users: Option<usize>,
+    /// Open loop: this many requests per second, latency measured from the intended send time.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Closed loop: stop each user after this many requests (the duration still bounds the run).
+    #[arg(long, requires = "users")]
+    iterations: Option<u64>,
+    /// Closed loop: pause between a user's requests.
+    #[arg(long, default_value = "0ms", value_parser = humantime::parse_duration)]
+    think: Duration,
+    /// Open loop: requests in flight at most (sends past it wait, and that wait counts as latency).
+    #[arg(long, default_value_t = 4096)]
+    max_in_flight: usize,
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    request_timeout: Duration,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+    /// Write the results as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write a latency-over-time chart (SVG) here.
+    #[arg(long)]
+    chart: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    #[command(flatten)]
+    load: LoadArgs,
+    #[arg(long, value_enum, default_value = "place")]
+    scenario: Scenario,
+    /// Staff token for seeding the catalog (createProduct).
+    #[arg(long, env = "ORDERFLOW_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Products to create (unique SKUs) before the run; `flash` creates one.
+    #[arg(long, default_value_t = 50)]
+    seed_products: usize,
+    /// `flash`: units in stock of the one SKU everybody orders.
+    #[arg(long, default_value_t = 100)]
+    flash_stock: u32,
+    /// Placed orders sampled for the end-to-end time.
+    #[arg(long, default_value_t = 200)]
+    sample_orders: usize,
+    /// Longest wait after the load for sampled orders to finish.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    e2e_wait: Duration,
+    /// Also run the bare axum baseline in this process with the same load, and print the ratio
+    /// (`place` only).
+    #[arg(long)]
+    spawn_baseline: bool,
+}
+
+#[derive(Debug, Args)]
+struct BaselineHttpArgs {
+    #[command(flatten)]
+    load: LoadArgs,
+    /// Measure the bare server already at `--target` (see `bare-server`) instead of starting one here.
+    #[arg(long)]
+    external: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct Output<'a> {
+    #[serde(flatten)]
+    report: &'a Report,
+    baseline: Option<&'a Report>,
+    comparison: Option<Comparison>,
+}
+
+fn config(args: &LoadArgs, scenario: Scenario) -> anyhow::Result<RunConfig> {
+    let load = match (args.users, args.rate) {
+        (_, Some(rate)) => Load::Open { rate_per_s: rate, max_in_flight: args.max_in_flight },
+        (users, None) => Load::Closed {
+            users: users.unwrap_or(8).max(1),
+            iterations: args.iterations,
+            think_ms: u64::try_from(args.think.as_millis()).unwrap_or(u64::MAX),
+        },
+    };
+    if args.duration > Duration::from_secs(3600) {
+        bail!("--duration is capped at 1h");
+    }
+    let mut cfg = RunConfig::new(&args.target);
+    cfg.scenario = scenario;
+    cfg.load = load;
+    cfg.duration = args.duration;
+    cfg.request_timeout = args.request_timeout;
+    cfg.progress = !args.quiet;
+    Ok(cfg)
+}
+
+fn write_outputs(args: &LoadArgs, out: &Output<'_>) -> anyhow::Result<()> {
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(out)?).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("results: {}", path.display());
+    }
+    if let Some(path) = &args.chart {
+        chart::write_svg(out.report, path)?;
+        eprintln!("chart: {}", path.display());
+    }
+    Ok(())
+}
+
+async fn bare_baseline(args: &LoadArgs, external: bool) -> anyhow::Result<Report> {
+    let mut cfg = config(args, Scenario::Place)?;
+    cfg.seed = false;
+    let stop = if external {
+        None
+    } else {
+        let (addr, stop) = baseline::spawn_bare().await?;
+        cfg.target = format!("http://{addr}");
+        Some(stop)
+    };
+    let report = orderflow_loadgen::run(&cfg).await;
+    if let Some(stop) = stop {
+        let _ = stop.send(());
+    }
+    report
+}
+
+async fn main_async(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run(args) => {
+            let mut cfg = config(&args.load, args.scenario)?;
+            cfg.admin_token = args.admin_token.clone();
+            cfg.seed_products = args.seed_products;
+            cfg.flash_stock = args.flash_stock;
+            cfg.sample_orders = args.sample_orders;
+            cfg.e2e_wait = args.e2e_wait;
+            let report = orderflow_loadgen::run(&cfg).await?;
+            print!("{}", summary(&report));
+            let bare = if args.spawn_baseline {
+                if args.scenario != Scenario::Place {
+                    bail!("--spawn-baseline compares `place` only");
+                }
+                let bare = bare_baseline(&args.load, false).await?;
+                println!("baseline: bare axum handler, same client and load");
+                print!("{}", summary(&bare));
+                Some(bare)
+            } else {
+                None
+            };
+            let comparison = bare.as_ref().and_then(|b| Comparison::place(&report, b));
+            if let Some(c) = &comparison {
+                println!(
+                    "ratio product/bare: throughput {:.3} ({:.0} vs {:.0} req/s), p99 {:.2}x ({:.2} vs {:.2} ms)",
+                    c.throughput_ratio, c.product_per_s, c.bare_per_s, c.p99_ratio, c.product_p99_ms, c.bare_p99_ms
+                );
+            }
+            write_outputs(&args.load, &Output { report: &report, baseline: bare.as_ref(), comparison })
+        }
+        Command::BaselineHttp(args) => {
+            let report = bare_baseline(&args.load, args.external).await?;
+            print!("{}", summary(&report));
+            write_outputs(&args.load, &Output { report: &report, baseline: None, comparison: None })
+        }
+        Command::BareServer { listen, max_lifetime } => {
+            if !listen.ip().is_loopback() {
+                bail!("the bare server listens on loopback only");
+            }
+            let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+            println!("bare baseline listening on http://{}", listener.local_addr()?);
+            baseline::serve_bare(listener, async move {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    () = terminate() => {}
+                    () = tokio::time::sleep(max_lifetime) => {}
+                }
+            })
+            .await
+        }
+        Command::BaselineFjall { duration, threads, dir, sync_writes, json } => {
+            let tmp = tempfile::tempdir()?;
+            let dir = dir.unwrap_or_else(|| tmp.path().to_owned());
+            let r = tokio::task::spawn_blocking(move || baseline::run_fjall(&dir, threads, duration, sync_writes))
+                .await??;
+            println!(
+                "raw fjall, {} thread(s), {} commits / {} keys per order: {:.0} orders/s ({:.0} commits/s, {:.0} keys/s) over {:.1} s",
+                r.threads,
+                r.commits_per_order,
+                r.keys_per_order,
+                r.orders_per_s,
+                r.commits_per_s,
+                r.keys_per_s,
+                r.duration_s
+            );
+            if let Some(path) = json {
+                std::fs::write(&path, serde_json::to_vec_pretty(&r)?)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+#[cfg(unix)]
+async fn terminate() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut s) => {
+            s.recv().await;
+        }
+        Err(_) => std::future::pending().await,
+    }
+}
+
+#[cfg(not(unix))]
+async fn terminate() {
+    std::future::pending().await
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    main_async(Cli::parse()).await
+}

@@ -1,0 +1,101 @@
+//! CI smoke of the load generator: a tiny load against an in-process orderflow and the bare baseline.
+//! It checks that every figure is produced, never how fast they are, so a slow machine cannot fail it.
+#![allow(clippy::unwrap_used)] // test helpers: a failure here is a failed test
+
+use std::time::Duration;
+
+use orderflow::{App, Roles, Seed, Settings};
+use orderflow_loadgen::{Comparison, Load, RunConfig, Scenario, baseline, chart, run};
+use orderflow_platform::BackendUrl;
+
+const TOKEN: &str = "smoke-admin-token";
+
+async fn start(dir: &std::path::Path) -> App {
+    orderflow_platform::telemetry::init_logging("warn");
+    let settings = Settings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.to_owned(),
+        bus: BackendUrl::Embedded,
+        store: BackendUrl::Embedded,
+        admin_token: Some(TOKEN.into()),
+        payment_latency_ms: 1,
+        payment_decline_above: None,
+        payment_decline_users: vec![],
+        seed_catalog: Seed::None,
+        sync_writes: false,
+        kafka_replication_factor: 1,
+        stalled_after_ms: 3000,
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    App::start(&settings, Roles::all(), listener).await.unwrap()
+}
+
+fn tiny(target: String, scenario: Scenario, load: Load) -> RunConfig {
+    let mut cfg = RunConfig::new(target);
+    cfg.admin_token = Some(TOKEN.into());
+    cfg.scenario = scenario;
+    cfg.load = load;
+    cfg.duration = Duration::from_secs(2);
+    cfg.seed_products = 5;
+    cfg.flash_stock = 3;
+    cfg.sample_orders = 20;
+    // Generous: only a broken pipeline leaves orders unfinished for a minute.
+    cfg.e2e_wait = Duration::from_secs(60);
+    cfg.request_timeout = Duration::from_secs(30);
+    cfg.progress = false;
+    cfg
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_scenario_produces_its_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = start(dir.path()).await;
+    let target = format!("http://{}", app.addr);
+
+    let closed = Load::Closed { users: 4, iterations: None, think_ms: 0 };
+    let mixed = run(&tiny(target.clone(), Scenario::Mixed, closed)).await.unwrap();
+    for op in ["place_order", "product", "products", "track_order"] {
+        let o = mixed.op(op).unwrap_or_else(|| panic!("no {op} in {mixed:?}"));
+        assert!(o.requests > 0 && o.latency_ms.max > 0.0 && o.throughput_per_s > 0.0, "{o:?}");
+    }
+    assert_eq!(mixed.stats.total.errors, 0, "{:?}", mixed.stats.error_samples);
+    let e2e = mixed.e2e.as_ref().expect("orders were sampled");
+    assert!(e2e.sampled > 0);
+    assert_eq!(e2e.not_terminal, 0, "every sampled order finishes: {e2e:?}");
+    assert!(e2e.latency_ms.p50 > 0.0);
+    assert!(!mixed.stats.timeline.is_empty());
+
+    // Open loop, flash sale: a few units for everybody; rejections are outcomes, not errors.
+    let open = Load::Open { rate_per_s: 20.0, max_in_flight: 64 };
+    let flash = run(&tiny(target.clone(), Scenario::Flash, open)).await.unwrap();
+    let place = flash.op("place_order").unwrap();
+    assert!(place.requests > 0);
+    assert_eq!(place.errors, 0, "{:?}", flash.stats.error_samples);
+    let e2e = flash.e2e.as_ref().unwrap();
+    assert_eq!(e2e.confirmed + e2e.rejected, e2e.sampled, "{e2e:?}");
+    assert!(e2e.confirmed <= 3, "no oversell: {e2e:?}");
+
+    let chart_path = dir.path().join("chart.svg");
+    chart::write_svg(&mixed, &chart_path).unwrap();
+    assert!(std::fs::read_to_string(&chart_path).unwrap().contains("<svg"));
+    serde_json::to_string(&mixed).unwrap();
+
+    // The bare baseline with the same client and load, and the ratio.
+    let (addr, stop) = baseline::spawn_bare().await.unwrap();
+    let mut cfg = tiny(format!("http://{addr}"), Scenario::Place, closed);
+    cfg.seed = false;
+    let bare = run(&cfg).await.unwrap();
+    stop.send(()).unwrap();
+    let product = run(&tiny(target, Scenario::Place, closed)).await.unwrap();
+    let cmp = Comparison::place(&product, &bare).unwrap();
+    assert!(cmp.throughput_ratio > 0.0 && cmp.bare_per_s > 0.0, "{cmp:?}");
+
+    app.stop().await;
+}
+
+#[test]
+fn raw_fjall_baseline_produces_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = baseline::run_fjall(dir.path(), 2, Duration::from_millis(500), false).unwrap();
+    assert!(r.orders > 0 && r.commits_per_s > 0.0, "{r:?}");
+}
