@@ -8,7 +8,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{Proc, free_port, wait_status};
+use common::{Proc, free_port, gql, wait_status};
 use serde_json::json;
 
 const ORDERS: usize = 40;
@@ -53,15 +53,9 @@ async fn orders_accepted_before_kill_9_are_processed_after_restart() {
     for i in 0..ORDERS {
         wait_status(&http, &third.base, &format!("crash-{i}"), &["CONFIRMED"], Duration::from_secs(30)).await;
     }
-    let stock: serde_json::Value = http
-        .post(format!("{}/graphql", third.base))
-        .json(&json!({"query": "{ product(sku: \"SKU-COFFEE\") { stock { available reserved } } }"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stock =
+        gql(&http, &third.base, "{ product(sku: \"SKU-COFFEE\") { stock { available reserved } } }", json!({}), false)
+            .await;
     assert_eq!(
         stock["data"]["product"]["stock"],
         json!({"available": 1000 - ORDERS, "reserved": ORDERS}),

@@ -10,7 +10,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{ADMIN_TOKEN, Proc, free_port, wait_status};
+use common::{Proc, free_port, gql, wait_status};
 use orderflow_platform::conformance::real_engine;
 use orderflow_platform::{BackendUrl, Backends};
 use serde_json::json;
@@ -61,16 +61,14 @@ async fn three_payment_processors_one_killed_every_order_charged_once() {
     let (ingest, graphql) = (&procs[0], &procs[1]);
 
     let sku = format!("SCALE-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]).to_uppercase();
-    let created: serde_json::Value = http
-        .post(format!("{}/graphql", graphql.base))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"query": "mutation($s: String!){ createProduct(input: {sku: $s, name: \"scale\", price: \"1.00\", stock: 1000}){ sku } }", "variables": {"s": sku}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let created = gql(
+        &http,
+        &graphql.base,
+        "mutation($s: String!){ createProduct(input: {sku: $s, name: \"scale\", price: \"1.00\", stock: 1000}){ sku } }",
+        json!({"s": sku}),
+        true,
+    )
+    .await;
     assert_eq!(created["data"]["createProduct"]["sku"], sku.as_str(), "{created}");
 
     let run = uuid::Uuid::new_v4().simple().to_string();
@@ -102,15 +100,14 @@ async fn three_payment_processors_one_killed_every_order_charged_once() {
         wait_status(&http, &ingest.base, id, &["CONFIRMED"], Duration::from_secs(90)).await;
     }
 
-    let stock: serde_json::Value = http
-        .post(format!("{}/graphql", graphql.base))
-        .json(&json!({"query": "query($s: String!){ product(sku: $s){ stock { available reserved } } }", "variables": {"s": sku}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stock = gql(
+        &http,
+        &graphql.base,
+        "query($s: String!){ product(sku: $s){ stock { available reserved } } }",
+        json!({"s": sku}),
+        false,
+    )
+    .await;
     assert_eq!(stock["data"]["product"]["stock"], json!({"available": 1000 - ORDERS, "reserved": ORDERS}));
 
     // The provider's books: one charge per order, none twice.
