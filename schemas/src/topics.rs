@@ -11,13 +11,13 @@ pub struct Topic {
 }
 
 /// Order lifecycle events, the order saga's input. Key: order id.
-pub const ORDERS: Topic = Topic { name: "orderflow.orders.v1", partitions: 8, key: "order_id" };
+pub const ORDERS: Topic = Topic { name: "orderflow.orders.v1", partitions: 32, key: "order_id" };
 /// Reservation commands for the inventory processor. Key: order id.
-pub const INVENTORY: Topic = Topic { name: "orderflow.inventory.v1", partitions: 8, key: "order_id" };
+pub const INVENTORY: Topic = Topic { name: "orderflow.inventory.v1", partitions: 32, key: "order_id" };
 /// Capture and refund commands for the payment processor. Key: order id.
-pub const PAYMENTS: Topic = Topic { name: "orderflow.payments.v1", partitions: 8, key: "order_id" };
+pub const PAYMENTS: Topic = Topic { name: "orderflow.payments.v1", partitions: 32, key: "order_id" };
 /// Shipment commands for the fulfillment processor. Key: order id.
-pub const FULFILLMENT: Topic = Topic { name: "orderflow.fulfillment.v1", partitions: 8, key: "order_id" };
+pub const FULFILLMENT: Topic = Topic { name: "orderflow.fulfillment.v1", partitions: 32, key: "order_id" };
 /// Orders from partner systems (Avro `schemas/avro/partner_order.avsc`). Key: the partner's order id.
 pub const PARTNER_ORDERS: Topic =
     Topic { name: "orderflow.partner-orders.v1", partitions: 8, key: "external_order_id" };
