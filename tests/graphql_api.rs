@@ -178,3 +178,34 @@ async fn hostile_queries_are_refused() {
         .unwrap();
     assert_eq!(r.status(), 413);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staff_reads_the_stock_ledger_of_a_sku() {
+    let app = TestApp::start().await;
+    let id = place(&app, "lee", "SKU-PIZZA", 3).await;
+    app.wait_status(&id, &["CONFIRMED"]).await;
+    let v = app
+        .gql(
+            "mutation{ adjustStock(sku: \"SKU-PIZZA\", delta: 10, reason: \"delivery\"){ available } }",
+            json!({}),
+            true,
+        )
+        .await;
+    assert_eq!(v["data"]["adjustStock"]["available"], 207, "{v}");
+    let q = "{ product(sku: \"SKU-PIZZA\"){ stockMovements(first: 10){ at kind availableDelta reference } } }";
+    let v = app.gql(q, json!({}), true).await;
+    let moves = v["data"]["product"]["stockMovements"].as_array().unwrap_or_else(|| panic!("{v}")).clone();
+    let summary: Vec<_> =
+        moves.iter().map(|m| (m["kind"].clone(), m["availableDelta"].clone(), m["reference"].clone())).collect();
+    assert_eq!(
+        summary,
+        [
+            (json!("adjust"), json!(10), json!("delivery")),
+            (json!("reserve"), json!(-3), json!(id)),
+            (json!("adjust"), json!(200), json!("demo catalog")),
+        ],
+        "newest first"
+    );
+    assert!(moves[0]["at"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(code(&app.gql(q, json!({}), false).await), "unauthorized", "the ledger is for staff");
+}

@@ -144,6 +144,56 @@ impl ProductObject {
         let level = state(ctx)?.stores.inventory.stock(&self.0.sku).await.map_err(ApiError::from)?;
         Ok(level.unwrap_or_default().into())
     }
+
+    /// Staff: the stock ledger of this SKU, newest first: every adjustment (with its reason), reservation,
+    /// release and commit (with its order id). `first`: 1 to 100, default 20.
+    #[graphql(
+        guard = "crate::auth::StaffGuard",
+        complexity = "first.unwrap_or(20).clamp(1, 100) as usize * child_complexity"
+    )]
+    async fn stock_movements(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+    ) -> async_graphql::Result<Vec<StockMovementObject>> {
+        let first = first.unwrap_or(20);
+        if !(1..=crate::query::MAX_PAGE_SIZE).contains(&first) {
+            return Err(ApiError::invalid("first", format!("must be between 1 and 100 (got {first})")).into());
+        }
+        let moves = state(ctx)?
+            .stores
+            .inventory
+            .movements(&self.0.sku, first.unsigned_abs() as usize)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(moves.into_iter().map(StockMovementObject).collect())
+    }
+}
+
+/// One movement of stock.
+pub(crate) struct StockMovementObject(pub(crate) orderflow_platform::store::StockMovement);
+
+#[Object(name = "StockMovement")]
+impl StockMovementObject {
+    /// When it happened (RFC 3339, UTC).
+    async fn at(&self) -> String {
+        rfc3339_ms(self.0.at_ms)
+    }
+
+    /// `adjust`, `reserve`, `release` or `commit`.
+    async fn kind(&self) -> &str {
+        &self.0.kind
+    }
+
+    /// Change in available units (negative when units were held or removed).
+    async fn available_delta(&self) -> i64 {
+        self.0.available_delta
+    }
+
+    /// The adjustment's reason, or the order id of a reservation, release or commit.
+    async fn reference(&self) -> &str {
+        &self.0.reference
+    }
 }
 
 /// Units of one SKU on the shelf.
