@@ -99,6 +99,7 @@ impl Settings {
                 decline_users: self.payment_decline_users.iter().cloned().collect(),
             },
             stalled_after: Duration::from_millis(self.stalled_after_ms),
+            ..ProcessorSettings::default()
         }
     }
 }

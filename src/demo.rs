@@ -1,35 +1,53 @@
 //! The demo catalog put into an empty store on first start (`--seed-catalog demo`, the default), so
 //! that a new user can place an order straight away.
 
-use orderflow_platform::store::Stores;
-use orderflow_schemas::{Money, Product, Sku, now_ms};
+use std::sync::Arc;
 
-/// (sku, name, description, price, stock)
-pub const DEMO_PRODUCTS: [(&str, &str, &str, &str, i64); 5] = [
-    ("SKU-COFFEE", "Flat white", "Double ristretto with steamed milk", "3.50", 1000),
-    ("SKU-CROISSANT", "Butter croissant", "Baked this morning", "2.75", 500),
-    ("SKU-PIZZA", "Margherita pizza", "Tomato, mozzarella, basil", "12.50", 200),
-    ("SKU-SALAD", "Caesar salad", "Romaine, parmesan, croutons", "9.90", 100),
-    ("SKU-MUG", "Limited edition mug", "Only a few made", "25.00", 5),
+use orderflow_platform::Backends;
+use orderflow_processors::catalog::{CatalogWriter, NewProduct};
+use orderflow_schemas::{Attributes, Category, Money, Sku};
+
+/// (sku, name, description, price, stock, category, attributes)
+pub type DemoProduct = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    i64,
+    &'static str,
+    &'static [(&'static str, &'static str)],
+);
+
+pub const DEMO_PRODUCTS: [DemoProduct; 5] = [
+    ("SKU-COFFEE", "Flat white", "Double ristretto with steamed milk", "3.50", 1000, "drinks", &[("size", "8oz")]),
+    ("SKU-CROISSANT", "Butter croissant", "Baked this morning", "2.75", 500, "bakery", &[]),
+    ("SKU-PIZZA", "Margherita pizza", "Tomato, mozzarella, basil", "12.50", 200, "food", &[("diet", "vegetarian")]),
+    ("SKU-SALAD", "Caesar salad", "Romaine, parmesan, croutons", "9.90", 100, "food", &[]),
+    ("SKU-MUG", "Limited edition mug", "Only a few made", "25.00", 5, "merch", &[("color", "blue")]),
 ];
 
-/// Seeds the demo products if the catalog is empty; returns how many were added.
-pub async fn seed_if_empty(stores: &Stores) -> anyhow::Result<usize> {
+/// Seeds the demo products if the catalog is empty; returns how many were added. Goes through the
+/// catalog's write side like a staff `createProduct`, so each product's `ProductUpdated` reaches the read
+/// model.
+pub async fn seed_if_empty(backends: &Backends) -> anyhow::Result<usize> {
+    let stores = &backends.stores;
     if !stores.catalog.products(None, 1).await?.items.is_empty() {
         return Ok(0);
     }
-    let now = now_ms();
-    for (sku, name, description, price, stock) in DEMO_PRODUCTS {
+    let writer = CatalogWriter::new(Arc::clone(&stores.catalog), Arc::clone(&backends.bus));
+    for (sku, name, description, price, stock, category, attributes) in DEMO_PRODUCTS {
         let sku = Sku::parse(sku)?;
-        let product = Product {
-            sku: sku.clone(),
-            name: name.into(),
-            description: description.into(),
-            price: Money::parse("price", price)?,
-            created_at_ms: now,
-            updated_at_ms: now,
-        };
-        if stores.catalog.create_product(&product).await? {
+        let created = writer
+            .create(NewProduct {
+                sku: sku.clone(),
+                name: name.into(),
+                description: description.into(),
+                price: Money::parse("price", price)?,
+                category: Category::parse(category)?,
+                attributes: Attributes::parse(attributes.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())))?,
+            })
+            .await?;
+        if !created.replayed {
             stores.inventory.adjust_stock(&sku, stock, "demo catalog").await?;
         }
     }

@@ -15,10 +15,12 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use orderflow_graphql::ApiState;
+use orderflow_graphql::catalog::{CacheInvalidator, CatalogCache, invalidation_group};
 use orderflow_ingest::Intake;
 use orderflow_ingest::http::{ApiError, OrdersApi};
 use orderflow_platform::backend::BackendOptions;
 use orderflow_platform::{BackendUrl, Backends};
+use orderflow_processors::catalog::CatalogObserver;
 use orderflow_processors::runtime::{Role, spawn_role};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -76,7 +78,7 @@ async fn metrics() -> impl IntoResponse {
     }
 }
 
-fn router(roles: &Roles, backends: &Backends, settings: &Settings) -> Router {
+fn router(roles: &Roles, backends: &Backends, settings: &Settings, catalog: &Arc<CatalogCache>) -> Router {
     let intake = Intake::new(backends.stores.clone(), Arc::clone(&backends.bus));
     let health_backends = backends.clone();
     let mut app =
@@ -90,6 +92,7 @@ fn router(roles: &Roles, backends: &Backends, settings: &Settings) -> Router {
     if roles.graphql {
         app = app.merge(orderflow_graphql::router(ApiState {
             stores: backends.stores.clone(),
+            catalog: Arc::clone(catalog),
             bus: Arc::clone(&backends.bus),
             intake,
             admin_token: settings.admin_token.clone().filter(|t| !t.is_empty()),
@@ -120,7 +123,7 @@ impl App {
             .await
             .with_context(|| format!("opening bus {} and store {}", settings.bus, settings.store))?;
         if settings.seed_catalog == Seed::Demo && roles.graphql {
-            let n = demo::seed_if_empty(&backends.stores).await.context("seeding the demo catalog")?;
+            let n = demo::seed_if_empty(&backends).await.context("seeding the demo catalog")?;
             if n > 0 {
                 tracing::info!(
                     products = n,
@@ -130,7 +133,23 @@ impl App {
         }
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
-        let processor_settings = settings.processors();
+        // The GraphQL catalog cache. A catalog projector in this process evicts from it right after it
+        // stores a change; on a shared bus (Kafka) the projector of another process may handle the
+        // change instead, so this process also follows the catalog topic in a group of its own.
+        let catalog_cache = Arc::new(CatalogCache::new(Arc::clone(&backends.stores.catalog_view)));
+        let mut processor_settings = settings.processors();
+        if roles.graphql {
+            processor_settings.catalog_observer = Some(Arc::clone(&catalog_cache) as Arc<dyn CatalogObserver>);
+            if settings.bus != BackendUrl::Embedded {
+                tasks.spawn(orderflow_platform::bus::run_consumer(
+                    Arc::clone(&backends.bus),
+                    invalidation_group(),
+                    orderflow_schemas::topics::CATALOG,
+                    Arc::new(CacheInvalidator { cache: Arc::clone(&catalog_cache) }),
+                    shutdown.clone(),
+                ));
+            }
+        }
         for role in &roles.processors {
             spawn_role(*role, &backends, &processor_settings, &shutdown, &mut tasks);
         }
@@ -146,7 +165,7 @@ impl App {
         }
         let addr = listener.local_addr()?;
         if roles.ingest || roles.graphql || !roles.processors.is_empty() {
-            let app = router(&roles, &backends, settings);
+            let app = router(&roles, &backends, settings, &catalog_cache);
             let token = shutdown.clone();
             tasks.spawn(async move {
                 if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(token.cancelled_owned()).await {

@@ -54,6 +54,8 @@ enum ProcessRole {
     Inventory,
     Payment,
     Fulfillment,
+    /// The catalog projector: builds the catalog read model from ProductUpdated events.
+    Catalog,
 }
 
 impl From<ProcessRole> for Role {
@@ -63,6 +65,7 @@ impl From<ProcessRole> for Role {
             ProcessRole::Inventory => Role::Inventory,
             ProcessRole::Payment => Role::Payment,
             ProcessRole::Fulfillment => Role::Fulfillment,
+            ProcessRole::Catalog => Role::Catalog,
         }
     }
 }

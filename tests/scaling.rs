@@ -52,6 +52,9 @@ async fn three_payment_processors_one_killed_every_order_charged_once() {
         role(&["process", "orders"], &kafka, &cql, dir.path(), &[]),
         role(&["process", "inventory"], &kafka, &cql, dir.path(), &[]),
         role(&["process", "fulfillment"], &kafka, &cql, dir.path(), &[]),
+        role(&["process", "catalog"], &kafka, &cql, dir.path(), &[]),
+        // Builds the catalog read model that `product(sku)` reads.
+        role(&["process", "catalog"], &kafka, &cql, dir.path(), &[]),
     ];
     let mut payments: Vec<Proc> =
         (0..3).map(|i| role(&["process", "payment"], &kafka, &cql, &dir.path().join(format!("p{i}")), &slow)).collect();

@@ -20,6 +20,9 @@ pub mod codes {
     pub const UNAUTHORIZED: &str = "unauthorized";
     pub const UNKNOWN_SKU: &str = "unknown_sku";
     pub const SKU_EXISTS: &str = "sku_exists";
+    /// `updateProduct` with an `expectedVersion` that is no longer the product's version (another edit
+    /// came first); `extensions.currentVersion` has the version now stored.
+    pub const VERSION_CONFLICT: &str = "version_conflict";
     pub const STOCK_WOULD_GO_NEGATIVE: &str = "stock_would_go_negative";
     pub const ORDER_NOT_FOUND: &str = "order_not_found";
     pub const ILLEGAL_TRANSITION: &str = "illegal_transition";
@@ -30,7 +33,7 @@ pub mod codes {
     /// The HTTP body exceeded [`crate::MAX_BODY_BYTES`].
     pub const PAYLOAD_TOO_LARGE: &str = "payload_too_large";
     // Intake codes pass through unchanged from `IntakeError::code`: `no_items`, `too_many_items`,
-    // `duplicate_sku`, `unknown_sku`, `total_mismatch`, `total_overflow`, `idempotency_conflict`,
+    // `duplicate_sku`, `unknown_sku`, `product_archived`, `total_mismatch`, `total_overflow`, `idempotency_conflict`,
     // `unavailable`.
 }
 
@@ -46,6 +49,11 @@ pub(crate) enum ApiError {
     Unauthorized(&'static str),
     UnknownSku(String),
     SkuExists(String),
+    VersionConflict {
+        sku: String,
+        expected: u64,
+        current: u64,
+    },
     StockWouldGoNegative {
         sku: String,
         available: u64,
@@ -77,6 +85,7 @@ impl ApiError {
             Self::Unauthorized(_) => codes::UNAUTHORIZED,
             Self::UnknownSku(_) => codes::UNKNOWN_SKU,
             Self::SkuExists(_) => codes::SKU_EXISTS,
+            Self::VersionConflict { .. } => codes::VERSION_CONFLICT,
             Self::StockWouldGoNegative { .. } => codes::STOCK_WOULD_GO_NEGATIVE,
             Self::OrderNotFound(_) => codes::ORDER_NOT_FOUND,
             Self::IllegalTransition { .. } => codes::ILLEGAL_TRANSITION,
@@ -96,6 +105,9 @@ impl ApiError {
             Self::Unauthorized(why) => (*why).into(),
             Self::UnknownSku(sku) => format!("no product with SKU {sku}"),
             Self::SkuExists(sku) => format!("a product with SKU {sku} already exists; use updateProduct"),
+            Self::VersionConflict { sku, expected, current } => format!(
+                "product {sku} is at version {current}, not {expected}: another change came first; read it again"
+            ),
             Self::StockWouldGoNegative { sku, available } => {
                 format!("the adjustment would take {sku} below zero available units (available: {available})")
             }
@@ -120,10 +132,17 @@ impl From<ApiError> for async_graphql::Error {
             ApiError::InvalidInput { field, .. } => Some(field.clone()),
             _ => None,
         };
+        let current_version = match &e {
+            ApiError::VersionConflict { current, .. } => Some(*current),
+            _ => None,
+        };
         async_graphql::Error::new(e.message()).extend_with(|_, ext| {
             ext.set("code", code);
             if let Some(field) = &field {
                 ext.set("field", field.as_str());
+            }
+            if let Some(current) = current_version {
+                ext.set("currentVersion", current);
             }
         })
     }
@@ -132,6 +151,20 @@ impl From<ApiError> for async_graphql::Error {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         Self::unavailable("store", &e)
+    }
+}
+
+impl From<orderflow_processors::catalog::CatalogError> for ApiError {
+    fn from(e: orderflow_processors::catalog::CatalogError) -> Self {
+        use orderflow_processors::catalog::CatalogError;
+        match e {
+            CatalogError::SkuExists(sku) => Self::SkuExists(sku.to_string()),
+            CatalogError::UnknownSku(sku) => Self::UnknownSku(sku.to_string()),
+            CatalogError::VersionConflict { sku, expected, current } => {
+                Self::VersionConflict { sku: sku.to_string(), expected, current }
+            }
+            CatalogError::Store(e) => e.into(),
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 //!   request on the orders topic and wait for the saga to apply it, they never write the order row.
 
 mod auth;
+pub mod catalog;
 mod error;
 mod http;
 mod mutation;
@@ -21,6 +22,8 @@ use std::sync::Arc;
 use async_graphql::{EmptySubscription, Schema};
 use orderflow_ingest::Intake;
 use orderflow_platform::{Bus, Stores};
+
+use crate::catalog::CatalogCache;
 
 pub use auth::Staff;
 pub use error::codes;
@@ -51,6 +54,9 @@ pub const MAX_RECURSIVE_DEPTH: usize = 32;
 #[derive(Clone)]
 pub struct ApiState {
     pub stores: Stores,
+    /// The catalog read model behind its cache (shared with the catalog projector of the same process,
+    /// which invalidates it).
+    pub catalog: Arc<CatalogCache>,
     pub bus: Arc<dyn Bus>,
     pub intake: Intake,
     /// The bearer token that unlocks staff operations. `None` (or empty) disables them.
@@ -58,6 +64,12 @@ pub struct ApiState {
 }
 
 impl ApiState {
+    /// The state with a fresh catalog cache over `stores.catalog_view`.
+    pub fn new(stores: Stores, bus: Arc<dyn Bus>, intake: Intake, admin_token: Option<String>) -> Self {
+        let catalog = Arc::new(CatalogCache::new(Arc::clone(&stores.catalog_view)));
+        Self { stores, catalog, bus, intake, admin_token }
+    }
+
     /// The configured staff token, if staff operations are enabled.
     pub(crate) fn staff_token(&self) -> Option<&str> {
         self.admin_token.as_deref().filter(|t| !t.is_empty())

@@ -1,14 +1,16 @@
 //! Write operations: order placement for everyone, catalog and order administration for staff.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_graphql::{Context, ID, InputObject, Object, SimpleObject};
 use orderflow_ingest::PlaceOrder;
 use orderflow_platform::BusRecord;
+use orderflow_processors::catalog::{CatalogWriter, NewProduct, ProductPatch};
 use orderflow_schemas::events::{CancelRequested, StatusChangeRequested};
 use orderflow_schemas::{
-    Envelope, Event, EventId, IdempotencyKey, Order, OrderId, OrderStatus, Product, Quantity, UserId, codec, now_ms,
-    topics,
+    Attributes, Category, Envelope, Event, EventId, IdempotencyKey, Order, OrderId, OrderStatus, Product, Quantity,
+    UserId, codec, topics,
 };
 
 use crate::ApiState;
@@ -16,7 +18,7 @@ use crate::auth::StaffGuard;
 use crate::error::{ApiError, ApiResult};
 use crate::query::{parse_order_id, parse_sku};
 use crate::scalars::Decimal;
-use crate::types::{GqlOrderStatus, OrderObject, ProductObject, Stock, state};
+use crate::types::{GqlOrderStatus, LowStockObject, OrderObject, ProductObject, Stock, state};
 
 /// How often a staff order change polls for the saga's answer, and for how long at most.
 const SAGA_POLL_INTERVAL: Duration = Duration::from_millis(10);
@@ -55,19 +57,51 @@ pub(crate) struct PlaceOrderPayload {
 
 #[derive(InputObject)]
 pub(crate) struct CreateProductInput {
+    /// 1-64 of `[A-Za-z0-9._:-]`.
     sku: String,
+    /// 1-200 characters.
     name: String,
+    /// At most 5,000 characters; default empty.
     description: Option<String>,
     price: Decimal,
-    /// Initial available units; default 0.
+    /// Initial available units; default 0. Added only when the product is created (not by a retried
+    /// create).
     stock: Option<i32>,
+    /// 1-64 of `[a-z0-9_-]` (lower-cased); default `uncategorized`.
+    category: Option<String>,
+    /// At most 32, keys unique (1-64 of `[A-Za-z0-9_.-]`), values at most 256 characters; default none.
+    attributes: Option<Vec<ProductAttributeInput>>,
 }
 
+/// The fields to change; the others stay as they are.
 #[derive(InputObject)]
 pub(crate) struct UpdateProductInput {
     name: Option<String>,
     description: Option<String>,
     price: Option<Decimal>,
+    category: Option<String>,
+    /// Replaces every attribute (pass `[]` to remove them all).
+    attributes: Option<Vec<ProductAttributeInput>>,
+    /// `false` puts an archived product back in the catalog; `true` archives it like `archiveProduct`.
+    archived: Option<bool>,
+    /// Apply only if the product is still at this `version` (`version_conflict` otherwise): for edits
+    /// made from a copy a staff member has been looking at.
+    expected_version: Option<i32>,
+}
+
+/// One attribute of a product, e.g. `{key: "color", value: "blue"}`.
+#[derive(InputObject)]
+pub(crate) struct ProductAttributeInput {
+    key: String,
+    value: String,
+}
+
+fn parse_category(field: &str, category: &str) -> ApiResult<Category> {
+    Category::parse(category).map_err(|e| ApiError::value(field, e))
+}
+
+fn parse_attributes(field: &str, attributes: Vec<ProductAttributeInput>) -> ApiResult<Attributes> {
+    Attributes::parse(attributes.into_iter().map(|a| (a.key, a.value))).map_err(|e| ApiError::value(field, e))
 }
 
 fn check_name(field: &str, name: String) -> ApiResult<String> {
@@ -125,6 +159,18 @@ fn parse_place_order(input: PlaceOrderInput) -> ApiResult<PlaceOrder> {
     })
 }
 
+/// Raises the low-stock alerts a staff change of `sku` caused (see
+/// [`orderflow_processors::inventory::publish_stock_alerts`]).
+async fn settle_stock_alerts(st: &ApiState, sku: &orderflow_schemas::Sku) -> ApiResult<()> {
+    orderflow_processors::inventory::publish_stock_alerts(&*st.stores.inventory, &*st.bus, std::slice::from_ref(sku))
+        .await
+        .map_err(|e| {
+            tracing::error!(%sku, error = %e, "low-stock alerts not settled; the next change of the SKU retries");
+            ApiError::Unavailable
+        })?;
+    Ok(())
+}
+
 async fn create_product(st: &ApiState, input: CreateProductInput) -> ApiResult<Product> {
     let sku = parse_sku("input.sku", &input.sku)?;
     let name = check_name("input.name", input.name)?;
@@ -133,13 +179,14 @@ async fn create_product(st: &ApiState, input: CreateProductInput) -> ApiResult<P
     if stock < 0 {
         return Err(ApiError::invalid("input.stock", format!("must not be negative (got {stock})")));
     }
-    let now = now_ms();
-    let product = Product { sku, name, description, price: input.price.0, created_at_ms: now, updated_at_ms: now };
-    if !st.stores.catalog.create_product(&product).await? {
-        return Err(ApiError::SkuExists(product.sku.to_string()));
-    }
-    if stock > 0 {
+    let category = input.category.map(|c| parse_category("input.category", &c)).transpose()?.unwrap_or_default();
+    let attributes = input.attributes.map(|a| parse_attributes("input.attributes", a)).transpose()?.unwrap_or_default();
+    let new = NewProduct { sku, name, description, price: input.price.0, category, attributes };
+    let created = catalog_writer(st).create(new).await?;
+    let product = created.product;
+    if stock > 0 && !created.replayed {
         st.stores.inventory.adjust_stock(&product.sku, i64::from(stock), "initial stock").await?;
+        settle_stock_alerts(st, &product.sku).await?;
     }
     Ok(product)
 }
@@ -148,21 +195,26 @@ async fn update_product(st: &ApiState, sku: &str, input: UpdateProductInput) -> 
     let sku = parse_sku("sku", sku)?;
     let name = input.name.map(|n| check_name("input.name", n)).transpose()?;
     let description = input.description.map(|d| check_description("input.description", d)).transpose()?;
-    let mut product = st.stores.catalog.product(&sku).await?.ok_or_else(|| ApiError::UnknownSku(sku.to_string()))?;
-    if let Some(name) = name {
-        product.name = name;
-    }
-    if let Some(description) = description {
-        product.description = description;
-    }
-    if let Some(price) = input.price {
-        product.price = price.0;
-    }
-    product.updated_at_ms = now_ms();
-    if !st.stores.catalog.update_product(&product).await? {
-        return Err(ApiError::UnknownSku(sku.to_string()));
-    }
-    Ok(product)
+    let expected_version = input
+        .expected_version
+        .map(|v| {
+            u64::try_from(v)
+                .map_err(|_| ApiError::invalid("input.expectedVersion", format!("must not be negative (got {v})")))
+        })
+        .transpose()?;
+    let patch = ProductPatch {
+        name,
+        description,
+        price: input.price.map(|p| p.0),
+        category: input.category.map(|c| parse_category("input.category", &c)).transpose()?,
+        attributes: input.attributes.map(|a| parse_attributes("input.attributes", a)).transpose()?,
+        archived: input.archived,
+    };
+    Ok(catalog_writer(st).update(&sku, &patch, expected_version).await?)
+}
+
+fn catalog_writer(st: &ApiState) -> CatalogWriter {
+    CatalogWriter::new(Arc::clone(&st.stores.catalog), Arc::clone(&st.bus))
 }
 
 /// Asks the order saga (the one writer of order state) to move order `id` to `to`, then waits for it
@@ -203,7 +255,9 @@ impl Mutation {
         Ok(PlaceOrderPayload { order: OrderObject(placed.order), replayed: placed.replayed })
     }
 
-    /// Staff: adds a product, with `stock` initial units. `sku_exists` if the SKU is taken.
+    /// Staff: adds a product, with `stock` initial units, and returns it as written; reads (`product`,
+    /// `products`) show it moments later. `sku_exists` if the SKU is taken by a different product (the
+    /// same create again returns the product: a safe retry).
     #[graphql(guard = "StaffGuard")]
     async fn create_product(
         &self,
@@ -213,7 +267,21 @@ impl Mutation {
         Ok(ProductObject(create_product(state(ctx)?, input).await?))
     }
 
-    /// Staff: changes the given fields of a product. `unknown_sku` if there is none.
+    /// Staff: takes a product out of the catalog: `products` no longer lists it and orders for it are
+    /// refused with `product_archived`; `product(sku)` still shows it, with `archived: true`. Undo with
+    /// `updateProduct(sku, input: {archived: false})`. Archiving an archived product changes nothing.
+    #[graphql(guard = "StaffGuard")]
+    async fn archive_product(&self, ctx: &Context<'_>, sku: String) -> async_graphql::Result<ProductObject> {
+        let st = state(ctx)?;
+        let sku = parse_sku("sku", &sku)?;
+        let patch = ProductPatch { archived: Some(true), ..Default::default() };
+        Ok(ProductObject(catalog_writer(st).update(&sku, &patch, None).await.map_err(ApiError::from)?))
+    }
+
+    /// Staff: changes the given fields of a product (name, description, price, category, attributes,
+    /// archived) and returns it as written; reads (`product`, `products`) show the change moments later.
+    /// `unknown_sku` if there is none; with `expectedVersion`, `version_conflict` if the product changed
+    /// since. Changing nothing is allowed (a safe retry).
     #[graphql(guard = "StaffGuard")]
     async fn update_product(
         &self,
@@ -236,9 +304,29 @@ impl Mutation {
     ) -> async_graphql::Result<Stock> {
         let sku = parse_sku("sku", &sku)?;
         let reason = check_reason("reason", reason, "staff adjustment")?;
-        let level =
-            state(ctx)?.stores.inventory.adjust_stock(&sku, i64::from(delta), &reason).await.map_err(ApiError::from)?;
+        let st = state(ctx)?;
+        let level = st.stores.inventory.adjust_stock(&sku, i64::from(delta), &reason).await.map_err(ApiError::from)?;
+        settle_stock_alerts(st, &sku).await?;
         Ok(level.into())
+    }
+
+    /// Staff: sets the SKU's low-stock threshold. One `InventoryLow` alert is raised when its available
+    /// units fall to the threshold or below and one `InventoryRestocked` when they rise above it again
+    /// (on the `orderflow.stock-alerts.v1` topic and in `stockAlerts`). A SKU never set up uses 5.
+    #[graphql(guard = "StaffGuard")]
+    async fn set_low_stock_threshold(
+        &self,
+        ctx: &Context<'_>,
+        sku: String,
+        threshold: i32,
+    ) -> async_graphql::Result<LowStockObject> {
+        let sku = parse_sku("sku", &sku)?;
+        let threshold = u64::try_from(threshold)
+            .map_err(|_| ApiError::invalid("threshold", format!("must not be negative (got {threshold})")))?;
+        let st = state(ctx)?;
+        st.stores.inventory.set_low_stock_threshold(&sku, threshold).await.map_err(ApiError::from)?;
+        settle_stock_alerts(st, &sku).await?;
+        Ok(LowStockObject(st.stores.inventory.low_stock(&sku).await.map_err(ApiError::from)?))
     }
 
     /// Staff: moves an order one step along its life (e.g. CONFIRMED to PREPARING). The order saga

@@ -69,31 +69,47 @@ impl Query {
         Ok(connection)
     }
 
-    /// One product by SKU; null if there is none.
+    /// One product by SKU (archived ones too: see `archived`); null if there is none. Served from the
+    /// catalog read model: a staff change shows here within moments (see the README).
     async fn product(&self, ctx: &Context<'_>, sku: String) -> async_graphql::Result<Option<ProductObject>> {
-        let sku = parse_sku("sku", &sku)?;
-        let product = state(ctx)?.stores.catalog.product(&sku).await.map_err(ApiError::from)?;
-        Ok(product.map(ProductObject))
+        Ok(crate::catalog::product(ctx, &sku).await?)
     }
 
-    /// The catalog in SKU order. `first`: 1 to 100, default 20; `after`: the `endCursor` of the
-    /// previous page.
-    #[graphql(complexity = "first.unwrap_or(DEFAULT_PAGE_SIZE).clamp(1, MAX_PAGE_SIZE) as usize * child_complexity")]
+    /// The catalog as a Relay connection, from the catalog read model. Archived products are left out
+    /// unless a staff request sets `filter.includeArchived`. `sortBy`: SKU (the default), NAME, PRICE or
+    /// UPDATED_AT, ascending or descending (ties by SKU). Pages: `first` (1 to 100, default 20) with
+    /// `after`, or `last` with `before`, where `after`/`before` are cursors from an earlier page of the
+    /// same sort.
+    #[graphql(
+        complexity = "first.or(last).unwrap_or(DEFAULT_PAGE_SIZE).clamp(1, MAX_PAGE_SIZE) as usize * child_complexity"
+    )]
+    #[allow(clippy::too_many_arguments)]
     async fn products(
         &self,
         ctx: &Context<'_>,
         first: Option<i32>,
         after: Option<String>,
-    ) -> async_graphql::Result<Connection<PageCursor, ProductObject>> {
-        let (limit, after) = page_args(PageCursor::PRODUCTS, first, after.as_deref())?;
-        let page = state(ctx)?.stores.catalog.products(after.as_deref(), limit).await.map_err(ApiError::from)?;
-        let mut connection = Connection::new(after.is_some(), page.has_next);
-        connection.edges.extend(
-            page.items.into_iter().map(|(key, product)| {
-                Edge::new(PageCursor { list: PageCursor::PRODUCTS, key }, ProductObject(product))
-            }),
-        );
-        Ok(connection)
+        last: Option<i32>,
+        before: Option<String>,
+        filter: Option<crate::catalog::ProductFilter>,
+        sort_by: Option<crate::catalog::ProductSort>,
+    ) -> async_graphql::Result<Connection<crate::catalog::ProductCursor, ProductObject>> {
+        let args = crate::catalog::ProductsArgs { first, after, last, before, filter, sort_by };
+        Ok(crate::catalog::products(ctx, args).await?)
+    }
+
+    /// Staff: low-stock alerts of every SKU, newest first, from the last 7 days (one SKU's whole
+    /// history: `product(sku) { stockAlerts }`). `first`: 1 to 100, default 20.
+    #[graphql(
+        guard = "crate::auth::StaffGuard",
+        complexity = "first.unwrap_or(20).clamp(1, 100) as usize * child_complexity"
+    )]
+    async fn stock_alerts(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+    ) -> async_graphql::Result<Vec<crate::types::StockAlertObject>> {
+        crate::types::stock_alerts(ctx, None, first).await
     }
 
     /// Order counters over every order in the store.

@@ -139,10 +139,59 @@ impl ProductObject {
         self.0.price.into()
     }
 
+    /// Lower-case category slug; `uncategorized` when none was given.
+    async fn category(&self) -> &str {
+        self.0.category.as_str()
+    }
+
+    /// The product's attributes, ordered by key.
+    async fn attributes(&self) -> Vec<ProductAttribute> {
+        self.0.attributes.iter().map(|(k, v)| ProductAttribute { key: k.to_owned(), value: v.to_owned() }).collect()
+    }
+
+    /// An archived product is not listed by `products` and cannot be ordered (`product_archived`).
+    async fn archived(&self) -> bool {
+        self.0.archived
+    }
+
+    /// 1 when created, +1 per change (pass it as `updateProduct(input: {expectedVersion})`).
+    async fn version(&self) -> i32 {
+        gql_int(self.0.version)
+    }
+
+    /// RFC 3339 UTC with milliseconds.
+    async fn created_at(&self) -> String {
+        rfc3339_ms(self.0.created_at_ms)
+    }
+
+    /// When the product last changed; RFC 3339 UTC with milliseconds.
+    async fn updated_at(&self) -> String {
+        rfc3339_ms(self.0.updated_at_ms)
+    }
+
     /// Units on the shelf; 0/0 for a product that never had stock.
     async fn stock(&self, ctx: &Context<'_>) -> async_graphql::Result<Stock> {
         let level = state(ctx)?.stores.inventory.stock(&self.0.sku).await.map_err(ApiError::from)?;
         Ok(level.unwrap_or_default().into())
+    }
+
+    /// Staff: the SKU's low-stock threshold and whether it is flagged low now.
+    #[graphql(guard = "crate::auth::StaffGuard")]
+    async fn low_stock(&self, ctx: &Context<'_>) -> async_graphql::Result<LowStockObject> {
+        Ok(LowStockObject(state(ctx)?.stores.inventory.low_stock(&self.0.sku).await.map_err(ApiError::from)?))
+    }
+
+    /// Staff: the SKU's low-stock alerts, newest first. `first`: 1 to 100, default 20.
+    #[graphql(
+        guard = "crate::auth::StaffGuard",
+        complexity = "first.unwrap_or(20).clamp(1, 100) as usize * child_complexity"
+    )]
+    async fn stock_alerts(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+    ) -> async_graphql::Result<Vec<StockAlertObject>> {
+        stock_alerts(ctx, Some(&self.0.sku), first).await
     }
 
     /// Staff: the stock ledger of this SKU, newest first: every adjustment (with its reason), reservation,
@@ -168,6 +217,13 @@ impl ProductObject {
             .map_err(ApiError::from)?;
         Ok(moves.into_iter().map(StockMovementObject).collect())
     }
+}
+
+/// One attribute of a product.
+#[derive(SimpleObject)]
+pub(crate) struct ProductAttribute {
+    key: String,
+    value: String,
 }
 
 /// One movement of stock.
@@ -203,12 +259,98 @@ pub(crate) struct Stock {
     available: i32,
     /// Units held for orders in progress.
     reserved: i32,
+    /// Units that left with an order (out for delivery).
+    sold: i32,
 }
 
 impl From<StockLevel> for Stock {
     fn from(s: StockLevel) -> Self {
-        Stock { available: gql_int(s.available), reserved: gql_int(s.reserved) }
+        Stock { available: gql_int(s.available), reserved: gql_int(s.reserved), sold: gql_int(s.sold) }
     }
+}
+
+/// A SKU's low-stock setting and state.
+pub(crate) struct LowStockObject(pub(crate) orderflow_platform::store::LowStock);
+
+#[Object(name = "LowStock")]
+impl LowStockObject {
+    /// `InventoryLow` is raised when available units fall to this or below.
+    async fn threshold(&self) -> i32 {
+        gql_int(self.0.threshold)
+    }
+
+    /// Whether the SKU is currently flagged low (its last alert was `InventoryLow`).
+    async fn low(&self) -> bool {
+        self.0.low
+    }
+
+    /// Alerts raised so far.
+    async fn crossings(&self) -> i32 {
+        gql_int(self.0.crossings)
+    }
+}
+
+/// Low-stock alerts newest first, of one SKU or of all (`first`: 1 to 100, default 20).
+pub(crate) async fn stock_alerts(
+    ctx: &Context<'_>,
+    sku: Option<&orderflow_schemas::Sku>,
+    first: Option<i32>,
+) -> async_graphql::Result<Vec<StockAlertObject>> {
+    let first = first.unwrap_or(20);
+    if !(1..=crate::query::MAX_PAGE_SIZE).contains(&first) {
+        return Err(ApiError::invalid("first", format!("must be between 1 and 100 (got {first})")).into());
+    }
+    let alerts =
+        state(ctx)?.stores.inventory.stock_alerts(sku, first.unsigned_abs() as usize).await.map_err(ApiError::from)?;
+    Ok(alerts.into_iter().map(StockAlertObject).collect())
+}
+
+/// One crossing of a SKU's low-stock threshold.
+pub(crate) struct StockAlertObject(pub(crate) orderflow_schemas::StockAlert);
+
+#[Object(name = "StockAlert")]
+impl StockAlertObject {
+    async fn sku(&self) -> &str {
+        self.0.sku.as_str()
+    }
+
+    /// The SKU's crossing number, from 1.
+    async fn seq(&self) -> i32 {
+        gql_int(self.0.seq)
+    }
+
+    async fn kind(&self) -> GqlStockAlertKind {
+        match self.0.kind {
+            orderflow_schemas::StockAlertKind::InventoryLow => GqlStockAlertKind::InventoryLow,
+            orderflow_schemas::StockAlertKind::InventoryRestocked => GqlStockAlertKind::InventoryRestocked,
+        }
+    }
+
+    /// Available units seen when the crossing was recorded.
+    async fn available(&self) -> i32 {
+        gql_int(self.0.available)
+    }
+
+    async fn threshold(&self) -> i32 {
+        gql_int(self.0.threshold)
+    }
+
+    /// When it was recorded, ms since the Unix epoch.
+    async fn at_ms(&self) -> f64 {
+        self.0.at_ms as f64
+    }
+}
+
+/// Which way a SKU crossed its threshold.
+#[derive(async_graphql::Enum, Debug, Clone, Copy, PartialEq, Eq)]
+#[graphql(name = "StockAlertKind")]
+pub(crate) enum GqlStockAlertKind {
+    /// Available units fell to the threshold or below.
+    #[graphql(name = "INVENTORY_LOW")]
+    InventoryLow,
+    /// Available units rose above the threshold again.
+    #[graphql(name = "INVENTORY_RESTOCKED")]
+    InventoryRestocked,
 }
 
 /// Order counters.
@@ -240,7 +382,6 @@ pub(crate) struct PageCursor {
 const MAX_CURSOR_LEN: usize = 1024;
 
 impl PageCursor {
-    pub(crate) const PRODUCTS: &'static str = "products";
     pub(crate) const ORDERS: &'static str = "orders";
 
     /// Decodes a cursor that must belong to `list`.
@@ -286,11 +427,11 @@ mod tests {
 
     #[test]
     fn cursors_round_trip_and_belong_to_one_list() {
-        let c = PageCursor { list: PageCursor::PRODUCTS, key: "SKU-1".into() }.encode_cursor();
-        assert_eq!(PageCursor::decode(PageCursor::PRODUCTS, &c).ok(), Some("SKU-1".to_owned()));
+        let c = PageCursor { list: "products", key: "SKU-1".into() }.encode_cursor();
+        assert_eq!(PageCursor::decode("products", &c).ok(), Some("SKU-1".to_owned()));
         assert!(PageCursor::decode(PageCursor::ORDERS, &c).is_err());
-        assert!(PageCursor::decode(PageCursor::PRODUCTS, "not base64!").is_err());
-        assert!(PageCursor::decode(PageCursor::PRODUCTS, &URL_SAFE_NO_PAD.encode("SKU-1")).is_err());
-        assert!(PageCursor::decode(PageCursor::PRODUCTS, &"A".repeat(5000)).is_err());
+        assert!(PageCursor::decode("products", "not base64!").is_err());
+        assert!(PageCursor::decode("products", &URL_SAFE_NO_PAD.encode("SKU-1")).is_err());
+        assert!(PageCursor::decode("products", &"A".repeat(5000)).is_err());
     }
 }

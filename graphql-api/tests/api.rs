@@ -22,18 +22,30 @@ struct Api {
     _dir: TempDir,
     backends: Backends,
     schema: OrderflowSchema,
+    state: ApiState,
+    /// Stops the catalog projector when the test ends.
+    _projector: tokio_util::sync::DropGuard,
 }
 
+/// The API over fresh embedded backends, with the catalog projector running (as in `orderflow serve`)
+/// so catalog reads see staff writes moments after them.
 fn api_with_token(admin_token: Option<&str>) -> Result<Api> {
     let dir = tempfile::tempdir()?;
     let backends = orderflow_platform::embedded::open(dir.path(), &BackendOptions::default())?;
-    let state = ApiState {
-        stores: backends.stores.clone(),
-        bus: backends.bus.clone(),
-        intake: Intake::new(backends.stores.clone(), backends.bus.clone()),
-        admin_token: admin_token.map(str::to_owned),
-    };
-    Ok(Api { _dir: dir, schema: schema(state), backends })
+    let state = ApiState::new(
+        backends.stores.clone(),
+        backends.bus.clone(),
+        Intake::new(backends.stores.clone(), backends.bus.clone()),
+        admin_token.map(str::to_owned),
+    );
+    let projector = Arc::new(orderflow_processors::catalog::CatalogProjector {
+        view: backends.stores.catalog_view.clone(),
+        observer: Some(state.catalog.clone()),
+    });
+    let token = CancellationToken::new();
+    let (bus, t) = (backends.bus.clone(), token.clone());
+    tokio::spawn(async move { bus.consume(topics::groups::CATALOG_PROJECTOR, topics::CATALOG, projector, t).await });
+    Ok(Api { _dir: dir, schema: schema(state.clone()), state, backends, _projector: token.drop_guard() })
 }
 
 fn api() -> Result<Api> {
@@ -61,7 +73,27 @@ impl Api {
             json!({"i": {"sku": sku, "name": format!("Product {sku}"), "price": price, "stock": stock}}),
         )
         .await?;
-        Ok(())
+        self.settle().await
+    }
+
+    /// Waits (up to 5 s) until the catalog reads, cache included, show every product at its written
+    /// version: the read side follows the write side a few milliseconds behind.
+    async fn settle(&self) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        'wait: loop {
+            let written = self.stores().catalog.products(None, 1000).await?;
+            for (_, p) in &written.items {
+                let read = self.state.catalog.product(&p.sku).await?;
+                if read.is_none_or(|r| r.version < p.version) {
+                    if tokio::time::Instant::now() > deadline {
+                        return Err(anyhow!("the catalog read model did not catch up with {}", p.sku));
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue 'wait;
+                }
+            }
+            return Ok(());
+        }
     }
 
     async fn place(&self, user: &str, sku: &str, quantity: i32) -> Result<Value> {
@@ -105,6 +137,7 @@ async fn staff_create_read_and_update_a_product() -> Result<()> {
         json!({"sku": "SKU-1", "name": "Mug", "description": "Blue", "price": "12.50", "stock": {"available": 7, "reserved": 0}})
     );
 
+    api.settle().await?;
     let read = api.ok(PRODUCT, json!({"s": "SKU-1"})).await?;
     assert_eq!(read["product"], data["createProduct"]);
 
@@ -115,6 +148,7 @@ async fn staff_create_read_and_update_a_product() -> Result<()> {
         )
         .await?;
     assert_eq!(updated["updateProduct"], json!({"name": "Big mug", "description": "Blue", "price": "13.00"}));
+    api.settle().await?;
     let read = api.ok(PRODUCT, json!({"s": "SKU-1"})).await?;
     assert_eq!(read["product"]["price"], "13.00");
     assert_eq!(read["product"]["name"], "Big mug");
@@ -221,6 +255,73 @@ async fn adjust_stock_refuses_to_go_below_zero() -> Result<()> {
 
     let unknown = api.run("mutation { adjustStock(sku: \"NOPE\", delta: 1) { available } }", json!({}), true).await?;
     assert_eq!(code(&unknown), "unknown_sku", "{unknown}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn staff_threshold_and_adjustments_raise_one_alert_per_crossing() -> Result<()> {
+    let api = api()?;
+    api.create_product("SKU-1", "5.00", 20).await?;
+    let bad = api
+        .run("mutation { setLowStockThreshold(sku: \"SKU-1\", threshold: -1) { threshold } }", json!({}), true)
+        .await?;
+    assert_eq!(code(&bad), "invalid_input", "{bad}");
+    let guest = api
+        .run("mutation { setLowStockThreshold(sku: \"SKU-1\", threshold: 8) { threshold } }", json!({}), false)
+        .await?;
+    assert_eq!(code(&guest), "unauthorized", "{guest}");
+    let unknown = api
+        .run("mutation { setLowStockThreshold(sku: \"NOPE\", threshold: 8) { threshold } }", json!({}), true)
+        .await?;
+    assert_eq!(code(&unknown), "unknown_sku", "{unknown}");
+
+    let set = api
+        .ok("mutation { setLowStockThreshold(sku: \"SKU-1\", threshold: 8) { threshold low crossings } }", json!({}))
+        .await?;
+    assert_eq!(set["setLowStockThreshold"], json!({"threshold": 8, "low": false, "crossings": 0}));
+    for delta in [-12, -3, 2, 5] {
+        // 20 -> 8 (low), 5 (still low), 7 (still low), 12 (restocked)
+        api.ok("mutation($d: Int!) { adjustStock(sku: \"SKU-1\", delta: $d) { available } }", json!({"d": delta}))
+            .await?;
+    }
+    let alerts = api.ok("{ stockAlerts { sku seq kind available threshold } }", json!({})).await?;
+    assert_eq!(
+        alerts["stockAlerts"],
+        json!([
+            {"sku": "SKU-1", "seq": 2, "kind": "INVENTORY_RESTOCKED", "available": 12, "threshold": 8},
+            {"sku": "SKU-1", "seq": 1, "kind": "INVENTORY_LOW", "available": 8, "threshold": 8}
+        ])
+    );
+    let guest = api.run("{ stockAlerts { seq } }", json!({}), false).await?;
+    assert_eq!(code(&guest), "unauthorized", "{guest}");
+
+    // And on the bus, as Avro records keyed by SKU.
+    let found = Arc::new(std::sync::Mutex::new(Vec::new()));
+    struct Collect(Arc<std::sync::Mutex<Vec<orderflow_schemas::StockAlert>>>);
+    #[async_trait]
+    impl Handler for Collect {
+        async fn handle(&self, d: &Delivery) -> Result<(), HandlerError> {
+            let alert =
+                orderflow_schemas::stock_alert::decode(&d.payload).map_err(|e| HandlerError::Poison(e.to_string()))?;
+            self.0.lock().map_err(|_| HandlerError::Poison("lock".into()))?.push(alert);
+            Ok(())
+        }
+    }
+    let token = CancellationToken::new();
+    let consumer = {
+        let (bus, h, t) = (api.backends.bus.clone(), Arc::new(Collect(found.clone())), token.clone());
+        tokio::spawn(async move { bus.consume("test-alerts", topics::STOCK_ALERTS, h, t).await })
+    };
+    for _ in 0..200 {
+        if found.lock().map_err(|_| anyhow!("lock"))?.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    token.cancel();
+    consumer.await??;
+    let kinds: Vec<_> = found.lock().map_err(|_| anyhow!("lock"))?.iter().map(|a| (a.seq, a.kind.as_str())).collect();
+    assert_eq!(kinds, vec![(1, "InventoryLow"), (2, "InventoryRestocked")]);
     Ok(())
 }
 

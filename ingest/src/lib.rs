@@ -1,6 +1,7 @@
 //! Order intake: turns a placement request (HTTP JSON today, partner Avro next) into a stored PENDING
 //! order and an `OrderPlaced` event. The order is priced here from the catalog; a total sent by the
-//! client is checked against that price, never trusted.
+//! client is checked against that price, never trusted. Prices (and whether a product is archived) are
+//! read from the catalog's write model, not its read model: a command must see the latest price.
 
 pub mod http;
 pub mod partner;
@@ -42,6 +43,8 @@ pub enum IntakeError {
     DuplicateSku(Sku),
     #[error("no product with SKU {0}")]
     UnknownSku(Sku),
+    #[error("product {0} is archived and can no longer be ordered")]
+    ProductArchived(Sku),
     #[error("total_amount {sent} does not match the catalog price {expected}")]
     TotalMismatch { expected: Money, sent: Money },
     #[error("the order total is too large")]
@@ -60,6 +63,7 @@ impl IntakeError {
             Self::TooManyItems => "too_many_items",
             Self::DuplicateSku(_) => "duplicate_sku",
             Self::UnknownSku(_) => "unknown_sku",
+            Self::ProductArchived(_) => "product_archived",
             Self::TotalMismatch { .. } => "total_mismatch",
             Self::TotalOverflow => "total_overflow",
             Self::IdempotencyConflict(_) => "idempotency_conflict",
@@ -126,6 +130,9 @@ impl Intake {
         for (sku, quantity) in &req.items {
             let product =
                 self.stores.catalog.product(sku).await?.ok_or_else(|| IntakeError::UnknownSku(sku.clone()))?;
+            if product.archived {
+                return Err(IntakeError::ProductArchived(sku.clone()));
+            }
             let line_total = product.price.checked_mul(*quantity).ok_or(IntakeError::TotalOverflow)?;
             total = total.checked_add(line_total).ok_or(IntakeError::TotalOverflow)?;
             lines.push(OrderLine { sku: sku.clone(), quantity: *quantity, unit_price: product.price });

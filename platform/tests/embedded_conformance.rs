@@ -34,6 +34,7 @@ macro_rules! checks {
 
 checks!(bus:
     preserves_per_key_order,
+    batches_keep_order_and_fall_back_to_single_records,
     retries_transient_failures_in_place,
     resumes_after_restart_without_loss,
     dead_letters_poison_and_moves_on,
@@ -43,9 +44,13 @@ checks!(bus:
 
 checks!(store:
     catalog_creates_once_updates_existing_and_paginates,
+    catalog_view_keeps_the_newest_version,
+    catalog_listing_is_in_sku_order,
     reservations_are_all_or_nothing_and_idempotent,
     concurrent_reservations_never_oversell,
+    batched_reservations_take_stock_in_order,
     stock_adjustments_are_checked,
+    low_stock_alerts_fire_once_per_crossing,
     orders_insert_once_and_apply_each_event_once,
     orders_list_by_user_and_status_newest_first,
     order_stats_follow_transitions,

@@ -28,6 +28,7 @@ macro_rules! checks {
 
 checks!(
     preserves_per_key_order,
+    batches_keep_order_and_fall_back_to_single_records,
     retries_transient_failures_in_place,
     resumes_after_restart_without_loss,
     dead_letters_poison_and_moves_on,

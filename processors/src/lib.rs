@@ -5,9 +5,11 @@
 //! - [`saga`]: the order saga, single writer of order state; decides the next step and compensation.
 //! - [`inventory`]: all-or-nothing reservations per order; release and commit.
 //! - [`payment`]: capture and refund through a [`payment::PaymentProvider`] with idempotency keys.
+//! - [`catalog`]: catalog writes and their `ProductUpdated` events, the projector into the read model.
 //! - [`fulfillment`]: creates the shipment of a confirmed order.
 //! - [`runtime`]: starts roles as consumers and keeps them running until shutdown.
 
+pub mod catalog;
 pub mod fulfillment;
 pub mod inventory;
 pub mod payment;
@@ -20,9 +22,14 @@ use orderflow_schemas::{Envelope, codec};
 
 /// Encodes `env` for `topic`, keyed by its order id.
 pub(crate) fn record(topic: Topic, env: &Envelope) -> Result<BusRecord, HandlerError> {
+    record_keyed(topic, env.order_id.as_str(), env)
+}
+
+/// Encodes `env` for `topic` under `key`.
+pub(crate) fn record_keyed(topic: Topic, key: &str, env: &Envelope) -> Result<BusRecord, HandlerError> {
     let payload =
         codec::encode(env).map_err(|e| HandlerError::Poison(format!("cannot encode {}: {e}", env.body.name())))?;
-    Ok(BusRecord::new(topic, env.order_id.as_str(), payload))
+    Ok(BusRecord::new(topic, key, payload))
 }
 
 /// Decodes a delivery; a record that is not a valid envelope can never be handled.

@@ -11,6 +11,7 @@ use orderflow_schemas::{codec, events::OrderPlaced, now_ms};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::catalog::{CatalogObserver, CatalogProjector, CatalogWriter, run_reconciler};
 use crate::fulfillment::FulfillmentHandler;
 use crate::inventory::InventoryHandler;
 use crate::payment::{PaymentHandler, SimulatedProvider, SimulatedRules};
@@ -24,10 +25,13 @@ pub enum Role {
     Inventory,
     Payment,
     Fulfillment,
+    /// The catalog projector (ProductUpdated events into the catalog read model) and the reconciliation
+    /// that re-publishes writes whose event was lost.
+    Catalog,
 }
 
 impl Role {
-    pub const ALL: [Role; 4] = [Role::Orders, Role::Inventory, Role::Payment, Role::Fulfillment];
+    pub const ALL: [Role; 5] = [Role::Orders, Role::Inventory, Role::Payment, Role::Fulfillment, Role::Catalog];
 
     pub fn group(self) -> &'static str {
         match self {
@@ -35,6 +39,7 @@ impl Role {
             Role::Inventory => topics::groups::INVENTORY,
             Role::Payment => topics::groups::PAYMENT,
             Role::Fulfillment => topics::groups::FULFILLMENT,
+            Role::Catalog => topics::groups::CATALOG_PROJECTOR,
         }
     }
 
@@ -44,6 +49,7 @@ impl Role {
             Role::Inventory => topics::INVENTORY,
             Role::Payment => topics::PAYMENTS,
             Role::Fulfillment => topics::FULFILLMENT,
+            Role::Catalog => topics::CATALOG,
         }
     }
 }
@@ -55,11 +61,22 @@ pub struct ProcessorSettings {
     /// A PENDING order older than this is published again (its first `OrderPlaced` may have been lost
     /// to a crash between storing the order and publishing it).
     pub stalled_after: Duration,
+    /// How often the catalog role compares the catalog's write and read models and re-publishes what the
+    /// read model missed (a crash between a catalog write and its event); it also does so at start.
+    pub catalog_reconcile_every: Duration,
+    /// The in-process catalog cache the catalog projector evicts from, when the GraphQL API runs in the
+    /// same process.
+    pub catalog_observer: Option<Arc<dyn CatalogObserver>>,
 }
 
 impl Default for ProcessorSettings {
     fn default() -> Self {
-        Self { payment: SimulatedRules::default(), stalled_after: Duration::from_secs(3) }
+        Self {
+            payment: SimulatedRules::default(),
+            stalled_after: Duration::from_secs(3),
+            catalog_reconcile_every: Duration::from_secs(60),
+            catalog_observer: None,
+        }
     }
 }
 
@@ -78,6 +95,10 @@ fn handler(role: Role, backends: &Backends, settings: &ProcessorSettings) -> Arc
             bus,
         }),
         Role::Fulfillment => Arc::new(FulfillmentHandler { shipments: Arc::clone(&s.shipments), bus }),
+        Role::Catalog => Arc::new(CatalogProjector {
+            view: Arc::clone(&s.catalog_view),
+            observer: settings.catalog_observer.clone(),
+        }),
     }
 }
 
@@ -92,6 +113,16 @@ pub fn spawn_role(
     let handler = handler(role, backends, settings);
     let bus = Arc::clone(&backends.bus);
     tasks.spawn(orderflow_platform::bus::run_consumer(bus, role.group(), role.topic(), handler, shutdown.clone()));
+    if role == Role::Catalog {
+        let s = &backends.stores;
+        tasks.spawn(run_reconciler(
+            CatalogWriter::new(Arc::clone(&s.catalog), Arc::clone(&backends.bus)),
+            Arc::clone(&s.catalog),
+            Arc::clone(&s.catalog_view),
+            settings.catalog_reconcile_every,
+            shutdown.clone(),
+        ));
+    }
     if role == Role::Orders {
         let backends = backends.clone();
         let stalled_after = settings.stalled_after;

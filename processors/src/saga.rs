@@ -63,7 +63,12 @@ impl<'a> Step<'a> {
     }
 
     fn release(self, why: &str) -> Self {
-        self.send(topics::INVENTORY, "release", ReleaseStock { release_reason: why.to_owned() })
+        let skus = self.skus();
+        self.send(topics::INVENTORY, "release", ReleaseStock { release_reason: why.to_owned(), skus })
+    }
+
+    fn skus(&self) -> Vec<orderflow_schemas::Sku> {
+        self.order.lines.iter().map(|l| l.sku.clone()).collect()
     }
 
     fn refund(self, why: &str) -> Self {
@@ -169,12 +174,28 @@ pub fn decide(order: &Order, env: &Envelope, now_ms: i64) -> Option<Decision> {
             let step =
                 step.status(c.status).note(&c.status.as_str().to_ascii_lowercase(), format!("by {}", c.changed_by));
             if c.status == OutForDelivery {
-                step.send(topics::INVENTORY, "commit", CommitStock { commit_reason: "out for delivery".into() }).done()
+                let skus = step.skus();
+                step.send(topics::INVENTORY, "commit", CommitStock { commit_reason: "out for delivery".into(), skus })
+                    .done()
             } else {
                 step.done()
             }
         }
         _ => None,
+    }
+}
+
+impl Decision {
+    /// The outputs as bus records: inventory commands keyed by the order's routing SKU (one writer per
+    /// SKU, see [`Order::inventory_key`]), everything else by order id.
+    pub fn records(&self) -> Result<Vec<orderflow_platform::bus::BusRecord>, HandlerError> {
+        self.outputs
+            .iter()
+            .map(|(topic, env)| {
+                let key = if *topic == topics::INVENTORY { self.order.inventory_key() } else { env.order_id.as_str() };
+                crate::record_keyed(*topic, key, env)
+            })
+            .collect()
     }
 }
 
@@ -227,7 +248,7 @@ impl Handler for SagaHandler {
                 }
                 return Ok(());
             };
-            let outputs = decision.outputs.iter().map(|(t, e)| crate::record(*t, e)).collect::<Result<Vec<_>, _>>()?;
+            let outputs = decision.records()?;
             let from = order.status;
             let to = decision.order.status;
             let transition =
@@ -292,6 +313,33 @@ mod tests {
 
     fn bodies(d: &Decision) -> Vec<(&'static str, &'static str)> {
         d.outputs.iter().map(|(t, e)| (t.name, e.body.name())).collect()
+    }
+
+    #[test]
+    fn inventory_commands_are_keyed_by_the_smallest_sku_and_the_rest_by_order() {
+        let mut o = order(OrderStatus::Pending);
+        o.lines.push(OrderLine {
+            sku: Sku::parse("A9").unwrap(),
+            quantity: Quantity::new(1).unwrap(),
+            unit_price: Money::from_cents(100).unwrap(),
+        });
+        let d = decide(&o, &OrderPlaced::envelope_of(&o), 1_005).unwrap();
+        let keys: Vec<_> = d.records().unwrap().into_iter().map(|r| (r.topic, r.key)).collect();
+        assert_eq!(keys, vec![(topics::INVENTORY.name.to_owned(), "A9".to_owned())]);
+
+        // A release after a cancel goes to the same partition as the reservation; a refund by order id.
+        let mut confirmed = d.order.clone();
+        confirmed.status = OrderStatus::Confirmed;
+        let cancel = env(CancelRequested { cancel_reason: "changed mind".into(), requested_by: "staff".into() });
+        let d = decide(&confirmed, &cancel, 1_010).unwrap();
+        let keys: Vec<_> = d.records().unwrap().into_iter().map(|r| (r.topic, r.key)).collect();
+        assert_eq!(
+            keys,
+            vec![
+                (topics::INVENTORY.name.to_owned(), "A9".to_owned()),
+                (topics::PAYMENTS.name.to_owned(), "o-1".to_owned())
+            ]
+        );
     }
 
     #[test]

@@ -19,6 +19,11 @@ use crate::values::OrderId;
 /// The envelope schema this build writes, as shipped in `schemas/avro/envelope.avsc`.
 pub const ENVELOPE_SCHEMA: &str = include_str!("../avro/envelope.avsc");
 
+/// Every earlier envelope schema, oldest first (`schemas/avro/history/`). Records written with any of
+/// them stay readable: a topic or log may still hold them after an upgrade. A schema change copies the
+/// shipped `envelope.avsc` here first; `every_earlier_schema_is_compatible_both_ways` checks the pair.
+pub const ENVELOPE_HISTORY: &[&str] = &[include_str!("../avro/history/envelope.v1.avsc")];
+
 pub(crate) const MAGIC: [u8; 2] = [0xC3, 0x01];
 pub(crate) const HEADER_LEN: usize = 10;
 
@@ -100,6 +105,11 @@ impl Codec {
         let branches = variants.iter().enumerate().map(|(i, s)| (variant_name(s), (i as u32, s.clone()))).collect();
         let fp = fingerprint(&schema);
         let mut known = HashMap::new();
+        // The history is compiled in too; the compatibility test parses every entry.
+        for old in ENVELOPE_HISTORY.iter().filter_map(|s| Schema::parse_str(s).ok()) {
+            let body_names = body_variants(&old).unwrap_or_default().iter().map(variant_name).collect();
+            known.insert(fingerprint(&old), WriterSchema { body_names, schema: old });
+        }
         known.insert(
             fp,
             WriterSchema { body_names: variants.iter().map(variant_name).collect(), schema: schema.clone() },
@@ -172,8 +182,8 @@ mod tests {
             StockReserved { units_reserved: 2 }.into(),
             StockRejected { reason: "out_of_stock".into(), sku: Some(sku.clone()) }.into(),
             StockRejected { reason: "unknown_sku".into(), sku: None }.into(),
-            ReleaseStock { release_reason: "cancelled".into() }.into(),
-            CommitStock { commit_reason: "shipped".into() }.into(),
+            ReleaseStock { release_reason: "cancelled".into(), skus: vec![sku.clone()] }.into(),
+            CommitStock { commit_reason: "shipped".into(), skus: vec![sku.clone()] }.into(),
             CapturePayment { user_id: UserId::parse("u1").unwrap(), amount_cents: 2500, idempotency_key: "k".into() }
                 .into(),
             PaymentCaptured { charge_id: "ch_1".into(), captured_cents: 2500 }.into(),
@@ -215,8 +225,42 @@ mod tests {
     fn look_alike_bodies_keep_their_names() {
         // ReleaseStock, CommitStock and RefundPayment each hold one string; decoding must not confuse them.
         let order = OrderId::parse("o-1").unwrap();
-        let env = Envelope::new(EventId::random(), order, CommitStock { commit_reason: "x".into() });
+        let env = Envelope::new(EventId::random(), order, CommitStock { commit_reason: "x".into(), skus: vec![] });
         assert_eq!(decode(&encode(&env).unwrap()).unwrap().body.name(), "CommitStock");
+    }
+
+    #[test]
+    fn every_earlier_schema_is_compatible_both_ways() {
+        use apache_avro::schema_compatibility::SchemaCompatibility;
+        let current = Schema::parse_str(ENVELOPE_SCHEMA).unwrap();
+        for (i, old) in ENVELOPE_HISTORY.iter().enumerate() {
+            let old = Schema::parse_str(old).unwrap_or_else(|e| panic!("history entry {i} does not parse: {e}"));
+            assert!(SchemaCompatibility::can_read(&old, &current).is_ok(), "this build cannot read v{}", i + 1);
+            assert!(SchemaCompatibility::can_read(&current, &old).is_ok(), "v{} readers cannot read this build", i + 1);
+            assert!(CODEC.known.contains_key(&fingerprint(&old)), "v{} is not a known writer", i + 1);
+        }
+    }
+
+    #[test]
+    fn records_written_with_v1_decode_with_defaults_for_new_fields() {
+        let v1 = Schema::parse_str(ENVELOPE_HISTORY[0]).unwrap();
+        let names: Vec<String> = body_variants(&v1).unwrap().iter().map(variant_name).collect();
+        let index = names.iter().position(|n| n == "ReleaseStock").unwrap() as u32;
+        let record = Value::Record(vec![
+            ("event_id".into(), Value::String(uuid::Uuid::nil().to_string())),
+            ("order_id".into(), Value::String("o-1".into())),
+            ("occurred_at_ms".into(), Value::Long(7)),
+            (
+                "body".into(),
+                Value::Union(
+                    index,
+                    Box::new(Value::Record(vec![("release_reason".into(), Value::String("cancelled".into()))])),
+                ),
+            ),
+        ]);
+        let bytes = single_object(&fingerprint(&v1), &apache_avro::to_avro_datum(&v1, record).unwrap());
+        let env = decode(&bytes).unwrap();
+        assert_eq!(env.body, Event::ReleaseStock(ReleaseStock { release_reason: "cancelled".into(), skus: vec![] }));
     }
 
     #[test]

@@ -19,7 +19,12 @@ impl EventId {
 
     /// The id of step `step` of order `order`.
     pub fn derived(order: &OrderId, step: &str) -> Self {
-        let name = format!("{}\u{1f}{step}", order.as_str());
+        Self::for_key(order.as_str(), step)
+    }
+
+    /// The id of step `step` of whatever `key` names (callers prefix non-order keys, e.g. `sku:`).
+    pub fn for_key(key: &str, step: &str) -> Self {
+        let name = format!("{key}\u{1f}{step}");
         Self(uuid::Uuid::new_v5(&EVENT_NAMESPACE, name.as_bytes()))
     }
 }
@@ -112,11 +117,17 @@ pub struct StockRejected {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReleaseStock {
     pub release_reason: String,
+    /// The SKUs of the order, so the inventory processor can check their low-stock state afterwards.
+    #[serde(default)]
+    pub skus: Vec<Sku>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommitStock {
     pub commit_reason: String,
+    /// The SKUs of the order (see [`ReleaseStock::skus`]).
+    #[serde(default)]
+    pub skus: Vec<Sku>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -3,6 +3,8 @@
 //! - [`values`]: domain value types that parse, not validate (`OrderId`, `Sku`, `Quantity`, `Money`, ...).
 //! - [`order`]: the order, its status and its timeline.
 //! - [`events`]: the events on the bus, and [`codec`] that turns them into Avro single-object bytes.
+//! - [`catalog`] and [`product_events`]: products, their categories and attributes, and the
+//!   `ProductUpdated` event every catalog write publishes.
 //! - [`topics`]: every topic name and partition count. No other crate spells a topic name.
 
 pub mod catalog;
@@ -10,12 +12,15 @@ pub mod codec;
 pub mod events;
 pub mod order;
 pub mod partner;
+pub mod product_events;
+pub mod stock_alert;
 pub mod topics;
 pub mod values;
 
-pub use catalog::{Product, StockLevel};
+pub use catalog::{Attributes, Category, Product, ProductSummary, StockLevel};
 pub use events::{Envelope, Event, EventId};
 pub use order::{Order, OrderLine, OrderStatus, TimelineEntry};
+pub use stock_alert::{StockAlert, StockAlertKind};
 pub use values::{IdempotencyKey, Money, OrderId, Quantity, Sku, UserId, ValueError};
 
 /// Milliseconds since the Unix epoch, the one clock unit used in events and tables.

@@ -132,6 +132,15 @@ pub struct Order {
 }
 
 impl Order {
+    /// The key of the order's inventory commands (reserve, release, commit): its smallest SKU. Every
+    /// order for one SKU is then handled by that SKU's partition, one writer at a time, so a flash sale
+    /// on one SKU never races itself; a multi-SKU order shares a partition with its smallest SKU and
+    /// the store's conditional writes fence its other lines. (An order always has a line; the order id
+    /// is the key of a line-less one.)
+    pub fn inventory_key(&self) -> &str {
+        self.lines.iter().map(|l| l.sku.as_str()).min().unwrap_or(self.id.as_str())
+    }
+
     /// Same customer, same lines: a retried placement, not a different order under a reused id.
     pub fn same_request_as(&self, other: &Order) -> bool {
         self.user_id == other.user_id

@@ -12,8 +12,11 @@ pub struct Topic {
 
 /// Order lifecycle events, the order saga's input. Key: order id.
 pub const ORDERS: Topic = Topic { name: "orderflow.orders.v1", partitions: 32, key: "order_id" };
-/// Reservation commands for the inventory processor. Key: order id.
-pub const INVENTORY: Topic = Topic { name: "orderflow.inventory.v1", partitions: 32, key: "order_id" };
+/// Reservation commands for the inventory processor. Key: the order's routing SKU (the smallest SKU of its
+/// lines, see `ReserveStock::routing_sku`), so every reservation of a one-SKU order for the same SKU lands
+/// on one partition and has one writer; the store's conditional writes fence the moments two writers
+/// overlap (multi-SKU orders, rebalances, zombies).
+pub const INVENTORY: Topic = Topic { name: "orderflow.inventory.v1", partitions: 32, key: "routing sku" };
 /// Capture and refund commands for the payment processor. Key: order id.
 pub const PAYMENTS: Topic = Topic { name: "orderflow.payments.v1", partitions: 32, key: "order_id" };
 /// Shipment commands for the fulfillment processor. Key: order id.
@@ -21,11 +24,20 @@ pub const FULFILLMENT: Topic = Topic { name: "orderflow.fulfillment.v1", partiti
 /// Orders from partner systems (Avro `schemas/avro/partner_order.avsc`). Key: the partner's order id.
 pub const PARTNER_ORDERS: Topic =
     Topic { name: "orderflow.partner-orders.v1", partitions: 8, key: "external_order_id" };
+/// Catalog changes (`schemas/avro/product_updated.avsc`), one `ProductUpdated` per staff write: the
+/// catalog projector builds the read tables from it, and caches and other systems invalidate on it.
+/// Key: SKU.
+pub const CATALOG: Topic = Topic { name: "orderflow.catalog.v1", partitions: 8, key: "sku" };
+/// Low-stock alerts (`schemas/avro/stock_alert.avsc`): one `InventoryLow` when a SKU's available units
+/// fall to its threshold or below, one `InventoryRestocked` when they rise above it again. For
+/// notification consumers. Key: SKU.
+pub const STOCK_ALERTS: Topic = Topic { name: "orderflow.stock-alerts.v1", partitions: 8, key: "sku" };
 /// Records a processor could not handle at all (undecodable, or refused for good), with the reason in
 /// the `orderflow.error` header. Nothing consumes it automatically: it is for operators.
 pub const DEAD_LETTER: Topic = Topic { name: "orderflow.deadletter.v1", partitions: 1, key: "original key" };
 
-pub const ALL: [Topic; 6] = [ORDERS, INVENTORY, PAYMENTS, FULFILLMENT, PARTNER_ORDERS, DEAD_LETTER];
+pub const ALL: [Topic; 8] =
+    [ORDERS, INVENTORY, PAYMENTS, FULFILLMENT, PARTNER_ORDERS, CATALOG, STOCK_ALERTS, DEAD_LETTER];
 
 /// Consumer group names, one per processor role.
 pub mod groups {
@@ -34,4 +46,5 @@ pub mod groups {
     pub const PAYMENT: &str = "orderflow-payment";
     pub const FULFILLMENT: &str = "orderflow-fulfillment";
     pub const PARTNER_INTAKE: &str = "orderflow-partner-intake";
+    pub const CATALOG_PROJECTOR: &str = "orderflow-catalog-projector";
 }

@@ -180,6 +180,92 @@ pub async fn partner_orders_are_placed_once_and_bad_ones_dead_lettered(app: &Tes
     assert!(reasons[1].starts_with("unknown_sku"), "{reasons:?}");
 }
 
+/// Collects the stock alerts of one SKU from the bus.
+struct AlertsOf {
+    sku: String,
+    found: std::sync::Mutex<Vec<orderflow_schemas::StockAlert>>,
+}
+
+#[async_trait::async_trait]
+impl Handler for AlertsOf {
+    async fn handle(&self, d: &Delivery) -> Result<(), HandlerError> {
+        if d.key == self.sku {
+            let alert = orderflow_schemas::stock_alert::decode(&d.payload)
+                .map_err(|e| HandlerError::Poison(format!("undecodable stock alert: {e}")))?;
+            self.found.lock().unwrap().push(alert);
+        }
+        Ok(())
+    }
+}
+
+/// Low-stock alerts: one `InventoryLow` when available units fall to the threshold, none for the orders
+/// that follow while it stays low, one `InventoryRestocked` once cancellations bring it back above.
+pub async fn low_stock_alerts_fire_once_per_crossing(app: &TestApp) {
+    let sku = product(app, 12).await;
+    let v = app
+        .gql(
+            "mutation($s: String!){ setLowStockThreshold(sku: $s, threshold: 10){ threshold low crossings } }",
+            json!({"s": sku}),
+            true,
+        )
+        .await;
+    assert_eq!(v["data"]["setLowStockThreshold"], json!({"threshold": 10, "low": false, "crossings": 0}), "{v}");
+
+    let seen = std::sync::Arc::new(AlertsOf { sku: sku.clone(), found: Default::default() });
+    let token = tokio_util::sync::CancellationToken::new();
+    let (bus, t, h) = (app.app().backends.bus.clone(), token.clone(), seen.clone());
+    let group = unique("alert-reader");
+    let reader = tokio::spawn(async move { bus.consume(&group, topics::STOCK_ALERTS, h, t).await });
+
+    let mut ids = Vec::new();
+    for quantity in [3, 1, 2] {
+        let (status, body) =
+            app.post_order(json!({"user_id": "e2e", "items": [{"sku": sku, "quantity": quantity}]})).await;
+        assert_eq!(status, 202, "{body}");
+        let id = body["order_id"].as_str().unwrap().to_owned();
+        app.wait_status(&id, &["CONFIRMED"]).await;
+        ids.push(id);
+    }
+    assert_eq!(stock(app, &sku).await, (6, 6));
+    let alerts = "query($s: String!){ product(sku: $s){ lowStock { low crossings } stockAlerts { seq kind available threshold } } }";
+    let v = app.gql(alerts, json!({"s": sku}), true).await;
+    assert_eq!(v["data"]["product"]["lowStock"], json!({"low": true, "crossings": 1}), "{v}");
+    assert_eq!(
+        v["data"]["product"]["stockAlerts"],
+        json!([{"seq": 1, "kind": "INVENTORY_LOW", "available": 9, "threshold": 10}]),
+        "one alert for three orders below the threshold: {v}"
+    );
+
+    for id in &ids {
+        let v = app.gql("mutation($id: ID!){ cancelOrder(id: $id){ status } }", json!({"id": id}), true).await;
+        assert_eq!(v["data"]["cancelOrder"]["status"], "CANCELLED", "{v}");
+    }
+    eventually("stock restored", (12, 0), async || stock(app, &sku).await).await;
+    eventually("restocked once", 2, async || {
+        let v = app.gql(alerts, json!({"s": sku}), true).await;
+        v["data"]["product"]["stockAlerts"].as_array().map_or(0, |a| a.len())
+    })
+    .await;
+    let v = app.gql(alerts, json!({"s": sku}), true).await;
+    assert_eq!(v["data"]["product"]["stockAlerts"][0]["kind"], "INVENTORY_RESTOCKED", "{v}");
+    assert!(v["data"]["product"]["stockAlerts"][0]["available"].as_i64().unwrap() > 10, "{v}");
+    let feed = app.gql("{ stockAlerts(first: 100){ sku seq } }", json!({}), true).await;
+    let in_feed = feed["data"]["stockAlerts"].as_array().unwrap().iter().filter(|a| a["sku"] == sku.as_str()).count();
+    assert_eq!(in_feed, 2, "the staff feed lists both: {feed}");
+
+    // On the bus: the same two, each once (a redelivered record would carry the same event id).
+    eventually("two alert events", 2, async || {
+        let found = seen.found.lock().unwrap();
+        found.iter().map(|a| a.event_id()).collect::<std::collections::BTreeSet<_>>().len()
+    })
+    .await;
+    token.cancel();
+    reader.await.unwrap().unwrap();
+    let found = seen.found.lock().unwrap();
+    let kinds: std::collections::BTreeSet<_> = found.iter().map(|a| (a.seq, a.kind.as_str())).collect();
+    assert_eq!(kinds, [(1, "InventoryLow"), (2, "InventoryRestocked")].into_iter().collect());
+}
+
 /// Every scenario, one after the other.
 pub async fn run_all(app: &TestApp) {
     order_is_confirmed_and_stock_held(app).await;
@@ -187,6 +273,7 @@ pub async fn run_all(app: &TestApp) {
     out_of_stock_is_rejected_and_holds_nothing(app).await;
     declined_payment_is_rejected_and_stock_released(app).await;
     cancel_refunds_and_restores_stock(app).await;
+    low_stock_alerts_fire_once_per_crossing(app).await;
     bad_input_is_refused_with_codes(app).await;
     partner_orders_are_placed_once_and_bad_ones_dead_lettered(app).await;
 }

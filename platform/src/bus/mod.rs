@@ -84,6 +84,21 @@ impl From<BusError> for HandlerError {
 #[async_trait]
 pub trait Handler: Send + Sync {
     async fn handle(&self, delivery: &Delivery) -> Result<(), HandlerError>;
+
+    /// The most records of one partition this handler wants at once (1: no batching).
+    fn max_batch(&self) -> usize {
+        1
+    }
+
+    /// Handles consecutive records of one partition together (e.g. one store transaction for many
+    /// reservations of one SKU). Any error makes the consumer handle the same records one by one
+    /// under the usual policy, which idempotence makes safe even if part of the batch was applied.
+    async fn handle_batch(&self, deliveries: &[Delivery]) -> Result<(), HandlerError> {
+        for d in deliveries {
+            self.handle(d).await?;
+        }
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -109,20 +124,24 @@ const RESTART_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Runs `handler` as member `group` of `topic` until `shutdown`, restarting the consumer after a pause
 /// whenever it fails (the bus or the store went away). This is how every role consumes.
+/// `group` is usually a constant of `topics::groups`; a process that needs a group of its own (e.g. a
+/// GraphQL instance following the catalog for its cache) passes a `String`.
 pub async fn run_consumer(
     bus: Arc<dyn Bus>,
-    group: &'static str,
+    group: impl Into<std::borrow::Cow<'static, str>>,
     topic: Topic,
     handler: Arc<dyn Handler>,
     shutdown: CancellationToken,
 ) {
+    let group = group.into();
+    let group = group.as_ref();
     tracing::info!(group, topic = topic.name, "consumer started");
     loop {
         match bus.consume(group, topic, Arc::clone(&handler), shutdown.clone()).await {
             Ok(()) => break,
             Err(e) => {
                 tracing::error!(error = %e, group, "consumer failed; restarting");
-                metrics::counter!("orderflow_consumer_restarts_total", "group" => group).increment(1);
+                metrics::counter!("orderflow_consumer_restarts_total", "group" => group.to_owned()).increment(1);
             }
         }
         tokio::select! {

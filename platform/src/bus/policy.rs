@@ -18,6 +18,39 @@ pub const SOURCE_PARTITION_HEADER: &str = "orderflow.source.partition";
 pub const SOURCE_OFFSET_HEADER: &str = "orderflow.source.offset";
 pub const GROUP_HEADER: &str = "orderflow.group";
 
+/// Runs `handler` on consecutive records of one partition: one [`Handler::handle_batch`] call, and if
+/// that fails, each record on its own under [`handle_with_policy`]. Returns `Err` only when shutting
+/// down; then no position in the batch may be committed (some may be handled again: idempotence).
+pub async fn handle_batch_with_policy(
+    bus: &dyn Bus,
+    group: &str,
+    handler: &dyn Handler,
+    batch: &[Delivery],
+    shutdown: &CancellationToken,
+) -> Result<(), BusError> {
+    if let [one] = batch {
+        return handle_with_policy(bus, group, handler, one, shutdown).await;
+    }
+    let started = std::time::Instant::now();
+    match handler.handle_batch(batch).await {
+        Ok(()) => {
+            metrics::histogram!("orderflow_handler_duration_seconds", "group" => group.to_owned())
+                .record(started.elapsed().as_secs_f64());
+            metrics::histogram!("orderflow_handler_batch_size", "group" => group.to_owned()).record(batch.len() as f64);
+            metrics::counter!("orderflow_records_processed_total", "group" => group.to_owned())
+                .increment(batch.len() as u64);
+            Ok(())
+        }
+        Err(e) => {
+            tracing::debug!(group, error = %e, records = batch.len(), "batch failed; handling its records one by one");
+            for d in batch {
+                handle_with_policy(bus, group, handler, d, shutdown).await?;
+            }
+            Ok(())
+        }
+    }
+}
+
 /// Runs `handler` on `delivery` until it succeeds or is poison. Returns `Err` only when shutting down
 /// before the record was handled; the caller must then not commit its position.
 pub async fn handle_with_policy(

@@ -96,6 +96,62 @@ fn spawn_consumer(
     tokio::spawn(async move { bus.consume(&group, TOPIC, handler, token).await.expect("consumer failed") })
 }
 
+/// A [`Recorder`] that takes up to 16 records at once; a batch holding poison fails as a whole.
+struct Batcher {
+    inner: Recorder,
+    largest: Mutex<usize>,
+}
+
+#[async_trait]
+impl Handler for Batcher {
+    async fn handle(&self, d: &Delivery) -> Result<(), HandlerError> {
+        self.inner.handle(d).await
+    }
+
+    fn max_batch(&self) -> usize {
+        16
+    }
+
+    async fn handle_batch(&self, batch: &[Delivery]) -> Result<(), HandlerError> {
+        if batch.iter().any(|d| d.payload == self.inner.poison) {
+            return Err(HandlerError::Poison("a record of this batch is poison".into()));
+        }
+        {
+            let mut largest = self.largest.lock().unwrap();
+            *largest = (*largest).max(batch.len());
+        }
+        for d in batch {
+            self.inner.handle(d).await?;
+        }
+        Ok(())
+    }
+}
+
+/// A handler that takes batches gets consecutive records of a partition in order; a failed batch is
+/// handled again record by record (so the poison among them is dead-lettered and the rest handled).
+pub async fn batches_keep_order_and_fall_back_to_single_records(bus: Arc<dyn Bus>) {
+    let prefix = run_id("batch");
+    let key = format!("{prefix}-k");
+    let mut recs: Vec<BusRecord> =
+        (0..60).map(|i| BusRecord::new(TOPIC, key.clone(), format!("{i}").into_bytes())).collect();
+    recs.insert(30, BusRecord::new(TOPIC, key.clone(), b"poison".to_vec()));
+    bus.publish(recs).await.unwrap();
+    let h = Arc::new(Batcher { inner: Recorder::new(&prefix), largest: Mutex::new(0) });
+    let token = CancellationToken::new();
+    let task = spawn_consumer(bus.clone(), prefix.clone(), h.clone(), token.clone());
+    assert!(
+        wait_until(Duration::from_secs(60), || h.inner.seen().len() >= 60).await,
+        "only {} of 60 arrived",
+        h.inner.seen().len()
+    );
+    token.cancel();
+    task.await.unwrap();
+    let got: Vec<String> = h.inner.seen().into_iter().map(|(_, p)| String::from_utf8(p).unwrap()).collect();
+    let want: Vec<String> = (0..60).map(|i| i.to_string()).collect();
+    assert_eq!(got, want, "in order, each once");
+    assert!(*h.largest.lock().unwrap() > 1, "records waiting together were handed over together");
+}
+
 /// Records of one key arrive in publish order, and every record arrives.
 pub async fn preserves_per_key_order(bus: Arc<dyn Bus>) {
     let prefix = run_id("order");
@@ -247,6 +303,7 @@ where
     Fut: std::future::Future<Output = Arc<dyn Bus>>,
 {
     preserves_per_key_order(make().await).await;
+    batches_keep_order_and_fall_back_to_single_records(make().await).await;
     retries_transient_failures_in_place(make().await).await;
     resumes_after_restart_without_loss(make().await).await;
     dead_letters_poison_and_moves_on(make().await).await;

@@ -20,15 +20,13 @@ pub fn q(n: i64) -> Quantity {
 
 /// Creates a product (price 2.50) with `stock` units; returns its SKU.
 pub async fn product(stores: &Stores, sku_name: &str, stock: i64) -> Sku {
-    let now = now_ms();
-    let p = Product {
-        sku: sku(sku_name),
-        name: format!("product {sku_name}"),
-        description: String::new(),
-        price: Money::from_cents(250).unwrap(),
-        created_at_ms: now,
-        updated_at_ms: now,
-    };
+    let p = Product::new(
+        sku(sku_name),
+        format!("product {sku_name}"),
+        String::new(),
+        Money::from_cents(250).unwrap(),
+        now_ms(),
+    );
     assert!(stores.catalog.create_product(&p).await.unwrap());
     if stock > 0 {
         stores.inventory.adjust_stock(&p.sku, stock, "test").await.unwrap();
@@ -57,13 +55,25 @@ pub async fn catalog_creates_once_updates_existing_and_paginates(stores: Stores)
     let id = run_id("cat");
     let a = product(&stores, &format!("{id}-a"), 0).await;
     let mut p = stores.catalog.product(&a).await.unwrap().unwrap();
+    assert_eq!(p.version, 1);
     assert!(!stores.catalog.create_product(&p).await.unwrap(), "a SKU is created once");
     p.name = "renamed".into();
-    assert!(stores.catalog.update_product(&p).await.unwrap());
+    p.category = Category::parse("kitchen").unwrap();
+    p.attributes = Attributes::parse([("color".to_owned(), "blue".to_owned())]).unwrap();
+    p.archived = true;
+    p.version = 2;
+    assert_eq!(stores.catalog.update_product(&p).await.unwrap(), ProductWrite::Written);
+    assert_eq!(stores.catalog.product(&a).await.unwrap().unwrap(), p, "every field is stored");
+    // A second edit made from version 1 loses: it sees the stored product.
+    let mut late = p.clone();
+    late.name = "late".into();
+    assert_eq!(stores.catalog.update_product(&late).await.unwrap(), ProductWrite::Conflict(p.clone()));
+    late.version = 5;
+    assert_eq!(stores.catalog.update_product(&late).await.unwrap(), ProductWrite::Conflict(p.clone()));
     assert_eq!(stores.catalog.product(&a).await.unwrap().unwrap().name, "renamed");
     let mut ghost = p.clone();
     ghost.sku = sku(&format!("{id}-ghost"));
-    assert!(!stores.catalog.update_product(&ghost).await.unwrap(), "update never creates");
+    assert_eq!(stores.catalog.update_product(&ghost).await.unwrap(), ProductWrite::NotFound, "update never creates");
     assert!(stores.catalog.product(&ghost.sku).await.unwrap().is_none());
     for s in ["b", "c", "d"] {
         product(&stores, &format!("{id}-{s}"), 0).await;
@@ -82,6 +92,91 @@ pub async fn catalog_creates_once_updates_existing_and_paginates(stores: Stores)
     }
     let want: Vec<_> = ["a", "b", "c", "d"].iter().map(|s| format!("{id}-{s}")).collect();
     assert_eq!(ours, want);
+
+    // Every product's version, each SKU once, across pages.
+    let mut after: Option<String> = None;
+    let mut versions = std::collections::BTreeMap::new();
+    for _ in 0..100_000 {
+        let page = stores.catalog.product_versions(after.as_deref(), 3).await.unwrap();
+        assert!(page.items.len() <= 3);
+        for (key, version) in &page.items {
+            if key.starts_with(&id) {
+                assert!(versions.insert(key.clone(), *version).is_none(), "{key} listed twice");
+            }
+        }
+        if !page.has_next {
+            break;
+        }
+        after = page.items.last().map(|(k, _)| k.clone());
+    }
+    let want: std::collections::BTreeMap<_, _> =
+        [("a", 2), ("b", 1), ("c", 1), ("d", 1)].iter().map(|(s, v)| (format!("{id}-{s}"), *v as u64)).collect();
+    assert_eq!(versions, want);
+}
+
+fn versioned(sku_name: &str, version: u64, name: &str, category: &str, cents: i64) -> Product {
+    let mut p = Product::new(
+        sku(sku_name),
+        name.into(),
+        format!("{name}, described"),
+        Money::from_cents(cents).unwrap(),
+        1_000,
+    );
+    p.version = version;
+    p.category = Category::parse(category).unwrap();
+    p.attributes = Attributes::parse([("v".to_owned(), version.to_string())]).unwrap();
+    p.updated_at_ms = 1_000 + version as i64;
+    p
+}
+
+async fn our_listing(stores: &Stores, id: &str) -> Vec<ProductSummary> {
+    stores
+        .catalog_view
+        .listing(1_000_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|s| s.sku.as_str().starts_with(id))
+        .collect()
+}
+
+/// The read model keeps the highest version of each product whatever order the versions arrive in, and
+/// applying one twice changes nothing.
+pub async fn catalog_view_keeps_the_newest_version(stores: Stores) {
+    let id = run_id("view");
+    let a = format!("{id}-a");
+    let view = &stores.catalog_view;
+    assert!(view.view_product(&sku(&a)).await.unwrap().is_none());
+    let v1 = versioned(&a, 1, "one", "drinks", 100);
+    let v2 = versioned(&a, 2, "two", "food", 200);
+    let mut v3 = versioned(&a, 3, "three", "toys", 300);
+    v3.archived = true;
+    v3.attributes = Attributes::default();
+
+    assert_eq!(view.upsert_if_newer(&v2).await.unwrap(), Projected::Applied);
+    assert_eq!(view.upsert_if_newer(&v1).await.unwrap(), Projected::Stale, "an older version arriving late");
+    assert_eq!(view.view_product(&v2.sku).await.unwrap(), Some(v2.clone()));
+    assert_eq!(view.upsert_if_newer(&v2).await.unwrap(), Projected::AlreadyCurrent, "a redelivery");
+    assert_eq!(our_listing(&stores, &id).await, vec![ProductSummary::from(&v2)]);
+
+    assert_eq!(view.upsert_if_newer(&v3).await.unwrap(), Projected::Applied);
+    assert_eq!(view.upsert_if_newer(&v2).await.unwrap(), Projected::Stale);
+    assert_eq!(view.upsert_if_newer(&v1).await.unwrap(), Projected::Stale);
+    assert_eq!(view.view_product(&v3.sku).await.unwrap(), Some(v3.clone()), "attributes removed, archived");
+    assert_eq!(our_listing(&stores, &id).await, vec![ProductSummary::from(&v3)], "one row per product");
+}
+
+/// The listing holds every product's summary once, in SKU order.
+pub async fn catalog_listing_is_in_sku_order(stores: Stores) {
+    let id = run_id("listing");
+    for (i, s) in ["c", "a", "d", "b"].iter().enumerate() {
+        let p = versioned(&format!("{id}-{s}"), 1 + i as u64, s, "misc", 100 * i as i64);
+        stores.catalog_view.upsert_if_newer(&p).await.unwrap();
+    }
+    let skus: Vec<_> = our_listing(&stores, &id).await.into_iter().map(|s| s.sku.to_string()).collect();
+    let want: Vec<_> = ["a", "b", "c", "d"].iter().map(|s| format!("{id}-{s}")).collect();
+    assert_eq!(skus, want);
+    assert!(stores.catalog_view.listing(1).await.unwrap().len() <= 1, "the limit holds");
 }
 
 pub async fn reservations_are_all_or_nothing_and_idempotent(stores: Stores) {
@@ -158,6 +253,25 @@ pub async fn concurrent_reservations_never_oversell(stores: Stores) {
     assert_eq!(stores.inventory.stock(&s).await.unwrap().unwrap(), StockLevel { available: 0, reserved: 20, sold: 0 });
 }
 
+pub async fn batched_reservations_take_stock_in_order(stores: Stores) {
+    let id = run_id("batch");
+    let s = product(&stores, &format!("{id}-s"), 3).await;
+    let t = product(&stores, &format!("{id}-t"), 1).await;
+    let order = |i: usize| OrderId::parse(format!("{id}-o{i}")).unwrap();
+    let requests: Vec<_> = (0..5)
+        .map(|i| (order(i), if i == 1 { vec![(s.clone(), q(1)), (t.clone(), q(1))] } else { vec![(s.clone(), q(1))] }))
+        .collect();
+    let kinds = |rs: &[Reservation]| rs.iter().map(|r| matches!(r, Reservation::Reserved { .. })).collect::<Vec<_>>();
+    let first = stores.inventory.reserve_many(&requests).await.unwrap();
+    assert_eq!(kinds(&first), vec![true, true, true, false, false], "{first:?}");
+    assert_eq!(stores.inventory.stock(&s).await.unwrap().unwrap(), StockLevel { available: 0, reserved: 3, sold: 0 });
+    assert_eq!(stores.inventory.stock(&t).await.unwrap().unwrap(), StockLevel { available: 0, reserved: 1, sold: 0 });
+    // Redelivered: the same answers, nothing taken twice; one order alone gets its stored answer too.
+    assert_eq!(stores.inventory.reserve_many(&requests).await.unwrap(), first);
+    assert_eq!(stores.inventory.reserve(&order(4), &[(s.clone(), q(1))]).await.unwrap(), first[4]);
+    assert_eq!(stores.inventory.stock(&s).await.unwrap().unwrap().reserved, 3);
+}
+
 pub async fn stock_adjustments_are_checked(stores: Stores) {
     let id = run_id("adj");
     let s = product(&stores, &format!("{id}-s"), 3).await;
@@ -168,6 +282,77 @@ pub async fn stock_adjustments_are_checked(stores: Stores) {
     assert_eq!(stores.inventory.adjust_stock(&s, -3, "x").await.unwrap().available, 0);
     let ghost = sku(&format!("{id}-ghost"));
     assert!(matches!(stores.inventory.adjust_stock(&ghost, 1, "x").await, Err(StockError::UnknownSku(_))));
+}
+
+pub async fn low_stock_alerts_fire_once_per_crossing(stores: Stores) {
+    let id = run_id("low");
+    let inv = &stores.inventory;
+    let s = product(&stores, &format!("{id}-s"), 12).await;
+    assert_eq!(inv.low_stock(&s).await.unwrap(), LowStock::default(), "a SKU starts with the default threshold");
+    let ghost = sku(&format!("{id}-ghost"));
+    assert!(matches!(inv.set_low_stock_threshold(&ghost, 3).await, Err(StockError::UnknownSku(_))));
+    assert_eq!(inv.set_low_stock_threshold(&s, 10).await.unwrap().threshold, 10);
+    assert!(inv.settle_low_stock(&s).await.unwrap().is_empty(), "12 > 10: nothing to report");
+
+    // 12 -> 9 crosses; concurrent settles record that crossing once.
+    assert!(matches!(
+        inv.reserve(&OrderId::parse(format!("{id}-o1")).unwrap(), &[(s.clone(), q(3))]).await.unwrap(),
+        Reservation::Reserved { .. }
+    ));
+    let settles: Vec<_> = (0..4)
+        .map(|_| {
+            let inv = Arc::clone(inv);
+            let s = s.clone();
+            tokio::spawn(async move { inv.settle_low_stock(&s).await.unwrap() })
+        })
+        .collect();
+    for t in settles {
+        let pending = t.await.unwrap();
+        assert_eq!(pending.len(), 1, "every settle sees the one unpublished crossing: {pending:?}");
+        assert_eq!((pending[0].seq, pending[0].kind, pending[0].available), (1, StockAlertKind::InventoryLow, 9));
+    }
+    // Published: no longer pending. Going further down is the same crossing.
+    inv.mark_alert_published(&s, 1).await.unwrap();
+    inv.mark_alert_published(&s, 1).await.unwrap();
+    assert!(matches!(
+        inv.reserve(&OrderId::parse(format!("{id}-o2")).unwrap(), &[(s.clone(), q(4))]).await.unwrap(),
+        Reservation::Reserved { .. }
+    ));
+    assert!(inv.settle_low_stock(&s).await.unwrap().is_empty(), "5 is still low: no second InventoryLow");
+    assert_eq!(inv.low_stock(&s).await.unwrap(), LowStock { threshold: 10, low: true, crossings: 1 });
+
+    // Back above the threshold: one InventoryRestocked, left unpublished to show it is returned again.
+    inv.end_reservation(&OrderId::parse(format!("{id}-o2")).unwrap(), ReservationEnd::Released).await.unwrap();
+    inv.end_reservation(&OrderId::parse(format!("{id}-o1")).unwrap(), ReservationEnd::Released).await.unwrap();
+    let pending = inv.settle_low_stock(&s).await.unwrap();
+    assert_eq!(
+        pending.iter().map(|a| (a.seq, a.kind, a.available)).collect::<Vec<_>>(),
+        vec![(2, StockAlertKind::InventoryRestocked, 12)]
+    );
+    assert_eq!(inv.settle_low_stock(&s).await.unwrap(), pending, "an unpublished alert is returned until marked");
+    inv.mark_alert_published(&s, 2).await.unwrap();
+    assert!(inv.settle_low_stock(&s).await.unwrap().is_empty());
+
+    // Raising the threshold over the level is a crossing too; a staff adjustment back up ends it.
+    inv.set_low_stock_threshold(&s, 20).await.unwrap();
+    assert_eq!(
+        inv.settle_low_stock(&s).await.unwrap().iter().map(|a| (a.seq, a.kind)).collect::<Vec<_>>(),
+        vec![(3, StockAlertKind::InventoryLow)]
+    );
+    inv.mark_alert_published(&s, 3).await.unwrap();
+    inv.adjust_stock(&s, 10, "restock").await.unwrap();
+    assert_eq!(
+        inv.settle_low_stock(&s).await.unwrap().iter().map(|a| (a.seq, a.kind, a.threshold)).collect::<Vec<_>>(),
+        vec![(4, StockAlertKind::InventoryRestocked, 20)]
+    );
+    inv.mark_alert_published(&s, 4).await.unwrap();
+
+    let listed: Vec<_> = inv.stock_alerts(Some(&s), 10).await.unwrap().iter().map(|a| a.seq).collect();
+    assert_eq!(listed, vec![4, 3, 2, 1], "newest first");
+    assert_eq!(inv.stock_alerts(Some(&s), 2).await.unwrap().len(), 2);
+    let feed: Vec<_> =
+        inv.stock_alerts(None, 1000).await.unwrap().into_iter().filter(|a| a.sku == s).map(|a| a.seq).collect();
+    assert_eq!(feed, vec![4, 3, 2, 1], "the all-SKU feed has them too, newest first");
 }
 
 pub async fn orders_insert_once_and_apply_each_event_once(stores: Stores) {
@@ -332,7 +517,9 @@ pub async fn run_all(stores: Stores) {
     catalog_creates_once_updates_existing_and_paginates(stores.clone()).await;
     reservations_are_all_or_nothing_and_idempotent(stores.clone()).await;
     concurrent_reservations_never_oversell(stores.clone()).await;
+    batched_reservations_take_stock_in_order(stores.clone()).await;
     stock_adjustments_are_checked(stores.clone()).await;
+    low_stock_alerts_fire_once_per_crossing(stores.clone()).await;
     orders_insert_once_and_apply_each_event_once(stores.clone()).await;
     orders_list_by_user_and_status_newest_first(stores.clone()).await;
     order_stats_follow_transitions(stores.clone()).await;

@@ -18,7 +18,7 @@
 
 use async_trait::async_trait;
 use futures::future::try_join_all;
-use orderflow_schemas::{OrderId, Quantity, Sku, StockLevel, now_ms};
+use orderflow_schemas::{OrderId, Quantity, Sku, StockAlert, StockLevel, now_ms};
 use scylla::client::session::Session;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
@@ -27,7 +27,9 @@ use scylla::value::CqlTimeuuid;
 use super::{
     CqlStore, Lwt, MAX_CAS_ROUNDS, MAX_UNKNOWN_RETRIES, backoff, batch, corrupt, prepare, serial, to_i64, to_u64,
 };
-use crate::store::{InventoryStore, Reservation, ReservationEnd, Result, StockError, StockMovement, StoreError};
+use crate::store::{
+    InventoryStore, LowStock, Reservation, ReservationEnd, Result, StockError, StockMovement, StoreError,
+};
 
 /// Bound on state-machine steps of one reserve/end call (each step is one decided LWT on the reservation).
 const MAX_STATE_STEPS: u32 = 16;
@@ -373,6 +375,11 @@ fn timeuuid_ms(id: &CqlTimeuuid) -> i64 {
 // Per SKU partition
 
 impl CqlStore {
+    /// The SKU's level (None: no stock row yet), at SERIAL if asked.
+    pub(super) async fn read_stock_level(&self, sku: &Sku, serial: bool) -> Result<Option<StockLevel>> {
+        self.read_level(sku, serial).await?.map(Level::to_stock_level).transpose()
+    }
+
     async fn read_level(&self, sku: &Sku, serial: bool) -> Result<Option<Level>> {
         let st = &self.inventory;
         let stmt = if serial { &st.level_serial } else { &st.level };
@@ -801,5 +808,25 @@ impl InventoryStore for CqlStore {
                 reference: reference.unwrap_or_default(),
             })
             .collect())
+    }
+
+    async fn set_low_stock_threshold(&self, sku: &Sku, threshold: u64) -> Result<LowStock, StockError> {
+        self.alerts_set_threshold(sku, threshold).await
+    }
+
+    async fn low_stock(&self, sku: &Sku) -> Result<LowStock> {
+        self.alerts_state(sku).await
+    }
+
+    async fn settle_low_stock(&self, sku: &Sku) -> Result<Vec<StockAlert>> {
+        self.alerts_settle(sku).await
+    }
+
+    async fn mark_alert_published(&self, sku: &Sku, seq: u64) -> Result<()> {
+        self.alerts_mark_published(sku, seq).await
+    }
+
+    async fn stock_alerts(&self, sku: Option<&Sku>, limit: usize) -> Result<Vec<StockAlert>> {
+        self.alerts_list(sku, limit).await
     }
 }

@@ -19,6 +19,7 @@
 //! - cells written by LWTs are never written by plain writes;
 //! - stock and money are never counters.
 
+mod alerts;
 mod catalog;
 mod fulfillment;
 mod inventory;
@@ -65,6 +66,7 @@ pub struct CqlStore {
     session: Session,
     catalog: catalog::Statements,
     inventory: inventory::Statements,
+    alerts: alerts::Statements,
     orders: orders::Statements,
     payments: payments::Statements,
     fulfillment: fulfillment::Statements,
@@ -114,6 +116,7 @@ impl CqlStore {
         Ok(CqlStore {
             catalog: catalog::Statements::prepare(&session).await?,
             inventory: inventory::Statements::prepare(&session).await?,
+            alerts: alerts::Statements::prepare(&session).await?,
             orders: orders::Statements::prepare(&session).await?,
             payments: payments::Statements::prepare(&session).await?,
             fulfillment: fulfillment::Statements::prepare(&session).await?,
@@ -131,6 +134,7 @@ impl CqlStore {
     pub fn stores(self: Arc<CqlStore>) -> Stores {
         Stores {
             catalog: self.clone(),
+            catalog_view: self.clone(),
             inventory: self.clone(),
             orders: self.clone(),
             payments: self.clone(),

@@ -32,6 +32,11 @@ pub async fn migrate_with_replication(session: &Session, replication: &str) -> R
     for (file, text) in FILES {
         for stmt in statements(text) {
             let stmt = stmt.replace(DEFAULT_REPLICATION, replication);
+            if let Some((keyspace, table, column)) = added_column(&stmt)
+                && column_exists(session, keyspace, table, column).await?
+            {
+                continue;
+            }
             session
                 .query_unpaged(stmt.as_str(), ())
                 .await
@@ -43,6 +48,30 @@ pub async fn migrate_with_replication(session: &Session, replication: &str) -> R
         .await
         .map_err(|e| StoreError::Unavailable(format!("schema agreement not reached: {e}")))?;
     Ok(())
+}
+
+/// `ALTER TABLE <keyspace>.<table> ADD <column> <type>` as (keyspace, table, column). Such statements add a
+/// column to a table created by an earlier release; CQL has no portable `ADD IF NOT EXISTS` (ScyllaDB lacks
+/// it), so [`migrate`] runs them only when the column is missing.
+fn added_column(stmt: &str) -> Option<(&str, &str, &str)> {
+    let mut words = stmt.strip_prefix("ALTER TABLE ")?.split_whitespace();
+    let (keyspace, table) = words.next()?.split_once('.')?;
+    if words.next()? != "ADD" {
+        return None;
+    }
+    Some((keyspace, table, words.next()?))
+}
+
+async fn column_exists(session: &Session, keyspace: &str, table: &str, column: &str) -> Result<bool> {
+    let result = session
+        .query_unpaged(
+            "SELECT column_name FROM system_schema.columns WHERE keyspace_name = ? AND table_name = ? AND column_name = ?",
+            (keyspace, table, column),
+        )
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("reading the schema of {keyspace}.{table}: {e}")))?;
+    let rows = result.into_rows_result().map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    Ok(rows.rows_num() > 0)
 }
 
 /// The statements of a `.cql` file: `--` comment lines dropped, split at `;`. (The files keep `;` out of
@@ -58,6 +87,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn added_columns_are_recognised() {
+        assert_eq!(
+            added_column("ALTER TABLE orderflow_catalog.products ADD version bigint"),
+            Some(("orderflow_catalog", "products", "version"))
+        );
+        assert_eq!(added_column("ALTER TABLE orderflow_catalog.products DROP version"), None);
+        assert_eq!(added_column("CREATE TABLE IF NOT EXISTS orderflow_x.t (k int PRIMARY KEY)"), None);
+    }
+
+    #[test]
     fn every_file_splits_into_idempotent_statements() {
         for (file, text) in FILES {
             let stmts = statements(text);
@@ -65,7 +104,8 @@ mod tests {
             assert!(stmts[0].starts_with("CREATE KEYSPACE IF NOT EXISTS"), "{file}: {}", stmts[0]);
             assert!(stmts[0].contains(DEFAULT_REPLICATION), "{file}: the replication map is replaceable");
             for s in &stmts[1..] {
-                assert!(s.starts_with("CREATE TABLE IF NOT EXISTS orderflow_"), "{file}: {s}");
+                let added = added_column(s).is_some_and(|(ks, _, _)| ks.starts_with("orderflow_"));
+                assert!(s.starts_with("CREATE TABLE IF NOT EXISTS orderflow_") || added, "{file}: {s}");
             }
         }
     }

@@ -219,17 +219,18 @@ impl EmbeddedLog {
                 }
                 continue;
             }
-            for delivery in batch {
+            for chunk in batch.chunks(handler.max_batch().max(1)) {
                 if shutdown.is_cancelled() {
                     return Ok(());
                 }
-                match policy::handle_with_policy(self, group, handler.as_ref(), &delivery, shutdown).await {
+                match policy::handle_batch_with_policy(self, group, handler.as_ref(), chunk, shutdown).await {
                     Ok(()) => {}
                     Err(BusError::ShuttingDown) => return Ok(()),
                     Err(e) => return Err(e),
                 }
-                self.write_cursor(group, topic.name, partition, delivery.offset + 1).map_err(store_err)?;
-                since_trim += 1;
+                let Some(last) = chunk.last() else { continue };
+                self.write_cursor(group, topic.name, partition, last.offset + 1).map_err(store_err)?;
+                since_trim += chunk.len() as u64;
             }
             if since_trim >= TRIM_EVERY {
                 since_trim = 0;

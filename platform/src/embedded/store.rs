@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use fjall::Readable;
-use orderflow_schemas::{EventId, Order, OrderId, OrderStatus, Product, Quantity, Sku, StockLevel, now_ms};
+use orderflow_schemas::{
+    EventId, Order, OrderId, OrderStatus, Product, ProductSummary, Quantity, Sku, StockAlert, StockLevel, now_ms,
+};
 use serde::{Deserialize, Serialize};
 
 use super::{Db, from_row, to_row, unavailable};
@@ -77,7 +79,9 @@ fn page_keys(
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Catalog: products[sku] = Product
+// Catalog write model: products[sku] = Product.
+// Catalog read model: product_view[sku] = Product (newest version seen); product_listing[sku] =
+// ProductSummary, in SKU order, so the listing is one scan of small rows.
 
 #[async_trait]
 impl CatalogStore for EmbeddedStore {
@@ -94,15 +98,18 @@ impl CatalogStore for EmbeddedStore {
             .await
     }
 
-    async fn update_product(&self, product: &Product) -> Result<bool> {
+    async fn update_product(&self, product: &Product) -> Result<ProductWrite> {
         let product = product.clone();
         self.db
             .write(move |db, tx| {
-                if !tx.contains_key(&db.products, product.sku.as_str()).map_err(unavailable)? {
-                    return Ok(false);
+                let Some(stored) = get_row::<Product>(tx, &db.products, product.sku.as_str())? else {
+                    return Ok(ProductWrite::NotFound);
+                };
+                if stored.version.checked_add(1) != Some(product.version) {
+                    return Ok(ProductWrite::Conflict(stored));
                 }
                 tx.insert(&db.products, product.sku.as_str(), to_row(&product)?);
-                Ok(true)
+                Ok(ProductWrite::Written)
             })
             .await
     }
@@ -124,6 +131,39 @@ impl CatalogStore for EmbeddedStore {
         let has_next = items.len() > limit;
         items.truncate(limit);
         Ok(Page { items, has_next })
+    }
+
+    async fn product_versions(&self, after: Option<&str>, limit: usize) -> Result<Page<u64>> {
+        let page = self.products(after, limit).await?;
+        Ok(Page { items: page.items.into_iter().map(|(k, p)| (k, p.version)).collect(), has_next: page.has_next })
+    }
+}
+
+#[async_trait]
+impl CatalogViewStore for EmbeddedStore {
+    async fn upsert_if_newer(&self, product: &Product) -> Result<Projected> {
+        let product = product.clone();
+        self.db
+            .write(move |db, tx| {
+                let stored = get_row::<Product>(tx, &db.product_view, product.sku.as_str())?;
+                let outcome = match stored {
+                    Some(s) if s.version > product.version => return Ok(Projected::Stale),
+                    Some(s) if s.version == product.version => Projected::AlreadyCurrent,
+                    _ => Projected::Applied,
+                };
+                tx.insert(&db.product_view, product.sku.as_str(), to_row(&product)?);
+                tx.insert(&db.product_listing, product.sku.as_str(), to_row(&ProductSummary::from(&product))?);
+                Ok(outcome)
+            })
+            .await
+    }
+
+    async fn view_product(&self, sku: &Sku) -> Result<Option<Product>> {
+        get_latest(&self.db.product_view, sku.as_str())
+    }
+
+    async fn listing(&self, limit: usize) -> Result<Vec<ProductSummary>> {
+        self.db.product_listing.inner().iter().take(limit).map(|g| from_row(&g.value().map_err(unavailable)?)).collect()
     }
 }
 
@@ -163,6 +203,65 @@ fn units(q: Quantity) -> u64 {
     u64::from(q.get())
 }
 
+/// One line per SKU, so two lines of one SKU are checked against the sum they need.
+fn merge_lines(lines: &[(Sku, Quantity)]) -> Result<Vec<(Sku, Quantity)>> {
+    let mut merged: Vec<(Sku, Quantity)> = Vec::with_capacity(lines.len());
+    for (sku, q) in lines {
+        match merged.iter_mut().find(|(s, _)| s == sku) {
+            Some((_, total)) => {
+                *total = Quantity::new(i64::from(total.get()) + i64::from(q.get()))
+                    .map_err(|e| StoreError::Corrupt(format!("reservation of {sku}: {e}")))?;
+            }
+            None => merged.push((sku.clone(), *q)),
+        }
+    }
+    Ok(merged)
+}
+
+/// Holds every line for `order` or none, inside the caller's write transaction; a second call for the
+/// order returns the stored outcome.
+fn reserve_in_tx(
+    db: &Db,
+    tx: &mut fjall::SingleWriterWriteTx<'_>,
+    order: &OrderId,
+    lines: Vec<(Sku, Quantity)>,
+) -> Result<Reservation> {
+    if let Some(row) = get_row::<ReservationRow>(tx, &db.reservations, order.as_str())? {
+        return Ok(row.outcome);
+    }
+    let mut levels = Vec::with_capacity(lines.len());
+    let mut refusal = None;
+    for (sku, q) in &lines {
+        if !tx.contains_key(&db.products, sku.as_str()).map_err(unavailable)? {
+            refusal = Some(Reservation::Rejected { reason: "unknown_sku".into(), sku: Some(sku.clone()) });
+            break;
+        }
+        let level: StockLevel = get_row(tx, &db.stock, sku.as_str())?.unwrap_or_default();
+        if level.available < units(*q) {
+            refusal = Some(Reservation::Rejected { reason: "out_of_stock".into(), sku: Some(sku.clone()) });
+            break;
+        }
+        levels.push(level);
+    }
+    let outcome = match refusal {
+        Some(r) => r,
+        None => {
+            let mut total = 0;
+            for ((sku, q), mut level) in lines.iter().zip(levels) {
+                level.available -= units(*q); // checked above, under the same write lock
+                level.reserved += units(*q);
+                total += units(*q);
+                tx.insert(&db.stock, sku.as_str(), to_row(&level)?);
+                record_movement(db, tx, sku, "reserve", -(units(*q) as i64), order.as_str())?;
+            }
+            Reservation::Reserved { units: total }
+        }
+    };
+    let row = ReservationRow { lines, outcome: outcome.clone(), ended: None };
+    tx.insert(&db.reservations, order.as_str(), to_row(&row)?);
+    Ok(outcome)
+}
+
 #[async_trait]
 impl InventoryStore for EmbeddedStore {
     async fn stock(&self, sku: &Sku) -> Result<Option<StockLevel>> {
@@ -189,55 +288,17 @@ impl InventoryStore for EmbeddedStore {
     }
 
     async fn reserve(&self, order: &OrderId, lines: &[(Sku, Quantity)]) -> Result<Reservation> {
-        let order = order.clone();
-        // One line per SKU, so two lines of one SKU are checked against the sum they need.
-        let mut merged: Vec<(Sku, Quantity)> = Vec::with_capacity(lines.len());
-        for (sku, q) in lines {
-            match merged.iter_mut().find(|(s, _)| s == sku) {
-                Some((_, total)) => {
-                    *total = Quantity::new(i64::from(total.get()) + i64::from(q.get()))
-                        .map_err(|e| StoreError::Corrupt(format!("reservation of {sku}: {e}")))?;
-                }
-                None => merged.push((sku.clone(), *q)),
-            }
-        }
-        let lines = merged;
+        let mut out = self.reserve_many(&[(order.clone(), lines.to_vec())]).await?;
+        out.pop().ok_or_else(|| StoreError::Corrupt("no reservation outcome".into()))
+    }
+
+    async fn reserve_many(&self, requests: &[(OrderId, Vec<(Sku, Quantity)>)]) -> Result<Vec<Reservation>> {
+        let requests: Vec<(OrderId, Vec<(Sku, Quantity)>)> =
+            requests.iter().map(|(o, lines)| Ok((o.clone(), merge_lines(lines)?))).collect::<Result<_>>()?;
+        // One transaction for all of them: later requests see the stock earlier ones took.
         self.db
             .write(move |db, tx| {
-                if let Some(row) = get_row::<ReservationRow>(tx, &db.reservations, order.as_str())? {
-                    return Ok(row.outcome);
-                }
-                let mut levels = Vec::with_capacity(lines.len());
-                let mut refusal = None;
-                for (sku, q) in &lines {
-                    if !tx.contains_key(&db.products, sku.as_str()).map_err(unavailable)? {
-                        refusal = Some(Reservation::Rejected { reason: "unknown_sku".into(), sku: Some(sku.clone()) });
-                        break;
-                    }
-                    let level: StockLevel = get_row(tx, &db.stock, sku.as_str())?.unwrap_or_default();
-                    if level.available < units(*q) {
-                        refusal = Some(Reservation::Rejected { reason: "out_of_stock".into(), sku: Some(sku.clone()) });
-                        break;
-                    }
-                    levels.push(level);
-                }
-                let outcome = match refusal {
-                    Some(r) => r,
-                    None => {
-                        let mut total = 0;
-                        for ((sku, q), mut level) in lines.iter().zip(levels) {
-                            level.available -= units(*q); // checked above, under the same write lock
-                            level.reserved += units(*q);
-                            total += units(*q);
-                            tx.insert(&db.stock, sku.as_str(), to_row(&level)?);
-                            record_movement(db, tx, sku, "reserve", -(units(*q) as i64), order.as_str())?;
-                        }
-                        Reservation::Reserved { units: total }
-                    }
-                };
-                let row = ReservationRow { lines, outcome: outcome.clone(), ended: None };
-                tx.insert(&db.reservations, order.as_str(), to_row(&row)?);
-                Ok(outcome)
+                requests.into_iter().map(|(order, lines)| reserve_in_tx(db, tx, &order, lines)).collect()
             })
             .await
     }
@@ -303,6 +364,136 @@ impl InventoryStore for EmbeddedStore {
             .map(|g| from_row(&g.value().map_err(unavailable)?))
             .collect()
     }
+
+    async fn set_low_stock_threshold(&self, sku: &Sku, threshold: u64) -> Result<LowStock, StockError> {
+        let sku = sku.clone();
+        self.db
+            .write(move |db, tx| {
+                if !tx.contains_key(&db.products, sku.as_str()).map_err(unavailable)? {
+                    return Ok(Err(StockError::UnknownSku(sku)));
+                }
+                let mut state: LowStock = get_row(tx, &db.stock_alerts, alert_state_key(&sku))?.unwrap_or_default();
+                state.threshold = threshold;
+                tx.insert(&db.stock_alerts, alert_state_key(&sku), to_row(&state)?);
+                Ok(Ok(state))
+            })
+            .await?
+    }
+
+    async fn low_stock(&self, sku: &Sku) -> Result<LowStock> {
+        Ok(get_latest(&self.db.stock_alerts, alert_state_key(sku))?.unwrap_or_default())
+    }
+
+    async fn settle_low_stock(&self, sku: &Sku) -> Result<Vec<StockAlert>> {
+        let sku = sku.clone();
+        self.db
+            .write(move |db, tx| {
+                // Read and flip in one serialisable transaction: no other writer can interleave.
+                if let Some(level) = get_row::<StockLevel>(tx, &db.stock, sku.as_str())? {
+                    let state: LowStock = get_row(tx, &db.stock_alerts, alert_state_key(&sku))?.unwrap_or_default();
+                    if let Some(alert) = state.crossing(&sku, level.available, now_ms()) {
+                        tx.insert(&db.stock_alerts, alert_state_key(&sku), to_row(&state.after(&alert))?);
+                        tx.insert(&db.stock_alerts, alert_time_key(&alert), []);
+                        let row = AlertRow { alert, published: false };
+                        tx.insert(&db.stock_alerts, alert_key(&sku, row.alert.seq), to_row(&row)?);
+                    }
+                }
+                let mut unpublished = Vec::new();
+                for g in tx.prefix(&db.stock_alerts, alert_prefix(&sku)) {
+                    let row: AlertRow = from_row(&g.value().map_err(unavailable)?)?;
+                    if !row.published {
+                        unpublished.push(row.alert);
+                    }
+                }
+                Ok(unpublished)
+            })
+            .await
+    }
+
+    async fn mark_alert_published(&self, sku: &Sku, seq: u64) -> Result<()> {
+        let sku = sku.clone();
+        self.db
+            .write(move |db, tx| {
+                if let Some(mut row) = get_row::<AlertRow>(tx, &db.stock_alerts, alert_key(&sku, seq))?
+                    && !row.published
+                {
+                    row.published = true;
+                    tx.insert(&db.stock_alerts, alert_key(&sku, seq), to_row(&row)?);
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    async fn stock_alerts(&self, sku: Option<&Sku>, limit: usize) -> Result<Vec<StockAlert>> {
+        let ks = &self.db.stock_alerts;
+        match sku {
+            Some(sku) => ks
+                .inner()
+                .prefix(alert_prefix(sku))
+                .rev()
+                .take(limit)
+                .map(|g| Ok(from_row::<AlertRow>(&g.value().map_err(unavailable)?)?.alert))
+                .collect(),
+            None => {
+                let since = now_ms().saturating_sub(ALERT_LISTING_DAYS * 86_400_000);
+                let mut out = Vec::new();
+                for g in ks.inner().prefix(b"t\0").rev() {
+                    if out.len() >= limit {
+                        break;
+                    }
+                    let key = g.key().map_err(unavailable)?;
+                    let (at_ms, sku, seq) = parse_alert_time_key(&key)?;
+                    if at_ms < since {
+                        break;
+                    }
+                    if let Some(row) = get_latest::<AlertRow>(ks, alert_key(&sku, seq))? {
+                        out.push(row.alert);
+                    }
+                }
+                Ok(out)
+            }
+        }
+    }
+}
+
+// Low-stock alerts: stock_alerts holds
+//   "s" 0x00 sku                          LowStock (threshold, flag, crossings)
+//   "a" 0x00 sku 0x00 seq(u64 BE)         AlertRow, one per crossing
+//   "t" 0x00 at_ms(u64 BE) sku 0x00 seq   empty: every SKU's alerts in time order
+
+#[derive(Debug, Serialize, Deserialize)]
+struct AlertRow {
+    alert: StockAlert,
+    published: bool,
+}
+
+fn alert_state_key(sku: &Sku) -> Vec<u8> {
+    [b"s\0".as_slice(), sku.as_str().as_bytes()].concat()
+}
+
+fn alert_prefix(sku: &Sku) -> Vec<u8> {
+    [b"a\0".as_slice(), sku.as_str().as_bytes(), b"\0"].concat()
+}
+
+fn alert_key(sku: &Sku, seq: u64) -> Vec<u8> {
+    [alert_prefix(sku).as_slice(), &seq.to_be_bytes()].concat()
+}
+
+fn alert_time_key(alert: &StockAlert) -> Vec<u8> {
+    let at = u64::try_from(alert.at_ms).unwrap_or(0);
+    [b"t\0".as_slice(), &at.to_be_bytes(), alert.sku.as_str().as_bytes(), b"\0", &alert.seq.to_be_bytes()].concat()
+}
+
+fn parse_alert_time_key(key: &[u8]) -> Result<(i64, Sku, u64)> {
+    let bad = || StoreError::Corrupt("malformed stock alert time key".into());
+    let rest = key.get(2..).ok_or_else(bad)?;
+    let (at, rest) = rest.split_at_checked(8).ok_or_else(bad)?;
+    let (sku, seq) = rest.split_at_checked(rest.len().checked_sub(9).ok_or_else(bad)?).ok_or_else(bad)?;
+    let at = i64::try_from(u64::from_be_bytes(at.try_into().map_err(|_| bad())?)).map_err(|_| bad())?;
+    let seq = u64::from_be_bytes(seq.get(1..).ok_or_else(bad)?.try_into().map_err(|_| bad())?);
+    let sku = Sku::parse(String::from_utf8_lossy(sku).into_owned()).map_err(|_| bad())?;
+    Ok((at, sku, seq))
 }
 
 // ---------------------------------------------------------------------------------------------------

@@ -137,7 +137,8 @@ fn delivery_of(msg: &OwnedMessage) -> Delivery {
     }
 }
 
-/// Handles one partition's records in order; stores each offset after its handler returned.
+/// Handles one partition's records in order; stores each offset after its handler returned. Records
+/// already queued when the worker is free are taken together, up to the handler's batch size.
 async fn partition_worker(
     bus: KafkaBus,
     consumer: Arc<StreamConsumer>,
@@ -146,21 +147,34 @@ async fn partition_worker(
     mut queue: mpsc::Receiver<OwnedMessage>,
     shutdown: CancellationToken,
 ) {
+    let max_batch = handler.max_batch().clamp(1, PARTITION_QUEUE);
+    let mut msgs = Vec::with_capacity(max_batch);
     while let Some(msg) = queue.recv().await {
+        msgs.clear();
+        msgs.push(msg);
+        while msgs.len() < max_batch {
+            match queue.try_recv() {
+                Ok(m) => msgs.push(m),
+                Err(_) => break,
+            }
+        }
         if shutdown.is_cancelled() {
             return;
         }
-        let delivery = delivery_of(&msg);
-        match policy::handle_with_policy(&bus, &group, handler.as_ref(), &delivery, &shutdown).await {
+        let batch: Vec<Delivery> = msgs.iter().map(delivery_of).collect();
+        match policy::handle_batch_with_policy(&bus, &group, handler.as_ref(), &batch, &shutdown).await {
             Ok(()) => {
                 // rdkafka's `store_offset` calls librdkafka's legacy `rd_kafka_offset_store`, which
                 // itself stores `offset + 1` (the next record to read): pass the handled record's own
                 // offset. (Passing offset + 1 skipped a record after a restart; the conformance
-                // check `resumes_after_restart_without_loss` caught it.)
+                // check `resumes_after_restart_without_loss` caught it.) The batch is one partition's
+                // consecutive records, so storing the last one's covers them all.
                 // Fails if the partition was revoked meanwhile; its new owner re-reads from the last
                 // committed offset and the handler's idempotence absorbs the repeat.
-                if let Err(e) = consumer.store_offset(msg.topic(), msg.partition(), msg.offset()) {
-                    tracing::debug!(error = %e, partition = msg.partition(), "offset not stored (partition revoked?)");
+                if let Some(last) = msgs.last()
+                    && let Err(e) = consumer.store_offset(last.topic(), last.partition(), last.offset())
+                {
+                    tracing::debug!(error = %e, partition = last.partition(), "offset not stored (partition revoked?)");
                 }
             }
             Err(_) => return,

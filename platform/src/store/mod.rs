@@ -9,7 +9,10 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use orderflow_schemas::{EventId, Money, Order, OrderId, OrderStatus, Product, Quantity, Sku, StockLevel, UserId};
+use orderflow_schemas::{
+    EventId, Money, Order, OrderId, OrderStatus, Product, ProductSummary, Quantity, Sku, StockAlert, StockAlertKind,
+    StockLevel, UserId,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::bus::BusRecord;
@@ -37,6 +40,8 @@ pub struct Page<T> {
 #[derive(Clone)]
 pub struct Stores {
     pub catalog: Arc<dyn CatalogStore>,
+    /// The catalog's read model (built by the catalog projector from `ProductUpdated` events).
+    pub catalog_view: Arc<dyn CatalogViewStore>,
     pub inventory: Arc<dyn InventoryStore>,
     pub orders: Arc<dyn OrderStore>,
     pub payments: Arc<dyn PaymentStore>,
@@ -52,15 +57,59 @@ impl fmt::Debug for Stores {
 // ---------------------------------------------------------------------------------------------------
 // Catalog
 
+/// The outcome of [`CatalogStore::update_product`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProductWrite {
+    /// Stored.
+    Written,
+    /// There is no product with that SKU.
+    NotFound,
+    /// The stored version is not the one the update was made from; here is the product as stored.
+    Conflict(Product),
+}
+
+/// The catalog's write model: the source of truth for products, written by staff operations through
+/// conditional writes, read by intake (prices) and by the catalog projector's reconciliation. Queries
+/// read the read model ([`CatalogViewStore`]) instead.
 #[async_trait]
 pub trait CatalogStore: Send + Sync {
-    /// Creates the product; `false` if the SKU already exists (nothing changes then).
+    /// Creates the product (its `version` is 1); `false` if the SKU already exists (nothing changes then).
     async fn create_product(&self, product: &Product) -> Result<bool>;
-    /// Replaces an existing product; `false` if there is no such SKU.
-    async fn update_product(&self, product: &Product) -> Result<bool>;
+    /// Replaces the product if the stored version is `product.version - 1` (compare-and-set): two staff
+    /// edits made from the same version cannot both apply. Never creates.
+    async fn update_product(&self, product: &Product) -> Result<ProductWrite>;
     async fn product(&self, sku: &Sku) -> Result<Option<Product>>;
     /// Products in SKU order, starting after the position `after` (a key from an earlier page).
     async fn products(&self, after: Option<&str>, limit: usize) -> Result<Page<Product>>;
+    /// Every product's version, keyed by SKU, in an order of the adapter's choosing that is stable
+    /// across pages (SKU order embedded, token order on CQL), starting after the key `after`. For the
+    /// reconciliation that finds writes whose `ProductUpdated` never reached the read model.
+    async fn product_versions(&self, after: Option<&str>, limit: usize) -> Result<Page<u64>>;
+}
+
+/// What [`CatalogViewStore::upsert_if_newer`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Projected {
+    /// The snapshot was newer than the stored one (or the first): stored.
+    Applied,
+    /// The same version was stored already (a redelivery); written again, which changes nothing.
+    AlreadyCurrent,
+    /// A newer version is stored; nothing changed.
+    Stale,
+}
+
+/// The catalog's read model: one row per product with the newest version seen, and the listing of
+/// every product's summary that `products` filters and sorts on. Written only by the catalog projector;
+/// read by the GraphQL catalog queries (through their cache).
+#[async_trait]
+pub trait CatalogViewStore: Send + Sync {
+    /// Stores the snapshot unless a newer version of the SKU is stored. Idempotent and order-safe: the
+    /// stored row is always the highest version ever given, whatever order they arrive in.
+    async fn upsert_if_newer(&self, product: &Product) -> Result<Projected>;
+    /// The newest stored snapshot of a SKU (archived ones included).
+    async fn view_product(&self, sku: &Sku) -> Result<Option<Product>>;
+    /// The listing: every product's summary in SKU order (archived ones included), at most `limit`.
+    async fn listing(&self, limit: usize) -> Result<Vec<ProductSummary>>;
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -116,10 +165,77 @@ pub trait InventoryStore: Send + Sync {
     /// Holds every line for `order` or none. Idempotent per order: a second call returns the first
     /// result and changes nothing. Never lets `available` go below zero.
     async fn reserve(&self, order: &OrderId, lines: &[(Sku, Quantity)]) -> Result<Reservation>;
+    /// [`InventoryStore::reserve`] for several orders, answered in order, as if one after the other. An
+    /// adapter that can commit them together (one transaction for a batch of one SKU's reservations)
+    /// overrides this; the default reserves one by one.
+    async fn reserve_many(&self, requests: &[(OrderId, Vec<(Sku, Quantity)>)]) -> Result<Vec<Reservation>> {
+        let mut out = Vec::with_capacity(requests.len());
+        for (order, lines) in requests {
+            out.push(self.reserve(order, lines).await?);
+        }
+        Ok(out)
+    }
     /// Ends the order's hold: back to `available` (release) or out as `sold` (commit). Idempotent.
     async fn end_reservation(&self, order: &OrderId, end: ReservationEnd) -> Result<ReservationEnd>;
     /// The most recent movements of a SKU, newest first.
     async fn movements(&self, sku: &Sku, limit: usize) -> Result<Vec<StockMovement>>;
+
+    /// Sets the low-stock threshold of a known SKU (see [`LowStock`]).
+    async fn set_low_stock_threshold(&self, sku: &Sku, threshold: u64) -> Result<LowStock, StockError>;
+    /// The SKU's threshold and whether it is currently flagged low (defaults for a SKU never set up).
+    async fn low_stock(&self, sku: &Sku) -> Result<LowStock>;
+    /// Compares the SKU's available units with its threshold and, if that flips its low flag, records
+    /// the crossing as the SKU's next alert, fenced so that concurrent callers record it once. Returns
+    /// the SKU's alerts not yet marked published, oldest first (the new one included): the caller
+    /// publishes them and marks them. Every change of a SKU's level is followed by a call, so the flag
+    /// follows the level; a crossing is one alert, not one per order.
+    async fn settle_low_stock(&self, sku: &Sku) -> Result<Vec<StockAlert>>;
+    /// Marks the SKU's alert `seq` as published. Idempotent.
+    async fn mark_alert_published(&self, sku: &Sku, seq: u64) -> Result<()>;
+    /// Alerts newest first: of one SKU, or of every SKU over the last [`ALERT_LISTING_DAYS`] days.
+    async fn stock_alerts(&self, sku: Option<&Sku>, limit: usize) -> Result<Vec<StockAlert>>;
+}
+
+/// How far back the all-SKU alert listing looks.
+pub const ALERT_LISTING_DAYS: i64 = 7;
+
+/// A SKU's low-stock setting and state. `low` is a hysteresis flag: it turns on when available units
+/// are at or below `threshold` and off when they are above it, each flip being one [`StockAlert`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LowStock {
+    pub threshold: u64,
+    pub low: bool,
+    /// Crossings recorded so far (the seq of the latest alert).
+    pub crossings: u64,
+}
+
+impl Default for LowStock {
+    fn default() -> Self {
+        Self { threshold: orderflow_schemas::stock_alert::DEFAULT_LOW_STOCK_THRESHOLD, low: false, crossings: 0 }
+    }
+}
+
+impl LowStock {
+    /// The alert to record if `available` units flip the flag, or `None`.
+    pub fn crossing(&self, sku: &Sku, available: u64, at_ms: i64) -> Option<StockAlert> {
+        let now_low = available <= self.threshold;
+        (now_low != self.low).then(|| {
+            let seq = self.crossings + 1;
+            StockAlert {
+                sku: sku.clone(),
+                seq,
+                kind: if now_low { StockAlertKind::InventoryLow } else { StockAlertKind::InventoryRestocked },
+                available,
+                threshold: self.threshold,
+                at_ms,
+            }
+        })
+    }
+
+    /// The state after recording `alert`.
+    pub fn after(&self, alert: &StockAlert) -> LowStock {
+        LowStock { threshold: self.threshold, low: alert.kind == StockAlertKind::InventoryLow, crossings: alert.seq }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------
