@@ -385,6 +385,22 @@ impl InventoryStore for EmbeddedStore {
     }
 
     async fn settle_low_stock(&self, sku: &Sku) -> Result<Vec<StockAlert>> {
+        // The common case (no crossing, nothing unpublished) needs no write transaction: a look at the
+        // latest committed rows settles it. A crossing is re-checked and recorded under the write lock.
+        let level: Option<StockLevel> = get_latest(&self.db.stock, sku.as_str())?;
+        let state: LowStock = get_latest(&self.db.stock_alerts, alert_state_key(sku))?.unwrap_or_default();
+        if level.is_none_or(|l| state.crossing(sku, l.available, 0).is_none()) {
+            let mut unpublished = Vec::new();
+            for g in self.db.stock_alerts.inner().prefix(alert_prefix(sku)) {
+                let row: AlertRow = from_row(&g.value().map_err(unavailable)?)?;
+                if !row.published {
+                    unpublished.push(row.alert);
+                }
+            }
+            if unpublished.is_empty() {
+                return Ok(unpublished);
+            }
+        }
         let sku = sku.clone();
         self.db
             .write(move |db, tx| {
