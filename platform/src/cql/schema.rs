@@ -1,5 +1,6 @@
 //! Applies `schemas/cql/*.cql` (embedded in the binary) to a cluster. Every statement in them is idempotent
-//! (`IF NOT EXISTS`), so this runs at every deploy; run it from one process (a deploy step or the first
+//! (`IF NOT EXISTS`, and `ALTER TABLE ... ADD` runs only for a column the table lacks), so this runs at every
+//! deploy; run it from one process (a deploy step or the first
 //! instance), not from every instance at once, since concurrent schema changes are what makes a cluster's
 //! schema disagree.
 
