@@ -1,5 +1,11 @@
-//! Baselines measured in the same run as the product: a bare axum handler for the HTTP intake, and raw
-//! fjall writes in the same shape as the pipeline's writes for the embedded store.
+//! Baselines measured in the same run as the product: a bare axum handler for the HTTP intake, raw
+//! fjall writes in the same shape as the pipeline's writes for the embedded store, and, for the Kafka + CQL
+//! mode, the raw produce rate ([`kafka`]) and raw CQL write rates ([`cql`]) combined through what one order
+//! costs ([`distributed`]).
+
+pub mod cql;
+pub mod distributed;
+pub mod kafka;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -43,12 +49,58 @@ async fn place(Json(order): Json<BareOrder>) -> impl IntoResponse {
     (StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(json!({"order_id": id, "status": "PENDING"})))
 }
 
-/// Serves `POST /v1/orders` on `listener` until `shutdown` resolves.
+/// The product as the catalog's GraphQL `product(sku){ sku name price stock { available reserved } }`
+/// answers it, for the plain-JSON product read.
+#[derive(Debug, Clone, Serialize)]
+struct BareProduct {
+    sku: String,
+    name: String,
+    price: String,
+    stock: BareStock,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+struct BareStock {
+    available: u64,
+    reserved: u64,
+}
+
+/// The plain-axum product read: a lookup in an in-memory map and a JSON answer. A SKU is added on its
+/// first read, so any SKU the load generator asks for exists.
+async fn product(
+    axum::extract::State(products): axum::extract::State<
+        Arc<std::sync::RwLock<std::collections::HashMap<String, BareProduct>>>,
+    >,
+    axum::extract::Path(sku): axum::extract::Path<String>,
+) -> impl IntoResponse {
+    let found = products.read().ok().and_then(|m| m.get(&sku).cloned());
+    let product = match found {
+        Some(p) => p,
+        None => {
+            let p = BareProduct {
+                name: format!("Product {sku}"),
+                sku: sku.clone(),
+                price: "4.00".into(),
+                stock: BareStock { available: 1_000_000_000, reserved: 0 },
+            };
+            if let Ok(mut m) = products.write() {
+                m.insert(sku, p.clone());
+            }
+            p
+        }
+    };
+    Json(product)
+}
+
+/// Serves `POST /v1/orders` and `GET /v1/products/{sku}` on `listener` until `shutdown` resolves.
 pub async fn serve_bare(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let app = axum::Router::new().route("/v1/orders", post(place));
+    let app = axum::Router::new()
+        .route("/v1/orders", post(place))
+        .route("/v1/products/{sku}", axum::routing::get(product))
+        .with_state(Arc::new(std::sync::RwLock::new(std::collections::HashMap::new())));
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("bare baseline server")
 }
 
@@ -178,7 +230,8 @@ pub fn run_fjall(dir: &Path, threads: usize, duration: Duration, sync_writes: bo
     for name in names {
         keyspaces.insert(name, db.keyspace(name, fjall::KeyspaceCreateOptions::default).context("keyspace")?);
     }
-    let durability = sync_writes.then_some(fjall::PersistMode::SyncData);
+    // The product's modes: every commit handed to the OS (survives kill -9), fdatasync with --sync-writes.
+    let durability = Some(if sync_writes { fjall::PersistMode::SyncData } else { fjall::PersistMode::Buffer });
     let (db, keyspaces) = (Arc::new(db), Arc::new(keyspaces));
     let orders = Arc::new(AtomicU64::new(0));
     let seq = Arc::new(AtomicU64::new(0));

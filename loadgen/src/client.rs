@@ -98,6 +98,11 @@ impl Api {
         Self::json_of(self.http.get(format!("{}/v1/orders/{id}", self.base)).send().await).await
     }
 
+    /// `GET /v1/products/{sku}` (the bare baseline server's product read).
+    pub async fn get_product(&self, sku: &str) -> Result<Value, Failure> {
+        Self::json_of(self.http.get(format!("{}/v1/products/{sku}", self.base)).send().await).await
+    }
+
     /// `POST /graphql`; a 200 with `errors` is a failure. `staff` sends the admin token.
     pub async fn graphql(&self, query: &str, variables: Value, staff: bool) -> Result<Value, Failure> {
         let mut req =

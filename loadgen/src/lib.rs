@@ -1,5 +1,6 @@
 //! `orderflow-load`: drives a running orderflow over HTTP and GraphQL and measures it next to
-//! baselines taken in the same run (a bare axum handler, raw fjall writes).
+//! baselines taken in the same run (a bare axum handler, raw fjall writes, raw Kafka produce and raw CQL
+//! writes).
 //!
 //! A tool crate: the library exists so the binary and the smoke test share one implementation, and it
 //! reports errors with `anyhow` like a binary does.
@@ -50,7 +51,11 @@ pub fn summary(report: &Report) -> String {
         Load::Closed { users, iterations, think_ms } => format!(
             "closed loop, {users} users{}{}",
             iterations.map(|i| format!(", {i} iterations each")).unwrap_or_default(),
-            if think_ms > 0 { format!(", think {think_ms} ms") } else { String::new() }
+            if think_ms > 0 {
+                format!(", think time {think_ms} ms +-{:.0} %", report.think_jitter * 100.0)
+            } else {
+                String::new()
+            }
         ),
         Load::Open { rate_per_s, .. } => format!("open loop, {rate_per_s} req/s"),
     };

@@ -27,6 +27,13 @@ pub enum Scenario {
     Mixed,
     /// Everyone orders one unit of one SKU with limited stock (`--flash-stock`).
     Flash,
+    /// Only `product(sku)` over GraphQL (a random seeded SKU each time).
+    Product,
+    /// Only `products(first: 20)` over GraphQL.
+    Products,
+    /// Only `GET /v1/products/{sku}`: for the bare baseline server (`bare-server`), the plain-axum
+    /// comparison of `product`.
+    BareProduct,
 }
 
 /// Closed loop (a fixed number of users, each sending as soon as its previous answer came) or open
@@ -38,6 +45,7 @@ pub enum Load {
         users: usize,
         /// Per-user iteration cap (`None`: until the duration ends).
         iterations: Option<u64>,
+        /// Mean pause between a user's requests (think time); see [`RunConfig::think_jitter`].
         think_ms: u64,
     },
     Open {
@@ -68,6 +76,9 @@ pub struct RunConfig {
     pub e2e_wait: Duration,
     pub request_timeout: Duration,
     pub progress: bool,
+    /// Closed loop with a think time: each pause is drawn uniformly from `think_ms x (1 +- think_jitter)`
+    /// (0: exactly `think_ms`; clamped to 0..=1).
+    pub think_jitter: f64,
 }
 
 impl RunConfig {
@@ -86,6 +97,7 @@ impl RunConfig {
             e2e_wait: Duration::from_secs(30),
             request_timeout: Duration::from_secs(10),
             progress: true,
+            think_jitter: 0.5,
         }
     }
 }
@@ -118,6 +130,8 @@ pub struct Report {
     pub target: String,
     pub scenario: Scenario,
     pub load: Load,
+    /// The think-time jitter of a closed loop with a think time (0 otherwise).
+    pub think_jitter: f64,
     pub duration_s: f64,
     /// Length of the load phase, start to last answer.
     pub elapsed_s: f64,
@@ -139,6 +153,7 @@ const OP_PLACE: &str = "place_order";
 const OP_PRODUCT: &str = "product";
 const OP_PRODUCTS: &str = "products";
 const OP_TRACK: &str = "track_order";
+const OP_BARE_PRODUCT: &str = "get_product";
 
 /// Recently placed order ids kept for `track_order`.
 const RECENT_ORDERS: usize = 1024;
@@ -210,6 +225,9 @@ impl Shared {
                     OP_PRODUCTS
                 }
             }
+            Scenario::Product => OP_PRODUCT,
+            Scenario::Products => OP_PRODUCTS,
+            Scenario::BareProduct => OP_BARE_PRODUCT,
             Scenario::Mixed => match rng.u8(..100) {
                 0..30 => OP_PRODUCTS,
                 30..60 => OP_PRODUCT,
@@ -257,6 +275,14 @@ impl Shared {
                     )
                     .await?;
                 if v.pointer("/data/product/sku").is_none() {
+                    return Err(Failure::Decode(format!("product {sku} missing from the answer")));
+                }
+                Ok(())
+            }
+            OP_BARE_PRODUCT => {
+                let sku = self.skus.get(rng.usize(..self.skus.len().max(1))).cloned().unwrap_or_default();
+                let v = self.api.get_product(&sku).await?;
+                if v.get("sku").is_none() {
                     return Err(Failure::Decode(format!("product {sku} missing from the answer")));
                 }
                 Ok(())
@@ -320,6 +346,21 @@ async fn seed_catalog(api: &Api, cfg: &RunConfig, run_id: &str) -> anyhow::Resul
             .map_err(|f| anyhow::anyhow!("createProduct {sku}: {}", f.parts().1))?;
         skus.push(sku);
     }
+    // The catalog is CQRS: reads see a new product once the projector has stored it (milliseconds).
+    // Wait for the last one so the run does not count that moment as errors.
+    if let Some(last) = skus.last() {
+        let started = std::time::Instant::now();
+        loop {
+            let v = api.graphql("query($s: String!){ product(sku: $s){ sku } }", json!({"s": last}), false).await;
+            if v.is_ok_and(|v| v.pointer("/data/product/sku").is_some()) {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                bail!("seeded product {last} is not readable after 30 s: is the catalog projector running?");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
     Ok(skus)
 }
 
@@ -380,7 +421,8 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<Report> {
     let deadline = started + cfg.duration;
     match cfg.load {
         Load::Closed { users, iterations, think_ms } => {
-            closed_loop(&shared, users, iterations, think_ms, deadline).await
+            let think = Think::new(Duration::from_millis(think_ms), cfg.think_jitter);
+            closed_loop(&shared, users, iterations, think, deadline).await
         }
         Load::Open { rate_per_s, max_in_flight } => {
             open_loop(&shared, rate_per_s, max_in_flight, cfg.duration, started).await?
@@ -420,6 +462,10 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<Report> {
         target: cfg.target.clone(),
         scenario: cfg.scenario,
         load: cfg.load,
+        think_jitter: match cfg.load {
+            Load::Closed { think_ms, .. } if think_ms > 0 => clamp_jitter(cfg.think_jitter),
+            _ => 0.0,
+        },
         duration_s: cfg.duration.as_secs_f64(),
         elapsed_s: elapsed.as_secs_f64(),
         seeded_skus: if cfg.seed { skus.len() } else { 0 },
@@ -429,22 +475,61 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<Report> {
     })
 }
 
-async fn closed_loop(shared: &Arc<Shared>, users: usize, iterations: Option<u64>, think_ms: u64, deadline: Instant) {
+/// A closed-loop user's pauses: a mean think time and a uniform jitter around it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Think {
+    mean: Duration,
+    /// Fraction of `mean`, in 0..=1: pauses fall in `mean x [1 - jitter, 1 + jitter]`.
+    jitter: f64,
+}
+
+/// A think-time jitter as used: within 0..=1 (a pause is never negative), 0 when not a number.
+fn clamp_jitter(jitter: f64) -> f64 {
+    if jitter.is_finite() { jitter.clamp(0.0, 1.0) } else { 0.0 }
+}
+
+impl Think {
+    fn new(mean: Duration, jitter: f64) -> Self {
+        Self { mean, jitter: clamp_jitter(jitter) }
+    }
+
+    /// The pause after a request.
+    fn pause(&self, rng: &mut fastrand::Rng) -> Duration {
+        if self.mean.is_zero() {
+            return Duration::ZERO;
+        }
+        self.mean.mul_f64(1.0 + self.jitter * (2.0 * rng.f64() - 1.0))
+    }
+
+    /// When a user starts: at a uniformly random point of one mean pause, as users arriving one by one
+    /// would, rather than every user at the same instant.
+    fn start_offset(&self, rng: &mut fastrand::Rng) -> Duration {
+        self.mean.mul_f64(rng.f64())
+    }
+}
+
+async fn closed_loop(shared: &Arc<Shared>, users: usize, iterations: Option<u64>, think: Think, deadline: Instant) {
     let mut tasks = JoinSet::new();
     for user in 0..users as u64 {
         let shared = Arc::clone(shared);
         tasks.spawn(async move {
             let mut rng = fastrand::Rng::with_seed(user);
             let mut done = 0u64;
-            while Instant::now() < deadline && iterations.is_none_or(|cap| done < cap) {
+            let mut pause = think.start_offset(&mut rng);
+            while iterations.is_none_or(|cap| done < cap) {
+                // A pause never runs past the end of the run.
+                if !pause.is_zero() {
+                    tokio::time::sleep_until(deadline.min(Instant::now() + pause).into()).await;
+                }
+                if Instant::now() >= deadline {
+                    break;
+                }
                 let op = shared.choose(&mut rng);
                 let t0 = Instant::now();
                 let outcome = shared.execute(op, user, &mut rng).await;
                 shared.record(op, t0.elapsed(), outcome);
                 done += 1;
-                if think_ms > 0 {
-                    tokio::time::sleep(Duration::from_millis(think_ms)).await;
-                }
+                pause = think.pause(&mut rng);
             }
         });
     }
@@ -564,5 +649,35 @@ mod tests {
         assert_eq!(terminal(&pending), None);
         let rejected = json!({"timeline": [{"at_ms": 5, "type": "placed"}, {"at_ms": 9, "type": "rejected"}]});
         assert_eq!(terminal(&rejected), Some((false, 4)));
+    }
+
+    #[test]
+    fn think_time_pauses_stay_within_the_jitter_and_average_the_mean() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let think = Think::new(Duration::from_secs(1), 0.5);
+        let pauses: Vec<Duration> = (0..10_000).map(|_| think.pause(&mut rng)).collect();
+        let (lo, hi) = (Duration::from_millis(500), Duration::from_millis(1500));
+        assert!(pauses.iter().all(|p| (lo..=hi).contains(p)), "a pause outside 0.5 s ..= 1.5 s");
+        let mean_s = pauses.iter().map(Duration::as_secs_f64).sum::<f64>() / pauses.len() as f64;
+        assert!((mean_s - 1.0).abs() < 0.02, "mean pause {mean_s} s");
+        // Both halves of the range are used: it is random, not a constant.
+        assert!(pauses.iter().any(|p| *p < Duration::from_millis(700)));
+        assert!(pauses.iter().any(|p| *p > Duration::from_millis(1300)));
+        let offsets: Vec<Duration> = (0..1000).map(|_| think.start_offset(&mut rng)).collect();
+        assert!(offsets.iter().all(|o| *o < Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn no_think_time_means_no_pause_and_jitter_is_clamped() {
+        let mut rng = fastrand::Rng::with_seed(1);
+        let none = Think::new(Duration::ZERO, 0.5);
+        assert_eq!(none.pause(&mut rng), Duration::ZERO);
+        assert_eq!(none.start_offset(&mut rng), Duration::ZERO);
+        let fixed = Think::new(Duration::from_millis(200), 0.0);
+        assert_eq!(fixed.pause(&mut rng), Duration::from_millis(200));
+        assert_eq!(Think::new(Duration::from_secs(1), 7.0).jitter, 1.0);
+        assert_eq!(Think::new(Duration::from_secs(1), f64::NAN).jitter, 0.0);
+        let wide = Think::new(Duration::from_secs(1), 1.0);
+        assert!((0..1000).all(|_| wide.pause(&mut rng) <= Duration::from_secs(2)));
     }
 }

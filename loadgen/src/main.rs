@@ -44,6 +44,45 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Raw Kafka produce rate with the product's producer settings (idempotent, acks=all) and records
+    /// (the 7 envelopes of an order), into a throwaway topic with the pipeline's partition count.
+    BaselineKafka {
+        /// Bootstrap servers, `HOST:PORT[,HOST:PORT]` (loopback only).
+        #[arg(long)]
+        bootstrap: String,
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Records sent and not yet acknowledged, at most.
+        #[arg(long, default_value_t = 128)]
+        in_flight: usize,
+        /// Replication factor of the throwaway topic.
+        #[arg(long, default_value_t = 1)]
+        replication_factor: i32,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Raw CQL write rates with the product's driver and consistency: prepared INSERTs, then LWTs
+    /// (INSERT ... IF NOT EXISTS), each for `--duration`, into a throwaway keyspace.
+    BaselineCql {
+        /// Contact points, `HOST:PORT[,HOST:PORT]` (loopback only).
+        #[arg(long)]
+        contact: String,
+        /// Length of each of the two phases.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Requests in flight, at most.
+        #[arg(long, default_value_t = 128)]
+        concurrency: usize,
+        /// Value size of a plain row (the pipeline's plain rows are index and ledger rows: small).
+        #[arg(long, default_value_t = 100)]
+        plain_bytes: usize,
+        /// Value size of an LWT row (about the mean of the pipeline's conditional writes: order documents of
+        /// about 1 KB and small reservation, payment and shipment rows).
+        #[arg(long, default_value_t = 600)]
+        lwt_bytes: usize,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -60,9 +99,13 @@ struct LoadArgs {
     /// Closed loop: stop each user after this many requests (the duration still bounds the run).
     #[arg(long, requires = "users")]
     iterations: Option<u64>,
-    /// Closed loop: pause between a user's requests.
-    #[arg(long, default_value = "0ms", value_parser = humantime::parse_duration)]
-    think: Duration,
+    /// Closed loop: a user's pause between two requests (think time), e.g. `1s`. Each user also starts
+    /// after a random part of one pause, so users do not all arrive at once.
+    #[arg(long, visible_alias = "think", default_value = "0ms", value_parser = humantime::parse_duration)]
+    think_time: Duration,
+    /// Closed loop: each pause is drawn uniformly from think-time x (1 +- this), e.g. 0.5 for +-50 %.
+    #[arg(long, default_value_t = 0.5, value_parser = parse_jitter)]
+    think_jitter: f64,
     /// Open loop: requests in flight at most (sends past it wait, and that wait counts as latency).
     #[arg(long, default_value_t = 4096)]
     max_in_flight: usize,
@@ -115,6 +158,10 @@ struct BaselineHttpArgs {
     /// Measure the bare server already at `--target` (see `bare-server`) instead of starting one here.
     #[arg(long)]
     external: bool,
+    /// `place` (POST /v1/orders, the intake comparison) or `bare-product` (GET /v1/products/{sku}, the
+    /// comparison for catalog reads).
+    #[arg(long, default_value = "place")]
+    scenario: Scenario,
 }
 
 #[derive(Debug, Serialize)]
@@ -131,7 +178,7 @@ fn config(args: &LoadArgs, scenario: Scenario) -> anyhow::Result<RunConfig> {
         (users, None) => Load::Closed {
             users: users.unwrap_or(8).max(1),
             iterations: args.iterations,
-            think_ms: u64::try_from(args.think.as_millis()).unwrap_or(u64::MAX),
+            think_ms: u64::try_from(args.think_time.as_millis()).unwrap_or(u64::MAX),
         },
     };
     if args.duration > Duration::from_secs(3600) {
@@ -143,7 +190,34 @@ fn config(args: &LoadArgs, scenario: Scenario) -> anyhow::Result<RunConfig> {
     cfg.duration = args.duration;
     cfg.request_timeout = args.request_timeout;
     cfg.progress = !args.quiet;
+    cfg.think_jitter = args.think_jitter;
     Ok(cfg)
+}
+
+fn parse_jitter(s: &str) -> Result<f64, String> {
+    let j: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if (0.0..=1.0).contains(&j) { Ok(j) } else { Err("the jitter is a fraction between 0 and 1".into()) }
+}
+
+/// Loopback `HOST:PORT` list: like the HTTP target, baselines only ever load this machine.
+fn loopback_hosts(list: &str) -> anyhow::Result<Vec<String>> {
+    let hosts: Vec<String> = list.split(',').map(|h| h.trim().to_owned()).filter(|h| !h.is_empty()).collect();
+    if hosts.is_empty() {
+        bail!("no HOST:PORT given");
+    }
+    for h in &hosts {
+        let url = reqwest::Url::parse(&format!("tcp://{h}")).with_context(|| format!("{h:?} is not HOST:PORT"))?;
+        orderflow_loadgen::client::check_loopback(&url)?;
+    }
+    Ok(hosts)
+}
+
+fn write_json(path: Option<&PathBuf>, value: &impl Serialize) -> anyhow::Result<()> {
+    if let Some(path) = path {
+        std::fs::write(path, serde_json::to_vec_pretty(value)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }
 
 fn write_outputs(args: &LoadArgs, out: &Output<'_>) -> anyhow::Result<()> {
@@ -158,8 +232,11 @@ fn write_outputs(args: &LoadArgs, out: &Output<'_>) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn bare_baseline(args: &LoadArgs, external: bool) -> anyhow::Result<Report> {
-    let mut cfg = config(args, Scenario::Place)?;
+async fn bare_baseline(args: &LoadArgs, external: bool, scenario: Scenario) -> anyhow::Result<Report> {
+    if !matches!(scenario, Scenario::Place | Scenario::BareProduct) {
+        bail!("the bare server answers `place` and `bare-product` only");
+    }
+    let mut cfg = config(args, scenario)?;
     cfg.seed = false;
     let stop = if external {
         None
@@ -190,7 +267,7 @@ async fn main_async(cli: Cli) -> anyhow::Result<()> {
                 if args.scenario != Scenario::Place {
                     bail!("--spawn-baseline compares `place` only");
                 }
-                let bare = bare_baseline(&args.load, false).await?;
+                let bare = bare_baseline(&args.load, false, Scenario::Place).await?;
                 println!("baseline: bare axum handler, same client and load");
                 print!("{}", summary(&bare));
                 Some(bare)
@@ -207,7 +284,7 @@ async fn main_async(cli: Cli) -> anyhow::Result<()> {
             write_outputs(&args.load, &Output { report: &report, baseline: bare.as_ref(), comparison })
         }
         Command::BaselineHttp(args) => {
-            let report = bare_baseline(&args.load, args.external).await?;
+            let report = bare_baseline(&args.load, args.external, args.scenario).await?;
             print!("{}", summary(&report));
             write_outputs(&args.load, &Output { report: &report, baseline: None, comparison: None })
         }
@@ -241,10 +318,43 @@ async fn main_async(cli: Cli) -> anyhow::Result<()> {
                 r.keys_per_s,
                 r.duration_s
             );
-            if let Some(path) = json {
-                std::fs::write(&path, serde_json::to_vec_pretty(&r)?)?;
-            }
-            Ok(())
+            write_json(json.as_ref(), &r)
+        }
+        Command::BaselineKafka { bootstrap, duration, in_flight, replication_factor, json } => {
+            let hosts = loopback_hosts(&bootstrap)?;
+            let r = baseline::kafka::run_kafka(&hosts.join(","), in_flight, duration, replication_factor).await?;
+            println!(
+                "raw Kafka produce, {} partitions, {} in flight, {:.0} B records: {:.0} messages/s ({:.0} B/s, {} failed) \
+                 over {:.1} s = {:.0} orders/s at {} records per order",
+                r.partitions,
+                r.in_flight,
+                r.mean_record_bytes,
+                r.messages_per_s,
+                r.bytes_per_s,
+                r.failed,
+                r.duration_s,
+                r.orders_per_s,
+                r.plan.messages
+            );
+            write_json(json.as_ref(), &r)
+        }
+        Command::BaselineCql { contact, duration, concurrency, plain_bytes, lwt_bytes, json } => {
+            let hosts = loopback_hosts(&contact)?;
+            let r = baseline::cql::run_cql(&hosts, concurrency, duration, plain_bytes, lwt_bytes).await?;
+            println!(
+                "raw CQL, {} in flight: {:.0} INSERTs/s ({} errors), {:.0} LWTs/s ({} errors, {} not applied) \
+                 = {:.0} orders/s at {} plain rows + {} LWTs per order",
+                r.concurrency,
+                r.plain.per_s,
+                r.plain.errors,
+                r.lwt.per_s,
+                r.lwt.errors,
+                r.lwt.not_applied,
+                r.orders_per_s,
+                r.plan.plain_rows,
+                r.plan.lwts
+            );
+            write_json(json.as_ref(), &r)
         }
     }
 }

@@ -65,6 +65,14 @@ async fn every_scenario_produces_its_figures() {
     assert!(e2e.latency_ms.p50 > 0.0);
     assert!(!mixed.stats.timeline.is_empty());
 
+    // A think time spaces each user's requests: 4 users pausing at least 250 ms (500 ms +-50 %) cannot
+    // send more than 4 x (2 s / 250 ms + 1) requests in 2 s, however fast the machine is.
+    let thinking = Load::Closed { users: 4, iterations: None, think_ms: 500 };
+    let paced = run(&tiny(target.clone(), Scenario::Place, thinking)).await.unwrap();
+    let requests = paced.stats.total.requests;
+    assert!(requests > 0 && requests <= 4 * 9, "{requests} requests");
+    assert_eq!(paced.think_jitter, 0.5);
+
     // Open loop, flash sale: a few units for everybody; rejections are outcomes, not errors.
     let open = Load::Open { rate_per_s: 20.0, max_in_flight: 64 };
     let flash = run(&tiny(target.clone(), Scenario::Flash, open)).await.unwrap();

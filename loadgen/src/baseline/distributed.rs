@@ -1,0 +1,168 @@
+//! What one order costs the pipeline on Kafka + CQL, and the baseline figure made from the raw rates.
+//!
+//! The plan was counted by reading the adapters (`platform/src/kafka/mod.rs`, `platform/src/cql/*.rs`), the
+//! intake (`ingest/src/lib.rs`) and the handlers (`processors/src/{saga,inventory,payment,fulfillment}.rs`)
+//! for a one-line order on the happy path: placed -> CONFIRMED -> shipment noted, no retry, no conflict.
+
+use orderflow_schemas::topics;
+use serde::Serialize;
+
+/// The bus and store work of one step of the pipeline.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Step {
+    /// Who does it: the intake, or the consumer group and the record it handles.
+    pub step: &'static str,
+    /// Records produced (idempotent producer, `acks=all`, each awaited), by topic.
+    pub produced: &'static [&'static str],
+    /// Plain CQL write requests, as the rows each writes: `1` is one INSERT, `4` one LOGGED batch of 4
+    /// statements (index rows in several partitions).
+    pub plain_writes: &'static [u32],
+    /// Lightweight transactions: one Paxos round each. A conditional batch inside one partition (the saga's
+    /// `status IF` + `event row IF NOT EXISTS`, the inventory hold) counts once.
+    pub lwts: u32,
+    /// Reads at LOCAL_QUORUM. Listed for completeness; the raw baselines only write.
+    pub reads: u32,
+}
+
+/// One order through the pipeline on Kafka + CQL (happy path, one line). Totals: 7 records produced,
+/// 6 plain write requests holding 25 rows, 11 LWTs, 8 reads. Offsets are committed by librdkafka once a
+/// second per consumer, not per record, so they are not counted.
+pub const DISTRIBUTED_ORDER_PLAN: &[Step] = &[
+    // ingest/src/lib.rs `place` + cql/orders.rs `insert_new`: the product's price (1 read); the index rows
+    // written ahead (bucket, all orders, by user, by status PENDING: one LOGGED batch); the order
+    // `INSERT ... IF NOT EXISTS`; then OrderPlaced.
+    Step { step: "intake: POST /v1/orders", produced: &[topics::ORDERS.name], plain_writes: &[4], lwts: 1, reads: 1 },
+    // saga on OrderPlaced: read the order; `apply` = conditional batch (status IF + event row IF NOT EXISTS);
+    // `write_indexes` = bucket, all, user, status PROCESSING + delete PENDING (5 rows); then ReserveStock.
+    Step {
+        step: "order saga: OrderPlaced",
+        produced: &[topics::INVENTORY.name],
+        plain_writes: &[5],
+        lwts: 1,
+        reads: 1,
+    },
+    // inventory `reserve`: the reservation intent (INSERT IF NOT EXISTS); the hold row and the level read
+    // (no hold row yet, so the level is a second read); the hold (conditional batch: level IF version +
+    // hold row IF NOT EXISTS); the movement ledger row (plain); `pending -> reserved` (UPDATE IF state);
+    // then StockReserved.
+    Step { step: "inventory: ReserveStock", produced: &[topics::ORDERS.name], plain_writes: &[1], lwts: 3, reads: 2 },
+    // saga on StockReserved: read; apply; indexes with no status change (4 rows); then CapturePayment.
+    Step {
+        step: "order saga: StockReserved",
+        produced: &[topics::PAYMENTS.name],
+        plain_writes: &[4],
+        lwts: 1,
+        reads: 1,
+    },
+    // payment: read the payment (none yet); the simulated provider's ledger entry (INSERT IF NOT EXISTS);
+    // the payment record (INSERT IF NOT EXISTS); then PaymentCaptured.
+    Step { step: "payment: CapturePayment", produced: &[topics::ORDERS.name], plain_writes: &[], lwts: 2, reads: 1 },
+    // saga on PaymentCaptured: read; apply; indexes with status CONFIRMED, delete PROCESSING, processing
+    // time (6 rows); then CreateShipment.
+    Step {
+        step: "order saga: PaymentCaptured",
+        produced: &[topics::FULFILLMENT.name],
+        plain_writes: &[6],
+        lwts: 1,
+        reads: 1,
+    },
+    // fulfillment: the shipment (INSERT IF NOT EXISTS); then ShipmentCreated.
+    Step {
+        step: "fulfillment: CreateShipment",
+        produced: &[topics::ORDERS.name],
+        plain_writes: &[],
+        lwts: 1,
+        reads: 0,
+    },
+    // saga on ShipmentCreated: read; apply (no outputs, so nothing is produced); indexes with the
+    // processing time, no status change (5 rows).
+    Step { step: "order saga: ShipmentCreated", produced: &[], plain_writes: &[5], lwts: 1, reads: 1 },
+];
+
+/// The plan's totals per order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PlanTotals {
+    pub messages: u32,
+    pub plain_requests: u32,
+    pub plain_rows: u32,
+    pub lwts: u32,
+    pub reads: u32,
+}
+
+/// Sums a plan.
+pub fn totals(plan: &[Step]) -> PlanTotals {
+    let mut t = PlanTotals { messages: 0, plain_requests: 0, plain_rows: 0, lwts: 0, reads: 0 };
+    for s in plan {
+        t.messages += s.produced.len() as u32;
+        t.plain_requests += s.plain_writes.len() as u32;
+        t.plain_rows += s.plain_writes.iter().sum::<u32>();
+        t.lwts += s.lwts;
+        t.reads += s.reads;
+    }
+    t
+}
+
+/// Orders/s the bus allows: the raw produce rate divided by the records one order produces.
+pub fn kafka_orders_per_s(messages_per_s: f64, plan: &PlanTotals) -> f64 {
+    if plan.messages == 0 {
+        return f64::INFINITY;
+    }
+    messages_per_s.max(0.0) / f64::from(plan.messages)
+}
+
+/// Orders/s the store allows: one order needs `plain_rows / plain_rows_per_s + lwts / lwts_per_s` seconds of
+/// the store's capacity (plain rows at the raw single-row INSERT rate, LWTs at the raw LWT rate), so the
+/// rate is the inverse of that sum. A rate of zero for work the plan needs gives zero.
+pub fn cql_orders_per_s(plain_rows_per_s: f64, lwts_per_s: f64, plan: &PlanTotals) -> f64 {
+    let part = |n: u32, rate: f64| {
+        if n == 0 {
+            0.0
+        } else if rate > 0.0 {
+            f64::from(n) / rate
+        } else {
+            f64::INFINITY
+        }
+    };
+    let seconds = part(plan.plain_rows, plain_rows_per_s) + part(plan.lwts, lwts_per_s);
+    if seconds == 0.0 { f64::INFINITY } else { 1.0 / seconds }
+}
+
+/// The Kafka + CQL baseline: `min(kafka_orders_per_s, cql_orders_per_s)`, each measured alone. It assumes
+/// the broker and the database do not slow each other down; on shared cores they do, so it is an upper bound.
+pub fn orders_per_s(kafka_orders_per_s: f64, cql_orders_per_s: f64) -> f64 {
+    kafka_orders_per_s.min(cql_orders_per_s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_order_is_7_records_25_plain_rows_in_6_requests_11_lwts_and_8_reads() {
+        let t = totals(DISTRIBUTED_ORDER_PLAN);
+        assert_eq!(t, PlanTotals { messages: 7, plain_requests: 6, plain_rows: 25, lwts: 11, reads: 8 });
+        // Four of the seven records are replies to the order saga; one goes to each command topic.
+        let to_orders = DISTRIBUTED_ORDER_PLAN.iter().flat_map(|s| s.produced).filter(|t| **t == topics::ORDERS.name);
+        assert_eq!(to_orders.count(), 4);
+    }
+
+    #[test]
+    fn the_baseline_is_the_slower_of_bus_and_store() {
+        let t = totals(DISTRIBUTED_ORDER_PLAN);
+        assert!((kafka_orders_per_s(7000.0, &t) - 1000.0).abs() < 1e-9);
+        // 25 rows at 25,000/s = 1 ms, 11 LWTs at 1,100/s = 10 ms: 11 ms per order.
+        let cql = cql_orders_per_s(25_000.0, 1_100.0, &t);
+        assert!((cql - 1000.0 / 11.0).abs() < 1e-9, "{cql}");
+        assert!((orders_per_s(1000.0, cql) - cql).abs() < 1e-12);
+        assert_eq!(orders_per_s(50.0, cql), 50.0);
+    }
+
+    #[test]
+    fn a_missing_rate_gives_zero_not_infinity() {
+        let t = totals(DISTRIBUTED_ORDER_PLAN);
+        assert_eq!(cql_orders_per_s(25_000.0, 0.0, &t), 0.0);
+        assert_eq!(kafka_orders_per_s(0.0, &t), 0.0);
+        let none = PlanTotals { messages: 0, plain_requests: 0, plain_rows: 0, lwts: 0, reads: 0 };
+        assert!(cql_orders_per_s(0.0, 0.0, &none).is_infinite());
+    }
+}
