@@ -29,7 +29,23 @@ pub async fn product(app: &TestApp, stock: i64) -> String {
         )
         .await;
     assert_eq!(v["data"]["createProduct"]["sku"], sku.as_str(), "{v}");
+    // The catalog is CQRS: reads show the product once the projector has stored it. On a fresh Kafka
+    // consumer group that can take a few seconds; the freshness itself is measured in tests/catalog.rs.
+    visible(app, &sku).await;
     sku
+}
+
+/// Waits until `product(sku)` shows the SKU (at most 30 s).
+pub async fn visible(app: &TestApp, sku: &str) {
+    let started = std::time::Instant::now();
+    loop {
+        let v = app.gql("query($s: String!){ product(sku: $s){ sku } }", json!({"s": sku}), false).await;
+        if v["data"]["product"]["sku"] == sku {
+            return;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "product {sku} never became readable: {v}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 async fn eventually<T: PartialEq + std::fmt::Debug>(what: &str, want: T, mut get: impl AsyncFnMut() -> T) {
