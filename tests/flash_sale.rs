@@ -174,19 +174,10 @@ async fn flash_sale_on_kafka_and_cql_survives_inventory_processor_kill() {
     };
     let dir = tempfile::tempdir().unwrap();
     let http = reqwest::Client::new();
-    let migrate = std::process::Command::new(env!("CARGO_BIN_EXE_orderflow"))
-        .args(["--store", &format!("scylla://{cql}"), "migrate"])
-        .output()
-        .unwrap();
-    assert!(migrate.status.success(), "orderflow migrate failed: {}", String::from_utf8_lossy(&migrate.stderr));
+    common::migrate_cql(&cql);
     let role = |args: &[&str], name: &str| {
-        let env = [
-            ("ORDERFLOW_BUS", format!("kafka://{kafka}")),
-            ("ORDERFLOW_STORE", format!("scylla://{cql}")),
-            ("ORDERFLOW_SEED_CATALOG", "none".to_owned()),
-        ];
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        common::Proc::spawn_with_args(args, &dir.path().join(name), common::free_port(), &env)
+        let no_seed = [("ORDERFLOW_SEED_CATALOG", "none")];
+        common::role_on_kafka_and_cql(args, &kafka, &cql, &dir.path().join(name), &no_seed)
     };
     let procs = [
         role(&["ingest"], "ingest"),

@@ -10,19 +10,14 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{Proc, free_port, gql, wait_status};
+use common::{Proc, gql, wait_status};
 use orderflow_platform::conformance::real_engine;
 use orderflow_platform::{BackendUrl, Backends};
 use serde_json::json;
 
 const ORDERS: usize = 60;
 
-fn role(args: &[&str], kafka: &str, cql: &str, dir: &std::path::Path, extra: &[(&str, &str)]) -> Proc {
-    let mut env = vec![("ORDERFLOW_BUS", format!("kafka://{kafka}")), ("ORDERFLOW_STORE", format!("scylla://{cql}"))];
-    env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    Proc::spawn_with_args(args, &dir.join(args.join("-")), free_port(), &env)
-}
+use common::role_on_kafka_and_cql as role;
 
 async fn processed(http: &reqwest::Client, p: &Proc) -> u64 {
     let text = http.get(format!("{}/metrics", p.base)).send().await.unwrap().text().await.unwrap();
@@ -39,12 +34,7 @@ async fn three_payment_processors_one_killed_every_order_charged_once() {
     };
     let dir = tempfile::tempdir().unwrap();
     let http = reqwest::Client::new();
-    // What an operator does first: apply the schema (idempotent, so it is fine if a test did already).
-    let migrate = std::process::Command::new(env!("CARGO_BIN_EXE_orderflow"))
-        .args(["--store", &format!("scylla://{cql}"), "migrate"])
-        .output()
-        .unwrap();
-    assert!(migrate.status.success(), "orderflow migrate failed: {}", String::from_utf8_lossy(&migrate.stderr));
+    common::migrate_cql(&cql);
     let slow = [("ORDERFLOW_PAYMENT_LATENCY_MS", "150")];
     let mut procs = [
         role(&["ingest"], &kafka, &cql, dir.path(), &[]),

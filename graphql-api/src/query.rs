@@ -17,13 +17,18 @@ pub(crate) const MAX_PAGE_SIZE: i32 = 100;
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Query;
 
-/// Checks `first` and decodes `after`; returns the page size and the store key to start after.
-fn page_args(list: &'static str, first: Option<i32>, after: Option<&str>) -> ApiResult<(usize, Option<String>)> {
+/// Checks a list's `first` (1 to [`MAX_PAGE_SIZE`], default [`DEFAULT_PAGE_SIZE`]); returns the page size.
+pub(crate) fn page_size(first: Option<i32>) -> ApiResult<usize> {
     let first = first.unwrap_or(DEFAULT_PAGE_SIZE);
     if !(1..=MAX_PAGE_SIZE).contains(&first) {
         return Err(ApiError::invalid("first", format!("must be between 1 and {MAX_PAGE_SIZE} (got {first})")));
     }
-    let limit = first.unsigned_abs() as usize;
+    Ok(first.unsigned_abs() as usize)
+}
+
+/// Checks `first` and decodes `after`; returns the page size and the store key to start after.
+fn page_args(list: &'static str, first: Option<i32>, after: Option<&str>) -> ApiResult<(usize, Option<String>)> {
+    let limit = page_size(first)?;
     let after = after.map(|s| PageCursor::decode(list, s)).transpose()?;
     Ok((limit, after))
 }

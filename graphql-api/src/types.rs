@@ -205,16 +205,8 @@ impl ProductObject {
         ctx: &Context<'_>,
         first: Option<i32>,
     ) -> async_graphql::Result<Vec<StockMovementObject>> {
-        let first = first.unwrap_or(20);
-        if !(1..=crate::query::MAX_PAGE_SIZE).contains(&first) {
-            return Err(ApiError::invalid("first", format!("must be between 1 and 100 (got {first})")).into());
-        }
-        let moves = state(ctx)?
-            .stores
-            .inventory
-            .movements(&self.0.sku, first.unsigned_abs() as usize)
-            .await
-            .map_err(ApiError::from)?;
+        let limit = crate::query::page_size(first)?;
+        let moves = state(ctx)?.stores.inventory.movements(&self.0.sku, limit).await.map_err(ApiError::from)?;
         Ok(moves.into_iter().map(StockMovementObject).collect())
     }
 }
@@ -296,12 +288,8 @@ pub(crate) async fn stock_alerts(
     sku: Option<&orderflow_schemas::Sku>,
     first: Option<i32>,
 ) -> async_graphql::Result<Vec<StockAlertObject>> {
-    let first = first.unwrap_or(20);
-    if !(1..=crate::query::MAX_PAGE_SIZE).contains(&first) {
-        return Err(ApiError::invalid("first", format!("must be between 1 and 100 (got {first})")).into());
-    }
-    let alerts =
-        state(ctx)?.stores.inventory.stock_alerts(sku, first.unsigned_abs() as usize).await.map_err(ApiError::from)?;
+    let limit = crate::query::page_size(first)?;
+    let alerts = state(ctx)?.stores.inventory.stock_alerts(sku, limit).await.map_err(ApiError::from)?;
     Ok(alerts.into_iter().map(StockAlertObject).collect())
 }
 

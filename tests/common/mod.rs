@@ -133,6 +133,25 @@ pub struct Proc {
     pub log: PathBuf,
 }
 
+/// `orderflow migrate` on the CQL store at `cql`: what an operator does before starting separate roles
+/// (idempotent, so it is fine if a test did already).
+pub fn migrate_cql(cql: &str) {
+    let out = Command::new(env!("CARGO_BIN_EXE_orderflow"))
+        .args(["--store", &format!("scylla://{cql}"), "migrate"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "orderflow migrate failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// `orderflow <args>` as one role on Kafka at `kafka` and the CQL store at `cql`, with its own port and a
+/// data directory (for its log) named after the role under `dir`.
+pub fn role_on_kafka_and_cql(args: &[&str], kafka: &str, cql: &str, dir: &Path, extra: &[(&str, &str)]) -> Proc {
+    let mut env = vec![("ORDERFLOW_BUS", format!("kafka://{kafka}")), ("ORDERFLOW_STORE", format!("scylla://{cql}"))];
+    env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    Proc::spawn_with_args(args, &dir.join(args.join("-")), free_port(), &env)
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
