@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use orderflow_platform::BackendUrl;
-use orderflow_platform::backend::BackendOptions;
+use orderflow_platform::backend::{BackendOptions, EmbeddedMemory};
 use orderflow_processors::payment::SimulatedRules;
 use orderflow_processors::runtime::ProcessorSettings;
 use orderflow_schemas::{Money, UserId};
@@ -64,6 +64,20 @@ pub struct Settings {
     #[arg(long, env = "ORDERFLOW_SYNC_WRITES", global = true)]
     pub sync_writes: bool,
 
+    /// Embedded store: block cache shared by every table, in MiB.
+    #[arg(long, env = "ORDERFLOW_CACHE_MIB", default_value_t = EmbeddedMemory::default().cache_mib, global = true)]
+    pub cache_mib: u64,
+
+    /// Embedded store: largest in-memory write buffer (memtable) per table before it is flushed to disk,
+    /// in MiB. Resident memory levels off at about cache + this x 17 tables.
+    #[arg(long, env = "ORDERFLOW_MEMTABLE_MIB", default_value_t = EmbeddedMemory::default().memtable_mib, global = true)]
+    pub memtable_mib: u64,
+
+    /// Embedded store: largest write-ahead journal, in MiB, before the tables it covers are flushed and it
+    /// is recycled (bounds disk use and recovery time after a crash); at least 64.
+    #[arg(long, env = "ORDERFLOW_JOURNAL_MIB", default_value_t = EmbeddedMemory::default().journal_mib, global = true)]
+    pub journal_mib: u64,
+
     /// Replication factor of the topics orderflow creates on Kafka (use 3 on a production cluster).
     #[arg(long, env = "ORDERFLOW_KAFKA_REPLICATION_FACTOR", default_value_t = 1, global = true)]
     pub kafka_replication_factor: i32,
@@ -88,6 +102,11 @@ impl Settings {
             sync_writes: self.sync_writes,
             kafka_replication_factor: self.kafka_replication_factor,
             migrate_cql: false,
+            embedded_memory: EmbeddedMemory {
+                cache_mib: self.cache_mib,
+                memtable_mib: self.memtable_mib,
+                journal_mib: self.journal_mib,
+            },
         }
     }
 

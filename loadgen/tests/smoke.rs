@@ -23,6 +23,9 @@ async fn start(dir: &std::path::Path) -> App {
         payment_decline_users: vec![],
         seed_catalog: Seed::None,
         sync_writes: false,
+        cache_mib: 64,
+        memtable_mib: 8,
+        journal_mib: 128,
         kafka_replication_factor: 1,
         stalled_after_ms: 3000,
     };

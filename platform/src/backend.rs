@@ -83,11 +83,36 @@ pub struct BackendOptions {
     pub sync_writes: bool,
     /// Apply the CQL schema on start-up (single-process `serve`); separate roles expect `orderflow migrate`.
     pub migrate_cql: bool,
+    /// The embedded engine's memory bounds (block cache, memtables, journal).
+    pub embedded_memory: EmbeddedMemory,
+}
+
+/// What the embedded engine may hold in memory, in MiB. Resident memory levels off once these fill:
+/// about `cache + memtable x keyspaces in use`, plus the process's own working set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EmbeddedMemory {
+    /// Block cache shared by every table (recently read data blocks).
+    pub cache_mib: u64,
+    /// Largest memtable per table before it is written out as a sorted file.
+    pub memtable_mib: u64,
+    /// Largest write-ahead journal before the tables it holds are flushed and it is recycled.
+    pub journal_mib: u64,
+}
+
+impl Default for EmbeddedMemory {
+    fn default() -> Self {
+        Self { cache_mib: 64, memtable_mib: 8, journal_mib: 128 }
+    }
 }
 
 impl Default for BackendOptions {
     fn default() -> Self {
-        Self { kafka_replication_factor: 1, sync_writes: false, migrate_cql: false }
+        Self {
+            kafka_replication_factor: 1,
+            sync_writes: false,
+            migrate_cql: false,
+            embedded_memory: EmbeddedMemory::default(),
+        }
     }
 }
 

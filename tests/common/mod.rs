@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 
 pub fn settings(data_dir: &Path) -> Settings {
+    let memory = orderflow_platform::backend::EmbeddedMemory::default();
     Settings {
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: data_dir.to_owned(),
@@ -26,6 +27,9 @@ pub fn settings(data_dir: &Path) -> Settings {
         payment_decline_users: vec![],
         seed_catalog: Seed::Demo,
         sync_writes: false,
+        cache_mib: memory.cache_mib,
+        memtable_mib: memory.memtable_mib,
+        journal_mib: memory.journal_mib,
         kafka_replication_factor: 1,
         stalled_after_ms: 3000,
     }

@@ -94,6 +94,12 @@ pub struct EmbeddedLog {
     wakers: HashMap<&'static str, Arc<Notify>>,
     /// (group, topic) pairs consuming in this process: one consumer per group, like a Kafka group of one.
     active: Mutex<std::collections::HashSet<(String, String)>>,
+    /// Per (topic, partition), the offset below which every record is already trimmed. Trimming starts
+    /// there instead of at offset 0: the deleted records' tombstones stay in the LSM tree until
+    /// compaction drops them, and walking them on every trim made its cost grow with the log's history.
+    trimmed_below: Mutex<HashMap<(String, u16), u64>>,
+    /// Groups with a stored position, by topic, as found at the first trim (see `groups_of`).
+    known_groups: Mutex<Option<HashMap<String, Vec<String>>>>,
 }
 
 impl std::fmt::Debug for EmbeddedLog {
@@ -109,7 +115,14 @@ fn topic_named(name: &str) -> Result<Topic, BusError> {
 impl EmbeddedLog {
     pub(crate) fn new(db: Arc<Db>) -> Self {
         let wakers = topics::ALL.iter().map(|t| (t.name, Arc::new(Notify::new()))).collect();
-        Self { db, next_offsets: Arc::new(Mutex::new(HashMap::new())), wakers, active: Mutex::new(Default::default()) }
+        Self {
+            db,
+            next_offsets: Arc::new(Mutex::new(HashMap::new())),
+            wakers,
+            active: Mutex::new(Default::default()),
+            trimmed_below: Mutex::new(HashMap::new()),
+            known_groups: Mutex::new(None),
+        }
     }
 
     fn waker(&self, topic: &str) -> Result<Arc<Notify>, BusError> {
@@ -150,18 +163,42 @@ impl EmbeddedLog {
         Ok(out)
     }
 
+    /// Every group that ever consumed `topic`: those with a stored position (read once per process, since
+    /// a full walk of the often-overwritten cursor table costs more the more positions were committed)
+    /// and those consuming now.
+    fn groups_of(&self, topic: &str) -> Result<Vec<String>, StoreError> {
+        let poisoned = || StoreError::Unavailable("group table poisoned".into());
+        let mut known = self.known_groups.lock().map_err(|_| poisoned())?;
+        if known.is_none() {
+            let mut found: HashMap<String, Vec<String>> = HashMap::new();
+            for guard in self.db.cursors.inner().iter() {
+                let k = guard.key().map_err(unavailable)?;
+                let mut parts = k.splitn(3, |b| *b == 0);
+                if let (Some(group), Some(t)) = (parts.next(), parts.next()) {
+                    let (group, t) = (String::from_utf8_lossy(group).into_owned(), String::from_utf8_lossy(t));
+                    let groups = found.entry(t.into_owned()).or_default();
+                    if !groups.contains(&group) {
+                        groups.push(group);
+                    }
+                }
+            }
+            *known = Some(found);
+        }
+        let mut groups = known.as_ref().and_then(|k| k.get(topic)).cloned().unwrap_or_default();
+        for (group, t) in self.active.lock().map_err(|_| poisoned())?.iter() {
+            if t == topic && !groups.contains(group) {
+                groups.push(group.clone());
+            }
+        }
+        Ok(groups)
+    }
+
     /// Deletes records of a partition that every group which ever read the topic has committed past,
     /// keeping the newest record so that the next offset can always be recovered from the log.
     fn trim(&self, topic: &str, partition: u16) -> Result<(), StoreError> {
         let mut min_next = u64::MAX;
-        for guard in self.db.cursors.inner().iter() {
-            let (k, v) = guard.into_inner().map_err(unavailable)?;
-            let mut parts = k.splitn(2, |b| *b == 0);
-            let (_group, rest) = (parts.next(), parts.next().unwrap_or_default());
-            if rest.len() == topic.len() + 3
-                && rest.starts_with(topic.as_bytes())
-                && rest[topic.len() + 1..] == partition.to_be_bytes()
-            {
+        for group in self.groups_of(topic)? {
+            if let Some(v) = self.db.cursors.get(cursor_key(&group, topic, partition)).map_err(unavailable)? {
                 let next = u64::from_be_bytes(v.as_ref().try_into().map_err(|_| StoreError::Corrupt("cursor".into()))?);
                 min_next = min_next.min(next);
             }
@@ -175,19 +212,37 @@ impl EmbeddedLog {
         if upto == 0 || min_next == u64::MAX {
             return Ok(());
         }
-        let keys: Vec<_> = self
-            .db
-            .log
-            .inner()
-            .range(record_key(topic, partition, 0)..record_key(topic, partition, upto))
-            .map(|g| g.key())
-            .collect::<Result<_, _>>()
-            .map_err(unavailable)?;
-        let mut tx = self.db.db.write_tx();
-        for k in keys {
-            tx.remove(&self.db.log, k);
+        let poisoned = || StoreError::Unavailable("trim table poisoned".into());
+        let slot = (topic.to_owned(), partition);
+        let from = self.trimmed_below.lock().map_err(|_| poisoned())?.get(&slot).copied();
+        let from = match from {
+            Some(from) => from,
+            // First trim of this partition in this process: the oldest record still in the log (one walk
+            // over whatever tombstones an earlier process left, then never again).
+            None => match self.db.log.inner().prefix(&prefix).next() {
+                Some(g) => offset_of(&g.key().map_err(unavailable)?).unwrap_or(0),
+                None => return Ok(()),
+            },
+        };
+        if from < upto {
+            let keys: Vec<_> = self
+                .db
+                .log
+                .inner()
+                .range(record_key(topic, partition, from)..record_key(topic, partition, upto))
+                .map(|g| g.key())
+                .collect::<Result<_, _>>()
+                .map_err(unavailable)?;
+            let mut tx = self.db.db.write_tx();
+            for k in keys {
+                // Each log key is written once, so a weak tombstone (dropped together with the record at
+                // compaction) is enough and leaves nothing behind.
+                tx.remove_weak(&self.db.log, k);
+            }
+            tx.commit().map_err(unavailable)?;
         }
-        tx.commit().map_err(unavailable)
+        self.trimmed_below.lock().map_err(|_| poisoned())?.insert(slot, upto.max(from));
+        Ok(())
     }
 
     async fn consume_partition(
@@ -310,6 +365,15 @@ impl Bus for EmbeddedLog {
             let mut active = self.active.lock().map_err(|_| BusError::Unavailable("consumer table poisoned".into()))?;
             if !active.insert(member.clone()) {
                 return Err(BusError::AlreadyConsuming { group: member.0, topic: member.1 });
+            }
+        }
+        // Once it has consumed, the group holds back trimming even after it stops (as its stored cursor does).
+        if let Ok(mut known) = self.known_groups.lock()
+            && let Some(known) = known.as_mut()
+        {
+            let groups = known.entry(member.1.clone()).or_default();
+            if !groups.contains(&member.0) {
+                groups.push(member.0.clone());
             }
         }
         // Every partition is read by its own future; they run concurrently within this task.

@@ -57,8 +57,14 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
 
 impl Db {
     fn open(dir: &Path, options: &BackendOptions) -> Result<Db, fjall::Error> {
-        let db = SingleWriterTxDatabase::builder(dir.join("fjall")).open()?;
-        let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
+        const MIB: u64 = 1024 * 1024;
+        let memory = &options.embedded_memory;
+        let db = SingleWriterTxDatabase::builder(dir.join("fjall"))
+            .cache_size(memory.cache_mib.max(1) * MIB)
+            .max_journaling_size(memory.journal_mib.max(64) * MIB)
+            .open()?;
+        let memtable = memory.memtable_mib.max(1) * MIB;
+        let ks = |name: &str| db.keyspace(name, || KeyspaceCreateOptions::default().max_memtable_size(memtable));
         Ok(Db {
             // Every commit leaves the process before the call returns (a write(2) of the journal buffer),
             // so a `kill -9` loses nothing acknowledged; `--sync-writes` adds fdatasync for power loss.

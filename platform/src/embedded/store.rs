@@ -18,7 +18,16 @@ use crate::store::*;
 /// The embedded adapter of every store port.
 pub struct EmbeddedStore {
     db: Arc<Db>,
+    /// No order placed before this time (ms) was PENDING at the last stalled-order sweep, so the next
+    /// sweep starts there (less [`SWEEP_FLOOR_MARGIN_MS`]) instead of at the oldest order ever placed:
+    /// the PENDING index is mostly tombstones of orders that moved on, and walking all of them on every
+    /// sweep made its cost grow with history.
+    pending_floor_ms: std::sync::atomic::AtomicI64,
 }
+
+/// How far before the floor a sweep still looks: covers an order whose insert finished a while after the
+/// `placed_at_ms` it carries (a slow write), so it is not missed.
+const SWEEP_FLOOR_MARGIN_MS: i64 = 60_000;
 
 impl std::fmt::Debug for EmbeddedStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -28,7 +37,7 @@ impl std::fmt::Debug for EmbeddedStore {
 
 impl EmbeddedStore {
     pub(crate) fn new(db: Arc<Db>) -> Self {
-        Self { db }
+        Self { db, pending_floor_ms: std::sync::atomic::AtomicI64::new(i64::MIN) }
     }
 }
 
@@ -390,8 +399,9 @@ impl InventoryStore for EmbeddedStore {
         let level: Option<StockLevel> = get_latest(&self.db.stock, sku.as_str())?;
         let state: LowStock = get_latest(&self.db.stock_alerts, alert_state_key(sku))?.unwrap_or_default();
         if level.is_none_or(|l| state.crossing(sku, l.available, 0).is_none()) {
+            let from: u64 = get_latest(&self.db.stock_alerts, published_below_key(sku))?.unwrap_or(1);
             let mut unpublished = Vec::new();
-            for g in self.db.stock_alerts.inner().prefix(alert_prefix(sku)) {
+            for g in self.db.stock_alerts.inner().range(alert_key(sku, from)..alert_end(sku)) {
                 let row: AlertRow = from_row(&g.value().map_err(unavailable)?)?;
                 if !row.published {
                     unpublished.push(row.alert);
@@ -414,8 +424,9 @@ impl InventoryStore for EmbeddedStore {
                         tx.insert(&db.stock_alerts, alert_key(&sku, row.alert.seq), to_row(&row)?);
                     }
                 }
+                let from: u64 = get_row(tx, &db.stock_alerts, published_below_key(&sku))?.unwrap_or(1);
                 let mut unpublished = Vec::new();
-                for g in tx.prefix(&db.stock_alerts, alert_prefix(&sku)) {
+                for g in tx.range(&db.stock_alerts, alert_key(&sku, from)..alert_end(&sku)) {
                     let row: AlertRow = from_row(&g.value().map_err(unavailable)?)?;
                     if !row.published {
                         unpublished.push(row.alert);
@@ -435,6 +446,15 @@ impl InventoryStore for EmbeddedStore {
                 {
                     row.published = true;
                     tx.insert(&db.stock_alerts, alert_key(&sku, seq), to_row(&row)?);
+                }
+                // Move the SKU's watermark past every published alert, so settling reads only what follows.
+                let mut below: u64 = get_row(tx, &db.stock_alerts, published_below_key(&sku))?.unwrap_or(1);
+                let start = below;
+                while get_row::<AlertRow>(tx, &db.stock_alerts, alert_key(&sku, below))?.is_some_and(|r| r.published) {
+                    below += 1;
+                }
+                if below != start {
+                    tx.insert(&db.stock_alerts, published_below_key(&sku), to_row(&below)?);
                 }
                 Ok(())
             })
@@ -475,6 +495,7 @@ impl InventoryStore for EmbeddedStore {
 
 // Low-stock alerts: stock_alerts holds
 //   "s" 0x00 sku                          LowStock (threshold, flag, crossings)
+//   "p" 0x00 sku                          u64: every alert of the SKU below this seq is published
 //   "a" 0x00 sku 0x00 seq(u64 BE)         AlertRow, one per crossing
 //   "t" 0x00 at_ms(u64 BE) sku 0x00 seq   empty: every SKU's alerts in time order
 
@@ -490,6 +511,16 @@ fn alert_state_key(sku: &Sku) -> Vec<u8> {
 
 fn alert_prefix(sku: &Sku) -> Vec<u8> {
     [b"a\0".as_slice(), sku.as_str().as_bytes(), b"\0"].concat()
+}
+
+/// The end (exclusive) of a SKU's alert rows.
+fn alert_end(sku: &Sku) -> Vec<u8> {
+    [b"a\0".as_slice(), sku.as_str().as_bytes(), b"\x01"].concat()
+}
+
+/// Every alert of the SKU with a smaller seq than the value stored here is published.
+fn published_below_key(sku: &Sku) -> Vec<u8> {
+    [b"p\0".as_slice(), sku.as_str().as_bytes()].concat()
 }
 
 fn alert_key(sku: &Sku, seq: u64) -> Vec<u8> {
@@ -668,21 +699,46 @@ impl OrderStore for EmbeddedStore {
     }
 
     async fn stalled_pending(&self, placed_before_ms: i64, limit: usize) -> Result<Vec<Order>> {
+        use std::sync::atomic::Ordering;
         let prefix = index_prefix("s", Some(OrderStatus::Pending.as_str()));
+        // Positions sort newest first, so [placed_before, floor - margin] in time is this key range.
+        let at = |ms: i64| index_key(prefix.clone(), &format!("{:016x}", u64::MAX - ms.max(0) as u64));
+        let floor = self.pending_floor_ms.load(Ordering::Relaxed);
+        let start = at(placed_before_ms.saturating_sub(1));
+        let end = if floor == i64::MIN {
+            let mut end = prefix.clone();
+            end.push(0xFF);
+            end
+        } else {
+            at(floor.saturating_sub(SWEEP_FLOOR_MARGIN_MS))
+        };
         let mut out = Vec::new();
-        // The index is newest first, so read it backwards for oldest first.
-        for guard in self.db.order_index.inner().prefix(&prefix).rev() {
+        let mut complete = true;
+        // Read backwards for oldest first.
+        for guard in self.db.order_index.inner().range(start..end).rev() {
+            if out.len() >= limit {
+                complete = false;
+                break;
+            }
             let key = guard.key().map_err(unavailable)?;
             let pos = String::from_utf8_lossy(key.get(prefix.len()..).unwrap_or_default()).into_owned();
             let Some((_, id)) = pos.split_once(':') else { continue };
             let Some(order) = get_latest::<Order>(&self.db.orders, id)? else { continue };
-            if order.placed_at_ms >= placed_before_ms || out.len() >= limit {
-                break;
+            if order.placed_at_ms >= placed_before_ms {
+                continue;
             }
             if order.status == OrderStatus::Pending {
                 out.push(order);
             }
         }
+        // The oldest order still PENDING (re-published now) holds the floor; with none left, everything
+        // placed before the cutoff has moved on.
+        let new_floor = match out.first() {
+            Some(oldest) => oldest.placed_at_ms,
+            None if complete => placed_before_ms,
+            None => floor,
+        };
+        self.pending_floor_ms.fetch_max(new_floor.min(placed_before_ms), Ordering::Relaxed);
         Ok(out)
     }
 
