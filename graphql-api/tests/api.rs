@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use orderflow_graphql::{ApiState, OrderflowSchema, Staff, schema};
 use orderflow_ingest::Intake;
 use orderflow_platform::backend::BackendOptions;
-use orderflow_platform::store::{Applied, Transition};
+use orderflow_platform::store::{Applied, Fence, Transition};
 use orderflow_platform::{Backends, Delivery, Handler, HandlerError, Stores};
 use orderflow_schemas::{Event, OrderStatus, TimelineEntry, codec, now_ms, topics};
 use serde_json::{Value, json};
@@ -623,7 +623,9 @@ impl Handler for FakeSaga {
         order.status = to;
         order.reason = reason;
         order.timeline.push(TimelineEntry { at_ms: now_ms(), kind: to.as_str().to_lowercase(), detail });
-        let transition = Transition { event_id: env.event_id, expected: before.status, order, outputs: Vec::new() };
+        let fence = Fence::new(1, delivery.offset);
+        let transition =
+            Transition { event_id: env.event_id, expected: before.status, order, outputs: Vec::new(), fence };
         match self.stores.orders.apply(transition).await? {
             Applied::Conflict => Err(HandlerError::Transient("conflict".into())),
             _ => Ok(()),

@@ -86,6 +86,23 @@ async fn every_scenario_produces_its_figures() {
     assert_eq!(e2e.confirmed + e2e.rejected, e2e.sampled, "{e2e:?}");
     assert!(e2e.confirmed <= 3, "no oversell: {e2e:?}");
 
+    // Checkout: every user waits for its order's verdict; --max-orders ends the run (the duration is only a
+    // bound); the CPU of a watched process (this one) is reported per completed checkout.
+    let mut cfg = tiny(target.clone(), Scenario::Checkout, Load::Closed { users: 4, iterations: None, think_ms: 0 });
+    cfg.max_orders = Some(12);
+    cfg.duration = Duration::from_secs(60);
+    cfg.cpu_pids = vec![("loadgen".into(), std::process::id())];
+    let checkout = run(&cfg).await.unwrap();
+    let c = checkout.checkout.as_ref().expect("checkout figures");
+    assert_eq!((c.started, c.completed, c.errors, c.unfinished_at_end), (12, 12, 0, 0), "{c:?}");
+    assert_eq!(c.confirmed, 12, "{c:?}");
+    assert!(c.completed_per_s > 0.0 && c.latency_ms.p50 > 0.0 && c.polls_per_checkout >= 1.0, "{c:?}");
+    assert!(checkout.op("get_order").is_some_and(|o| o.requests >= 12 && o.errors == 0));
+    assert_eq!(checkout.op("place_order").map(|o| o.requests), Some(12));
+    assert_eq!(checkout.placement_progress.last().map(|p| p.orders), Some(12));
+    assert_eq!(checkout.cpu.len(), 1);
+    assert!(checkout.cpu[0].cpu_ms_per_order.is_some(), "{:?}", checkout.cpu);
+
     let chart_path = dir.path().join("chart.svg");
     chart::write_svg(&mixed, &chart_path).unwrap();
     assert!(std::fs::read_to_string(&chart_path).unwrap().contains("<svg"));

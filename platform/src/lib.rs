@@ -13,6 +13,7 @@ pub mod bus;
 pub mod conformance;
 pub mod cql;
 pub mod embedded;
+pub mod fencing;
 pub mod kafka;
 pub mod store;
 pub mod telemetry;

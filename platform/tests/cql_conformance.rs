@@ -17,7 +17,9 @@ use std::time::Instant;
 use orderflow_platform::conformance::store::{self, product, q};
 use orderflow_platform::conformance::{real_engine, run_id};
 use orderflow_platform::cql::{self, CqlStore};
-use orderflow_platform::store::{Applied, Inserted, OrderFilter, Reservation, ReservationEnd, Stores, Transition};
+use orderflow_platform::store::{
+    Applied, Fence, Inserted, OrderFilter, PaymentRecord, Reservation, ReservationEnd, Stores, Transition,
+};
 use orderflow_schemas::{EventId, Order, OrderId, OrderStatus, Sku, StockLevel, UserId, now_ms};
 
 /// The CQL contact points, or None when the test should be skipped (see [`real_engine`]).
@@ -68,9 +70,13 @@ async fn cql_store_passes_every_conformance_check_in_sequence() {
         order_stats_follow_transitions,
         payments_first_record_wins,
         shipments_are_created_once,
+        partition_epochs_only_grow,
     );
 
     // What only this adapter has to prove.
+    let t = Instant::now();
+    a_zombies_late_writes_lose_to_its_successors(&store, &stores).await;
+    println!("ok  {:<55} {:>6} ms", "a_zombies_late_writes_lose_to_its_successors", t.elapsed().as_millis());
     let t = Instant::now();
     interrupted_reservation_resumes_without_holding_twice(&store, &stores).await;
     println!("ok  {:<55} {:>6} ms", "interrupted_reservation_resumes_without_holding_twice", t.elapsed().as_millis());
@@ -251,25 +257,32 @@ async fn redelivered_step_repairs_the_read_models(store: &CqlStore, stores: &Sto
     let mut next = order.clone();
     next.status = OrderStatus::Cancelled;
     let event = EventId::random();
-    // Only the conditional part of apply(), as a crash right after it would leave it.
+    // Only the step itself (state cells and the event row), as a crash right after it would leave it.
     let doc = serde_json::to_string(&next).expect("json");
-    let written = store
+    let ts = Fence::new(1, 7).timestamp();
+    store
         .session()
         .query_unpaged(
-            "BEGIN BATCH \
-             UPDATE orderflow_orders.orders SET status = 'CANCELLED', doc = ? WHERE order_id = ? IF status = 'PENDING'; \
-             INSERT INTO orderflow_orders.orders (order_id, event_id, outputs, applied_at_ms) VALUES (?, ?, [], 0) \
-               IF NOT EXISTS; \
+            "BEGIN UNLOGGED BATCH \
+             UPDATE orderflow_orders.orders_v2 USING TIMESTAMP ? SET status = 'CANCELLED', doc = ?, applied = ? \
+               WHERE order_id = ?; \
+             INSERT INTO orderflow_orders.orders_v2 (order_id, event_id, outputs, applied_at_ms) VALUES (?, ?, [], 0) \
+               USING TIMESTAMP ?; \
              APPLY BATCH",
-            (&doc, order.id.as_str(), order.id.as_str(), event.0),
+            (ts, &doc, vec![event.0], order.id.as_str(), order.id.as_str(), event.0, ts),
         )
         .await
-        .expect("conditional write");
-    assert!(applied(written));
+        .expect("step write");
     let by_status = |status| OrderFilter { user: None, status: Some(status) };
     let listed = |page: orderflow_platform::Page<Order>| page.items.iter().any(|(_, o)| o.id == order.id);
 
-    let t = Transition { event_id: event, expected: OrderStatus::Pending, order: next.clone(), outputs: vec![] };
+    let t = Transition {
+        event_id: event,
+        expected: OrderStatus::Pending,
+        order: next.clone(),
+        outputs: vec![],
+        fence: Fence::new(1, 7),
+    };
     match os.apply(t).await.expect("redelivery") {
         Applied::Duplicate(outputs) => assert!(outputs.is_empty()),
         other => panic!("expected a duplicate, got {other:?}"),
@@ -282,4 +295,58 @@ async fn redelivered_step_repairs_the_read_models(store: &CqlStore, stores: &Sto
     );
     let stalled = os.stalled_pending(now_ms() + 1, 10_000).await.expect("stalled");
     assert!(stalled.iter().all(|o| o.id != order.id), "no longer PENDING anywhere");
+}
+
+/// A zombie (an instance that lost its partition but still runs) writes late, with its older epoch: whatever
+/// it writes, and in whatever order it arrives, the current owner's state stands.
+async fn a_zombies_late_writes_lose_to_its_successors(store: &CqlStore, stores: &Stores) {
+    let id = run_id("zombie");
+    let os = &stores.orders;
+    let order = store::order(&format!("{id}-1"), &format!("{id}-u"), now_ms());
+    os.insert_new(&order).await.expect("insert");
+    // The owner of epoch 5 moves the order on.
+    let mut processing = order.clone();
+    processing.status = OrderStatus::Processing;
+    let step = Transition {
+        event_id: EventId::random(),
+        expected: OrderStatus::Pending,
+        order: processing.clone(),
+        outputs: vec![],
+        fence: Fence::new(5, 10),
+    };
+    assert!(matches!(os.apply(step).await.expect("owner"), Applied::Applied));
+    // The zombie of epoch 4 read the order before that, and writes its own decision late, at a later offset.
+    let mut cancelled = order.clone();
+    cancelled.status = OrderStatus::Cancelled;
+    let doc = serde_json::to_string(&cancelled).expect("json");
+    store
+        .session()
+        .query_unpaged(
+            "UPDATE orderflow_orders.orders_v2 USING TIMESTAMP ? SET status = 'CANCELLED', doc = ?, applied = [] \
+             WHERE order_id = ?",
+            (Fence::new(4, 900).timestamp(), &doc, order.id.as_str()),
+        )
+        .await
+        .expect("zombie write");
+    let now = os.order(&order.id).await.expect("read").expect("order");
+    assert_eq!(now.status, OrderStatus::Processing, "the zombie's late write lost");
+
+    // The same for a payment record.
+    let ps = &stores.payments;
+    let oid = OrderId::parse(format!("{id}-pay")).expect("id");
+    let captured = PaymentRecord::Captured {
+        charge_id: "ch_owner".into(),
+        amount: orderflow_schemas::Money::from_cents(700).expect("money"),
+    };
+    ps.record_first(&oid, &captured, Fence::new(5, 3)).await.expect("owner");
+    store
+        .session()
+        .query_unpaged(
+            "INSERT INTO orderflow_payments.payments_v2 (order_id, kind, charge_id, refund_id, amount_cents, reason) \
+             VALUES (?, 'declined', '', '', 0, 'zombie') USING TIMESTAMP ?",
+            (oid.as_str(), Fence::new(4, 900).timestamp()),
+        )
+        .await
+        .expect("zombie write");
+    assert_eq!(ps.payment(&oid).await.expect("read"), Some(captured));
 }

@@ -56,6 +56,7 @@ checks!(store:
     order_stats_follow_transitions,
     payments_first_record_wins,
     shipments_are_created_once,
+    partition_epochs_only_grow,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use orderflow_platform::bus::{Bus, Delivery, Handler, HandlerError};
+use orderflow_platform::fencing::PartitionFences;
 use orderflow_platform::store::{Shipment, ShipmentStore};
 use orderflow_schemas::events::ShipmentCreated;
 use orderflow_schemas::{Envelope, Event, EventId, now_ms, topics};
@@ -13,6 +14,8 @@ use orderflow_schemas::{Envelope, Event, EventId, now_ms, topics};
 pub struct FulfillmentHandler {
     pub shipments: Arc<dyn ShipmentStore>,
     pub bus: Arc<dyn Bus>,
+    /// This instance's epochs for the partitions of the fulfillment topic it owns: every write is fenced.
+    pub fences: PartitionFences,
 }
 
 impl std::fmt::Debug for FulfillmentHandler {
@@ -35,7 +38,8 @@ impl Handler for FulfillmentHandler {
             lines: cmd.lines.iter().map(|l| (l.sku.clone(), l.quantity)).collect(),
             created_at_ms: now_ms(),
         };
-        let shipment = self.shipments.create_once(&wanted).await?;
+        let fence = self.fences.fence(delivery).await?;
+        let shipment = self.shipments.create_once(&wanted, fence).await?;
         let reply = Envelope::new(
             EventId::derived(&env.order_id, "shipment_created"),
             env.order_id.clone(),

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use orderflow_platform::bus::{Bus, Delivery, Handler, HandlerError};
+use orderflow_platform::fencing::PartitionFences;
 use orderflow_platform::store::{PaymentRecord, PaymentStore, ProviderEntry, StoreError};
 use orderflow_schemas::events::{PaymentCaptured, PaymentDeclined, PaymentRefunded};
 use orderflow_schemas::{Envelope, Event, EventId, Money, OrderId, UserId, now_ms, topics};
@@ -87,6 +88,8 @@ pub struct PaymentHandler {
     pub payments: Arc<dyn PaymentStore>,
     pub provider: Arc<dyn PaymentProvider>,
     pub bus: Arc<dyn Bus>,
+    /// This instance's epochs for the partitions of the payments topic it owns: every write is fenced.
+    pub fences: PartitionFences,
 }
 
 impl std::fmt::Debug for PaymentHandler {
@@ -108,6 +111,7 @@ impl Handler for PaymentHandler {
     async fn handle(&self, delivery: &Delivery) -> Result<(), HandlerError> {
         let env = crate::decode(&delivery.payload)?;
         let order = &env.order_id;
+        let fence = self.fences.fence(delivery).await?;
         match &env.body {
             Event::CapturePayment(cmd) => {
                 let record = match self.payments.payment(order).await? {
@@ -120,7 +124,7 @@ impl Handler for PaymentHandler {
                             CaptureResult::Captured { charge_id } => PaymentRecord::Captured { charge_id, amount },
                             CaptureResult::Declined { reason } => PaymentRecord::Declined { reason },
                         };
-                        self.payments.record_first(order, &record).await?
+                        self.payments.record_first(order, &record, fence).await?
                     }
                 };
                 match record {
@@ -144,7 +148,7 @@ impl Handler for PaymentHandler {
                     let refund_id = self.provider.refund(&format!("{order}:refund"), &charge_id, amount).await?;
                     let captured = PaymentRecord::Captured { charge_id: charge_id.clone(), amount };
                     let refunded = PaymentRecord::Refunded { charge_id, refund_id, amount };
-                    let stored = self.payments.replace(order, &captured, &refunded).await?;
+                    let stored = self.payments.replace(order, &captured, &refunded, fence).await?;
                     if let PaymentRecord::Refunded { refund_id, amount, .. } = stored {
                         self.reply(
                             order,

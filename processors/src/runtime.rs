@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use orderflow_platform::Backends;
 use orderflow_platform::bus::{BusRecord, Handler};
+use orderflow_platform::fencing::PartitionFences;
 use orderflow_schemas::topics::{self, Topic};
 use orderflow_schemas::{codec, events::OrderPlaced, now_ms};
 use tokio::task::JoinSet;
@@ -86,15 +87,19 @@ const SWEEP_BATCH: usize = 500;
 fn handler(role: Role, backends: &Backends, settings: &ProcessorSettings) -> Arc<dyn Handler> {
     let bus = Arc::clone(&backends.bus);
     let s = &backends.stores;
+    let fences = || PartitionFences::new(Arc::clone(&s.epochs), role.group());
     match role {
-        Role::Orders => Arc::new(SagaHandler { orders: Arc::clone(&s.orders), bus }),
+        Role::Orders => Arc::new(SagaHandler { orders: Arc::clone(&s.orders), bus, fences: fences() }),
         Role::Inventory => Arc::new(InventoryHandler { inventory: Arc::clone(&s.inventory), bus }),
         Role::Payment => Arc::new(PaymentHandler {
             payments: Arc::clone(&s.payments),
             provider: Arc::new(SimulatedProvider { rules: settings.payment.clone(), ledger: Arc::clone(&s.payments) }),
             bus,
+            fences: fences(),
         }),
-        Role::Fulfillment => Arc::new(FulfillmentHandler { shipments: Arc::clone(&s.shipments), bus }),
+        Role::Fulfillment => {
+            Arc::new(FulfillmentHandler { shipments: Arc::clone(&s.shipments), bus, fences: fences() })
+        }
         Role::Catalog => Arc::new(CatalogProjector {
             view: Arc::clone(&s.catalog_view),
             observer: settings.catalog_observer.clone(),

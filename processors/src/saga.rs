@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use orderflow_platform::bus::{Bus, Delivery, Handler, HandlerError};
+use orderflow_platform::fencing::PartitionFences;
 use orderflow_platform::store::{Applied, OrderStore, Transition};
 use orderflow_schemas::events::*;
 use orderflow_schemas::topics::{self, Topic};
@@ -219,6 +220,8 @@ fn belongs_on_orders_topic(event: &Event) -> bool {
 pub struct SagaHandler {
     pub orders: Arc<dyn OrderStore>,
     pub bus: Arc<dyn Bus>,
+    /// This instance's epochs for the partitions of the orders topic it owns: every write is fenced.
+    pub fences: PartitionFences,
 }
 
 impl std::fmt::Debug for SagaHandler {
@@ -237,13 +240,14 @@ impl Handler for SagaHandler {
         if !belongs_on_orders_topic(&env.body) {
             return Err(HandlerError::Poison(format!("{} does not belong on the orders topic", env.body.name())));
         }
+        let fence = self.fences.fence(delivery).await?;
         for _ in 0..MAX_CONFLICTS {
             let Some(order) = self.orders.order(&env.order_id).await? else {
                 return Err(HandlerError::Poison(format!("no order {}", env.order_id)));
             };
             let Some(decision) = decide(&order, &env, orderflow_schemas::now_ms()) else {
                 tracing::debug!(order = %order.id, event = env.body.name(), status = %order.status, "event changes nothing");
-                if let Some(previous) = self.orders.seen(&order.id, env.event_id).await? {
+                if let Some(previous) = self.orders.seen(&order.id, env.event_id, fence).await? {
                     self.bus.publish(previous).await?;
                 }
                 return Ok(());
@@ -251,8 +255,13 @@ impl Handler for SagaHandler {
             let outputs = decision.records()?;
             let from = order.status;
             let to = decision.order.status;
-            let transition =
-                Transition { event_id: env.event_id, expected: from, order: decision.order, outputs: outputs.clone() };
+            let transition = Transition {
+                event_id: env.event_id,
+                expected: from,
+                order: decision.order,
+                outputs: outputs.clone(),
+                fence,
+            };
             match self.orders.apply(transition).await? {
                 Applied::Applied => {
                     if from != to {

@@ -50,6 +50,26 @@ pub struct Delivery {
     pub key: String,
     pub payload: Vec<u8>,
     pub headers: Vec<(String, String)>,
+    /// The assignment of the partition to this consumer under which the record was read.
+    pub assignment: Assignment,
+}
+
+/// One assignment of a partition to a consumer: a number unique in the process (a new one whenever the
+/// partition is assigned again) and a token cancelled when the partition is taken away. A handler that
+/// fences its writes claims a new epoch when it sees a new number (see [`crate::store::Fence`]), and checks
+/// the token after claiming, so a consumer that already lost the partition never starts writing.
+#[derive(Debug, Clone, Default)]
+pub struct Assignment {
+    pub id: u64,
+    pub revoked: CancellationToken,
+}
+
+impl Assignment {
+    /// A new assignment with a process-unique number.
+    pub fn new(revoked: CancellationToken) -> Self {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        Self { id: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed), revoked }
+    }
 }
 
 /// How a handler failed, which decides what the consumer does next.

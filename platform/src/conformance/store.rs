@@ -368,7 +368,13 @@ pub async fn orders_insert_once_and_apply_each_event_once(stores: Stores) {
     next.status = OrderStatus::Processing;
     let out = vec![BusRecord::new(orderflow_schemas::topics::INVENTORY, o.id.as_str(), vec![1, 2, 3])];
     let event = EventId::random();
-    let t = Transition { event_id: event, expected: OrderStatus::Pending, order: next.clone(), outputs: out.clone() };
+    let t = Transition {
+        event_id: event,
+        expected: OrderStatus::Pending,
+        order: next.clone(),
+        outputs: out.clone(),
+        fence: fence(1),
+    };
     assert!(matches!(os.apply(t.clone()).await.unwrap(), Applied::Applied));
     match os.apply(t).await.unwrap() {
         Applied::Duplicate(stored) => assert_eq!(stored, out, "a redelivery gets the stored outputs"),
@@ -379,13 +385,15 @@ pub async fn orders_insert_once_and_apply_each_event_once(stores: Stores) {
         expected: OrderStatus::Pending,
         order: next.clone(),
         outputs: vec![],
+        fence: fence(2),
     };
     assert!(matches!(os.apply(stale).await.unwrap(), Applied::Conflict), "compare-and-set on the status");
     assert_eq!(os.order(&o.id).await.unwrap().unwrap().status, OrderStatus::Processing);
 
     let quiet = EventId::random();
-    assert_eq!(os.seen(&o.id, quiet).await.unwrap(), None);
-    assert_eq!(os.seen(&o.id, quiet).await.unwrap(), Some(vec![]));
+    assert_eq!(os.seen(&o.id, quiet, fence(3)).await.unwrap(), None);
+    assert_eq!(os.seen(&o.id, quiet, fence(3)).await.unwrap(), Some(vec![]));
+    assert_eq!(os.order(&o.id).await.unwrap().unwrap().status, OrderStatus::Processing, "seen changes no state");
 }
 
 pub async fn orders_list_by_user_and_status_newest_first(stores: Stores) {
@@ -398,8 +406,13 @@ pub async fn orders_list_by_user_and_status_newest_first(stores: Stores) {
     }
     let mut cancelled = os.order(&OrderId::parse(format!("{id}-3")).unwrap()).await.unwrap().unwrap();
     cancelled.status = OrderStatus::Cancelled;
-    let t =
-        Transition { event_id: EventId::random(), expected: OrderStatus::Pending, order: cancelled, outputs: vec![] };
+    let t = Transition {
+        event_id: EventId::random(),
+        expected: OrderStatus::Pending,
+        order: cancelled,
+        outputs: vec![],
+        fence: fence(1),
+    };
     assert!(matches!(os.apply(t).await.unwrap(), Applied::Applied));
 
     let filter = OrderFilter { user: Some(UserId::parse(user.clone()).unwrap()), status: None };
@@ -448,6 +461,7 @@ pub async fn order_stats_follow_transitions(stores: Stores) {
         expected: OrderStatus::Pending,
         order: processing,
         outputs: vec![],
+        fence: fence(1),
     })
     .await
     .unwrap();
@@ -456,6 +470,7 @@ pub async fn order_stats_follow_transitions(stores: Stores) {
         expected: OrderStatus::Processing,
         order: done,
         outputs: vec![],
+        fence: fence(2),
     })
     .await
     .unwrap();
@@ -472,17 +487,17 @@ pub async fn payments_first_record_wins(stores: Stores) {
     let ps = &stores.payments;
     let o = OrderId::parse(format!("{id}-1")).unwrap();
     let captured = PaymentRecord::Captured { charge_id: "ch_1".into(), amount: Money::from_cents(500).unwrap() };
-    assert_eq!(ps.record_first(&o, &captured).await.unwrap(), captured);
+    assert_eq!(ps.record_first(&o, &captured, fence(1)).await.unwrap(), captured);
     let declined = PaymentRecord::Declined { reason: "x".into() };
-    assert_eq!(ps.record_first(&o, &declined).await.unwrap(), captured);
+    assert_eq!(ps.record_first(&o, &declined, fence(2)).await.unwrap(), captured);
     let refunded = PaymentRecord::Refunded {
         charge_id: "ch_1".into(),
         refund_id: "re_1".into(),
         amount: Money::from_cents(500).unwrap(),
     };
-    assert_eq!(ps.replace(&o, &captured, &refunded).await.unwrap(), refunded);
+    assert_eq!(ps.replace(&o, &captured, &refunded, fence(3)).await.unwrap(), refunded);
     assert_eq!(
-        ps.replace(&o, &captured, &declined).await.unwrap(),
+        ps.replace(&o, &captured, &declined, fence(4)).await.unwrap(),
         refunded,
         "compare-and-set: stale `from` changes nothing"
     );
@@ -507,13 +522,37 @@ pub async fn shipments_are_created_once(stores: Stores) {
         created_at_ms: 1,
     };
     let s2 = Shipment { shipment_id: "sh_2".into(), ..s1.clone() };
-    assert_eq!(stores.shipments.create_once(&s1).await.unwrap(), s1);
-    assert_eq!(stores.shipments.create_once(&s2).await.unwrap(), s1);
+    assert_eq!(stores.shipments.create_once(&s1, fence(1)).await.unwrap(), s1);
+    assert_eq!(stores.shipments.create_once(&s2, fence(2)).await.unwrap(), s1);
     assert_eq!(stores.shipments.shipment(&o).await.unwrap(), Some(s1));
+}
+
+/// A fence of epoch 1 at `offset`: what the first owner of a partition stamps its writes with.
+fn fence(offset: u64) -> Fence {
+    Fence::new(1, offset)
+}
+
+pub async fn partition_epochs_only_grow(stores: Stores) {
+    let group = run_id("group");
+    let e1 = stores.epochs.claim(&group, "t", 3, "a").await.unwrap();
+    let e2 = stores.epochs.claim(&group, "t", 3, "b").await.unwrap();
+    assert!(e2 > e1, "a later claim gets a later epoch ({e1} then {e2})");
+    assert_eq!(stores.epochs.claim(&group, "t", 4, "a").await.unwrap(), 1, "epochs are per partition");
+    let claims = (0..8).map(|i| {
+        let epochs = stores.epochs.clone();
+        let group = group.clone();
+        async move { epochs.claim(&group, "t", 5, &format!("c{i}")).await.unwrap() }
+    });
+    let mut got = futures::future::join_all(claims).await;
+    got.sort_unstable();
+    got.dedup();
+    assert_eq!(got.len(), 8, "concurrent claims never share an epoch: {got:?}");
+    assert!(Fence::new(e2, 0).timestamp() > Fence::new(e1, u64::from(u32::MAX)).timestamp());
 }
 
 /// Runs every store check.
 pub async fn run_all(stores: Stores) {
+    partition_epochs_only_grow(stores.clone()).await;
     catalog_creates_once_updates_existing_and_paginates(stores.clone()).await;
     reservations_are_all_or_nothing_and_idempotent(stores.clone()).await;
     concurrent_reservations_never_oversell(stores.clone()).await;

@@ -1,37 +1,36 @@
-//! Fulfillment: `orderflow_fulfillment.shipments`, one shipment per order.
+//! Fulfillment: `orderflow_fulfillment.shipments_v2`, one shipment per order, written by the owner of the
+//! order's fulfillment partition, fenced by its epoch.
 
 use async_trait::async_trait;
 use orderflow_schemas::{OrderId, Quantity, Sku, UserId};
 use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
 
-use super::{CqlStore, Lwt, MAX_UNKNOWN_RETRIES, corrupt, prepare, serial};
-use crate::store::{Result, Shipment, ShipmentStore, StoreError};
+use super::{CqlStore, corrupt, prepare};
+use crate::store::{Fence, Result, Shipment, ShipmentStore};
 
 pub(super) struct Statements {
-    insert: PreparedStatement,
+    put: PreparedStatement,
     get: PreparedStatement,
-    get_serial: PreparedStatement,
 }
 
 impl Statements {
     pub(super) async fn prepare(s: &Session) -> Result<Self> {
         let get = prepare(
             s,
-            "SELECT order_id, shipment_id, user_id, lines, created_at_ms FROM orderflow_fulfillment.shipments \
+            "SELECT order_id, shipment_id, user_id, lines, created_at_ms FROM orderflow_fulfillment.shipments_v2 \
              WHERE order_id = ?",
             true,
         )
         .await?;
         Ok(Self {
-            insert: prepare(
+            put: prepare(
                 s,
-                "INSERT INTO orderflow_fulfillment.shipments (order_id, shipment_id, user_id, lines, created_at_ms) \
-                 VALUES (?, ?, ?, ?, ?) IF NOT EXISTS",
-                false,
+                "INSERT INTO orderflow_fulfillment.shipments_v2 (order_id, shipment_id, user_id, lines, created_at_ms) \
+                 VALUES (?, ?, ?, ?, ?) USING TIMESTAMP ?",
+                true,
             )
             .await?,
-            get_serial: serial(&get),
             get,
         })
     }
@@ -54,36 +53,22 @@ fn from_row(row: ShipmentTuple) -> Result<Shipment> {
     })
 }
 
-impl CqlStore {
-    async fn shipment_read(&self, order: &OrderId, serial: bool) -> Result<Option<Shipment>> {
-        let st = &self.fulfillment;
-        let stmt = if serial { &st.get_serial } else { &st.get };
-        self.first_row::<ShipmentTuple>(stmt, (order.as_str(),)).await?.map(from_row).transpose()
-    }
-}
-
+/// Only the owner of the order's fulfillment partition writes its shipment (a zombie's late write carries an
+/// older epoch and loses), so reading and then writing is safe: no lightweight transaction needed.
 #[async_trait]
 impl ShipmentStore for CqlStore {
-    async fn create_once(&self, s: &Shipment) -> Result<Shipment> {
-        let lines: Vec<(&str, i64)> = s.lines.iter().map(|(sku, q)| (sku.as_str(), i64::from(*q))).collect();
-        let values = (s.order_id.as_str(), &s.shipment_id, s.user_id.as_str(), &lines, s.created_at_ms);
-        for _ in 0..MAX_UNKNOWN_RETRIES {
-            match self.lwt(&self.fulfillment.insert, values).await? {
-                Lwt::Applied => return Ok(s.clone()),
-                Lwt::NotApplied => {}
-                Lwt::Unknown(e) => {
-                    tracing::warn!(order = %s.order_id, error = %e, "shipment insert outcome unknown; settling with a SERIAL read");
-                }
-            }
-            // The first shipment wins, whoever created it.
-            if let Some(first) = self.shipment_read(&s.order_id, true).await? {
-                return Ok(first);
-            }
+    async fn create_once(&self, s: &Shipment, fence: Fence) -> Result<Shipment> {
+        if let Some(first) = self.shipment(&s.order_id).await? {
+            return Ok(first);
         }
-        Err(StoreError::Unavailable(format!("creating the shipment of {}: outcome stayed unknown", s.order_id)))
+        let lines: Vec<(&str, i64)> = s.lines.iter().map(|(sku, q)| (sku.as_str(), i64::from(*q))).collect();
+        let values =
+            (s.order_id.as_str(), &s.shipment_id, s.user_id.as_str(), &lines, s.created_at_ms, fence.timestamp());
+        self.write(&self.fulfillment.put, values).await?;
+        Ok(s.clone())
     }
 
     async fn shipment(&self, order: &OrderId) -> Result<Option<Shipment>> {
-        self.shipment_read(order, false).await
+        self.first_row::<ShipmentTuple>(&self.fulfillment.get, (order.as_str(),)).await?.map(from_row).transpose()
     }
 }

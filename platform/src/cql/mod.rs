@@ -17,10 +17,14 @@
 //!   not exist: a late original and its retry can never both apply (adjust_stock, the one change without a
 //!   natural key, also looks up each of its unsettled attempts by its own row before every new attempt);
 //! - cells written by LWTs are never written by plain writes;
+//! - state owned by a partition (orders, payments, shipments) is written only by the partition's owner, with
+//!   plain writes stamped `USING TIMESTAMP` from its claimed epoch and the record's offset (see
+//!   [`crate::store::Fence`]): one LWT per assignment (the epoch claim), none per record;
 //! - stock and money are never counters.
 
 mod alerts;
 mod catalog;
+mod fencing;
 mod fulfillment;
 mod inventory;
 mod orders;
@@ -46,7 +50,7 @@ use scylla::statement::prepared::PreparedStatement;
 use scylla::statement::{Consistency, SerialConsistency};
 use scylla::value::{CqlTimeuuid, Row};
 
-pub use schema::{DEFAULT_REPLICATION, migrate, migrate_with_replication};
+pub use schema::{DEFAULT_REPLICATION, migrate, migrate_with_replication, refuse_earlier_format};
 
 use crate::store::{Result, StoreError, Stores};
 
@@ -70,6 +74,7 @@ pub struct CqlStore {
     orders: orders::Statements,
     payments: payments::Statements,
     fulfillment: fulfillment::Statements,
+    fencing: fencing::Statements,
     clock: TimeuuidClock,
 }
 
@@ -113,6 +118,7 @@ pub async fn connect_and_migrate(contact_points: &[String]) -> Result<CqlStore> 
 impl CqlStore {
     /// Prepares every statement on `session` (whose cluster must already have the schema).
     pub async fn new(session: Session) -> Result<CqlStore> {
+        refuse_earlier_format(&session).await?;
         Ok(CqlStore {
             catalog: catalog::Statements::prepare(&session).await?,
             inventory: inventory::Statements::prepare(&session).await?,
@@ -120,6 +126,7 @@ impl CqlStore {
             orders: orders::Statements::prepare(&session).await?,
             payments: payments::Statements::prepare(&session).await?,
             fulfillment: fulfillment::Statements::prepare(&session).await?,
+            fencing: fencing::Statements::prepare(&session).await?,
             clock: TimeuuidClock::new(),
             session,
         })
@@ -138,7 +145,8 @@ impl CqlStore {
             inventory: self.clone(),
             orders: self.clone(),
             payments: self.clone(),
-            shipments: self,
+            shipments: self.clone(),
+            epochs: self,
         }
     }
 

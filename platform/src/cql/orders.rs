@@ -1,5 +1,6 @@
-//! Orders: `orderflow_orders.orders` (the order document and status as static columns, one clustering row per
-//! applied event with its outputs) and the read models `orders_by_bucket`, `orders_by_user`,
+//! Orders: `orderflow_orders.orders_v2` (the order as placed, written once by intake; the order's state as
+//! static columns and one clustering row per applied event with its outputs, written by the saga instance
+//! that owns the order's partition, fenced by its epoch) and the read models `orders_by_bucket`, `orders_by_user`,
 //! `orders_by_status`, `order_buckets`, `order_processing`. See orders.cql for why each key is what it is.
 
 use std::collections::HashMap;
@@ -15,7 +16,9 @@ use scylla::value::CqlValue;
 
 use super::{CqlStore, Lwt, MAX_UNKNOWN_RETRIES, batch, corrupt, prepare, serial, to_u64, unavailable};
 use crate::bus::BusRecord;
-use crate::store::{Applied, Inserted, OrderFilter, OrderStats, OrderStore, Page, Result, StoreError, Transition};
+use crate::store::{
+    Applied, Fence, Inserted, OrderFilter, OrderStats, OrderStore, Page, Result, StoreError, Transition,
+};
 
 /// Width of an index bucket: 7 days of placement time (see orders.cql).
 const BUCKET_MS: i64 = 7 * 86_400_000;
@@ -61,9 +64,9 @@ pub(super) struct Statements {
     insert: PreparedStatement,
     doc: PreparedStatement,
     doc_serial: PreparedStatement,
-    apply: Batch,
-    seen: PreparedStatement,
-    effect_serial: PreparedStatement,
+    /// The saga's step: the state cells and the event's row, one unlogged single-partition batch.
+    step: Batch,
+    effect: PreparedStatement,
     idx_bucket: PreparedStatement,
     idx_all: PreparedStatement,
     idx_user: PreparedStatement,
@@ -84,35 +87,44 @@ pub(super) struct Statements {
 
 impl Statements {
     pub(super) async fn prepare(s: &Session) -> Result<Self> {
-        let doc =
-            prepare(s, "SELECT status, doc FROM orderflow_orders.orders WHERE order_id = ? LIMIT 1", true).await?;
+        let doc = prepare(
+            s,
+            "SELECT placed_doc, doc, applied FROM orderflow_orders.orders_v2 WHERE order_id = ? LIMIT 1",
+            true,
+        )
+        .await?;
         let set_state = prepare(
             s,
-            "UPDATE orderflow_orders.orders SET status = ?, doc = ? WHERE order_id = ? IF status = ?",
-            false,
+            "UPDATE orderflow_orders.orders_v2 USING TIMESTAMP ? SET status = ?, doc = ?, applied = ? \
+             WHERE order_id = ?",
+            true,
         )
         .await?;
         let event_insert = prepare(
             s,
-            "INSERT INTO orderflow_orders.orders (order_id, event_id, outputs, applied_at_ms) VALUES (?, ?, ?, ?) \
-             IF NOT EXISTS",
-            false,
+            "INSERT INTO orderflow_orders.orders_v2 (order_id, event_id, outputs, applied_at_ms) VALUES (?, ?, ?, ?) \
+             USING TIMESTAMP ?",
+            true,
         )
         .await?;
-        let effect =
-            prepare(s, "SELECT outputs FROM orderflow_orders.orders WHERE order_id = ? AND event_id = ?", true).await?;
         Ok(Self {
             insert: prepare(
                 s,
-                "INSERT INTO orderflow_orders.orders (order_id, status, doc) VALUES (?, ?, ?) IF NOT EXISTS",
+                "INSERT INTO orderflow_orders.orders_v2 (order_id, placed_doc) VALUES (?, ?) IF NOT EXISTS",
                 false,
             )
             .await?,
             doc_serial: serial(&doc),
             doc,
-            apply: batch(BatchType::Logged, &[&set_state, &event_insert], false),
-            seen: event_insert,
-            effect_serial: serial(&effect),
+            // Plain writes at a fixed timestamp: applying the same batch twice changes nothing, so the driver
+            // may retry it.
+            step: batch(BatchType::Unlogged, &[&set_state, &event_insert], true),
+            effect: prepare(
+                s,
+                "SELECT outputs FROM orderflow_orders.orders_v2 WHERE order_id = ? AND event_id = ?",
+                true,
+            )
+            .await?,
             idx_bucket: prepare(s, "INSERT INTO orderflow_orders.order_buckets (shard, bucket) VALUES (?, ?)", true)
                 .await?,
             idx_all: prepare(
@@ -241,19 +253,41 @@ enum Index<'a> {
 
 impl CqlStore {
     async fn order_read(&self, id: &str, serial: bool) -> Result<Option<Order>> {
+        Ok(self.state_read(id, serial).await?.map(|(order, _)| order))
+    }
+
+    /// The order (the saga's document, else the one placed) and the events applied to it.
+    async fn state_read(&self, id: &str, serial: bool) -> Result<Option<(Order, Vec<uuid::Uuid>)>> {
         let st = &self.orders;
         let stmt = if serial { &st.doc_serial } else { &st.doc };
-        match self.first_row::<(Option<String>, Option<String>)>(stmt, (id,)).await? {
-            Some((_, Some(doc))) => Ok(Some(doc_from_row(id, &doc)?)),
+        type Row = (Option<String>, Option<String>, Option<Vec<uuid::Uuid>>);
+        match self.first_row::<Row>(stmt, (id,)).await? {
+            Some((_, Some(doc), applied)) => Ok(Some((doc_from_row(id, &doc)?, applied.unwrap_or_default()))),
+            Some((Some(placed), None, applied)) => Ok(Some((doc_from_row(id, &placed)?, applied.unwrap_or_default()))),
             _ => Ok(None),
         }
     }
 
     async fn effect_read(&self, id: &OrderId, event: EventId) -> Result<Option<Vec<BusRecord>>> {
-        Ok(self
-            .first_row::<OutputsTuple>(&self.orders.effect_serial, (id.as_str(), event.0))
-            .await?
-            .map(outputs_from_row))
+        Ok(self.first_row::<OutputsTuple>(&self.orders.effect, (id.as_str(), event.0)).await?.map(outputs_from_row))
+    }
+
+    /// Writes one saga step: the order's state cells (all of them, so they always come from one writer) and
+    /// the event's row, stamped with the fence.
+    async fn write_step(
+        &self,
+        order: &Order,
+        applied: &[uuid::Uuid],
+        event: EventId,
+        outputs: &[BusRecord],
+        fence: Fence,
+    ) -> Result<()> {
+        let id = order.id.as_str();
+        let ts = fence.timestamp();
+        let doc = doc_to_row(order)?;
+        let values =
+            ((ts, order.status.as_str(), &doc, applied, id), (id, event.0, outputs_to_row(outputs), now_ms(), ts));
+        self.write_batch(&self.orders.step, values).await
     }
 
     /// Writes the read-model rows of `order` in one logged batch: the bucket, the all-orders and per-user
@@ -268,7 +302,7 @@ impl CqlStore {
         let bucket = bucket_of(order.placed_at_ms);
         let id = || CqlValue::Text(order.id.as_str().to_owned());
         let at = CqlValue::BigInt(order.placed_at_ms);
-        let mut b = Batch::new(BatchType::Logged);
+        let mut b = Batch::new(BatchType::Unlogged);
         let mut values: Vec<Vec<CqlValue>> = Vec::new();
         let mut add = |stmt: &PreparedStatement, v: Vec<CqlValue>| {
             b.append_statement(stmt.clone());
@@ -402,7 +436,7 @@ impl OrderStore for CqlStore {
         // before the insert point to no order and are skipped by every reader.
         self.write_index_rows(order, &[], false).await?;
         for _ in 0..MAX_UNKNOWN_RETRIES {
-            let outcome = self.lwt(&self.orders.insert, (order.id.as_str(), order.status.as_str(), &doc)).await?;
+            let outcome = self.lwt(&self.orders.insert, (order.id.as_str(), &doc)).await?;
             if let Lwt::Unknown(e) = &outcome {
                 tracing::warn!(order = %order.id, error = %e, "order insert outcome unknown; settling with a SERIAL read");
             }
@@ -437,58 +471,37 @@ impl OrderStore for CqlStore {
 
     async fn apply(&self, t: Transition) -> Result<Applied> {
         let id = t.order.id.as_str();
-        let doc = doc_to_row(&t.order)?;
-        let outputs = outputs_to_row(&t.outputs);
-        for _ in 0..MAX_UNKNOWN_RETRIES {
-            let values =
-                ((t.order.status.as_str(), &doc, id, t.expected.as_str()), (id, t.event_id.0, &outputs, now_ms()));
-            let outcome = self.lwt_batch(&self.orders.apply, values).await?;
-            match &outcome {
-                Lwt::Applied => {
-                    self.write_indexes(&t.order, &[t.expected]).await?;
-                    return Ok(Applied::Applied);
-                }
-                Lwt::NotApplied => {}
-                Lwt::Unknown(e) => {
-                    tracing::warn!(order = id, error = %e, "apply outcome unknown; settling with a SERIAL read");
-                }
-            }
-            // Did the event apply (now, or before: a redelivery)? A SERIAL read settles it.
-            if let Some(stored) = self.effect_read(&t.order.id, t.event_id).await? {
-                // Repair the read models for where the order is now: the crash that caused this redelivery
-                // may have come between the conditional write and the index batch.
-                if let Some(current) = self.order_read(id, true).await? {
-                    self.write_indexes(&current, &[t.expected, t.order.status]).await?;
-                }
-                return Ok(if matches!(outcome, Lwt::Unknown(_)) && stored == t.outputs {
-                    Applied::Applied
-                } else {
-                    Applied::Duplicate(stored)
-                });
-            }
-            if matches!(outcome, Lwt::NotApplied) {
-                return Ok(Applied::Conflict);
-            }
-            // Unknown and settled as not applied: it never will be, so the step can be tried again.
+        // The saga owns the order's partition: nobody else writes these cells, so a read then a write is
+        // safe; a zombie's write carries an older epoch and loses to ours cell by cell.
+        let Some((current, mut applied)) = self.state_read(id, false).await? else {
+            return Ok(Applied::Conflict);
+        };
+        if applied.contains(&t.event_id.0) {
+            // A redelivery. Repair the read models for where the order is now: the crash that caused it may
+            // have come between the step and its index batch.
+            self.write_indexes(&current, &[t.expected, t.order.status]).await?;
+            let outputs = self.effect_read(&t.order.id, t.event_id).await?.unwrap_or_default();
+            return Ok(Applied::Duplicate(outputs));
         }
-        Err(StoreError::Unavailable(format!("applying event {} to order {id}: outcome stayed unknown", t.event_id.0)))
+        if current.status != t.expected {
+            return Ok(Applied::Conflict);
+        }
+        applied.push(t.event_id.0);
+        self.write_step(&t.order, &applied, t.event_id, &t.outputs, t.fence).await?;
+        self.write_indexes(&t.order, &[t.expected]).await?;
+        Ok(Applied::Applied)
     }
 
-    async fn seen(&self, id: &OrderId, event: EventId) -> Result<Option<Vec<BusRecord>>> {
-        let empty: Vec<StoredRecord> = Vec::new();
-        for _ in 0..MAX_UNKNOWN_RETRIES {
-            match self.lwt(&self.orders.seen, (id.as_str(), event.0, &empty, now_ms())).await? {
-                Lwt::Applied => return Ok(None),
-                Lwt::NotApplied => {}
-                Lwt::Unknown(e) => {
-                    tracing::warn!(order = %id, error = %e, "seen outcome unknown; settling with a SERIAL read");
-                }
-            }
-            if let Some(stored) = self.effect_read(id, event).await? {
-                return Ok(Some(stored));
-            }
+    async fn seen(&self, id: &OrderId, event: EventId, fence: Fence) -> Result<Option<Vec<BusRecord>>> {
+        let Some((current, mut applied)) = self.state_read(id.as_str(), false).await? else {
+            return Err(StoreError::Corrupt(format!("no order {id}")));
+        };
+        if applied.contains(&event.0) {
+            return Ok(Some(self.effect_read(id, event).await?.unwrap_or_default()));
         }
-        Err(StoreError::Unavailable(format!("recording event {} of order {id}: outcome stayed unknown", event.0)))
+        applied.push(event.0);
+        self.write_step(&current, &applied, event, &[], fence).await?;
+        Ok(None)
     }
 
     async fn list(&self, filter: &OrderFilter, after: Option<&str>, limit: usize) -> Result<Page<Order>> {

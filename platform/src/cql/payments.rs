@@ -1,5 +1,6 @@
-//! Payments: `orderflow_payments.payments` (one record per order, compare-and-set) and `provider_ledger` (the
-//! simulated provider's books, one entry per idempotency key).
+//! Payments: `orderflow_payments.payments_v2` (one record per order, written by the owner of the order's
+//! payments partition, fenced by its epoch) and `provider_ledger` (the simulated provider's books, one entry
+//! per idempotency key, with lightweight transactions: it stands in for an external system).
 
 use async_trait::async_trait;
 use orderflow_schemas::{Money, OrderId};
@@ -7,13 +8,11 @@ use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
 
 use super::{CqlStore, Lwt, MAX_UNKNOWN_RETRIES, corrupt, prepare, serial};
-use crate::store::{PaymentRecord, PaymentStore, ProviderEntry, Result, StoreError};
+use crate::store::{Fence, PaymentRecord, PaymentStore, ProviderEntry, Result, StoreError};
 
 pub(super) struct Statements {
-    insert: PreparedStatement,
-    replace: PreparedStatement,
+    put: PreparedStatement,
     get: PreparedStatement,
-    get_serial: PreparedStatement,
     provider_insert: PreparedStatement,
     provider_get_serial: PreparedStatement,
     provider_all: PreparedStatement,
@@ -23,7 +22,7 @@ impl Statements {
     pub(super) async fn prepare(s: &Session) -> Result<Self> {
         let get = prepare(
             s,
-            "SELECT kind, charge_id, refund_id, amount_cents, reason FROM orderflow_payments.payments \
+            "SELECT kind, charge_id, refund_id, amount_cents, reason FROM orderflow_payments.payments_v2 \
              WHERE order_id = ?",
             true,
         )
@@ -43,22 +42,13 @@ impl Statements {
         .await?;
         provider_all.set_page_size(1000);
         Ok(Self {
-            insert: prepare(
+            put: prepare(
                 s,
-                "INSERT INTO orderflow_payments.payments (order_id, kind, charge_id, refund_id, amount_cents, reason) \
-                 VALUES (?, ?, ?, ?, ?, ?) IF NOT EXISTS",
-                false,
+                "INSERT INTO orderflow_payments.payments_v2 (order_id, kind, charge_id, refund_id, amount_cents, reason) \
+                 VALUES (?, ?, ?, ?, ?, ?) USING TIMESTAMP ?",
+                true,
             )
             .await?,
-            replace: prepare(
-                s,
-                "UPDATE orderflow_payments.payments \
-                 SET kind = ?, charge_id = ?, refund_id = ?, amount_cents = ?, reason = ? WHERE order_id = ? \
-                 IF kind = ? AND charge_id = ? AND refund_id = ? AND amount_cents = ? AND reason = ?",
-                false,
-            )
-            .await?,
-            get_serial: serial(&get),
             get,
             provider_insert: prepare(
                 s,
@@ -119,58 +109,47 @@ fn entry_from_row(row: EntryTuple) -> Result<(String, ProviderEntry)> {
 }
 
 impl CqlStore {
-    async fn payment_read(&self, order: &OrderId, serial: bool) -> Result<Option<PaymentRecord>> {
-        let st = &self.payments;
-        let stmt = if serial { &st.get_serial } else { &st.get };
-        self.first_row::<RecordTuple>(stmt, (order.as_str(),)).await?.map(|r| from_columns(order, r)).transpose()
+    async fn payment_write(&self, order: &OrderId, record: &PaymentRecord, fence: Fence) -> Result<()> {
+        let (kind, charge_id, refund_id, amount, reason) = to_columns(record);
+        let values = (order.as_str(), kind, charge_id, refund_id, amount, reason, fence.timestamp());
+        self.write(&self.payments.put, values).await
     }
 }
 
+/// Only the owner of the order's payments partition writes its record (a zombie's late write carries an
+/// older epoch and loses), so reading and then writing is safe: no lightweight transaction needed.
 #[async_trait]
 impl PaymentStore for CqlStore {
     async fn payment(&self, order: &OrderId) -> Result<Option<PaymentRecord>> {
-        self.payment_read(order, false).await
+        self.first_row::<RecordTuple>(&self.payments.get, (order.as_str(),))
+            .await?
+            .map(|r| from_columns(order, r))
+            .transpose()
     }
 
-    async fn record_first(&self, order: &OrderId, record: &PaymentRecord) -> Result<PaymentRecord> {
-        let (kind, charge_id, refund_id, amount, reason) = to_columns(record);
-        for _ in 0..MAX_UNKNOWN_RETRIES {
-            match self.lwt(&self.payments.insert, (order.as_str(), kind, charge_id, refund_id, amount, reason)).await? {
-                Lwt::Applied => return Ok(record.clone()),
-                Lwt::NotApplied => {}
-                Lwt::Unknown(e) => {
-                    tracing::warn!(%order, error = %e, "payment insert outcome unknown; settling with a SERIAL read");
-                }
-            }
-            // The first record wins, whoever wrote it.
-            if let Some(first) = self.payment_read(order, true).await? {
-                return Ok(first);
-            }
+    async fn record_first(&self, order: &OrderId, record: &PaymentRecord, fence: Fence) -> Result<PaymentRecord> {
+        if let Some(first) = self.payment(order).await? {
+            return Ok(first);
         }
-        Err(StoreError::Unavailable(format!("recording the payment of {order}: outcome stayed unknown")))
+        self.payment_write(order, record, fence).await?;
+        Ok(record.clone())
     }
 
-    async fn replace(&self, order: &OrderId, from: &PaymentRecord, to: &PaymentRecord) -> Result<PaymentRecord> {
-        let (k, c, r, a, why) = to_columns(to);
-        let (fk, fc, fr, fa, fwhy) = to_columns(from);
-        for _ in 0..MAX_UNKNOWN_RETRIES {
-            let outcome =
-                self.lwt(&self.payments.replace, (k, c, r, a, why, order.as_str(), fk, fc, fr, fa, fwhy)).await?;
-            match &outcome {
-                Lwt::Applied => return Ok(to.clone()),
-                Lwt::NotApplied => {}
-                Lwt::Unknown(e) => {
-                    tracing::warn!(%order, error = %e, "payment replace outcome unknown; settling with a SERIAL read");
-                }
+    async fn replace(
+        &self,
+        order: &OrderId,
+        from: &PaymentRecord,
+        to: &PaymentRecord,
+        fence: Fence,
+    ) -> Result<PaymentRecord> {
+        match self.payment(order).await? {
+            None => Err(StoreError::Corrupt(format!("no payment to replace for order {order}"))),
+            Some(current) if current == *from => {
+                self.payment_write(order, to, fence).await?;
+                Ok(to.clone())
             }
-            match self.payment_read(order, true).await? {
-                None => return Err(StoreError::Corrupt(format!("no payment to replace for order {order}"))),
-                // Still `from` after an unknown outcome: it did not apply and never will; try again.
-                Some(current) if current == *from && matches!(outcome, Lwt::Unknown(_)) => continue,
-                Some(current) => return Ok(current),
-            }
+            Some(current) => Ok(current),
         }
-        Err(StoreError::Unavailable(format!("replacing the payment of {order}: outcome stayed unknown")))
     }
 
     async fn provider_entry_once(&self, idempotency_key: &str, entry: &ProviderEntry) -> Result<ProviderEntry> {

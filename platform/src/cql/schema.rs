@@ -9,12 +9,13 @@ use scylla::client::session::Session;
 use crate::store::{Result, StoreError};
 
 /// The schema files, in the order they are applied.
-const FILES: [(&str, &str); 5] = [
+const FILES: [(&str, &str); 6] = [
     ("catalog.cql", include_str!("../../../schemas/cql/catalog.cql")),
     ("inventory.cql", include_str!("../../../schemas/cql/inventory.cql")),
     ("orders.cql", include_str!("../../../schemas/cql/orders.cql")),
     ("payments.cql", include_str!("../../../schemas/cql/payments.cql")),
     ("fulfillment.cql", include_str!("../../../schemas/cql/fulfillment.cql")),
+    ("fencing.cql", include_str!("../../../schemas/cql/fencing.cql")),
 ];
 
 /// The replication map every `CREATE KEYSPACE` in the files carries: right for one development node only.
@@ -30,6 +31,7 @@ pub async fn migrate(session: &Session) -> Result<()> {
 /// `{'class': 'NetworkTopologyStrategy', 'dc1': 3}` for production. A keyspace that already exists keeps its
 /// replication: change it with `ALTER KEYSPACE ... WITH replication = ...` and then run a full repair.
 pub async fn migrate_with_replication(session: &Session, replication: &str) -> Result<()> {
+    refuse_earlier_format(session).await?;
     for (file, text) in FILES {
         for stmt in statements(text) {
             let stmt = stmt.replace(DEFAULT_REPLICATION, replication);
@@ -48,6 +50,36 @@ pub async fn migrate_with_replication(session: &Session, replication: &str) -> R
         .await_schema_agreement()
         .await
         .map_err(|e| StoreError::Unavailable(format!("schema agreement not reached: {e}")))?;
+    Ok(())
+}
+
+/// Tables of the stored format before partition-owned state (orders, payments and shipments written with
+/// lightweight transactions). Their rows cannot be carried over: the new tables are written with epoch
+/// timestamps, which rows written at wall-clock timestamps would always beat.
+const EARLIER_FORMAT_TABLES: [(&str, &str); 3] =
+    [("orderflow_orders", "orders"), ("orderflow_payments", "payments"), ("orderflow_fulfillment", "shipments")];
+
+/// Refuses a cluster whose keyspaces were written by an orderflow from before partition-owned state, with
+/// what to do about it, instead of running on a mix of both formats.
+pub async fn refuse_earlier_format(session: &Session) -> Result<()> {
+    for (keyspace, table) in EARLIER_FORMAT_TABLES {
+        let result = session
+            .query_unpaged(
+                "SELECT table_name FROM system_schema.tables WHERE keyspace_name = ? AND table_name = ?",
+                (keyspace, table),
+            )
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("reading the schema of {keyspace}: {e}")))?;
+        let rows = result.into_rows_result().map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        if rows.rows_num() > 0 {
+            return Err(StoreError::Unavailable(format!(
+                "{keyspace}.{table} was written by an earlier orderflow whose stored format this version cannot \
+                 read (orders, payments and shipments are now partition-owned; see the README's \"Upgrading\"). \
+                 Drop the keyspaces orderflow_orders, orderflow_payments and orderflow_fulfillment (or use a new \
+                 cluster) and run `orderflow migrate` again"
+            )));
+        }
+    }
     Ok(())
 }
 

@@ -18,7 +18,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::{Db, from_row, to_row, unavailable};
-use crate::bus::{Bus, BusError, BusRecord, Delivery, Handler, policy};
+use crate::bus::{Assignment, Bus, BusError, BusRecord, Delivery, Handler, policy};
 use crate::store::StoreError;
 
 /// Records read per scan of a partition.
@@ -143,7 +143,13 @@ impl EmbeddedLog {
         self.db.cursors.insert(cursor_key(group, topic, partition), next.to_be_bytes()).map_err(unavailable)
     }
 
-    fn scan(&self, topic: &str, partition: u16, from: u64) -> Result<Vec<Delivery>, StoreError> {
+    fn scan(
+        &self,
+        topic: &str,
+        partition: u16,
+        from: u64,
+        assignment: &Assignment,
+    ) -> Result<Vec<Delivery>, StoreError> {
         let start = record_key(topic, partition, from);
         let end = record_key(topic, partition, u64::MAX);
         let mut out = Vec::new();
@@ -158,6 +164,7 @@ impl EmbeddedLog {
                 key: meta.key,
                 payload,
                 headers: meta.headers,
+                assignment: assignment.clone(),
             });
         }
         Ok(out)
@@ -254,6 +261,9 @@ impl EmbeddedLog {
         shutdown: &CancellationToken,
     ) -> Result<(), BusError> {
         let waker = self.waker(topic.name)?;
+        // One process holds the data directory, so a partition is assigned to this consumer for as long as
+        // it runs: one assignment, never revoked.
+        let assignment = Assignment::new(CancellationToken::new());
         let mut since_trim = 0u64;
         let store_err = |e: StoreError| BusError::Unavailable(e.to_string());
         loop {
@@ -265,7 +275,7 @@ impl EmbeddedLog {
             tokio::pin!(notified);
             notified.as_mut().enable();
             let next = self.read_cursor(group, topic.name, partition).map_err(store_err)?;
-            let batch = self.scan(topic.name, partition, next).map_err(store_err)?;
+            let batch = self.scan(topic.name, partition, next, &assignment).map_err(store_err)?;
             if batch.is_empty() {
                 tokio::select! {
                     () = &mut notified => {}

@@ -41,6 +41,8 @@ pub(crate) struct Db {
     pub(crate) payments: SingleWriterTxKeyspace,
     pub(crate) provider: SingleWriterTxKeyspace,
     pub(crate) shipments: SingleWriterTxKeyspace,
+    /// The last epoch claimed per (group, topic, partition).
+    pub(crate) epochs: SingleWriterTxKeyspace,
     /// Last value handed out by [`Db::next_seq`].
     last_seq: std::sync::atomic::AtomicU64,
 }
@@ -87,6 +89,7 @@ impl Db {
             payments: ks("payments")?,
             provider: ks("provider")?,
             shipments: ks("shipments")?,
+            epochs: ks("epochs")?,
             last_seq: std::sync::atomic::AtomicU64::new(0),
             db,
         })
@@ -139,7 +142,8 @@ pub fn open(dir: &Path, options: &BackendOptions) -> Result<Backends, BackendErr
             inventory: store.clone(),
             orders: store.clone(),
             payments: store.clone(),
-            shipments: store,
+            shipments: store.clone(),
+            epochs: store,
         },
     })
 }

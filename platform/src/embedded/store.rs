@@ -653,7 +653,7 @@ impl OrderStore for EmbeddedStore {
             .await
     }
 
-    async fn seen(&self, id: &OrderId, event: EventId) -> Result<Option<Vec<BusRecord>>> {
+    async fn seen(&self, id: &OrderId, event: EventId, _fence: Fence) -> Result<Option<Vec<BusRecord>>> {
         let ek = effects_key(id, event);
         self.db
             .write(move |db, tx| {
@@ -761,7 +761,7 @@ impl PaymentStore for EmbeddedStore {
         get_latest(&self.db.payments, order.as_str())
     }
 
-    async fn record_first(&self, order: &OrderId, record: &PaymentRecord) -> Result<PaymentRecord> {
+    async fn record_first(&self, order: &OrderId, record: &PaymentRecord, _fence: Fence) -> Result<PaymentRecord> {
         let (order, record) = (order.clone(), record.clone());
         self.db
             .write(move |db, tx| {
@@ -774,7 +774,13 @@ impl PaymentStore for EmbeddedStore {
             .await
     }
 
-    async fn replace(&self, order: &OrderId, from: &PaymentRecord, to: &PaymentRecord) -> Result<PaymentRecord> {
+    async fn replace(
+        &self,
+        order: &OrderId,
+        from: &PaymentRecord,
+        to: &PaymentRecord,
+        _fence: Fence,
+    ) -> Result<PaymentRecord> {
         let (order, from, to) = (order.clone(), from.clone(), to.clone());
         self.db
             .write(move |db, tx| {
@@ -822,7 +828,7 @@ impl PaymentStore for EmbeddedStore {
 
 #[async_trait]
 impl ShipmentStore for EmbeddedStore {
-    async fn create_once(&self, shipment: &Shipment) -> Result<Shipment> {
+    async fn create_once(&self, shipment: &Shipment, _fence: Fence) -> Result<Shipment> {
         let shipment = shipment.clone();
         self.db
             .write(move |db, tx| {
@@ -837,5 +843,30 @@ impl ShipmentStore for EmbeddedStore {
 
     async fn shipment(&self, order: &OrderId) -> Result<Option<Shipment>> {
         get_latest(&self.db.shipments, order.as_str())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Partition epochs: epochs[group 0x00 topic 0x00 partition(u32 BE)] = last epoch claimed (u64 BE). One
+// process holds the data directory, so there are no zombies to fence here; the epochs still increase
+// across restarts, as the port promises.
+
+#[async_trait]
+impl EpochStore for EmbeddedStore {
+    async fn claim(&self, group: &str, topic: &str, partition: u32, _owner: &str) -> Result<u64> {
+        let key = [group.as_bytes(), b"\0", topic.as_bytes(), b"\0", &partition.to_be_bytes()].concat();
+        self.db
+            .write(move |db, tx| {
+                let last = match tx.get(&db.epochs, &key).map_err(unavailable)? {
+                    Some(v) => u64::from_be_bytes(
+                        v.as_ref().try_into().map_err(|_| StoreError::Corrupt("partition epoch".into()))?,
+                    ),
+                    None => 0,
+                };
+                let next = last + 1;
+                tx.insert(&db.epochs, key, next.to_be_bytes());
+                Ok(next)
+            })
+            .await
     }
 }

@@ -12,11 +12,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::FutureExt;
 use orderflow_schemas::topics::{self, Topic};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -24,7 +25,7 @@ use rdkafka::util::Timeout;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::{Bus, BusError, BusRecord, Delivery, Handler, policy};
+use crate::bus::{Assignment, Bus, BusError, BusRecord, Delivery, Handler, policy};
 
 /// How long a publish may wait in the producer queue and for acknowledgement.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
@@ -99,7 +100,7 @@ impl KafkaBus {
         Ok(created)
     }
 
-    fn consumer(&self, group: &str) -> Result<StreamConsumer, BusError> {
+    fn consumer(&self, group: &str, context: Assignments) -> Result<GroupConsumer, BusError> {
         ClientConfig::new()
             .set("bootstrap.servers", self.options.bootstrap.join(","))
             .set("group.id", group)
@@ -111,12 +112,59 @@ impl KafkaBus {
             .set("partition.assignment.strategy", "cooperative-sticky")
             .set("session.timeout.ms", "6000")
             .set("heartbeat.interval.ms", "1000")
-            .create()
+            .create_with_context(context)
             .map_err(unavailable)
     }
 }
 
-fn delivery_of(msg: &OwnedMessage) -> Delivery {
+type GroupConsumer = StreamConsumer<Assignments>;
+
+/// Tracks which partitions this consumer is assigned, each under an [`Assignment`] of its own: a new one
+/// when a partition is assigned, its token cancelled as soon as the partition is revoked (before the
+/// revocation completes), so its worker stops taking records and a fencing handler never claims an epoch
+/// for a partition it no longer holds.
+struct Assignments {
+    current: std::sync::Mutex<HashMap<i32, Assignment>>,
+    /// Parent of every assignment's token: shutting down revokes everything.
+    shutdown: CancellationToken,
+}
+
+impl Assignments {
+    fn new(shutdown: CancellationToken) -> Self {
+        Self { current: std::sync::Mutex::new(HashMap::new()), shutdown }
+    }
+
+    fn of(&self, partition: i32) -> Option<Assignment> {
+        self.current.lock().ok()?.get(&partition).cloned()
+    }
+}
+
+impl ClientContext for Assignments {}
+
+impl ConsumerContext for Assignments {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let (Rebalance::Revoke(list), Ok(mut current)) = (rebalance, self.current.lock()) {
+            for e in list.elements() {
+                if let Some(a) = current.remove(&e.partition()) {
+                    a.revoked.cancel();
+                }
+            }
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let (Rebalance::Assign(list), Ok(mut current)) = (rebalance, self.current.lock()) {
+            for e in list.elements() {
+                let fresh = Assignment::new(self.shutdown.child_token());
+                if let Some(old) = current.insert(e.partition(), fresh) {
+                    old.revoked.cancel();
+                }
+            }
+        }
+    }
+}
+
+fn delivery_of(msg: &OwnedMessage, assignment: &Assignment) -> Delivery {
     let headers = msg
         .headers()
         .map(|h| {
@@ -134,22 +182,30 @@ fn delivery_of(msg: &OwnedMessage) -> Delivery {
         key: String::from_utf8_lossy(msg.key().unwrap_or_default()).into_owned(),
         payload: msg.payload().unwrap_or_default().to_vec(),
         headers,
+        assignment: assignment.clone(),
     }
 }
 
-/// Handles one partition's records in order; stores each offset after its handler returned. Records
-/// already queued when the worker is free are taken together, up to the handler's batch size.
+/// Handles one partition's records in order, for one assignment of the partition; stores each offset
+/// after its handler returned. Records already queued when the worker is free are taken together, up to
+/// the handler's batch size. Stops when the partition is revoked (or the process shuts down): records
+/// still queued are left to the partition's next owner, which reads from the last stored offset.
 async fn partition_worker(
     bus: KafkaBus,
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<GroupConsumer>,
     group: String,
     handler: Arc<dyn Handler>,
+    assignment: Assignment,
     mut queue: mpsc::Receiver<OwnedMessage>,
-    shutdown: CancellationToken,
 ) {
     let max_batch = handler.max_batch().clamp(1, PARTITION_QUEUE);
+    let stop = &assignment.revoked;
     let mut msgs = Vec::with_capacity(max_batch);
-    while let Some(msg) = queue.recv().await {
+    loop {
+        let msg = tokio::select! {
+            m = queue.recv() => match m { Some(m) => m, None => return },
+            () = stop.cancelled() => return,
+        };
         msgs.clear();
         msgs.push(msg);
         while msgs.len() < max_batch {
@@ -158,11 +214,11 @@ async fn partition_worker(
                 Err(_) => break,
             }
         }
-        if shutdown.is_cancelled() {
+        if stop.is_cancelled() {
             return;
         }
-        let batch: Vec<Delivery> = msgs.iter().map(delivery_of).collect();
-        match policy::handle_batch_with_policy(&bus, &group, handler.as_ref(), &batch, &shutdown).await {
+        let batch: Vec<Delivery> = msgs.iter().map(|m| delivery_of(m, &assignment)).collect();
+        match policy::handle_batch_with_policy(&bus, &group, handler.as_ref(), &batch, stop).await {
             Ok(()) => {
                 // rdkafka's `store_offset` calls librdkafka's legacy `rd_kafka_offset_store`, which
                 // itself stores `offset + 1` (the next record to read): pass the handled record's own
@@ -215,9 +271,10 @@ impl Bus for KafkaBus {
         handler: Arc<dyn Handler>,
         shutdown: CancellationToken,
     ) -> Result<(), BusError> {
-        let consumer = Arc::new(self.consumer(group)?);
+        let consumer = Arc::new(self.consumer(group, Assignments::new(shutdown.clone()))?);
         consumer.subscribe(&[topic.name]).map_err(unavailable)?;
-        let mut workers: HashMap<i32, mpsc::Sender<OwnedMessage>> = HashMap::new();
+        // One worker per partition and assignment: a partition assigned again gets a fresh worker.
+        let mut workers: HashMap<i32, (u64, mpsc::Sender<OwnedMessage>)> = HashMap::new();
         let mut tasks = tokio::task::JoinSet::new();
         let outcome = loop {
             let msg = tokio::select! {
@@ -236,22 +293,29 @@ impl Bus for KafkaBus {
                 }
             };
             let partition = msg.partition();
-            let sender = workers.entry(partition).or_insert_with(|| {
+            // A record of a partition no longer assigned (fetched just before a revocation) is left to its
+            // new owner.
+            let Some(assignment) = consumer.context().of(partition) else { continue };
+            if workers.get(&partition).is_none_or(|(id, _)| *id != assignment.id) {
                 let (tx, rx) = mpsc::channel(PARTITION_QUEUE);
                 tasks.spawn(partition_worker(
                     self.clone(),
                     Arc::clone(&consumer),
                     group.to_owned(),
                     Arc::clone(&handler),
+                    assignment.clone(),
                     rx,
-                    shutdown.clone(),
                 ));
-                tx
-            });
+                workers.insert(partition, (assignment.id, tx));
+            }
+            let Some((_, sender)) = workers.get(&partition) else { continue };
             tokio::select! {
-                sent = sender.send(msg) => if sent.is_err() { break Ok(()) },
+                sent = sender.send(msg) => if sent.is_err() { workers.remove(&partition); },
+                () = assignment.revoked.cancelled() => { workers.remove(&partition); }
                 () = shutdown.cancelled() => break Ok(()),
             }
+            // Reap workers that ended (revoked partitions) so the set does not grow.
+            while let Some(Some(_)) = tasks.join_next().now_or_never() {}
         };
         // Let workers finish the record in hand, then commit what they stored.
         drop(workers);

@@ -46,12 +46,58 @@ pub struct Stores {
     pub orders: Arc<dyn OrderStore>,
     pub payments: Arc<dyn PaymentStore>,
     pub shipments: Arc<dyn ShipmentStore>,
+    /// Epochs of partition ownership, claimed once per assignment (see [`Fence`]).
+    pub epochs: Arc<dyn EpochStore>,
 }
 
 impl fmt::Debug for Stores {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Stores").finish_non_exhaustive()
     }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Partition ownership: epochs and fences
+
+/// Who may write state owned by one partition of a topic, and in what order.
+///
+/// Each consumer that is assigned a partition claims the partition's next epoch once ([`EpochStore::claim`],
+/// one conditional write per assignment), and stamps every write of state owned by that partition with
+/// `(epoch, offset of the record being handled)`. The CQL adapter writes with `USING TIMESTAMP`
+/// [`Fence::timestamp`], so that per cell a write of a later epoch always beats one of an earlier epoch,
+/// whatever order they arrive in: a zombie (a consumer that lost the partition but has not noticed) can
+/// still write, but never over its successor's writes. Within an epoch, offsets order the writes. The
+/// embedded adapter cannot have zombies (one process holds the data directory's lock) and accepts any fence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Fence {
+    pub epoch: u64,
+    pub offset: u64,
+}
+
+impl Fence {
+    /// Bits of the write timestamp that carry the offset (2^40 records per partition and epoch).
+    pub const OFFSET_BITS: u32 = 40;
+
+    pub fn new(epoch: u64, offset: u64) -> Self {
+        Self { epoch, offset }
+    }
+
+    /// The write timestamp: the epoch in the high bits, the offset in the low ones, so a later epoch's
+    /// writes win over an earlier one's and, within an epoch, a later record's over an earlier one's.
+    /// Never written by anything but fenced writers (plain writes without a timestamp would use the clock).
+    pub fn timestamp(&self) -> i64 {
+        let offset = self.offset & ((1u64 << Self::OFFSET_BITS) - 1);
+        let epoch = self.epoch.min((1u64 << (63 - Self::OFFSET_BITS)) - 1);
+        ((epoch << Self::OFFSET_BITS) | offset) as i64
+    }
+}
+
+/// Claims of partition ownership, one per assignment.
+#[async_trait]
+pub trait EpochStore: Send + Sync {
+    /// Claims the next epoch of (`group`, `topic`, `partition`) for `owner` (a process id for operators)
+    /// and returns it: strictly greater than every epoch claimed before for the same partition.
+    async fn claim(&self, group: &str, topic: &str, partition: u32, owner: &str) -> Result<u64>;
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -274,6 +320,8 @@ pub struct Transition {
     pub expected: OrderStatus,
     pub order: Order,
     pub outputs: Vec<BusRecord>,
+    /// The saga's ownership of the order's partition and the offset of the event being applied.
+    pub fence: Fence,
 }
 
 /// The outcome of [`OrderStore::apply`].
@@ -297,7 +345,7 @@ pub trait OrderStore: Send + Sync {
     /// has `expected` status and the event was not applied before.
     async fn apply(&self, transition: Transition) -> Result<Applied>;
     /// Records an event that changes nothing (e.g. a late reply) so that its redelivery is recognised.
-    async fn seen(&self, id: &OrderId, event: EventId) -> Result<Option<Vec<BusRecord>>>;
+    async fn seen(&self, id: &OrderId, event: EventId, fence: Fence) -> Result<Option<Vec<BusRecord>>>;
     /// Newest first, starting after the position `after` (a key from an earlier page).
     async fn list(&self, filter: &OrderFilter, after: Option<&str>, limit: usize) -> Result<Page<Order>>;
     /// PENDING orders placed before `placed_before_ms`, oldest first: intake accepted them but their
@@ -320,10 +368,17 @@ pub enum PaymentRecord {
 #[async_trait]
 pub trait PaymentStore: Send + Sync {
     async fn payment(&self, order: &OrderId) -> Result<Option<PaymentRecord>>;
-    /// Stores the first record for an order; returns the stored one (the first wins).
-    async fn record_first(&self, order: &OrderId, record: &PaymentRecord) -> Result<PaymentRecord>;
-    /// Compare-and-set from `from` to `to`; returns the record now stored.
-    async fn replace(&self, order: &OrderId, from: &PaymentRecord, to: &PaymentRecord) -> Result<PaymentRecord>;
+    /// Stores the first record for an order; returns the stored one (the first wins). Written by the owner
+    /// of the order's payments partition only, stamped with its `fence`.
+    async fn record_first(&self, order: &OrderId, record: &PaymentRecord, fence: Fence) -> Result<PaymentRecord>;
+    /// Replaces `from` with `to` if `from` is stored; returns the record now stored.
+    async fn replace(
+        &self,
+        order: &OrderId,
+        from: &PaymentRecord,
+        to: &PaymentRecord,
+        fence: Fence,
+    ) -> Result<PaymentRecord>;
     /// The built-in simulated provider's own ledger (it stands in for an external system, so it keeps its
     /// own books): one entry per idempotency key, the first write wins and is returned.
     async fn provider_entry_once(&self, idempotency_key: &str, entry: &ProviderEntry) -> Result<ProviderEntry>;
@@ -355,7 +410,8 @@ pub struct Shipment {
 
 #[async_trait]
 pub trait ShipmentStore: Send + Sync {
-    /// Creates the order's shipment unless it has one; returns the stored shipment.
-    async fn create_once(&self, shipment: &Shipment) -> Result<Shipment>;
+    /// Creates the order's shipment unless it has one; returns the stored shipment. Written by the owner of
+    /// the order's fulfillment partition only, stamped with its `fence`.
+    async fn create_once(&self, shipment: &Shipment, fence: Fence) -> Result<Shipment>;
     async fn shipment(&self, order: &OrderId) -> Result<Option<Shipment>>;
 }
