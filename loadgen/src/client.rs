@@ -78,6 +78,34 @@ impl Api {
         Ok(Self { http, base: target.trim_end_matches('/').to_owned(), admin_token })
     }
 
+    /// A client for one simulated user: it keeps (at most) one connection to the server, never closed for
+    /// being idle, so a user that is pre-opened with [`Api::open`] sends every request on that connection.
+    pub fn dedicated(target: &str, timeout: Duration) -> anyhow::Result<Self> {
+        let url = reqwest::Url::parse(target).with_context(|| format!("target {target:?} is not a URL"))?;
+        check_loopback(&url)?;
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .pool_max_idle_per_host(1)
+            .pool_idle_timeout(None)
+            .tcp_nodelay(true)
+            .build()
+            .context("building the HTTP client")?;
+        Ok(Self { http, base: target.trim_end_matches('/').to_owned(), admin_token: None })
+    }
+
+    /// Opens the keep-alive connection before the load starts (`GET /healthz`): any HTTP answer will do,
+    /// only a transport failure is an error.
+    pub async fn open(&self) -> Result<(), Failure> {
+        let resp = self
+            .http
+            .get(format!("{}/healthz", self.base))
+            .send()
+            .await
+            .map_err(|e| Failure::Transport(e.to_string()))?;
+        resp.bytes().await.map_err(|e| Failure::Transport(e.to_string()))?;
+        Ok(())
+    }
+
     async fn json_of(resp: Result<reqwest::Response, reqwest::Error>) -> Result<Value, Failure> {
         let resp = resp.map_err(|e| Failure::Transport(e.to_string()))?;
         let status = resp.status();

@@ -8,10 +8,11 @@
 pub mod baseline;
 pub mod chart;
 pub mod client;
+pub mod cpu;
 pub mod load;
 pub mod stats;
 
-pub use load::{Load, Report, RunConfig, Scenario, run};
+pub use load::{CheckoutReport, Load, Report, RunConfig, Scenario, run};
 
 use serde::Serialize;
 
@@ -96,6 +97,55 @@ pub fn summary(report: &Report) -> String {
             "pipeline: {} orders accepted, {} processed during the load ({:.1}/s), {} after draining",
             p.accepted_orders, p.processed_during_load, p.processed_per_s_during_load, p.processed_after_drain
         );
+    }
+    if let Some(c) = &report.checkout {
+        let l = &c.latency_ms;
+        let s = &c.server_latency_ms;
+        let _ = writeln!(
+            out,
+            "checkout: {} completed = {:.1} checkouts/s ({} CONFIRMED, {} REJECTED, {} CANCELLED); errors {} ({:.3} %: \
+             {} timed out after {:.0} s, {} placements failed); {} unfinished at the end of the run; {} started",
+            c.completed,
+            c.completed_per_s,
+            c.confirmed,
+            c.rejected,
+            c.cancelled,
+            c.errors,
+            c.error_rate_pct,
+            c.timed_out,
+            c.timeout_s,
+            c.place_failed,
+            c.unfinished_at_end,
+            c.started
+        );
+        let _ = writeln!(
+            out,
+            "checkout placed -> final, client (POST sent -> poll that saw it, every {:.0} ms): p50 {:.1} ms, p90 {:.1} ms, \
+             p99 {:.1} ms, max {:.1} ms; server timeline: p50 {:.1} ms, p99 {:.1} ms; {:.1} polls per checkout",
+            c.poll_interval_ms, l.p50, l.p90, l.p99, l.max, s.p50, s.p99, c.polls_per_checkout
+        );
+    }
+    for c in &report.cpu {
+        let fmt = |v: Option<f64>, unit: &str| v.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.3}{unit}"));
+        let _ = writeln!(
+            out,
+            "cpu {} (pid {}): idle {:.3} cores over {:.1} s; {} CPU in {:.1} s ({} cores), net of idle {}; \
+             {} per order ({} {})",
+            c.label,
+            c.pid,
+            c.idle_rate,
+            c.idle_s,
+            fmt(c.run_cpu_s, " s"),
+            c.run_s,
+            fmt(c.run_cores, ""),
+            fmt(c.net_cpu_s, " s"),
+            fmt(c.cpu_ms_per_order, " ms"),
+            c.orders,
+            c.orders_counted
+        );
+    }
+    if let (Some(cap), Some(last)) = (report.max_orders, report.placement_progress.last()) {
+        let _ = writeln!(out, "placed {} of at most {cap} orders in {:.1} s", last.orders, last.at_s);
     }
     out
 }

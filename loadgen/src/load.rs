@@ -7,13 +7,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use hdrhistogram::Histogram;
+use orderflow_schemas::order::OrderStatus;
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::client::{Api, Failure};
-use crate::stats::{LatencyMs, Recorder, StatsReport};
+use crate::cpu::{CpuReport, CpuWatch};
+use crate::stats::{LatencyMs, Recorder, StatsReport, histogram, micros};
 
 /// What the simulated users do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -34,6 +37,11 @@ pub enum Scenario {
     /// Only `GET /v1/products/{sku}`: for the bare baseline server (`bare-server`), the plain-axum
     /// comparison of `product`.
     BareProduct,
+    /// A shopper who waits for the verdict: `POST /v1/orders` (one random seeded SKU) on the user's own
+    /// pre-opened keep-alive connection, then `GET /v1/orders/{id}` every `--poll-interval` until the order
+    /// is CONFIRMED, REJECTED or CANCELLED (or `--checkout-timeout` passes), then the next order. Closed
+    /// loop only.
+    Checkout,
 }
 
 /// Closed loop (a fixed number of users, each sending as soon as its previous answer came) or open
@@ -79,6 +87,20 @@ pub struct RunConfig {
     /// Closed loop with a think time: each pause is drawn uniformly from `think_ms x (1 +- think_jitter)`
     /// (0: exactly `think_ms`; clamped to 0..=1).
     pub think_jitter: f64,
+    /// At most this many orders placed in the whole run, over every user (`None`: no cap). The run ends
+    /// when they are all placed (or the duration ends first).
+    pub max_orders: Option<u64>,
+    /// `checkout`: time between two reads of an order that is not final yet.
+    pub poll_interval: Duration,
+    /// `checkout`: an order not final this long after it was sent counts as a timed-out checkout (an
+    /// error), and the user moves on to its next order.
+    pub checkout_timeout: Duration,
+    /// Processes whose CPU time is measured during the load: `(label, pid)`.
+    pub cpu_pids: Vec<(String, u32)>,
+    /// Idle window before the load that gives each watched process its background CPU rate (0: none).
+    pub cpu_idle: Duration,
+    /// Clock ticks per second of `/proc/<pid>/stat` (`getconf CLK_TCK`; 100 on Linux).
+    pub clk_tck: u64,
 }
 
 impl RunConfig {
@@ -98,6 +120,12 @@ impl RunConfig {
             request_timeout: Duration::from_secs(10),
             progress: true,
             think_jitter: 0.5,
+            max_orders: None,
+            poll_interval: Duration::from_millis(25),
+            checkout_timeout: Duration::from_secs(30),
+            cpu_pids: Vec::new(),
+            cpu_idle: Duration::ZERO,
+            clk_tck: 100,
         }
     }
 }
@@ -124,12 +152,58 @@ pub struct PipelineReport {
     pub processed_after_drain: u64,
 }
 
+/// `checkout`: what became of the orders the users placed and waited for.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckoutReport {
+    /// Orders sent (`POST /v1/orders`).
+    pub started: u64,
+    /// Orders seen CONFIRMED, REJECTED or CANCELLED during the run.
+    pub completed: u64,
+    /// `completed` / the run's length (`elapsed_s`).
+    pub completed_per_s: f64,
+    /// CONFIRMED (or already past it: PREPARING, OUT_FOR_DELIVERY, DELIVERED).
+    pub confirmed: u64,
+    pub rejected: u64,
+    pub cancelled: u64,
+    /// Not final within the checkout timeout: an error.
+    pub timed_out: u64,
+    /// The `POST` failed: an error (also counted in the `place_order` operation).
+    pub place_failed: u64,
+    /// Still waiting for its verdict when the run ended: neither completed nor an error.
+    pub unfinished_at_end: u64,
+    /// `timed_out + place_failed`.
+    pub errors: u64,
+    /// `errors` over the checkouts that had an outcome (`completed + errors`), in percent.
+    pub error_rate_pct: f64,
+    pub poll_interval_ms: f64,
+    pub timeout_s: f64,
+    /// Placed -> final, client clock: from sending the `POST` to the answer of the poll that saw the final
+    /// status (so it includes up to one poll interval of waiting).
+    pub latency_ms: LatencyMs,
+    /// Placed -> confirmed/rejected from the order's own timeline (server clock), completed orders only.
+    pub server_latency_ms: LatencyMs,
+    /// `GET /v1/orders/{id}` answers per completed checkout.
+    pub polls_per_checkout: f64,
+}
+
+/// `--max-orders`: when the n-th order's placement answer came, for every 1 % of the cap.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ProgressPoint {
+    pub orders: u64,
+    /// Seconds since the load started.
+    pub at_s: f64,
+}
+
 /// A run's result (the JSON written by `--json`).
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub target: String,
     pub scenario: Scenario,
     pub load: Load,
+    /// Wall clock at the start of the load phase, ms since the Unix epoch (to line up samples taken by other
+    /// tools during the run).
+    pub started_unix_ms: u64,
+    pub max_orders: Option<u64>,
     /// The think-time jitter of a closed loop with a think time (0 otherwise).
     pub think_jitter: f64,
     pub duration_s: f64,
@@ -140,6 +214,12 @@ pub struct Report {
     pub stats: StatsReport,
     pub e2e: Option<E2eReport>,
     pub pipeline: Option<PipelineReport>,
+    /// `checkout` only.
+    pub checkout: Option<CheckoutReport>,
+    /// CPU of the processes given with `--cpu-pid` (empty without).
+    pub cpu: Vec<CpuReport>,
+    /// With `--max-orders`: placement answers over time (empty without).
+    pub placement_progress: Vec<ProgressPoint>,
 }
 
 impl Report {
@@ -154,6 +234,7 @@ const OP_PRODUCT: &str = "product";
 const OP_PRODUCTS: &str = "products";
 const OP_TRACK: &str = "track_order";
 const OP_BARE_PRODUCT: &str = "get_product";
+const OP_GET_ORDER: &str = "get_order";
 
 /// Recently placed order ids kept for `track_order`.
 const RECENT_ORDERS: usize = 1024;
@@ -170,6 +251,83 @@ struct Placed {
     recent: VecDeque<String>,
 }
 
+/// How one checkout ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Confirmed,
+    Rejected,
+    Cancelled,
+}
+
+/// A final status: the order will not change by itself any more (CONFIRMED may still go on to delivery,
+/// which staff drive, and counts as confirmed).
+fn verdict(order: &Value) -> Option<Verdict> {
+    let status: OrderStatus = serde_json::from_value(order.get("status")?.clone()).ok()?;
+    match status {
+        OrderStatus::Pending | OrderStatus::Processing => None,
+        OrderStatus::Rejected => Some(Verdict::Rejected),
+        OrderStatus::Cancelled => Some(Verdict::Cancelled),
+        OrderStatus::Confirmed | OrderStatus::Preparing | OrderStatus::OutForDelivery | OrderStatus::Delivered => {
+            Some(Verdict::Confirmed)
+        }
+    }
+}
+
+#[derive(Debug)]
+struct CheckoutStats {
+    started: u64,
+    confirmed: u64,
+    rejected: u64,
+    cancelled: u64,
+    timed_out: u64,
+    place_failed: u64,
+    unfinished: u64,
+    polls: u64,
+    latency_us: Histogram<u64>,
+    server_latency_us: Histogram<u64>,
+}
+
+impl CheckoutStats {
+    fn new() -> Self {
+        Self {
+            started: 0,
+            confirmed: 0,
+            rejected: 0,
+            cancelled: 0,
+            timed_out: 0,
+            place_failed: 0,
+            unfinished: 0,
+            polls: 0,
+            latency_us: histogram(),
+            server_latency_us: histogram(),
+        }
+    }
+
+    fn report(&self, elapsed: Duration, poll_interval: Duration, timeout: Duration) -> CheckoutReport {
+        let completed = self.confirmed + self.rejected + self.cancelled;
+        let errors = self.timed_out + self.place_failed;
+        let decided = completed + errors;
+        CheckoutReport {
+            started: self.started,
+            completed,
+            completed_per_s: completed as f64 / elapsed.as_secs_f64().max(1e-9),
+            confirmed: self.confirmed,
+            rejected: self.rejected,
+            cancelled: self.cancelled,
+            timed_out: self.timed_out,
+            place_failed: self.place_failed,
+            unfinished_at_end: self.unfinished,
+            errors,
+            error_rate_pct: if decided == 0 { 0.0 } else { 100.0 * errors as f64 / decided as f64 },
+            poll_interval_ms: poll_interval.as_secs_f64() * 1000.0,
+            timeout_s: timeout.as_secs_f64(),
+            latency_ms: LatencyMs::of(&self.latency_us),
+            server_latency_ms: LatencyMs::of(&self.server_latency_us),
+            polls_per_checkout: if completed == 0 { 0.0 } else { self.polls as f64 / completed as f64 },
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Shared {
     api: Api,
@@ -180,6 +338,17 @@ struct Shared {
     recorder: Mutex<Recorder>,
     placed: Mutex<Placed>,
     sample_orders: usize,
+    started: Instant,
+    /// `--max-orders`: the cap, placements claimed so far, placement answers so far and their progress.
+    max_orders: Option<u64>,
+    orders_claimed: AtomicU64,
+    placements_done: AtomicU64,
+    progress: Mutex<Vec<ProgressPoint>>,
+    /// `checkout`: one pre-opened client (one keep-alive connection) per user.
+    user_apis: Vec<Api>,
+    poll_interval: Duration,
+    checkout_timeout: Duration,
+    checkouts: Mutex<CheckoutStats>,
 }
 
 impl Shared {
@@ -187,6 +356,89 @@ impl Shared {
         let error = outcome.err().map(|f| f.parts());
         if let Ok(mut r) = self.recorder.lock() {
             r.record(op, Instant::now(), latency, error);
+        }
+        if op == OP_PLACE
+            && let Some(cap) = self.max_orders
+        {
+            let n = self.placements_done.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_multiple_of((cap / 100).max(1)) || n == cap {
+                let point = ProgressPoint { orders: n, at_s: self.started.elapsed().as_secs_f64() };
+                if let Ok(mut p) = self.progress.lock() {
+                    p.push(point);
+                }
+            }
+        }
+    }
+
+    /// Takes one order from the `--max-orders` budget; `false` once it is spent.
+    fn claim_order(&self) -> bool {
+        self.max_orders.is_none_or(|cap| self.orders_claimed.fetch_add(1, Ordering::Relaxed) < cap)
+    }
+
+    fn checkout_stats(&self, update: impl FnOnce(&mut CheckoutStats)) {
+        if let Ok(mut c) = self.checkouts.lock() {
+            update(&mut c);
+        }
+    }
+
+    /// One checkout of `checkout`: place an order on the user's own connection, then read it every poll
+    /// interval until it is final, the checkout times out, or the run ends.
+    async fn checkout(&self, user: u64, rng: &mut fastrand::Rng, deadline: Instant) {
+        let Some(api) = usize::try_from(user).ok().and_then(|u| self.user_apis.get(u)) else {
+            return;
+        };
+        let (id, body) = self.order_body(user, rng);
+        self.checkout_stats(|c| c.started += 1);
+        let t0 = Instant::now();
+        let placed = api.place_order(&body).await.map(|_| ());
+        let failed = placed.is_err();
+        self.record(OP_PLACE, t0.elapsed(), placed);
+        if failed {
+            self.checkout_stats(|c| c.place_failed += 1);
+            return;
+        }
+        self.remember(id.clone(), rng);
+        let give_up = t0 + self.checkout_timeout;
+        let mut next_poll = Instant::now() + self.poll_interval;
+        loop {
+            tokio::time::sleep_until(next_poll.min(give_up).min(deadline).into()).await;
+            let now = Instant::now();
+            if now >= give_up.min(deadline) {
+                if give_up <= deadline {
+                    self.checkout_stats(|c| c.timed_out += 1);
+                } else {
+                    self.checkout_stats(|c| c.unfinished += 1);
+                }
+                return;
+            }
+            let answer = api.get_order(&id).await;
+            let polled = now.elapsed();
+            match answer {
+                Ok(order) => {
+                    self.record(OP_GET_ORDER, polled, Ok(()));
+                    self.checkout_stats(|c| c.polls += 1);
+                    if let Some(v) = verdict(&order) {
+                        let latency = micros(t0.elapsed());
+                        let server = terminal(&order).map(|(_, ms)| micros(Duration::from_millis(ms)));
+                        self.checkout_stats(|c| {
+                            match v {
+                                Verdict::Confirmed => c.confirmed += 1,
+                                Verdict::Rejected => c.rejected += 1,
+                                Verdict::Cancelled => c.cancelled += 1,
+                            }
+                            c.latency_us.saturating_record(latency);
+                            if let Some(us) = server {
+                                c.server_latency_us.saturating_record(us);
+                            }
+                        });
+                        return;
+                    }
+                }
+                // A failed read is a failed request; the checkout goes on until its timeout.
+                Err(f) => self.record(OP_GET_ORDER, polled, Err(f)),
+            }
+            // Every poll interval from the first poll; straight away when a read took longer than that.
+            next_poll = (next_poll + self.poll_interval).max(Instant::now());
         }
     }
 
@@ -217,7 +469,7 @@ impl Shared {
 
     fn choose(&self, rng: &mut fastrand::Rng) -> &'static str {
         match self.scenario {
-            Scenario::Place | Scenario::Flash => OP_PLACE,
+            Scenario::Place | Scenario::Flash | Scenario::Checkout => OP_PLACE,
             Scenario::Browse => {
                 if rng.u8(..100) < 50 {
                     OP_PRODUCT
@@ -243,6 +495,9 @@ impl Shared {
         let items: Vec<Value> = if self.scenario == Scenario::Flash || self.skus.len() < 2 {
             let sku = self.skus.first().map_or("SKU-NONE", String::as_str);
             vec![json!({"sku": sku, "quantity": 1})]
+        } else if self.scenario == Scenario::Checkout {
+            let sku = self.skus.get(rng.usize(..self.skus.len())).map_or("SKU-NONE", String::as_str);
+            vec![json!({"sku": sku, "quantity": rng.u8(1..=2)})]
         } else {
             let lines = rng.usize(1..=3.min(self.skus.len()));
             let first = rng.usize(..self.skus.len());
@@ -379,8 +634,29 @@ fn progress_bar(cfg: &RunConfig) -> indicatif::ProgressBar {
     pb
 }
 
+/// One client per user, each with its keep-alive connection opened before the load starts.
+async fn open_user_connections(cfg: &RunConfig, users: usize) -> anyhow::Result<Vec<Api>> {
+    let apis =
+        (0..users).map(|_| Api::dedicated(&cfg.target, cfg.request_timeout)).collect::<anyhow::Result<Vec<_>>>()?;
+    let opened = futures::future::join_all(apis.iter().map(Api::open)).await;
+    for (user, result) in opened.into_iter().enumerate() {
+        result.map_err(|f| anyhow::anyhow!("opening user {user}'s connection: {}", f.parts().1))?;
+    }
+    Ok(apis)
+}
+
 /// Runs one scenario against `cfg.target` and returns the figures.
 pub async fn run(cfg: &RunConfig) -> anyhow::Result<Report> {
+    if cfg.scenario == Scenario::Checkout && !matches!(cfg.load, Load::Closed { .. }) {
+        bail!("checkout is a closed-loop scenario: give --users, not --rate");
+    }
+    if cfg.scenario == Scenario::Checkout && !cfg.seed {
+        bail!("checkout needs an orderflow server (it reads the orders back)");
+    }
+    if cfg.poll_interval.is_zero() {
+        bail!("--poll-interval must be positive");
+    }
+    let mut cpu = CpuWatch::new(&cfg.cpu_pids, cfg.clk_tck)?;
     let api = Api::new(&cfg.target, cfg.admin_token.clone(), cfg.request_timeout)?;
     let run_id = uuid::Uuid::new_v4().simple().to_string().chars().take(8).collect::<String>();
     let skus = if cfg.seed {
@@ -388,9 +664,20 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<Report> {
     } else {
         (0..cfg.seed_products.max(1)).map(|i| format!("SKU-BARE-{i}")).collect()
     };
+    let user_apis = match (cfg.scenario, cfg.load) {
+        (Scenario::Checkout, Load::Closed { users, .. }) => {
+            open_user_connections(cfg, users).await.context("opening the users' connections")?
+        }
+        _ => Vec::new(),
+    };
     let processed_before = if cfg.seed { api.orders_processed().await } else { None };
+    cpu.idle(cfg.cpu_idle).await.context("measuring the idle CPU rate")?;
 
     let started = Instant::now();
+    let started_unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    cpu.start().context("reading CPU times at the start of the load")?;
     let shared = Arc::new(Shared {
         api: api.clone(),
         scenario: cfg.scenario,
@@ -400,6 +687,15 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<Report> {
         recorder: Mutex::new(Recorder::new(started)),
         placed: Mutex::new(Placed::default()),
         sample_orders: cfg.sample_orders,
+        started,
+        max_orders: cfg.max_orders,
+        orders_claimed: AtomicU64::new(0),
+        placements_done: AtomicU64::new(0),
+        progress: Mutex::new(Vec::new()),
+        user_apis,
+        poll_interval: cfg.poll_interval,
+        checkout_timeout: cfg.checkout_timeout,
+        checkouts: Mutex::new(CheckoutStats::new()),
     });
 
     let done = Arc::new(AtomicBool::new(false));
@@ -429,6 +725,7 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<Report> {
         }
     }
     let elapsed = started.elapsed();
+    cpu.stop(elapsed);
     done.store(true, Ordering::Relaxed);
     let _ = ticker.await;
     pb.finish_and_clear();
@@ -458,10 +755,28 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<Report> {
         _ => None,
     };
     let stats = shared.recorder.lock().map_err(|_| anyhow::anyhow!("recorder lock poisoned"))?.report(elapsed);
+    let checkout = if cfg.scenario == Scenario::Checkout {
+        let c = shared.checkouts.lock().map_err(|_| anyhow::anyhow!("checkout stats lock poisoned"))?;
+        Some(c.report(elapsed, cfg.poll_interval, cfg.checkout_timeout))
+    } else {
+        None
+    };
+    // CPU per order: per checkout completed during the run; otherwise per order the pipeline finished during
+    // the load, or per order accepted when there is no pipeline figure.
+    let cpu = match (&checkout, &pipeline) {
+        (Some(c), _) => cpu.report(c.completed, "checkouts completed during the run"),
+        (None, Some(p)) => cpu.report(p.processed_during_load, "orders processed during the load"),
+        (None, None) => cpu.report(accepted, "orders accepted"),
+    };
+    // Users push their points concurrently: one may land after a later one.
+    let mut placement_progress = shared.progress.lock().map(|p| p.clone()).unwrap_or_default();
+    placement_progress.sort_by_key(|p| p.orders);
     Ok(Report {
         target: cfg.target.clone(),
         scenario: cfg.scenario,
         load: cfg.load,
+        started_unix_ms,
+        max_orders: cfg.max_orders,
         think_jitter: match cfg.load {
             Load::Closed { think_ms, .. } if think_ms > 0 => clamp_jitter(cfg.think_jitter),
             _ => 0.0,
@@ -472,6 +787,9 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<Report> {
         stats,
         e2e,
         pipeline,
+        checkout,
+        cpu,
+        placement_progress,
     })
 }
 
@@ -525,9 +843,17 @@ async fn closed_loop(shared: &Arc<Shared>, users: usize, iterations: Option<u64>
                     break;
                 }
                 let op = shared.choose(&mut rng);
-                let t0 = Instant::now();
-                let outcome = shared.execute(op, user, &mut rng).await;
-                shared.record(op, t0.elapsed(), outcome);
+                // The order budget is spent: this user is done.
+                if op == OP_PLACE && !shared.claim_order() {
+                    break;
+                }
+                if shared.scenario == Scenario::Checkout {
+                    shared.checkout(user, &mut rng, deadline).await;
+                } else {
+                    let t0 = Instant::now();
+                    let outcome = shared.execute(op, user, &mut rng).await;
+                    shared.record(op, t0.elapsed(), outcome);
+                }
                 done += 1;
                 pause = think.pause(&mut rng);
             }
@@ -558,6 +884,9 @@ async fn open_loop(
         let permit = Arc::clone(&permits).acquire_owned().await.context("in-flight limiter closed")?;
         let shared = Arc::clone(shared);
         let op = shared.choose(&mut rng);
+        if op == OP_PLACE && !shared.claim_order() {
+            break;
+        }
         let seed = rng.u64(..);
         tasks.spawn(async move {
             let _permit = permit;
@@ -649,6 +978,40 @@ mod tests {
         assert_eq!(terminal(&pending), None);
         let rejected = json!({"timeline": [{"at_ms": 5, "type": "placed"}, {"at_ms": 9, "type": "rejected"}]});
         assert_eq!(terminal(&rejected), Some((false, 4)));
+    }
+
+    #[test]
+    fn final_statuses_end_a_checkout() {
+        assert_eq!(verdict(&json!({"status": "PENDING"})), None);
+        assert_eq!(verdict(&json!({"status": "PROCESSING"})), None);
+        assert_eq!(verdict(&json!({"status": "CONFIRMED"})), Some(Verdict::Confirmed));
+        assert_eq!(verdict(&json!({"status": "OUT_FOR_DELIVERY"})), Some(Verdict::Confirmed));
+        assert_eq!(verdict(&json!({"status": "REJECTED"})), Some(Verdict::Rejected));
+        assert_eq!(verdict(&json!({"status": "CANCELLED"})), Some(Verdict::Cancelled));
+        assert_eq!(verdict(&json!({"status": "NO_SUCH_STATUS"})), None);
+        assert_eq!(verdict(&json!({"code": "order_not_found"})), None);
+    }
+
+    #[test]
+    fn checkout_figures() {
+        let mut c = CheckoutStats::new();
+        c.started = 10;
+        c.confirmed = 6;
+        c.rejected = 1;
+        c.cancelled = 1;
+        c.timed_out = 1;
+        c.unfinished = 1;
+        c.polls = 16;
+        for ms in [20, 30, 40, 50, 60, 70, 80, 90] {
+            c.latency_us.saturating_record(ms * 1000);
+        }
+        let r = c.report(Duration::from_secs(4), Duration::from_millis(25), Duration::from_secs(30));
+        assert_eq!((r.completed, r.errors, r.unfinished_at_end), (8, 1, 1));
+        assert!((r.completed_per_s - 2.0).abs() < 1e-9);
+        assert!((r.error_rate_pct - 100.0 / 9.0).abs() < 1e-9);
+        assert!((r.polls_per_checkout - 2.0).abs() < 1e-9);
+        assert!((r.latency_ms.max - 90.0).abs() < 0.1, "{:?}", r.latency_ms);
+        assert_eq!(r.poll_interval_ms, 25.0);
     }
 
     #[test]

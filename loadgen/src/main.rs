@@ -149,6 +149,27 @@ struct RunArgs {
     /// (`place` only).
     #[arg(long)]
     spawn_baseline: bool,
+    /// Place at most this many orders in the whole run (over every user; the duration still bounds it).
+    /// Placement progress is reported at every 1 % of it.
+    #[arg(long)]
+    max_orders: Option<u64>,
+    /// `checkout`: read a placed order this often until it is CONFIRMED, REJECTED or CANCELLED.
+    #[arg(long, default_value = "25ms", value_parser = humantime::parse_duration)]
+    poll_interval: Duration,
+    /// `checkout`: an order not final this long after it was sent is a timed-out checkout (an error).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    checkout_timeout: Duration,
+    /// Measure this process's CPU time (utime + stime from /proc/PID/stat) during the load, and its cost per
+    /// order net of its idle rate, e.g. `--cpu-pid cassandra=4242`. Repeatable.
+    #[arg(long, value_name = "LABEL=PID", value_parser = orderflow_loadgen::cpu::parse_pid_arg)]
+    cpu_pid: Vec<(String, u32)>,
+    /// With --cpu-pid: measure each process's idle CPU rate over this window just before the load (after
+    /// seeding the catalog). 0 takes the idle rate as 0.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    cpu_idle: Duration,
+    /// Clock ticks per second of /proc/PID/stat (`getconf CLK_TCK`).
+    #[arg(long, default_value_t = 100)]
+    clk_tck: u64,
 }
 
 #[derive(Debug, Args)]
@@ -261,6 +282,12 @@ async fn main_async(cli: Cli) -> anyhow::Result<()> {
             cfg.flash_stock = args.flash_stock;
             cfg.sample_orders = args.sample_orders;
             cfg.e2e_wait = args.e2e_wait;
+            cfg.max_orders = args.max_orders;
+            cfg.poll_interval = args.poll_interval;
+            cfg.checkout_timeout = args.checkout_timeout;
+            cfg.cpu_pids = args.cpu_pid.clone();
+            cfg.cpu_idle = args.cpu_idle;
+            cfg.clk_tck = args.clk_tck;
             let report = orderflow_loadgen::run(&cfg).await?;
             print!("{}", summary(&report));
             let bare = if args.spawn_baseline {

@@ -14,13 +14,15 @@ const MAX_WINDOWS: usize = 3600;
 /// Error messages kept verbatim for the report (the rest are only counted by kind).
 const MAX_ERROR_SAMPLES: usize = 8;
 
-fn histogram() -> Histogram<u64> {
+/// An empty latency histogram of microseconds (1 µs .. 2 min).
+pub(crate) fn histogram() -> Histogram<u64> {
     // Constant, valid bounds (1 µs .. 2 min, 3 significant digits): this cannot fail.
     #[allow(clippy::expect_used)]
     Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("constant histogram bounds are valid")
 }
 
-fn micros(d: Duration) -> u64 {
+/// A duration as histogram microseconds, clamped to the histogram's range.
+pub(crate) fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX).clamp(1, MAX_LATENCY_US)
 }
 
