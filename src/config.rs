@@ -82,6 +82,11 @@ pub struct Settings {
     #[arg(long, env = "ORDERFLOW_KAFKA_REPLICATION_FACTOR", default_value_t = 1, global = true)]
     pub kafka_replication_factor: i32,
 
+    /// On SIGTERM or Ctrl-C: how long to finish in-flight requests and records before the process exits
+    /// anyway (also when Kafka or the database has become unreachable), e.g. `10s`.
+    #[arg(long, env = "ORDERFLOW_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
+    pub shutdown_grace: Duration,
+
     /// Re-publish PENDING orders older than this many milliseconds (recovers orders whose event was
     /// lost to a crash between storing and publishing).
     #[arg(long, env = "ORDERFLOW_STALLED_AFTER_MS", default_value_t = 3000, global = true)]

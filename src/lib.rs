@@ -50,10 +50,9 @@ pub struct App {
     pub backends: Backends,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
+    /// How long [`App::stop`] waits for in-flight requests and records.
+    grace: Duration,
 }
-
-/// How long shutdown waits for in-flight requests and records before giving up.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
 async fn healthz(backends: Backends) -> impl IntoResponse {
     match backends.stores.orders.stats().await {
@@ -174,7 +173,7 @@ impl App {
             });
         }
         tracing::info!(%addr, bus = %settings.bus, store = %settings.store, data_dir = %settings.data_dir.display(), "orderflow is up");
-        Ok(App { addr, backends, shutdown, tasks })
+        Ok(App { addr, backends, shutdown, tasks, grace: settings.shutdown_grace })
     }
 
     /// A token that stops the app when cancelled.
@@ -182,19 +181,29 @@ impl App {
         self.shutdown.clone()
     }
 
-    /// Stops accepting work, finishes in-flight requests and records, and returns.
+    /// Stops accepting work, finishes in-flight requests and records (for at most the grace period), and
+    /// returns.
     pub async fn stop(mut self) {
         self.shutdown.cancel();
         let drain = async { while self.tasks.join_next().await.is_some() {} };
-        if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
-            tracing::warn!("shutdown grace period over; abandoning the remaining tasks");
+        if tokio::time::timeout(self.grace, drain).await.is_err() {
+            tracing::warn!(grace = ?self.grace, "shutdown grace period over; abandoning the remaining tasks");
             self.tasks.abort_all();
         }
     }
 
-    /// Runs until the shutdown token is cancelled (e.g. by SIGTERM), then stops gracefully.
+    /// Runs until the shutdown token is cancelled (e.g. by SIGTERM), then stops gracefully. A watchdog
+    /// ends the process once the grace period (plus a second for the last log lines) has passed, whatever
+    /// is still blocked: a Kafka client flushing to a broker that went away, a store call that hangs, a
+    /// blocking thread. Returns only if the stop finished in time.
     pub async fn run_until_stopped(self) {
         self.shutdown.cancelled().await;
+        let grace = self.grace;
+        std::thread::spawn(move || {
+            std::thread::sleep(grace + Duration::from_secs(1));
+            tracing::error!(?grace, "still not stopped after the shutdown grace period; exiting now");
+            std::process::exit(1);
+        });
         self.stop().await;
     }
 }

@@ -28,6 +28,7 @@ async fn start(dir: &std::path::Path) -> App {
         journal_mib: 128,
         kafka_replication_factor: 1,
         stalled_after_ms: 3000,
+        shutdown_grace: std::time::Duration::from_secs(10),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     App::start(&settings, Roles::all(), listener).await.unwrap()

@@ -32,6 +32,7 @@ pub fn settings(data_dir: &Path) -> Settings {
         journal_mib: memory.journal_mib,
         kafka_replication_factor: 1,
         stalled_after_ms: 3000,
+        shutdown_grace: std::time::Duration::from_secs(10),
     }
 }
 

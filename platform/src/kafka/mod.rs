@@ -17,6 +17,7 @@ use orderflow_schemas::topics::{self, Topic};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
@@ -44,7 +45,67 @@ pub struct KafkaOptions {
 #[derive(Clone)]
 pub struct KafkaBus {
     options: KafkaOptions,
-    producer: FutureProducer,
+    producer: FutureProducer<QuietLogs>,
+}
+
+/// How often one kind of librdkafka log line or client error is written at most; the rest are counted
+/// and the count is written with the next one. An unreachable broker otherwise makes librdkafka log
+/// hundreds of lines a second.
+const CLIENT_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// librdkafka's log lines and errors, into `tracing`, rate-limited per kind (facility or error code).
+#[derive(Default)]
+struct QuietLogs {
+    last: std::sync::Mutex<HashMap<String, (std::time::Instant, u64)>>,
+}
+
+impl QuietLogs {
+    /// `Some(suppressed since the last one written)` if a line of `kind` may be written now.
+    fn admit(&self, kind: &str) -> Option<u64> {
+        let mut last = self.last.lock().ok()?;
+        let now = std::time::Instant::now();
+        match last.get_mut(kind) {
+            Some((at, suppressed)) if now.duration_since(*at) < CLIENT_LOG_EVERY => {
+                *suppressed += 1;
+                None
+            }
+            Some((at, suppressed)) => {
+                *at = now;
+                Some(std::mem::take(suppressed))
+            }
+            None => {
+                last.insert(kind.to_owned(), (now, 0));
+                Some(0)
+            }
+        }
+    }
+}
+
+impl ClientContext for QuietLogs {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        if let Some(suppressed) = self.admit(fac) {
+            match level {
+                RDKafkaLogLevel::Emerg
+                | RDKafkaLogLevel::Alert
+                | RDKafkaLogLevel::Critical
+                | RDKafkaLogLevel::Error => {
+                    tracing::error!(target: "librdkafka", fac, suppressed, "{message}")
+                }
+                RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", fac, suppressed, "{message}"),
+                RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                    tracing::info!(target: "librdkafka", fac, suppressed, "{message}")
+                }
+                RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", fac, suppressed, "{message}"),
+            }
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        let kind = error.rdkafka_error_code().map_or_else(|| "client".to_owned(), |c| format!("{c:?}"));
+        if let Some(suppressed) = self.admit(&kind) {
+            tracing::error!(target: "librdkafka", %error, suppressed, "{reason}");
+        }
+    }
 }
 
 impl std::fmt::Debug for KafkaBus {
@@ -61,13 +122,13 @@ impl KafkaBus {
     /// Connects a producer. Nothing is sent until the first publish; call [`KafkaBus::ensure_topics`]
     /// to check the cluster answers and create missing topics.
     pub fn connect(options: KafkaOptions) -> Result<Self, BusError> {
-        let producer: FutureProducer = ClientConfig::new()
+        let producer: FutureProducer<QuietLogs> = ClientConfig::new()
             .set("bootstrap.servers", options.bootstrap.join(","))
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "2")
             .set("message.timeout.ms", PUBLISH_TIMEOUT.as_millis().to_string())
-            .create()
+            .create_with_context(QuietLogs::default())
             .map_err(unavailable)?;
         Ok(Self { options, producer })
     }
@@ -127,11 +188,12 @@ struct Assignments {
     current: std::sync::Mutex<HashMap<i32, Assignment>>,
     /// Parent of every assignment's token: shutting down revokes everything.
     shutdown: CancellationToken,
+    logs: QuietLogs,
 }
 
 impl Assignments {
     fn new(shutdown: CancellationToken) -> Self {
-        Self { current: std::sync::Mutex::new(HashMap::new()), shutdown }
+        Self { current: std::sync::Mutex::new(HashMap::new()), shutdown, logs: QuietLogs::default() }
     }
 
     fn of(&self, partition: i32) -> Option<Assignment> {
@@ -139,7 +201,15 @@ impl Assignments {
     }
 }
 
-impl ClientContext for Assignments {}
+impl ClientContext for Assignments {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        self.logs.log(level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.logs.error(error, reason);
+    }
+}
 
 impl ConsumerContext for Assignments {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
