@@ -76,6 +76,8 @@ pub struct CqlStore {
     fulfillment: fulfillment::Statements,
     fencing: fencing::Statements,
     clock: TimeuuidClock,
+    /// Where the stalled-order sweep starts next (see `OrderStore::stalled_pending`).
+    pending_floor_ms: std::sync::atomic::AtomicI64,
 }
 
 impl fmt::Debug for CqlStore {
@@ -128,6 +130,7 @@ impl CqlStore {
             fulfillment: fulfillment::Statements::prepare(&session).await?,
             fencing: fencing::Statements::prepare(&session).await?,
             clock: TimeuuidClock::new(),
+            pending_floor_ms: std::sync::atomic::AtomicI64::new(i64::MIN),
             session,
         })
     }

@@ -17,7 +17,8 @@ use scylla::value::CqlValue;
 use super::{CqlStore, Lwt, MAX_UNKNOWN_RETRIES, batch, corrupt, prepare, serial, to_u64, unavailable};
 use crate::bus::BusRecord;
 use crate::store::{
-    Applied, Fence, Inserted, OrderFilter, OrderStats, OrderStore, Page, Result, StoreError, Transition,
+    Applied, Fence, Inserted, OrderFilter, OrderStats, OrderStore, Page, Result, STALLED_SWEEP_MARGIN_MS, StoreError,
+    Transition,
 };
 
 /// Width of an index bucket: 7 days of placement time (see orders.cql).
@@ -189,7 +190,8 @@ impl Statements {
                 prepare(
                     s,
                     "SELECT placed_at_ms, order_id FROM orderflow_orders.orders_by_status \
-                     WHERE status = ? AND bucket = ? AND placed_at_ms < ? ORDER BY placed_at_ms ASC, order_id DESC",
+                     WHERE status = ? AND bucket = ? AND placed_at_ms >= ? AND placed_at_ms < ? \
+                     ORDER BY placed_at_ms ASC, order_id DESC",
                     true,
                 )
                 .await?,
@@ -573,25 +575,43 @@ impl OrderStore for CqlStore {
     }
 
     async fn stalled_pending(&self, placed_before_ms: i64, limit: usize) -> Result<Vec<Order>> {
+        use std::sync::atomic::Ordering;
         let mut out: Vec<(String, Order)> = Vec::new();
         if limit == 0 {
             return Ok(Vec::new());
         }
+        // Start where the oldest PENDING order was last time (less a margin), not at the first order ever:
+        // the rows before it are deletions of orders that moved on (tombstones that every read would
+        // skip over again).
+        let floor = self.pending_floor_ms.load(Ordering::Relaxed);
+        let from = if floor == i64::MIN { i64::MIN } else { floor.saturating_sub(STALLED_SWEEP_MARGIN_MS) };
         let pending = OrderStatus::Pending;
         let keep = |o: &Order| o.status == pending && o.placed_at_ms < placed_before_ms;
+        let mut complete = true;
         for bucket in self.buckets(false).await? {
             if bucket > bucket_of(placed_before_ms) {
                 break;
             }
+            if from != i64::MIN && bucket < bucket_of(from) {
+                continue;
+            }
             let values = vec![
                 CqlValue::Text(pending.as_str().to_owned()),
                 CqlValue::BigInt(bucket),
+                CqlValue::BigInt(from),
                 CqlValue::BigInt(placed_before_ms),
             ];
             if self.walk(&self.orders.stalled, values, limit, &mut out, &keep).await? {
+                complete = false;
                 break;
             }
         }
+        let new_floor = match out.first() {
+            Some((_, oldest)) => oldest.placed_at_ms,
+            None if complete => placed_before_ms,
+            None => floor,
+        };
+        self.pending_floor_ms.fetch_max(new_floor.min(placed_before_ms), Ordering::Relaxed);
         Ok(out.into_iter().map(|(_, o)| o).collect())
     }
 

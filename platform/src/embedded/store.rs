@@ -19,15 +19,9 @@ use crate::store::*;
 pub struct EmbeddedStore {
     db: Arc<Db>,
     /// No order placed before this time (ms) was PENDING at the last stalled-order sweep, so the next
-    /// sweep starts there (less [`SWEEP_FLOOR_MARGIN_MS`]) instead of at the oldest order ever placed:
-    /// the PENDING index is mostly tombstones of orders that moved on, and walking all of them on every
-    /// sweep made its cost grow with history.
+    /// sweep starts there (see [`OrderStore::stalled_pending`]).
     pending_floor_ms: std::sync::atomic::AtomicI64,
 }
-
-/// How far before the floor a sweep still looks: covers an order whose insert finished a while after the
-/// `placed_at_ms` it carries (a slow write), so it is not missed.
-const SWEEP_FLOOR_MARGIN_MS: i64 = 60_000;
 
 impl std::fmt::Debug for EmbeddedStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -710,7 +704,7 @@ impl OrderStore for EmbeddedStore {
             end.push(0xFF);
             end
         } else {
-            at(floor.saturating_sub(SWEEP_FLOOR_MARGIN_MS))
+            at(floor.saturating_sub(STALLED_SWEEP_MARGIN_MS))
         };
         let mut out = Vec::new();
         let mut complete = true;

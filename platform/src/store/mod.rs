@@ -304,6 +304,10 @@ pub struct OrderStats {
     pub processing_ms_total: u64,
 }
 
+/// How far before the oldest order still PENDING at its last pass a stalled-order sweep looks again:
+/// covers an order whose insert finished a while after the `placed_at_ms` it carries.
+pub const STALLED_SWEEP_MARGIN_MS: i64 = 60_000;
+
 /// The outcome of [`OrderStore::insert_new`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inserted {
@@ -350,6 +354,9 @@ pub trait OrderStore: Send + Sync {
     async fn list(&self, filter: &OrderFilter, after: Option<&str>, limit: usize) -> Result<Page<Order>>;
     /// PENDING orders placed before `placed_before_ms`, oldest first: intake accepted them but their
     /// `OrderPlaced` may never have reached the bus (a crash in between), so they are published again.
+    /// An adapter may remember where the oldest PENDING order was at its last call and start the next one
+    /// there (less [`STALLED_SWEEP_MARGIN_MS`]): the PENDING index is mostly deletions of orders that moved
+    /// on, and reading all of them on every sweep would cost more the more orders were ever placed.
     async fn stalled_pending(&self, placed_before_ms: i64, limit: usize) -> Result<Vec<Order>>;
     async fn stats(&self) -> Result<OrderStats>;
 }
