@@ -38,6 +38,7 @@ checks!(bus:
     retries_transient_failures_in_place,
     resumes_after_restart_without_loss,
     dead_letters_poison_and_moves_on,
+    contains_a_panicking_handler_and_moves_on,
     groups_are_independent,
     refuses_unknown_topics,
 );

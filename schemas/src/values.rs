@@ -195,8 +195,10 @@ impl Money {
         if d.normalize().scale() > 2 {
             return Err(ValueError::new(field, "must have at most two decimals"));
         }
-        let cents = (d * Decimal::ONE_HUNDRED).trunc();
-        let cents = i64::try_from(cents).map_err(|_| ValueError::new(field, "is too large"))?;
+        // rust_decimal's `*` panics on overflow (a 28-digit amount): multiply with a check.
+        let too_large = || ValueError::new(field, "is too large");
+        let cents = d.checked_mul(Decimal::ONE_HUNDRED).ok_or_else(too_large)?.trunc();
+        let cents = i64::try_from(cents).map_err(|_| too_large())?;
         Ok(Self(cents))
     }
 
@@ -243,6 +245,15 @@ mod tests {
         assert!(Money::parse("a", "-1").is_err());
         assert!(Money::parse("a", "abc").is_err());
         assert!(Money::parse("a", "1e3").is_err());
+    }
+
+    #[test]
+    fn money_too_large_is_an_error_not_a_panic() {
+        for s in ["999999999999999999999999999", "79228162514264337593543950335", "92233720368547758.08"] {
+            let e = Money::parse("total_amount", s).expect_err(s);
+            assert_eq!(e.reason, "is too large", "{s}");
+        }
+        assert_eq!(Money::parse("a", "92233720368547758.07").map(|m| m.cents()), Ok(i64::MAX));
     }
 
     #[test]

@@ -124,8 +124,14 @@ pub async fn bad_input_is_refused_with_codes(app: &TestApp) {
         (json!({"user_id": "e2e", "items": [{"sku": sku, "quantity": 0}]}), "invalid_quantity"),
         (json!({"user_id": "e2e", "items": [{"sku": "SKU-NOT-THERE", "quantity": 1}]}), "unknown_sku"),
         (json!({"user_id": "e2e", "items": [{"sku": sku, "quantity": 1}], "total_amount": "1.00"}), "total_mismatch"),
+        // rust_decimal's `*` panicked on this (a 500); now it is refused like any other bad amount.
+        (
+            json!({"user_id": "e2e", "items": [{"sku": sku, "quantity": 1}], "total_amount": "999999999999999999999999999"}),
+            "invalid_total_amount",
+        ),
     ] {
-        assert_eq!(app.post_order(body).await.1["code"], code);
+        let (status, body) = app.post_order(body).await;
+        assert_eq!((status, body["code"].as_str()), (422, Some(code)), "{body}");
     }
     assert_eq!(stock(app, &sku).await, (5, 0));
 }
@@ -163,12 +169,15 @@ pub async fn partner_orders_are_placed_once_and_bad_ones_dead_lettered(app: &Tes
         items: vec![PartnerItem { sku: "NOPE-1".into(), quantity: 1 }],
         ..good.clone()
     };
+    let overflow = PartnerOrder { total_amount: Some("999999999999999999999999999".into()), ..unknown_sku.clone() };
     let record = |key: &str, payload: Vec<u8>| BusRecord::new(topics::PARTNER_ORDERS, key, payload);
+    // All on one partition (one key), the bad ones first: the good ones behind them must still be handled.
     bus.publish(vec![
         record(&bad_key, b"not avro at all".to_vec()),
         record(&bad_key, partner::encode(&unknown_sku).unwrap()),
-        record(&external, partner::encode(&good).unwrap()),
-        record(&external, partner::encode(&good).unwrap()),
+        record(&bad_key, partner::encode(&overflow).unwrap()),
+        record(&bad_key, partner::encode(&good).unwrap()),
+        record(&bad_key, partner::encode(&good).unwrap()),
     ])
     .await
     .unwrap();
@@ -182,7 +191,7 @@ pub async fn partner_orders_are_placed_once_and_bad_ones_dead_lettered(app: &Tes
     let (b, t, h) = (bus.clone(), token.clone(), dead.clone());
     let group = unique("dlq-reader");
     let reader = tokio::spawn(async move { b.consume(&group, topics::DEAD_LETTER, h, t).await });
-    eventually("two dead letters", 2, async || dead.found.lock().unwrap().len()).await;
+    eventually("three dead letters", 3, async || dead.found.lock().unwrap().len()).await;
     token.cancel();
     reader.await.unwrap().unwrap();
     let reasons: Vec<String> = dead
@@ -194,6 +203,7 @@ pub async fn partner_orders_are_placed_once_and_bad_ones_dead_lettered(app: &Tes
         .collect();
     assert!(reasons[0].starts_with("malformed_avro"), "{reasons:?}");
     assert!(reasons[1].starts_with("unknown_sku"), "{reasons:?}");
+    assert!(reasons[2].starts_with("invalid_total_amount"), "{reasons:?}");
 }
 
 /// Collects the stock alerts of one SKU from the bus.

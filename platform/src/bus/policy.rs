@@ -18,6 +18,25 @@ pub const SOURCE_PARTITION_HEADER: &str = "orderflow.source.partition";
 pub const SOURCE_OFFSET_HEADER: &str = "orderflow.source.offset";
 pub const GROUP_HEADER: &str = "orderflow.group";
 
+/// Runs a handler call, turning a panic into a poison error for that call: a bug or an input no check
+/// foresaw must cost one record (dead-lettered with the panic's message), never the partition's consumer,
+/// which would otherwise end quietly and leave every later record of the partition waiting.
+async fn contained(call: impl std::future::Future<Output = Result<(), HandlerError>>) -> Result<(), HandlerError> {
+    use futures::FutureExt;
+    match std::panic::AssertUnwindSafe(call).catch_unwind().await {
+        Ok(outcome) => outcome,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_owned());
+            metrics::counter!("orderflow_handler_panics_total").increment(1);
+            Err(HandlerError::Poison(format!("handler_panicked: {message}")))
+        }
+    }
+}
+
 /// Runs `handler` on consecutive records of one partition: one [`Handler::handle_batch`] call, and if
 /// that fails, each record on its own under [`handle_with_policy`]. Returns `Err` only when shutting
 /// down; then no position in the batch may be committed (some may be handled again: idempotence).
@@ -32,7 +51,7 @@ pub async fn handle_batch_with_policy(
         return handle_with_policy(bus, group, handler, one, shutdown).await;
     }
     let started = std::time::Instant::now();
-    match handler.handle_batch(batch).await {
+    match contained(handler.handle_batch(batch)).await {
         Ok(()) => {
             metrics::histogram!("orderflow_handler_duration_seconds", "group" => group.to_owned())
                 .record(started.elapsed().as_secs_f64());
@@ -68,7 +87,7 @@ pub async fn handle_with_policy(
         .build();
     loop {
         let started = std::time::Instant::now();
-        let outcome = handler.handle(delivery).await;
+        let outcome = contained(handler.handle(delivery)).await;
         metrics::histogram!("orderflow_handler_duration_seconds", "group" => group.to_owned())
             .record(started.elapsed().as_secs_f64());
         match outcome {

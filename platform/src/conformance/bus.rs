@@ -51,6 +51,9 @@ impl Handler for Recorder {
         if d.payload == self.poison {
             return Err(HandlerError::Poison("this record is poison".into()));
         }
+        if d.payload == b"panic" {
+            panic!("a handler bug this record triggers");
+        }
         if let Some(left) = self.fail_times.lock().unwrap().get_mut(&d.payload).filter(|n| **n > 0) {
             *left -= 1;
             return Err(HandlerError::Transient("not yet".into()));
@@ -275,6 +278,34 @@ pub async fn dead_letters_poison_and_moves_on(bus: Arc<dyn Bus>) {
     assert_eq!(header(policy::SOURCE_TOPIC_HEADER).as_deref(), Some(TOPIC.name));
 }
 
+/// A handler that panics on a record costs that record (dead-lettered), not the partition's consumer.
+pub async fn contains_a_panicking_handler_and_moves_on(bus: Arc<dyn Bus>) {
+    let prefix = run_id("panic");
+    let key = format!("{prefix}-k");
+    bus.publish(vec![
+        BusRecord::new(TOPIC, key.clone(), b"before".to_vec()),
+        BusRecord::new(TOPIC, key.clone(), b"panic".to_vec()),
+        BusRecord::new(TOPIC, key.clone(), b"after".to_vec()),
+        BusRecord::new(TOPIC, key.clone(), b"later".to_vec()),
+    ])
+    .await
+    .unwrap();
+    let rec = Arc::new(Recorder::new(&prefix));
+    let token = CancellationToken::new();
+    let task = spawn_consumer(bus.clone(), prefix.clone(), rec.clone(), token.clone());
+    assert!(
+        wait_until(Duration::from_secs(60), || rec.seen().len() >= 3).await,
+        "the partition stopped at the panicking record: {:?}",
+        rec.seen()
+    );
+    token.cancel();
+    task.await.unwrap();
+    assert_eq!(
+        rec.seen().into_iter().map(|(_, p)| p).collect::<Vec<_>>(),
+        [b"before".to_vec(), b"after".to_vec(), b"later".to_vec()]
+    );
+}
+
 /// Two groups each get every record.
 pub async fn groups_are_independent(bus: Arc<dyn Bus>) {
     let prefix = run_id("groups");
@@ -307,6 +338,7 @@ where
     retries_transient_failures_in_place(make().await).await;
     resumes_after_restart_without_loss(make().await).await;
     dead_letters_poison_and_moves_on(make().await).await;
+    contains_a_panicking_handler_and_moves_on(make().await).await;
     groups_are_independent(make().await).await;
     refuses_unknown_topics(make().await).await;
 }
