@@ -25,6 +25,8 @@ pub const MAX_BODY_BYTES: usize = 256 * 1024;
 #[derive(Clone)]
 struct HttpState {
     schema: OrderflowSchema,
+    /// Serves requests that ask for nothing but introspection (see [`crate::introspection_schema`]).
+    introspection: OrderflowSchema,
     admin_token: Option<Arc<str>>,
 }
 
@@ -35,6 +37,7 @@ struct HttpState {
 /// operations. `GET /graphql` serves the GraphiQL explorer.
 pub fn router(state: ApiState) -> Router {
     let admin_token = state.staff_token().map(Arc::from);
+    let introspection = crate::introspection_schema(state.clone());
     let schema = crate::schema(state);
     Router::new()
         .route("/graphql", post(execute).get(graphiql))
@@ -42,7 +45,7 @@ pub fn router(state: ApiState) -> Router {
         // Outside the limit layer, so its plain-text 413 (sent when Content-Length is too large) is
         // seen and reshaped too.
         .layer(map_response(too_large_in_graphql_shape))
-        .with_state(HttpState { schema, admin_token })
+        .with_state(HttpState { schema, introspection, admin_token })
 }
 
 async fn execute(
@@ -56,7 +59,8 @@ async fn execute(
     };
     let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let staff = Staff::from_authorization(authorization, st.admin_token.as_deref());
-    GraphQLResponse::from(st.schema.execute(request.data(staff)).await).into_response()
+    let schema = if crate::is_introspection_only(&request.query) { &st.introspection } else { &st.schema };
+    GraphQLResponse::from(schema.execute(request.data(staff)).await).into_response()
 }
 
 /// A body that is not one GraphQL request, answered in the GraphQL error shape so clients parse it the

@@ -35,9 +35,9 @@ pub use scalars::Decimal;
 /// The executable schema.
 pub type OrderflowSchema = Schema<Query, Mutation, EmptySubscription>;
 
-/// The deepest selection nesting accepted. The introspection query GraphiQL sends reaches 13 (type
-/// references nest `ofType` seven times); the deepest real query (`orders → edges → node → items →
-/// sku`) reaches 5.
+/// The deepest selection nesting accepted for data. The deepest real query (`orders → edges → node →
+/// items → sku`) reaches 5. Introspection queries are not held to it (stock clients nest `ofType` nine
+/// times and more): they run on [`introspection_schema`].
 pub const MAX_DEPTH: usize = 13;
 
 /// The most work one request may ask for. List fields that take `first` cost `first` times their
@@ -98,4 +98,33 @@ pub fn schema(state: ApiState) -> OrderflowSchema {
         .limit_recursive_depth(MAX_RECURSIVE_DEPTH)
         .extension(error::ErrorCodes)
         .finish()
+}
+
+/// The schema for introspection-only requests (every root field of every operation is `__schema`,
+/// `__type` or `__typename`, and no operation is a mutation): no depth or complexity limit, since the
+/// introspection types are finite and GraphiQL's docs panel, graphql-codegen and Apollo tooling send
+/// queries deeper than any data query needs; data fields resolve to nothing here
+/// (`introspection_only`). The parser's recursion bound still applies.
+pub fn introspection_schema(state: ApiState) -> OrderflowSchema {
+    Schema::build(Query, Mutation, EmptySubscription)
+        .data(state)
+        .introspection_only()
+        .limit_recursive_depth(MAX_RECURSIVE_DEPTH)
+        .extension(error::ErrorCodes)
+        .finish()
+}
+
+/// Whether `query` asks for nothing but introspection (see [`introspection_schema`]).
+pub fn is_introspection_only(query: &str) -> bool {
+    use async_graphql::parser::types::{OperationType, Selection};
+    let Ok(doc) = async_graphql::parser::parse_query(query) else { return false };
+    let mut operations = doc.operations.iter().peekable();
+    operations.peek().is_some()
+        && operations.all(|(_, op)| {
+            op.node.ty == OperationType::Query
+                && op.node.selection_set.node.items.iter().all(|item| match &item.node {
+                    Selection::Field(f) => f.node.name.node.starts_with("__"),
+                    Selection::FragmentSpread(_) | Selection::InlineFragment(_) => false,
+                })
+        })
 }

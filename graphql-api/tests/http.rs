@@ -117,3 +117,49 @@ async fn get_serves_graphiql() -> Result<()> {
     assert!(html.contains("graphiql") && html.contains("/graphql"), "{html}");
     Ok(())
 }
+
+/// The introspection query of current graphql-js (`getIntrospectionQuery()`, as GraphiQL's docs panel,
+/// graphql-codegen and Apollo tooling send it) nests `ofType` nine times: deeper than any data query.
+const STOCK_INTROSPECTION: &str = r#"
+query IntrospectionQuery {
+  __schema {
+    queryType { name } mutationType { name } subscriptionType { name }
+    types { ...FullType }
+    directives { name description locations args { ...InputValue } }
+  }
+}
+fragment FullType on __Type {
+  kind name description
+  fields(includeDeprecated: true) { name description args { ...InputValue } type { ...TypeRef } isDeprecated deprecationReason }
+  inputFields { ...InputValue }
+  interfaces { ...TypeRef }
+  enumValues(includeDeprecated: true) { name description isDeprecated deprecationReason }
+  possibleTypes { ...TypeRef }
+}
+fragment InputValue on __InputValue { name description type { ...TypeRef } defaultValue }
+fragment TypeRef on __Type {
+  kind name
+  ofType { kind name ofType { kind name ofType { kind name ofType { kind name ofType { kind name
+    ofType { kind name ofType { kind name ofType { kind name ofType { kind name } } } } } } } } }
+}
+"#;
+
+#[tokio::test]
+async fn stock_introspection_passes_while_data_stays_depth_limited() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let app = app(dir.path())?;
+    let (status, body) = post(&app, gql(STOCK_INTROSPECTION), None).await?;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.get("errors").is_none(), "a stock client's introspection must work: {body}");
+    let types = body["data"]["__schema"]["types"].as_array().cloned().unwrap_or_default();
+    assert!(types.iter().any(|t| t["name"] == "Order"), "{body}");
+
+    // A data query is still held to the depth limit, also when it asks for introspection beside it.
+    let deep_data = format!("{{ __typename orders {{ {} id {} }} }}", "edges { node { ".repeat(7), "} } ".repeat(7));
+    let (_, body) = post(&app, gql(&deep_data), None).await?;
+    assert_eq!(body["errors"][0]["extensions"]["code"], "invalid_query", "{body}");
+    let mixed = format!("{{ __schema {{ types {{ name }} }} {} }}", &deep_data[1..deep_data.len() - 1]);
+    let (_, body) = post(&app, gql(&mixed), None).await?;
+    assert_eq!(body["errors"][0]["extensions"]["code"], "invalid_query", "{body}");
+    Ok(())
+}
