@@ -10,6 +10,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Bus, BusError, BusRecord, Delivery, Handler, HandlerError};
 
+/// The namespace of the headers this module writes on dead letters.
+pub const OWN_HEADER_PREFIX: &str = "orderflow.";
 /// Header with the reason a record was dead-lettered.
 pub const ERROR_HEADER: &str = "orderflow.error";
 /// Headers naming where a dead-lettered record came from.
@@ -99,7 +101,10 @@ pub async fn handle_with_policy(
                 tracing::warn!(group, topic = %delivery.topic, partition = delivery.partition, offset = delivery.offset, %reason, "dead-lettering record");
                 metrics::counter!("orderflow_records_dead_lettered_total", "group" => group.to_owned()).increment(1);
                 let mut record = BusRecord::new(topics::DEAD_LETTER, delivery.key.clone(), delivery.payload.clone());
-                record.headers = delivery.headers.clone();
+                // The producer's own headers travel along, but never ones in our namespace: a record that
+                // arrived with `orderflow.error` or `orderflow.source.*` set must not pass them off as ours.
+                record.headers =
+                    delivery.headers.iter().filter(|(k, _)| !k.starts_with(OWN_HEADER_PREFIX)).cloned().collect();
                 record.headers.extend([
                     (ERROR_HEADER.to_owned(), reason),
                     (SOURCE_TOPIC_HEADER.to_owned(), delivery.topic.clone()),

@@ -234,9 +234,16 @@ pub async fn resumes_after_restart_without_loss(bus: Arc<dyn Bus>) {
 pub async fn dead_letters_poison_and_moves_on(bus: Arc<dyn Bus>) {
     let prefix = run_id("poison");
     let key = format!("{prefix}-k");
+    let mut poison = BusRecord::new(TOPIC, key.clone(), b"poison".to_vec());
+    // A producer's headers go along to the dead letter, except any that pose as ours.
+    poison.headers = vec![
+        ("trace-id".into(), "t-1".into()),
+        (policy::ERROR_HEADER.into(), "forged".into()),
+        (policy::SOURCE_TOPIC_HEADER.into(), "forged".into()),
+    ];
     bus.publish(vec![
         BusRecord::new(TOPIC, key.clone(), b"before".to_vec()),
-        BusRecord::new(TOPIC, key.clone(), b"poison".to_vec()),
+        poison,
         BusRecord::new(TOPIC, key.clone(), b"after".to_vec()),
     ])
     .await
@@ -276,6 +283,9 @@ pub async fn dead_letters_poison_and_moves_on(bus: Arc<dyn Bus>) {
     let header = |name: &str| d.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
     assert_eq!(header(policy::ERROR_HEADER).as_deref(), Some("this record is poison"));
     assert_eq!(header(policy::SOURCE_TOPIC_HEADER).as_deref(), Some(TOPIC.name));
+    assert_eq!(header("trace-id").as_deref(), Some("t-1"), "the producer's own header is kept");
+    let ours = |k: &str| d.headers.iter().filter(|(name, _)| name == k).count();
+    assert_eq!((ours(policy::ERROR_HEADER), ours(policy::SOURCE_TOPIC_HEADER)), (1, 1), "{:?}", d.headers);
 }
 
 /// A handler that panics on a record costs that record (dead-lettered), not the partition's consumer.

@@ -90,7 +90,8 @@ impl Statements {
     pub(super) async fn prepare(s: &Session) -> Result<Self> {
         let doc = prepare(
             s,
-            "SELECT placed_doc, doc, applied FROM orderflow_orders.orders_v2 WHERE order_id = ? LIMIT 1",
+            // DISTINCT: only the partition's static cells (the order), not its first event row and outputs.
+            "SELECT DISTINCT order_id, placed_doc, doc, applied FROM orderflow_orders.orders_v2 WHERE order_id = ?",
             true,
         )
         .await?;
@@ -262,10 +263,12 @@ impl CqlStore {
     async fn state_read(&self, id: &str, serial: bool) -> Result<Option<(Order, Vec<uuid::Uuid>)>> {
         let st = &self.orders;
         let stmt = if serial { &st.doc_serial } else { &st.doc };
-        type Row = (Option<String>, Option<String>, Option<Vec<uuid::Uuid>>);
+        type Row = (String, Option<String>, Option<String>, Option<Vec<uuid::Uuid>>);
         match self.first_row::<Row>(stmt, (id,)).await? {
-            Some((_, Some(doc), applied)) => Ok(Some((doc_from_row(id, &doc)?, applied.unwrap_or_default()))),
-            Some((Some(placed), None, applied)) => Ok(Some((doc_from_row(id, &placed)?, applied.unwrap_or_default()))),
+            Some((_, _, Some(doc), applied)) => Ok(Some((doc_from_row(id, &doc)?, applied.unwrap_or_default()))),
+            Some((_, Some(placed), None, applied)) => {
+                Ok(Some((doc_from_row(id, &placed)?, applied.unwrap_or_default())))
+            }
             _ => Ok(None),
         }
     }
