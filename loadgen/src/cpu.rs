@@ -39,6 +39,13 @@ fn parse_stat_ticks(stat: &str) -> anyhow::Result<u64> {
     Ok(field(11)? + field(12)?)
 }
 
+/// Longest wait for the watched processes to settle before the idle window (see [`CpuWatch::idle`]).
+const SETTLE_MAX: Duration = Duration::from_secs(60);
+/// Length of one settling sample.
+const SETTLE_STEP: Duration = Duration::from_secs(3);
+/// Settled: the combined rate fell by less than this (cores) from one sample to the next.
+const SETTLE_TOLERANCE_CORES: f64 = 0.03;
+
 /// What the load cost one process.
 #[derive(Debug, Clone, Serialize)]
 pub struct CpuReport {
@@ -99,10 +106,25 @@ impl CpuWatch {
         self.probes.is_empty()
     }
 
-    /// Measures every process's background rate over `window`, sending nothing.
+    /// Measures every process's background rate over `window`, sending nothing. First waits (at most
+    /// [`SETTLE_MAX`]) until the processes' combined rate stops falling: a database that is still flushing
+    /// and compacting after an earlier run would otherwise count that work as its idle rate (seen: an idle
+    /// rate above the rate under load, and a negative CPU per order).
     pub async fn idle(&mut self, window: Duration) -> anyhow::Result<()> {
         if self.probes.is_empty() || window.is_zero() {
             return Ok(());
+        }
+        let started = Instant::now();
+        let mut last_rate = f64::INFINITY;
+        while started.elapsed() < SETTLE_MAX {
+            let a: u64 = self.read_all()?.iter().sum();
+            tokio::time::sleep(SETTLE_STEP).await;
+            let b: u64 = self.read_all()?.iter().sum();
+            let rate = b.saturating_sub(a) as f64 / self.ticks_per_s / SETTLE_STEP.as_secs_f64();
+            if last_rate - rate < SETTLE_TOLERANCE_CORES {
+                break;
+            }
+            last_rate = rate;
         }
         let before = self.read_all()?;
         let t0 = Instant::now();
