@@ -7,12 +7,10 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{Proc, gql, wait_status};
+use common::{Proc, wait_status};
 use orderflow_platform::conformance::real_engine;
-use orderflow_platform::{BackendUrl, Backends};
 use serde_json::json;
 
 const ORDERS: usize = 60;
@@ -54,15 +52,7 @@ async fn three_payment_processors_one_killed_every_order_charged_once() {
     let (ingest, graphql) = (&procs[0], &procs[1]);
 
     let sku = format!("SCALE-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]).to_uppercase();
-    let created = gql(
-        &http,
-        &graphql.base,
-        "mutation($s: String!){ createProduct(input: {sku: $s, name: \"scale\", price: \"1.00\", stock: 1000}){ sku } }",
-        json!({"s": sku}),
-        true,
-    )
-    .await;
-    assert_eq!(created["data"]["createProduct"]["sku"], sku.as_str(), "{created}");
+    common::create_product(&http, &graphql.base, &sku, 1000).await;
 
     let run = uuid::Uuid::new_v4().simple().to_string();
     let ids: Vec<String> = (0..ORDERS).map(|i| format!("scale-{}-{i}", &run[..8])).collect();
@@ -93,31 +83,11 @@ async fn three_payment_processors_one_killed_every_order_charged_once() {
         wait_status(&http, &ingest.base, id, &["CONFIRMED"], Duration::from_secs(90)).await;
     }
 
-    let stock = gql(
-        &http,
-        &graphql.base,
-        "query($s: String!){ product(sku: $s){ stock { available reserved } } }",
-        json!({"s": sku}),
-        false,
-    )
-    .await;
-    assert_eq!(stock["data"]["product"]["stock"], json!({"available": 1000 - ORDERS, "reserved": ORDERS}));
+    let stock = common::stock_of(&http, &graphql.base, &sku).await;
+    assert_eq!(stock, json!({"available": 1000 - ORDERS, "reserved": ORDERS}));
 
     // The provider's books: one charge per order, none twice.
-    let backends = Backends::open(
-        &BackendUrl::Kafka(vec![kafka.clone()]),
-        &BackendUrl::Scylla(vec![cql.clone()]),
-        dir.path(),
-        &Default::default(),
-    )
-    .await
-    .unwrap();
-    let mut charges: HashMap<String, usize> = HashMap::new();
-    for (key, entry) in backends.stores.payments.provider_entries().await.unwrap() {
-        if entry.kind == "charge" && key.starts_with(&format!("scale-{}", &run[..8])) {
-            *charges.entry(key).or_default() += 1;
-        }
-    }
+    let charges = common::charges_by_key(&kafka, &cql, dir.path(), &format!("scale-{}", &run[..8])).await;
     assert_eq!(charges.len(), ORDERS, "every order charged");
     assert!(charges.values().all(|n| *n == 1));
     for p in procs.iter_mut().chain(payments.iter_mut()) {

@@ -13,9 +13,8 @@ use std::collections::HashMap;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Proc, gql, wait_status};
+use common::{Proc, wait_status};
 use orderflow_platform::conformance::real_engine;
-use orderflow_platform::{BackendUrl, Backends};
 use serde_json::json;
 
 use common::role_on_kafka_and_cql as role;
@@ -81,15 +80,7 @@ async fn a_frozen_then_resumed_processor_changes_nothing() {
         .map(|i| format!("ZOMBIE-{}-{i}", &uuid::Uuid::new_v4().simple().to_string()[..8]).to_uppercase())
         .collect();
     for sku in &skus {
-        let created = gql(
-            &http,
-            &graphql.base,
-            "mutation($s: String!){ createProduct(input: {sku: $s, name: \"zombie\", price: \"1.00\", stock: 1000}){ sku } }",
-            json!({"s": sku}),
-            true,
-        )
-        .await;
-        assert_eq!(created["data"]["createProduct"]["sku"], sku.as_str(), "{created}");
+        common::create_product(&http, &graphql.base, sku, 1000).await;
     }
 
     let run = uuid::Uuid::new_v4().simple().to_string();
@@ -148,35 +139,11 @@ async fn a_frozen_then_resumed_processor_changes_nothing() {
     }
     for sku in &skus {
         let held = per_sku[sku.as_str()];
-        let stock = gql(
-            &http,
-            &graphql.base,
-            "query($s: String!){ product(sku: $s){ stock { available reserved } } }",
-            json!({"s": sku}),
-            true,
-        )
-        .await;
-        assert_eq!(
-            stock["data"]["product"]["stock"],
-            json!({"available": 1000 - held, "reserved": held}),
-            "{sku}: {stock}"
-        );
+        let stock = common::stock_of(&http, &graphql.base, sku).await;
+        assert_eq!(stock, json!({"available": 1000 - held, "reserved": held}), "{sku}");
     }
-    // Money: one charge per order at the provider, and the recorded payment is that charge.
-    let backends = Backends::open(
-        &BackendUrl::Kafka(vec![kafka.clone()]),
-        &BackendUrl::Scylla(vec![cql.clone()]),
-        dir.path(),
-        &Default::default(),
-    )
-    .await
-    .unwrap();
-    let mut charges: HashMap<String, usize> = HashMap::new();
-    for (key, entry) in backends.stores.payments.provider_entries().await.unwrap() {
-        if entry.kind == "charge" && key.starts_with(&format!("zb-{}", &run[..8])) {
-            *charges.entry(key).or_default() += 1;
-        }
-    }
+    // Money: one charge per order at the provider, none twice.
+    let charges = common::charges_by_key(&kafka, &cql, dir.path(), &format!("zb-{}", &run[..8])).await;
     assert_eq!(charges.len(), ids.len(), "every order charged");
     assert!(charges.values().all(|n| *n == 1), "none twice");
     // The frozen instances really did come back (and are still running, not crashed).

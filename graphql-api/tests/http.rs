@@ -118,31 +118,8 @@ async fn get_serves_graphiql() -> Result<()> {
     Ok(())
 }
 
-/// The introspection query of current graphql-js (`getIntrospectionQuery()`, as GraphiQL's docs panel,
-/// graphql-codegen and Apollo tooling send it) nests `ofType` nine times: deeper than any data query.
-const STOCK_INTROSPECTION: &str = r#"
-query IntrospectionQuery {
-  __schema {
-    queryType { name } mutationType { name } subscriptionType { name }
-    types { ...FullType }
-    directives { name description locations args { ...InputValue } }
-  }
-}
-fragment FullType on __Type {
-  kind name description
-  fields(includeDeprecated: true) { name description args { ...InputValue } type { ...TypeRef } isDeprecated deprecationReason }
-  inputFields { ...InputValue }
-  interfaces { ...TypeRef }
-  enumValues(includeDeprecated: true) { name description isDeprecated deprecationReason }
-  possibleTypes { ...TypeRef }
-}
-fragment InputValue on __InputValue { name description type { ...TypeRef } defaultValue }
-fragment TypeRef on __Type {
-  kind name
-  ofType { kind name ofType { kind name ofType { kind name ofType { kind name ofType { kind name
-    ofType { kind name ofType { kind name ofType { kind name ofType { kind name } } } } } } } } }
-}
-"#;
+/// The introspection query of current graphql-js, as stock clients send it.
+const STOCK_INTROSPECTION: &str = include_str!("fixtures/introspection.graphql");
 
 #[tokio::test]
 async fn stock_introspection_passes_while_data_stays_depth_limited() -> Result<()> {

@@ -131,6 +131,57 @@ pub async fn stock(app: &TestApp, sku: &str) -> (i64, i64) {
     (s["available"].as_i64().unwrap(), s["reserved"].as_i64().unwrap())
 }
 
+/// Creates a product with `stock` units through the GraphQL API at `graphql_base`, as staff.
+pub async fn create_product(http: &reqwest::Client, graphql_base: &str, sku: &str, stock: i64) {
+    let created = gql(
+        http,
+        graphql_base,
+        "mutation($s: String!, $n: Int!){ createProduct(input: {sku: $s, name: \"test\", price: \"1.00\", stock: $n}){ sku } }",
+        json!({"s": sku, "n": stock}),
+        true,
+    )
+    .await;
+    assert_eq!(created["data"]["createProduct"]["sku"], sku, "{created}");
+}
+
+/// The stock of a SKU as GraphQL at `graphql_base` shows it to staff: `{available, reserved}`.
+pub async fn stock_of(http: &reqwest::Client, graphql_base: &str, sku: &str) -> Value {
+    let v = gql(
+        http,
+        graphql_base,
+        "query($s: String!){ product(sku: $s){ stock { available reserved } } }",
+        json!({"s": sku}),
+        true,
+    )
+    .await;
+    v["data"]["product"]["stock"].clone()
+}
+
+/// How many charges the simulated provider's own books (on the CQL store at `cql`) hold per idempotency
+/// key, for the keys that start with `prefix`: the check that no order was charged twice.
+pub async fn charges_by_key(
+    kafka: &str,
+    cql: &str,
+    dir: &Path,
+    prefix: &str,
+) -> std::collections::HashMap<String, usize> {
+    let backends = orderflow_platform::Backends::open(
+        &BackendUrl::Kafka(vec![kafka.to_owned()]),
+        &BackendUrl::Scylla(vec![cql.to_owned()]),
+        dir,
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    let mut charges = std::collections::HashMap::new();
+    for (key, entry) in backends.stores.payments.provider_entries().await.unwrap() {
+        if entry.kind == "charge" && key.starts_with(prefix) {
+            *charges.entry(key).or_default() += 1;
+        }
+    }
+    charges
+}
+
 /// orderflow as a child process (for crash tests), with its own port and data directory.
 pub struct Proc {
     pub child: Child,
