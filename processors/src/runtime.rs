@@ -8,7 +8,7 @@ use orderflow_platform::Backends;
 use orderflow_platform::bus::{BusRecord, Handler};
 use orderflow_platform::fencing::PartitionFences;
 use orderflow_schemas::topics::{self, Topic};
-use orderflow_schemas::{codec, events::OrderPlaced, now_ms};
+use orderflow_schemas::{Order, codec, events::OrderPlaced, now_ms};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -136,23 +136,58 @@ pub fn spawn_role(
     }
 }
 
-/// Re-publishes `OrderPlaced` for PENDING orders older than `stalled_after`. Harmless when the first
-/// publish did arrive: the event id is the same, and the saga ignores an order it already moved.
+/// When each stalled order may be re-published again: the first time once it is `stalled_after` old,
+/// then after twice as long each time, up to [`MAX_REPUBLISH_INTERVAL`]. A saga that lags behind a burst
+/// leaves many orders PENDING for a while although their events are in the log; re-publishing all of them
+/// on every pass would pile more work on the lagging saga. Bounded: it holds only orders that the last
+/// pass still found PENDING (at most [`SWEEP_BATCH`]).
+#[derive(Debug, Default)]
+struct RepublishBackoff {
+    /// Order id -> (times re-published, not again before this instant).
+    due: std::collections::HashMap<String, (u32, std::time::Instant)>,
+}
+
+/// The longest wait between two re-publications of one stalled order.
+const MAX_REPUBLISH_INTERVAL: Duration = Duration::from_secs(300);
+
+impl RepublishBackoff {
+    /// Of the orders a pass found PENDING (`found`), those to re-publish now; forgets orders no longer
+    /// found (they moved on).
+    fn select<'a>(&mut self, found: &'a [Order], stalled_after: Duration, now: std::time::Instant) -> Vec<&'a Order> {
+        self.due.retain(|id, _| found.iter().any(|o| o.id.as_str() == id));
+        let mut out = Vec::new();
+        for order in found {
+            let entry = self.due.entry(order.id.as_str().to_owned()).or_insert((0, now));
+            if entry.1 <= now {
+                let wait = stalled_after.saturating_mul(1 << entry.0.min(16)).min(MAX_REPUBLISH_INTERVAL);
+                *entry = (entry.0 + 1, now + wait);
+                out.push(order);
+            }
+        }
+        out
+    }
+}
+
+/// Re-publishes `OrderPlaced` for PENDING orders older than `stalled_after`, each with a growing pause
+/// between attempts ([`RepublishBackoff`]). Harmless when the first publish did arrive: the event id is the
+/// same, and the saga ignores an order it already moved.
 async fn sweep_stalled(backends: Backends, stalled_after: Duration, shutdown: CancellationToken) {
     let period = stalled_after.max(Duration::from_millis(200));
+    let mut backoff = RepublishBackoff::default();
     loop {
         tokio::select! {
             () = tokio::time::sleep(period) => {}
             () = shutdown.cancelled() => return,
         }
         let cutoff = now_ms() - i64::try_from(stalled_after.as_millis()).unwrap_or(i64::MAX);
-        let stalled = match backends.stores.orders.stalled_pending(cutoff, SWEEP_BATCH).await {
+        let found = match backends.stores.orders.stalled_pending(cutoff, SWEEP_BATCH).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "stalled-order sweep could not read orders");
                 continue;
             }
         };
+        let stalled = backoff.select(&found, stalled_after, std::time::Instant::now());
         if stalled.is_empty() {
             continue;
         }
@@ -171,6 +206,49 @@ async fn sweep_stalled(backends: Backends, stalled_after: Duration, shutdown: Ca
                 }
             }
             Err(e) => tracing::error!(error = %e, "stalled-order sweep could not encode"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use orderflow_schemas::{Money, OrderId, OrderStatus, UserId};
+
+    fn pending(id: &str) -> Order {
+        Order {
+            id: OrderId::parse(id).unwrap_or_else(|e| panic!("{e}")),
+            user_id: UserId::parse("u").unwrap_or_else(|e| panic!("{e}")),
+            lines: vec![],
+            total: Money::ZERO,
+            status: OrderStatus::Pending,
+            reason: None,
+            channel: "http".into(),
+            placed_at_ms: 0,
+            updated_at_ms: 0,
+            processed_at_ms: None,
+            timeline: vec![],
+        }
+    }
+
+    #[test]
+    fn a_stalled_order_is_republished_with_growing_pauses_and_forgotten_once_it_moves_on() {
+        let after = Duration::from_secs(3);
+        let mut b = RepublishBackoff::default();
+        let t0 = std::time::Instant::now();
+        let (a, c) = (pending("a"), pending("c"));
+        let ids = |v: Vec<&Order>| v.iter().map(|o| o.id.to_string()).collect::<Vec<_>>();
+        assert_eq!(ids(b.select(&[a.clone(), c.clone()], after, t0)), ["a", "c"], "first pass: both");
+        assert!(b.select(&[a.clone()], after, t0 + Duration::from_secs(2)).is_empty(), "not before 3 s");
+        assert_eq!(b.due.len(), 1, "c moved on and is forgotten");
+        assert_eq!(ids(b.select(&[a.clone()], after, t0 + Duration::from_secs(3))), ["a"]);
+        assert!(b.select(&[a.clone()], after, t0 + Duration::from_secs(8)).is_empty(), "then 6 s later, not 5");
+        assert_eq!(ids(b.select(&[a.clone()], after, t0 + Duration::from_secs(9))), ["a"]);
+        // Capped: after many attempts the pause is at most MAX_REPUBLISH_INTERVAL.
+        let mut now = t0 + Duration::from_secs(9);
+        for _ in 0..20 {
+            now += MAX_REPUBLISH_INTERVAL;
+            assert_eq!(ids(b.select(&[a.clone()], after, now)), ["a"]);
         }
     }
 }
