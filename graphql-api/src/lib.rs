@@ -100,11 +100,11 @@ pub fn schema(state: ApiState) -> OrderflowSchema {
         .finish()
 }
 
-/// The schema for introspection-only requests (every root field of every operation is `__schema`,
-/// `__type` or `__typename`, and no operation is a mutation): no depth or complexity limit, since the
-/// introspection types are finite and GraphiQL's docs panel, graphql-codegen and Apollo tooling send
-/// queries deeper than any data query needs; data fields resolve to nothing here
-/// (`introspection_only`). The parser's recursion bound still applies.
+/// The schema for introspection-only requests (see [`is_introspection_only`]): no depth or complexity
+/// limit, since GraphiQL's docs panel, graphql-codegen and Apollo tooling send introspection queries
+/// deeper than any data query needs (a type reference nests `ofType` nine times); data fields resolve to
+/// nothing here (`introspection_only`). The parser's recursion bound still applies, and what keeps the
+/// answer small is the bound on nested lists checked before a request is routed here.
 pub fn introspection_schema(state: ApiState) -> OrderflowSchema {
     Schema::build(Query, Mutation, EmptySubscription)
         .data(state)
@@ -114,7 +114,20 @@ pub fn introspection_schema(state: ApiState) -> OrderflowSchema {
         .finish()
 }
 
-/// Whether `query` asks for nothing but introspection (see [`introspection_schema`]).
+/// How many introspection lists an introspection-only request may nest (`types → fields → args` is 3
+/// in every stock client's query). Lists fan out: `types { fields { type { fields { type { fields … } } } } }`
+/// multiplies the answer by the number of fields at every level, which a depth limit alone would allow
+/// up to its bound, so nesting of lists is what is bounded; single-object chains such as `ofType` are not.
+pub const MAX_INTROSPECTION_LIST_NESTING: usize = 4;
+
+/// The introspection fields that return lists.
+const INTROSPECTION_LISTS: [&str; 8] =
+    ["types", "fields", "args", "inputFields", "interfaces", "possibleTypes", "enumValues", "directives"];
+
+/// Whether `query` asks for nothing but introspection, within [`MAX_INTROSPECTION_LIST_NESTING`]: every
+/// operation is a query whose root fields are all `__schema`, `__type` or `__typename`. Such a request
+/// runs on [`introspection_schema`]; anything else (data, mutations, mixed, or introspection nesting lists
+/// deeper) runs on the limited schema, which refuses what is too deep.
 pub fn is_introspection_only(query: &str) -> bool {
     use async_graphql::parser::types::{OperationType, Selection};
     let Ok(doc) = async_graphql::parser::parse_query(query) else { return false };
@@ -126,5 +139,37 @@ pub fn is_introspection_only(query: &str) -> bool {
                     Selection::Field(f) => f.node.name.node.starts_with("__"),
                     Selection::FragmentSpread(_) | Selection::InlineFragment(_) => false,
                 })
+                && list_nesting(&doc, &op.node.selection_set.node, 0, 0)
+                    .is_some_and(|n| n <= MAX_INTROSPECTION_LIST_NESTING)
         })
+}
+
+/// The deepest nesting of introspection lists under `set`, following fragment spreads; `None` if it
+/// exceeds the bound or fragments nest past [`MAX_RECURSIVE_DEPTH`] (a cycle, say).
+fn list_nesting(
+    doc: &async_graphql::parser::types::ExecutableDocument,
+    set: &async_graphql::parser::types::SelectionSet,
+    lists: usize,
+    depth: usize,
+) -> Option<usize> {
+    use async_graphql::parser::types::Selection;
+    if lists > MAX_INTROSPECTION_LIST_NESTING || depth > MAX_RECURSIVE_DEPTH {
+        return None;
+    }
+    let mut deepest = lists;
+    for item in &set.items {
+        let below = match &item.node {
+            Selection::Field(f) => {
+                let is_list = INTROSPECTION_LISTS.contains(&f.node.name.node.as_str());
+                list_nesting(doc, &f.node.selection_set.node, lists + usize::from(is_list), depth + 1)?
+            }
+            Selection::InlineFragment(i) => list_nesting(doc, &i.node.selection_set.node, lists, depth + 1)?,
+            Selection::FragmentSpread(spread) => {
+                let fragment = doc.fragments.get(&spread.node.fragment_name.node)?;
+                list_nesting(doc, &fragment.node.selection_set.node, lists, depth + 1)?
+            }
+        };
+        deepest = deepest.max(below);
+    }
+    Some(deepest)
 }

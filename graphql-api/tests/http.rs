@@ -138,5 +138,19 @@ async fn stock_introspection_passes_while_data_stays_depth_limited() -> Result<(
     let mixed = format!("{{ __schema {{ types {{ name }} }} {} }}", &deep_data[1..deep_data.len() - 1]);
     let (_, body) = post(&app, gql(&mixed), None).await?;
     assert_eq!(body["errors"][0]["extensions"]["code"], "invalid_query", "{body}");
+    // Introspection that nests its lists (each level multiplies the answer) is not exempt from the depth
+    // limit, also through fragments, and a fragment cycle is not followed forever.
+    let fan_out =
+        format!("{{ __schema {{ types {{ {} name {} }} }} }}", "fields { type { ".repeat(6), "} } ".repeat(6));
+    let (_, body) = post(&app, gql(&fan_out), None).await?;
+    assert_eq!(body["errors"][0]["extensions"]["code"], "invalid_query", "{body}");
+    let via_fragments = "{ __schema { types { ...F } } } fragment F on __Type { fields { type { ...G } } } \
+                         fragment G on __Type { fields { type { fields { type { fields { type { fields { type { fields { type { name } } } } } } } } } } }";
+    let (_, body) = post(&app, gql(via_fragments), None).await?;
+    assert_eq!(body["errors"][0]["extensions"]["code"], "invalid_query", "{body}");
+    let cycle = "{ __schema { types { ...F } } } fragment F on __Type { ofType { ...F } }";
+    let (status, body) = post(&app, gql(cycle), None).await?;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.get("errors").is_some(), "{body}");
     Ok(())
 }

@@ -239,16 +239,19 @@ mod tests {
         let (a, c) = (pending("a"), pending("c"));
         let ids = |v: Vec<&Order>| v.iter().map(|o| o.id.to_string()).collect::<Vec<_>>();
         assert_eq!(ids(b.select(&[a.clone(), c.clone()], after, t0)), ["a", "c"], "first pass: both");
-        assert!(b.select(&[a.clone()], after, t0 + Duration::from_secs(2)).is_empty(), "not before 3 s");
+        assert!(b.select(std::slice::from_ref(&a), after, t0 + Duration::from_secs(2)).is_empty(), "not before 3 s");
         assert_eq!(b.due.len(), 1, "c moved on and is forgotten");
-        assert_eq!(ids(b.select(&[a.clone()], after, t0 + Duration::from_secs(3))), ["a"]);
-        assert!(b.select(&[a.clone()], after, t0 + Duration::from_secs(8)).is_empty(), "then 6 s later, not 5");
-        assert_eq!(ids(b.select(&[a.clone()], after, t0 + Duration::from_secs(9))), ["a"]);
+        assert_eq!(ids(b.select(std::slice::from_ref(&a), after, t0 + Duration::from_secs(3))), ["a"]);
+        assert!(
+            b.select(std::slice::from_ref(&a), after, t0 + Duration::from_secs(8)).is_empty(),
+            "then 6 s later, not 5"
+        );
+        assert_eq!(ids(b.select(std::slice::from_ref(&a), after, t0 + Duration::from_secs(9))), ["a"]);
         // Capped: after many attempts the pause is at most MAX_REPUBLISH_INTERVAL.
         let mut now = t0 + Duration::from_secs(9);
         for _ in 0..20 {
             now += MAX_REPUBLISH_INTERVAL;
-            assert_eq!(ids(b.select(&[a.clone()], after, now)), ["a"]);
+            assert_eq!(ids(b.select(std::slice::from_ref(&a), after, now)), ["a"]);
         }
     }
 }
