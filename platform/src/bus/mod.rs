@@ -137,6 +137,11 @@ pub trait Bus: Send + Sync + fmt::Debug {
         handler: Arc<dyn Handler>,
         shutdown: CancellationToken,
     ) -> Result<(), BusError>;
+
+    /// Whether the bus answers now, for `/readyz`: one cheap round trip at most (never a scan), bounded
+    /// by a short timeout; an adapter may answer from a recent probe instead, so that frequent readiness
+    /// checks do not load the cluster.
+    async fn ready(&self) -> Result<(), BusError>;
 }
 
 /// Pause before restarting a consumer that failed.

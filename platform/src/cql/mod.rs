@@ -65,6 +65,10 @@ const MAX_CAS_ROUNDS: u32 = 96;
 /// Bound on re-running one uncontended LWT whose outcome stayed unknown.
 const MAX_UNKNOWN_RETRIES: u32 = 6;
 
+/// How long a readiness probe waits for the node it asks: far below [`REQUEST_TIMEOUT`], since a
+/// readiness check that hangs for 12 s is as bad as a wrong answer to the supervisor asking.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// The CQL adapter: one driver session and every prepared statement.
 pub struct CqlStore {
     session: Session,
@@ -83,6 +87,20 @@ pub struct CqlStore {
 impl fmt::Debug for CqlStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CqlStore").finish_non_exhaustive()
+    }
+}
+
+/// One read of the node-local `system.local` row: answered by the coordinator alone, whatever the
+/// keyspaces' replication, so it says the node is reachable and serving without touching user data.
+#[async_trait::async_trait]
+impl crate::store::Readiness for CqlStore {
+    async fn ping(&self) -> Result<()> {
+        let mut probe = scylla::statement::unprepared::Statement::new("SELECT release_version FROM system.local");
+        probe.set_consistency(Consistency::One);
+        probe.set_request_timeout(Some(PING_TIMEOUT));
+        probe.set_is_idempotent(true);
+        self.session.query_unpaged(probe, &[]).await.map_err(unavailable)?;
+        Ok(())
     }
 }
 
@@ -149,7 +167,8 @@ impl CqlStore {
             orders: self.clone(),
             payments: self.clone(),
             shipments: self.clone(),
-            epochs: self,
+            epochs: self.clone(),
+            readiness: self,
         }
     }
 

@@ -143,7 +143,8 @@ pub fn open(dir: &Path, options: &BackendOptions) -> Result<Backends, BackendErr
             orders: store.clone(),
             payments: store.clone(),
             shipments: store.clone(),
-            epochs: store,
+            epochs: store.clone(),
+            readiness: store,
         },
     })
 }

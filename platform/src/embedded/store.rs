@@ -845,6 +845,15 @@ impl ShipmentStore for EmbeddedStore {
 // process holds the data directory, so there are no zombies to fence here; the epochs still increase
 // across restarts, as the port promises.
 
+/// The embedded engine lives in this process: it is ready as long as the process runs (a failing disk
+/// shows up as errors of the writes themselves).
+#[async_trait]
+impl Readiness for EmbeddedStore {
+    async fn ping(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl EpochStore for EmbeddedStore {
     async fn claim(&self, group: &str, topic: &str, partition: u32, _owner: &str) -> Result<u64> {

@@ -21,7 +21,7 @@ use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::util::Timeout;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -32,6 +32,12 @@ use crate::bus::{Assignment, Bus, BusError, BusRecord, Delivery, Handler, policy
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
 /// Records queued per partition worker; a full queue pauses fetching (back-pressure).
 const PARTITION_QUEUE: usize = 256;
+
+/// How long a readiness probe waits for cluster metadata.
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a readiness answer is reused: probes from several supervisors (or a tight loop) then cost the
+/// cluster at most one metadata request per interval.
+const READY_CACHE: Duration = Duration::from_secs(2);
 
 /// Settings of the Kafka adapter.
 #[derive(Debug, Clone)]
@@ -46,6 +52,9 @@ pub struct KafkaOptions {
 pub struct KafkaBus {
     options: KafkaOptions,
     producer: FutureProducer<QuietLogs>,
+    /// The last readiness answer and when it was taken (see [`READY_CACHE`]). A tokio mutex, held across
+    /// the probe, so concurrent checks wait for one probe instead of each sending their own.
+    readiness: Arc<tokio::sync::Mutex<Option<(std::time::Instant, Result<(), String>)>>>,
 }
 
 /// How often one kind of librdkafka log line or client error is written at most; the rest are counted
@@ -130,7 +139,7 @@ impl KafkaBus {
             .set("message.timeout.ms", PUBLISH_TIMEOUT.as_millis().to_string())
             .create_with_context(QuietLogs::default())
             .map_err(unavailable)?;
-        Ok(Self { options, producer })
+        Ok(Self { options, producer, readiness: Arc::default() })
     }
 
     /// Creates every topic of [`topics::ALL`] that does not exist yet; returns the names created.
@@ -310,6 +319,30 @@ async fn partition_worker(
 
 #[async_trait]
 impl Bus for KafkaBus {
+    /// Metadata of one topic from the cluster (one small request, answered by any broker), through the
+    /// producer's connections, reused for [`READY_CACHE`].
+    async fn ready(&self) -> Result<(), BusError> {
+        let mut last = self.readiness.lock().await;
+        if let Some((at, answer)) = last.as_ref()
+            && at.elapsed() < READY_CACHE
+        {
+            return answer.clone().map_err(BusError::Unavailable);
+        }
+        let producer = self.producer.clone();
+        // `fetch_metadata` blocks its thread until the broker answers or the timeout passes.
+        let probe = tokio::task::spawn_blocking(move || {
+            producer.client().fetch_metadata(Some(topics::ORDERS.name), Timeout::After(READY_TIMEOUT))
+        })
+        .await;
+        let answer = match probe {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("no cluster metadata within {READY_TIMEOUT:?}: {e}")),
+            Err(e) => Err(format!("metadata probe failed: {e}")),
+        };
+        *last = Some((std::time::Instant::now(), answer.clone()));
+        answer.map_err(BusError::Unavailable)
+    }
+
     async fn publish(&self, records: Vec<BusRecord>) -> Result<(), BusError> {
         let mut pending = Vec::with_capacity(records.len());
         for r in &records {

@@ -48,6 +48,15 @@ pub struct Stores {
     pub shipments: Arc<dyn ShipmentStore>,
     /// Epochs of partition ownership, claimed once per assignment (see [`Fence`]).
     pub epochs: Arc<dyn EpochStore>,
+    /// Whether the engine answers (for `/readyz`).
+    pub readiness: Arc<dyn Readiness>,
+}
+
+/// A cheap liveness probe of the store engine.
+#[async_trait]
+pub trait Readiness: Send + Sync {
+    /// Succeeds if the engine answers now: one small request (never a scan), bounded by a short timeout.
+    async fn ping(&self) -> Result<()>;
 }
 
 impl fmt::Debug for Stores {
