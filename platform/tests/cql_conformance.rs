@@ -71,6 +71,7 @@ async fn cql_store_passes_every_conformance_check_in_sequence() {
         payments_first_record_wins,
         shipments_are_created_once,
         partition_epochs_only_grow,
+        answers_readiness_pings,
     );
 
     // What only this adapter has to prove.

@@ -41,6 +41,7 @@ checks!(bus:
     contains_a_panicking_handler_and_moves_on,
     groups_are_independent,
     refuses_unknown_topics,
+    reports_ready_quickly,
 );
 
 checks!(store:
@@ -58,6 +59,7 @@ checks!(store:
     payments_first_record_wins,
     shipments_are_created_once,
     partition_epochs_only_grow,
+    answers_readiness_pings,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

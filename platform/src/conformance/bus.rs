@@ -336,6 +336,15 @@ pub async fn refuses_unknown_topics(bus: Arc<dyn Bus>) {
     assert!(bus.publish(vec![r]).await.is_err());
 }
 
+/// A bus that is up says so, quickly, and keeps saying so (a readiness probe is called every few seconds).
+pub async fn reports_ready_quickly(bus: Arc<dyn Bus>) {
+    for _ in 0..3 {
+        let started = std::time::Instant::now();
+        bus.ready().await.unwrap();
+        assert!(started.elapsed() < std::time::Duration::from_secs(3), "ready() took {:?}", started.elapsed());
+    }
+}
+
 /// Runs every bus check against buses made by `make` (one fresh bus per check where the adapter
 /// needs it; a shared one is fine since the checks use fresh keys and groups).
 pub async fn run_all<F, Fut>(make: F)
@@ -351,4 +360,5 @@ where
     contains_a_panicking_handler_and_moves_on(make().await).await;
     groups_are_independent(make().await).await;
     refuses_unknown_topics(make().await).await;
+    reports_ready_quickly(make().await).await;
 }

@@ -532,6 +532,15 @@ fn fence(offset: u64) -> Fence {
     Fence::new(1, offset)
 }
 
+/// A store that is up answers its readiness probe, quickly.
+pub async fn answers_readiness_pings(stores: Stores) {
+    for _ in 0..3 {
+        let started = std::time::Instant::now();
+        stores.readiness.ping().await.unwrap();
+        assert!(started.elapsed() < std::time::Duration::from_secs(3), "ping() took {:?}", started.elapsed());
+    }
+}
+
 pub async fn partition_epochs_only_grow(stores: Stores) {
     let group = run_id("group");
     let e1 = stores.epochs.claim(&group, "t", 3, "a").await.unwrap();
@@ -553,6 +562,7 @@ pub async fn partition_epochs_only_grow(stores: Stores) {
 /// Runs every store check.
 pub async fn run_all(stores: Stores) {
     partition_epochs_only_grow(stores.clone()).await;
+    answers_readiness_pings(stores.clone()).await;
     catalog_creates_once_updates_existing_and_paginates(stores.clone()).await;
     reservations_are_all_or_nothing_and_idempotent(stores.clone()).await;
     concurrent_reservations_never_oversell(stores.clone()).await;

@@ -54,8 +54,11 @@ pub struct KafkaBus {
     producer: FutureProducer<QuietLogs>,
     /// The last readiness answer and when it was taken (see [`READY_CACHE`]). A tokio mutex, held across
     /// the probe, so concurrent checks wait for one probe instead of each sending their own.
-    readiness: Arc<tokio::sync::Mutex<Option<(std::time::Instant, Result<(), String>)>>>,
+    readiness: Arc<tokio::sync::Mutex<Option<ReadyAnswer>>>,
 }
+
+/// A readiness answer (`Err` carries the cause) and when it was taken.
+type ReadyAnswer = (std::time::Instant, Result<(), String>);
 
 /// How often one kind of librdkafka log line or client error is written at most; the rest are counted
 /// and the count is written with the next one. An unreachable broker otherwise makes librdkafka log
