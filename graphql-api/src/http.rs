@@ -39,13 +39,16 @@ pub fn router(state: ApiState) -> Router {
     let admin_token = state.staff_token().map(Arc::from);
     let introspection = crate::introspection_schema(state.clone());
     let schema = crate::schema(state);
-    Router::new()
+    let routes = Router::new()
         .route("/graphql", post(execute).get(graphiql))
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
         // Outside the limit layer, so its plain-text 413 (sent when Content-Length is too large) is
         // seen and reshaped too.
         .layer(map_response(too_large_in_graphql_shape))
-        .with_state(HttpState { schema, introspection, admin_token })
+        .with_state(HttpState { schema, introspection, admin_token });
+    // Outermost: reads (and discards) the rest of an oversized body before answering, so a client that
+    // sends its whole body before reading sees the 413 instead of a reset connection.
+    orderflow_ingest::body_limit::limit_body(routes, MAX_BODY_BYTES, too_large)
 }
 
 async fn execute(

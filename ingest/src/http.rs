@@ -282,11 +282,22 @@ async fn get_order(State(api): State<OrdersApi>, Path(id): Path<String>) -> Resu
     }
 }
 
-/// The order routes, with the body limit applied.
+/// The order routes, with the body limit applied (see [`crate::body_limit`] for why an oversized body is
+/// read before the 413).
 pub fn router(api: OrdersApi) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/v1/orders", post(place_order))
         .route("/v1/orders/{order_id}", get(get_order))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(api)
+        .with_state(api);
+    crate::body_limit::limit_body(routes, MAX_BODY_BYTES, too_large)
+}
+
+fn too_large() -> Response {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!("the body is larger than {MAX_BODY_BYTES} bytes"),
+    )
+    .into_response()
 }

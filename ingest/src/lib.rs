@@ -3,6 +3,7 @@
 //! client is checked against that price, never trusted. Prices (and whether a product is archived) are
 //! read from the catalog's write model, not its read model: a command must see the latest price.
 
+pub mod body_limit;
 pub mod http;
 pub mod partner;
 
