@@ -87,6 +87,21 @@ pub struct Settings {
     #[arg(long, env = "ORDERFLOW_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
     pub shutdown_grace: Duration,
 
+    /// Most HTTP requests handled at once on the API routes (REST and GraphQL); one more is answered
+    /// 503 `overloaded` with `Retry-After` at once instead of waiting in a queue.
+    #[arg(long, env = "ORDERFLOW_MAX_CONCURRENT_REQUESTS", default_value_t = 4096, global = true)]
+    pub max_concurrent_requests: usize,
+
+    /// Longest time from an API request's arrival to its response, body included (e.g. `30s`); past it
+    /// the answer is 503 `timeout`.
+    #[arg(long, env = "ORDERFLOW_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
+    pub request_timeout: Duration,
+
+    /// Longest time a client may take to send a request's headers, and to start the next request on a
+    /// kept-alive connection (e.g. `10s`); past it the connection is closed.
+    #[arg(long, env = "ORDERFLOW_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
+    pub header_read_timeout: Duration,
+
     /// Re-publish PENDING orders older than this many milliseconds (recovers orders whose event was
     /// lost to a crash between storing and publishing).
     #[arg(long, env = "ORDERFLOW_STALLED_AFTER_MS", default_value_t = 3000, global = true)]
@@ -112,6 +127,14 @@ impl Settings {
                 memtable_mib: self.memtable_mib,
                 journal_mib: self.journal_mib,
             },
+        }
+    }
+
+    pub fn http_limits(&self) -> crate::server::HttpLimits {
+        crate::server::HttpLimits {
+            max_concurrent_requests: self.max_concurrent_requests,
+            request_timeout: self.request_timeout,
+            header_read_timeout: self.header_read_timeout,
         }
     }
 

@@ -3,6 +3,8 @@
 
 pub mod config;
 pub mod demo;
+pub mod health;
+pub mod server;
 pub mod tools;
 
 use std::net::SocketAddr;
@@ -27,6 +29,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{Seed, Settings};
+use health::{Probes, RoleHealth, supervise};
 
 /// What one process runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,19 +55,8 @@ pub struct App {
     tasks: JoinSet<()>,
     /// How long [`App::stop`] waits for in-flight requests and records.
     grace: Duration,
-}
-
-async fn healthz(backends: Backends) -> impl IntoResponse {
-    match backends.stores.orders.stats().await {
-        Ok(_) => (StatusCode::OK, axum::Json(serde_json::json!({"status": "ok"}))),
-        Err(e) => {
-            tracing::warn!(error = %e, "health check failed");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                axum::Json(serde_json::json!({"status": "unavailable", "store": "unreachable"})),
-            )
-        }
-    }
+    /// Which roles ended unexpectedly (see [`health::supervise`]).
+    health: RoleHealth,
 }
 
 async fn metrics() -> impl IntoResponse {
@@ -77,19 +69,23 @@ async fn metrics() -> impl IntoResponse {
     }
 }
 
-fn router(roles: &Roles, backends: &Backends, settings: &Settings, catalog: &Arc<CatalogCache>) -> Router {
+fn router(
+    roles: &Roles,
+    backends: &Backends,
+    settings: &Settings,
+    catalog: &Arc<CatalogCache>,
+    health: &RoleHealth,
+) -> Router {
     let intake = Intake::new(backends.stores.clone(), Arc::clone(&backends.bus));
-    let health_backends = backends.clone();
-    let mut app =
-        Router::new().route("/healthz", get(move || healthz(health_backends.clone()))).route("/metrics", get(metrics));
+    let mut api = Router::new();
     if roles.ingest {
-        app = app.merge(orderflow_ingest::http::router(OrdersApi {
+        api = api.merge(orderflow_ingest::http::router(OrdersApi {
             intake: intake.clone(),
             stores: backends.stores.clone(),
         }));
     }
     if roles.graphql {
-        app = app.merge(orderflow_graphql::router(ApiState {
+        api = api.merge(orderflow_graphql::router(ApiState {
             stores: backends.stores.clone(),
             catalog: Arc::clone(catalog),
             bus: Arc::clone(&backends.bus),
@@ -97,6 +93,11 @@ fn router(roles: &Roles, backends: &Backends, settings: &Settings, catalog: &Arc
             admin_token: settings.admin_token.clone().filter(|t| !t.is_empty()),
         }));
     }
+    // Health and metrics stay outside the limits: a liveness probe shed under load would have a
+    // supervisor restart a process that is merely busy.
+    let app = health::router(Probes { backends: backends.clone(), health: health.clone() })
+        .route("/metrics", get(metrics))
+        .merge(server::limit_api(api, &settings.http_limits()));
     app.fallback(|| async { ApiError::not_found() })
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; it has been logged")
@@ -131,6 +132,7 @@ impl App {
             }
         }
         let shutdown = CancellationToken::new();
+        let health = RoleHealth::new();
         let mut tasks = JoinSet::new();
         // The GraphQL catalog cache. A catalog projector in this process evicts from it right after it
         // stores a change; on a shared bus (Kafka) the projector of another process may handle the
@@ -140,40 +142,52 @@ impl App {
         if roles.graphql {
             processor_settings.catalog_observer = Some(Arc::clone(&catalog_cache) as Arc<dyn CatalogObserver>);
             if settings.bus != BackendUrl::Embedded {
-                tasks.spawn(orderflow_platform::bus::run_consumer(
+                let consumer = orderflow_platform::bus::run_consumer(
                     Arc::clone(&backends.bus),
                     invalidation_group(),
                     orderflow_schemas::topics::CATALOG,
                     Arc::new(CacheInvalidator { cache: Arc::clone(&catalog_cache) }),
                     shutdown.clone(),
-                ));
+                );
+                supervise(&mut tasks, &health, &shutdown, "graphql catalog-cache invalidation", |t| {
+                    t.spawn(consumer);
+                });
             }
         }
         for role in &roles.processors {
-            spawn_role(*role, &backends, &processor_settings, &shutdown, &mut tasks);
+            let name = format!("process {role:?}").to_lowercase();
+            supervise(&mut tasks, &health, &shutdown, name, |t| {
+                spawn_role(*role, &backends, &processor_settings, &shutdown, t);
+            });
         }
         if roles.ingest {
             let intake = Intake::new(backends.stores.clone(), Arc::clone(&backends.bus));
-            tasks.spawn(orderflow_platform::bus::run_consumer(
+            let consumer = orderflow_platform::bus::run_consumer(
                 Arc::clone(&backends.bus),
                 orderflow_schemas::topics::groups::PARTNER_INTAKE,
                 orderflow_schemas::topics::PARTNER_ORDERS,
                 Arc::new(orderflow_ingest::partner::PartnerIntake { intake }),
                 shutdown.clone(),
-            ));
+            );
+            supervise(&mut tasks, &health, &shutdown, "ingest partner-order consumer", |t| {
+                t.spawn(consumer);
+            });
         }
         let addr = listener.local_addr()?;
         if roles.ingest || roles.graphql || !roles.processors.is_empty() {
-            let app = router(&roles, &backends, settings, &catalog_cache);
-            let token = shutdown.clone();
-            tasks.spawn(async move {
-                if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(token.cancelled_owned()).await {
-                    tracing::error!(error = %e, "HTTP server failed");
-                }
+            let app = router(&roles, &backends, settings, &catalog_cache, &health);
+            let server = server::serve(listener, app, settings.header_read_timeout, shutdown.clone());
+            supervise(&mut tasks, &health, &shutdown, "http server", |t| {
+                t.spawn(server);
             });
         }
         tracing::info!(%addr, bus = %settings.bus, store = %settings.store, data_dir = %settings.data_dir.display(), "orderflow is up");
-        Ok(App { addr, backends, shutdown, tasks, grace: settings.shutdown_grace })
+        Ok(App { addr, backends, shutdown, tasks, grace: settings.shutdown_grace, health })
+    }
+
+    /// Which roles of this process ended unexpectedly (what `/readyz` reports).
+    pub fn health(&self) -> &RoleHealth {
+        &self.health
     }
 
     /// A token that stops the app when cancelled.
@@ -192,12 +206,21 @@ impl App {
         }
     }
 
-    /// Runs until the shutdown token is cancelled (e.g. by SIGTERM), then stops gracefully. A watchdog
-    /// ends the process once the grace period (plus a second for the last log lines) has passed, whatever
-    /// is still blocked: a Kafka client flushing to a broker that went away, a store call that hangs, a
-    /// blocking thread. Returns only if the stop finished in time.
-    pub async fn run_until_stopped(self) {
-        self.shutdown.cancelled().await;
+    /// Runs until the shutdown token is cancelled (e.g. by SIGTERM) or a role ends unexpectedly, then
+    /// stops gracefully. A watchdog ends the process once the grace period (plus a second for the last
+    /// log lines) has passed, whatever is still blocked: a Kafka client flushing to a broker that went
+    /// away, a store call that hangs, a blocking thread. Returns only if the stop finished in time: an
+    /// error if a role had ended, so the process exits non-zero and its supervisor restarts it rather
+    /// than leaving it half-working.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let failed = self.health.failed();
+        tokio::select! {
+            () = self.shutdown.cancelled() => {}
+            () = failed.cancelled() => {
+                tracing::error!(ended = ?self.health.ended(), "a role ended unexpectedly; stopping the process");
+            }
+        }
+        let ended = self.health.ended();
         let grace = self.grace;
         std::thread::spawn(move || {
             std::thread::sleep(grace + Duration::from_secs(1));
@@ -205,6 +228,7 @@ impl App {
             std::process::exit(1);
         });
         self.stop().await;
+        if ended.is_empty() { Ok(()) } else { anyhow::bail!("roles ended unexpectedly: {}", ended.join(", ")) }
     }
 }
 

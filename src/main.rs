@@ -103,9 +103,17 @@ async fn main() -> anyhow::Result<()> {
     let app = App::start(&cli.settings, roles, listener).await?;
     println!("orderflow listening on http://{}  (GraphiQL: http://{}/graphql)", app.addr, app.addr);
     cancel_on_signals(app.shutdown_token());
-    app.run_until_stopped().await;
+    let outcome = app.run_until_stopped().await;
     // Leave at once: what is left (dropping Kafka clients that would wait on an unreachable broker, the
     // runtime's blocking threads) holds nothing that is not already durable or abandoned.
-    tracing::info!("stopped");
-    std::process::exit(0)
+    match outcome {
+        Ok(()) => {
+            tracing::info!("stopped");
+            std::process::exit(0)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "stopped because a role ended; exiting with status 1");
+            std::process::exit(1)
+        }
+    }
 }

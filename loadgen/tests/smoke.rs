@@ -29,6 +29,9 @@ async fn start(dir: &std::path::Path) -> App {
         kafka_replication_factor: 1,
         stalled_after_ms: 3000,
         shutdown_grace: std::time::Duration::from_secs(10),
+        max_concurrent_requests: 4096,
+        request_timeout: std::time::Duration::from_secs(30),
+        header_read_timeout: std::time::Duration::from_secs(10),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     App::start(&settings, Roles::all(), listener).await.unwrap()
