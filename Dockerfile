@@ -13,6 +13,8 @@ USER orderflow
 WORKDIR /var/lib/orderflow
 ENV ORDERFLOW_LISTEN=0.0.0.0:8080 ORDERFLOW_DATA_DIR=/var/lib/orderflow/data
 EXPOSE 8080
-HEALTHCHECK CMD curl -fs http://127.0.0.1:8080/healthz || exit 1
+# Readiness, not liveness: "healthy" means the bus and store answer and every role runs (GET /readyz).
+# A role that ends makes the process exit non-zero, so a restart policy brings it back.
+HEALTHCHECK CMD curl -fs http://127.0.0.1:8080/readyz || exit 1
 ENTRYPOINT ["orderflow"]
 CMD ["serve"]

@@ -21,7 +21,7 @@ async fn orders_accepted_before_kill_9_are_processed_after_restart() {
 
     // Slow payments keep most orders mid-pipeline when the process dies.
     let mut first = Proc::spawn(&data, free_port(), &[("ORDERFLOW_PAYMENT_LATENCY_MS", "400")]);
-    first.wait_healthy().await;
+    first.wait_ready().await;
     let placed = futures::future::join_all((0..ORDERS).map(|i| {
         http.post(format!("{}/v1/orders", first.base))
             .json(&json!({"order_id": format!("crash-{i}"), "user_id": format!("u{i}"), "items": [{"sku": "SKU-COFFEE", "quantity": 1}]}))
@@ -44,12 +44,12 @@ async fn orders_accepted_before_kill_9_are_processed_after_restart() {
 
     // Crash once more while it catches up, then let it finish.
     let mut second = Proc::spawn(&data, free_port(), &[("ORDERFLOW_PAYMENT_LATENCY_MS", "30")]);
-    second.wait_healthy().await;
+    second.wait_ready().await;
     tokio::time::sleep(Duration::from_millis(250)).await;
     second.kill9();
 
     let mut third = Proc::spawn(&data, free_port(), &[("ORDERFLOW_PAYMENT_LATENCY_MS", "1")]);
-    third.wait_healthy().await;
+    third.wait_ready().await;
     for i in 0..ORDERS {
         wait_status(&http, &third.base, &format!("crash-{i}"), &["CONFIRMED"], Duration::from_secs(30)).await;
     }

@@ -119,7 +119,7 @@ async fn flash_sale_survives_kill_9_mid_burst() {
     let port = common::free_port();
     let http = reqwest::Client::new();
     let mut server = common::Proc::spawn(&data, port, &[("ORDERFLOW_SEED_CATALOG", "none")]);
-    server.wait_healthy().await;
+    server.wait_ready().await;
     let sku = format!("FLASH-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]).to_uppercase();
     let created = common::gql(
         &http,
@@ -139,7 +139,7 @@ async fn flash_sale_survives_kill_9_mid_burst() {
         server.kill9();
         tokio::time::sleep(Duration::from_millis(300)).await;
         let again = common::Proc::spawn(&data, port, &[("ORDERFLOW_SEED_CATALOG", "none")]);
-        again.wait_healthy().await;
+        again.wait_ready().await;
         again
     };
     let ((), mut server) = tokio::join!(burst(&http, &base, &sku, &ids, &accepted), restarted);
@@ -189,7 +189,7 @@ async fn flash_sale_on_kafka_and_cql_survives_inventory_processor_kill() {
     ];
     let mut inventory = role(&["process", "inventory"], "inventory-1");
     for p in procs.iter().chain([&inventory]) {
-        p.wait_healthy().await;
+        p.wait_ready().await;
     }
     let (ingest, graphql) = (&procs[0], &procs[1]);
     let sku = format!("FLASH-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]).to_uppercase();
@@ -226,7 +226,7 @@ async fn flash_sale_on_kafka_and_cql_survives_inventory_processor_kill() {
         }
         inventory.kill9();
         let again = role(&["process", "inventory"], "inventory-2");
-        again.wait_healthy().await;
+        again.wait_ready().await;
         again
     };
     let ((), _inventory) = tokio::join!(burst(&http, &ingest.base, &sku, &ids, &accepted), replaced);

@@ -47,7 +47,7 @@ async fn three_payment_processors_one_killed_every_order_charged_once() {
     let mut payments: Vec<Proc> =
         (0..3).map(|i| role(&["process", "payment"], &kafka, &cql, &dir.path().join(format!("p{i}")), &slow)).collect();
     for p in procs.iter().chain(&payments) {
-        p.wait_healthy().await;
+        p.wait_ready().await;
     }
     let (ingest, graphql) = (&procs[0], &procs[1]);
 

@@ -72,7 +72,7 @@ async fn a_frozen_then_resumed_processor_changes_nothing() {
     let orders = pair("orders");
     let inventory = pair("inventory");
     for p in procs.iter().chain(&orders).chain(&inventory) {
-        p.wait_healthy().await;
+        p.wait_ready().await;
     }
     let (ingest, graphql) = (&procs[0], &procs[1]);
 
@@ -148,7 +148,7 @@ async fn a_frozen_then_resumed_processor_changes_nothing() {
     assert!(charges.values().all(|n| *n == 1), "none twice");
     // The frozen instances really did come back (and are still running, not crashed).
     for p in orders.iter().chain(&inventory) {
-        p.wait_healthy().await;
+        p.wait_ready().await;
     }
     for p in procs.iter_mut() {
         let _ = p.child.kill();

@@ -242,18 +242,19 @@ impl Proc {
         Proc { child, base: format!("http://127.0.0.1:{port}"), log }
     }
 
-    pub async fn wait_healthy(&self) {
+    /// Waits until `/readyz` answers 200: the bus and store answer and every role runs.
+    pub async fn wait_ready(&self) {
         let http = reqwest::Client::new();
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(20) {
-            if let Ok(r) = http.get(format!("{}/healthz", self.base)).send().await
+            if let Ok(r) = http.get(format!("{}/readyz", self.base)).send().await
                 && r.status().is_success()
             {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("orderflow did not become healthy; log:\n{}", std::fs::read_to_string(&self.log).unwrap_or_default());
+        panic!("orderflow did not become ready; log:\n{}", std::fs::read_to_string(&self.log).unwrap_or_default());
     }
 
     /// `kill -9`: no shutdown hooks, no flushing.
