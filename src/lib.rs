@@ -27,6 +27,7 @@ use orderflow_processors::runtime::{Role, spawn_role};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tower_http::classify::ServerErrorsFailureClass;
 
 pub use config::{Seed, Settings};
 use health::{Probes, RoleHealth, supervise};
@@ -103,7 +104,17 @@ fn router(
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; it has been logged")
                 .into_response()
         }))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(tower_http::trace::TraceLayer::new_for_http().on_failure(log_failure))
+}
+
+/// Logs a failed response, except 503s: those are shed or timed-out requests (counted by
+/// `orderflow_http_requests_shed_total` and `..._timed_out_total`) or store/bus outages (logged with
+/// their cause where they happen). An error line per shed request would flood the log exactly while the
+/// process is overloaded.
+fn log_failure(class: ServerErrorsFailureClass, latency: Duration, _span: &tracing::Span) {
+    if !matches!(class, ServerErrorsFailureClass::StatusCode(StatusCode::SERVICE_UNAVAILABLE)) {
+        tracing::error!(classification = %class, latency_ms = latency.as_millis(), "response failed");
+    }
 }
 
 impl App {
