@@ -81,7 +81,7 @@ pub struct CqlStore {
     fencing: fencing::Statements,
     clock: TimeuuidClock,
     /// Where the stalled-order sweep starts next (see `OrderStore::stalled_pending`).
-    pending_floor_ms: std::sync::atomic::AtomicI64,
+    pending_floor: crate::store::PendingFloor,
 }
 
 impl fmt::Debug for CqlStore {
@@ -148,7 +148,7 @@ impl CqlStore {
             fulfillment: fulfillment::Statements::prepare(&session).await?,
             fencing: fencing::Statements::prepare(&session).await?,
             clock: TimeuuidClock::new(),
-            pending_floor_ms: std::sync::atomic::AtomicI64::new(i64::MIN),
+            pending_floor: crate::store::PendingFloor::default(),
             session,
         })
     }

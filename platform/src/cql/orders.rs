@@ -17,8 +17,7 @@ use scylla::value::CqlValue;
 use super::{CqlStore, Lwt, MAX_UNKNOWN_RETRIES, batch, corrupt, prepare, serial, to_u64, unavailable};
 use crate::bus::BusRecord;
 use crate::store::{
-    Applied, Fence, Inserted, OrderFilter, OrderStats, OrderStore, Page, Result, STALLED_SWEEP_MARGIN_MS, StoreError,
-    Transition,
+    Applied, Fence, Inserted, OrderFilter, OrderStats, OrderStore, Page, Result, StoreError, Transition,
 };
 
 /// Width of an index bucket: 7 days of placement time (see orders.cql).
@@ -578,7 +577,6 @@ impl OrderStore for CqlStore {
     }
 
     async fn stalled_pending(&self, placed_before_ms: i64, limit: usize) -> Result<Vec<Order>> {
-        use std::sync::atomic::Ordering;
         let mut out: Vec<(String, Order)> = Vec::new();
         if limit == 0 {
             return Ok(Vec::new());
@@ -586,8 +584,7 @@ impl OrderStore for CqlStore {
         // Start where the oldest PENDING order was last time (less a margin), not at the first order ever:
         // the rows before it are deletions of orders that moved on (tombstones that every read would
         // skip over again).
-        let floor = self.pending_floor_ms.load(Ordering::Relaxed);
-        let from = if floor == i64::MIN { i64::MIN } else { floor.saturating_sub(STALLED_SWEEP_MARGIN_MS) };
+        let from = self.pending_floor.sweep_from_ms().unwrap_or(i64::MIN);
         let pending = OrderStatus::Pending;
         let keep = |o: &Order| o.status == pending && o.placed_at_ms < placed_before_ms;
         let mut complete = true;
@@ -609,12 +606,7 @@ impl OrderStore for CqlStore {
                 break;
             }
         }
-        let new_floor = match out.first() {
-            Some((_, oldest)) => oldest.placed_at_ms,
-            None if complete => placed_before_ms,
-            None => floor,
-        };
-        self.pending_floor_ms.fetch_max(new_floor.min(placed_before_ms), Ordering::Relaxed);
+        self.pending_floor.passed(out.first().map(|(_, o)| o.placed_at_ms), complete, placed_before_ms);
         Ok(out.into_iter().map(|(_, o)| o).collect())
     }
 

@@ -20,7 +20,7 @@ pub struct EmbeddedStore {
     db: Arc<Db>,
     /// No order placed before this time (ms) was PENDING at the last stalled-order sweep, so the next
     /// sweep starts there (see [`OrderStore::stalled_pending`]).
-    pending_floor_ms: std::sync::atomic::AtomicI64,
+    pending_floor: PendingFloor,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -31,7 +31,7 @@ impl std::fmt::Debug for EmbeddedStore {
 
 impl EmbeddedStore {
     pub(crate) fn new(db: Arc<Db>) -> Self {
-        Self { db, pending_floor_ms: std::sync::atomic::AtomicI64::new(i64::MIN) }
+        Self { db, pending_floor: PendingFloor::default() }
     }
 }
 
@@ -693,18 +693,17 @@ impl OrderStore for EmbeddedStore {
     }
 
     async fn stalled_pending(&self, placed_before_ms: i64, limit: usize) -> Result<Vec<Order>> {
-        use std::sync::atomic::Ordering;
         let prefix = index_prefix("s", Some(OrderStatus::Pending.as_str()));
         // Positions sort newest first, so [placed_before, floor - margin] in time is this key range.
         let at = |ms: i64| index_key(prefix.clone(), &format!("{:016x}", u64::MAX - ms.max(0) as u64));
-        let floor = self.pending_floor_ms.load(Ordering::Relaxed);
         let start = at(placed_before_ms.saturating_sub(1));
-        let end = if floor == i64::MIN {
-            let mut end = prefix.clone();
-            end.push(0xFF);
-            end
-        } else {
-            at(floor.saturating_sub(STALLED_SWEEP_MARGIN_MS))
+        let end = match self.pending_floor.sweep_from_ms() {
+            Some(from) => at(from),
+            None => {
+                let mut end = prefix.clone();
+                end.push(0xFF);
+                end
+            }
         };
         let mut out = Vec::new();
         let mut complete = true;
@@ -727,12 +726,7 @@ impl OrderStore for EmbeddedStore {
         }
         // The oldest order still PENDING (re-published now) holds the floor; with none left, everything
         // placed before the cutoff has moved on.
-        let new_floor = match out.first() {
-            Some(oldest) => oldest.placed_at_ms,
-            None if complete => placed_before_ms,
-            None => floor,
-        };
-        self.pending_floor_ms.fetch_max(new_floor.min(placed_before_ms), Ordering::Relaxed);
+        self.pending_floor.passed(out.first().map(|o| o.placed_at_ms), complete, placed_before_ms);
         Ok(out)
     }
 

@@ -317,6 +317,38 @@ pub struct OrderStats {
 /// covers an order whose insert finished a while after the `placed_at_ms` it carries.
 pub const STALLED_SWEEP_MARGIN_MS: i64 = 60_000;
 
+/// Where an adapter's next stalled-order sweep starts (see [`OrderStore::stalled_pending`]): the placement
+/// time of the oldest order still PENDING at the last pass, or, if none was, that pass's cut-off.
+#[derive(Debug)]
+pub struct PendingFloor(std::sync::atomic::AtomicI64);
+
+impl Default for PendingFloor {
+    fn default() -> Self {
+        Self(std::sync::atomic::AtomicI64::new(i64::MIN))
+    }
+}
+
+impl PendingFloor {
+    /// The earliest placement time (ms) the next sweep must look at: the floor less
+    /// [`STALLED_SWEEP_MARGIN_MS`], or `None` before the first pass (look at everything).
+    pub fn sweep_from_ms(&self) -> Option<i64> {
+        let floor = self.0.load(std::sync::atomic::Ordering::Relaxed);
+        (floor != i64::MIN).then(|| floor.saturating_sub(STALLED_SWEEP_MARGIN_MS))
+    }
+
+    /// Records a pass over orders placed before `placed_before_ms` that found `oldest_pending` (the
+    /// placement time of the oldest PENDING order it returned) and, if `complete`, saw every one of them.
+    /// The floor only moves forward.
+    pub fn passed(&self, oldest_pending: Option<i64>, complete: bool, placed_before_ms: i64) {
+        let floor = match oldest_pending {
+            Some(oldest) => oldest,
+            None if complete => placed_before_ms,
+            None => return,
+        };
+        self.0.fetch_max(floor.min(placed_before_ms), std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// The outcome of [`OrderStore::insert_new`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inserted {
