@@ -78,6 +78,12 @@ pub struct Settings {
     #[arg(long, env = "ORDERFLOW_JOURNAL_MIB", default_value_t = EmbeddedMemory::default().journal_mib, global = true)]
     pub journal_mib: u64,
 
+    /// Orders a process keeps in memory as the owner of their partition of the orders topic, so that the
+    /// saga's next step and customers polling an order read them without the store (0 turns it off).
+    /// About 2 KB each; an entry is dropped once the partition moves to another process.
+    #[arg(long, env = "ORDERFLOW_OWNED_ORDER_ENTRIES", default_value_t = orderflow_platform::backend::DEFAULT_OWNED_ORDER_ENTRIES, global = true)]
+    pub owned_order_entries: u64,
+
     /// Replication factor of the topics orderflow creates on Kafka (use 3 on a production cluster).
     #[arg(long, env = "ORDERFLOW_KAFKA_REPLICATION_FACTOR", default_value_t = 1, global = true)]
     pub kafka_replication_factor: i32,
@@ -127,6 +133,7 @@ impl Settings {
                 memtable_mib: self.memtable_mib,
                 journal_mib: self.journal_mib,
             },
+            owned_order_entries: self.owned_order_entries,
         }
     }
 

@@ -26,6 +26,7 @@ async fn start(dir: &std::path::Path) -> App {
         cache_mib: 64,
         memtable_mib: 8,
         journal_mib: 128,
+        owned_order_entries: 10_000,
         kafka_replication_factor: 1,
         stalled_after_ms: 3000,
         shutdown_grace: std::time::Duration::from_secs(10),

@@ -85,6 +85,9 @@ pub struct BackendOptions {
     pub migrate_cql: bool,
     /// The embedded engine's memory bounds (block cache, memtables, journal).
     pub embedded_memory: EmbeddedMemory,
+    /// Orders the saga of this process keeps in memory as their partition's owner, to answer reads of
+    /// them without the store (see [`crate::store::OwnedOrders`]); 0 turns it off.
+    pub owned_order_entries: u64,
 }
 
 /// What the embedded engine may hold in memory, in MiB. Resident memory levels off once these fill:
@@ -105,6 +108,9 @@ impl Default for EmbeddedMemory {
     }
 }
 
+/// Default of [`BackendOptions::owned_order_entries`]: about 20 MB of orders at 2 KB each.
+pub const DEFAULT_OWNED_ORDER_ENTRIES: u64 = 10_000;
+
 impl Default for BackendOptions {
     fn default() -> Self {
         Self {
@@ -112,6 +118,7 @@ impl Default for BackendOptions {
             sync_writes: false,
             migrate_cql: false,
             embedded_memory: EmbeddedMemory::default(),
+            owned_order_entries: DEFAULT_OWNED_ORDER_ENTRIES,
         }
     }
 }
@@ -125,7 +132,7 @@ impl Backends {
         data_dir: &Path,
         options: &BackendOptions,
     ) -> Result<Self, BackendError> {
-        match (bus, store) {
+        let backends = match (bus, store) {
             (BackendUrl::Scylla(_), _) => {
                 Err(BackendError::WrongRole { what: "ScyllaDB", url: bus.to_string(), role: "bus" })
             }
@@ -145,7 +152,8 @@ impl Backends {
                 bus: Arc::new(kafka_bus(hosts, options).await?),
                 stores: cql_stores(points, options).await?,
             }),
-        }
+        }?;
+        Ok(Backends { bus: backends.bus, stores: backends.stores.with_owned_orders(options.owned_order_entries) })
     }
 }
 

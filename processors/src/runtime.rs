@@ -89,7 +89,12 @@ fn handler(role: Role, backends: &Backends, settings: &ProcessorSettings) -> Arc
     let s = &backends.stores;
     let fences = || PartitionFences::new(Arc::clone(&s.epochs), role.group());
     match role {
-        Role::Orders => Arc::new(SagaHandler { orders: Arc::clone(&s.orders), bus, fences: fences() }),
+        Role::Orders => Arc::new(SagaHandler {
+            orders: Arc::clone(&s.orders),
+            bus,
+            fences: fences(),
+            owned: Arc::clone(&s.owned_orders),
+        }),
         Role::Inventory => Arc::new(InventoryHandler { inventory: Arc::clone(&s.inventory), bus }),
         Role::Payment => Arc::new(PaymentHandler {
             payments: Arc::clone(&s.payments),

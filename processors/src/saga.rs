@@ -7,7 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use orderflow_platform::bus::{Bus, Delivery, Handler, HandlerError};
 use orderflow_platform::fencing::PartitionFences;
-use orderflow_platform::store::{Applied, OrderStore, Transition};
+use orderflow_platform::store::{Applied, OrderStore, OwnedOrders, Transition};
 use orderflow_schemas::events::*;
 use orderflow_schemas::topics::{self, Topic};
 use orderflow_schemas::{Envelope, Event, EventId, Order, OrderStatus, TimelineEntry};
@@ -222,6 +222,8 @@ pub struct SagaHandler {
     pub bus: Arc<dyn Bus>,
     /// This instance's epochs for the partitions of the orders topic it owns: every write is fenced.
     pub fences: PartitionFences,
+    /// Where the state this instance writes as an order's owner is kept for reads in this process.
+    pub owned: Arc<OwnedOrders>,
 }
 
 impl std::fmt::Debug for SagaHandler {
@@ -255,6 +257,7 @@ impl Handler for SagaHandler {
             let outputs = decision.records()?;
             let from = order.status;
             let to = decision.order.status;
+            let written = decision.order.clone();
             let transition = Transition {
                 event_id: env.event_id,
                 expected: from,
@@ -264,6 +267,7 @@ impl Handler for SagaHandler {
             };
             match self.orders.apply(transition).await? {
                 Applied::Applied => {
+                    self.owned.remember(&written, &delivery.assignment);
                     if from != to {
                         metrics::counter!("orderflow_order_transitions_total", "to" => to.as_str()).increment(1);
                         tracing::info!(order = %order.id, %from, %to, event = env.body.name(), "order moved");

@@ -30,6 +30,7 @@ pub fn settings(data_dir: &Path) -> Settings {
         cache_mib: memory.cache_mib,
         memtable_mib: memory.memtable_mib,
         journal_mib: memory.journal_mib,
+        owned_order_entries: 10_000,
         kafka_replication_factor: 1,
         stalled_after_ms: 3000,
         shutdown_grace: std::time::Duration::from_secs(10),

@@ -169,6 +169,7 @@ impl CqlStore {
             shipments: self.clone(),
             epochs: self.clone(),
             readiness: self,
+            owned_orders: Arc::new(crate::store::OwnedOrders::off()),
         }
     }
 

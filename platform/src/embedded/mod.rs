@@ -145,6 +145,7 @@ pub fn open(dir: &Path, options: &BackendOptions) -> Result<Backends, BackendErr
             shipments: store.clone(),
             epochs: store.clone(),
             readiness: store,
+            owned_orders: Arc::new(crate::store::OwnedOrders::off()),
         },
     })
 }

@@ -17,6 +17,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::bus::BusRecord;
 
+mod owned;
+pub use owned::OwnedOrders;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The engine failed (I/O, corruption, timeout). Callers retry or report 503; never a client error.
@@ -50,6 +53,19 @@ pub struct Stores {
     pub epochs: Arc<dyn EpochStore>,
     /// Whether the engine answers (for `/readyz`).
     pub readiness: Arc<dyn Readiness>,
+    /// The orders this process's saga wrote as their partition's owner, which `orders` answers from
+    /// while the partition stays here (see [`OwnedOrders`]).
+    pub owned_orders: Arc<OwnedOrders>,
+}
+
+impl Stores {
+    /// Serves order reads from the owner's own writes, holding at most `entries` orders (0: off).
+    pub fn with_owned_orders(mut self, entries: u64) -> Self {
+        let owned = Arc::new(OwnedOrders::new(entries));
+        self.orders = owned.reading(self.orders);
+        self.owned_orders = owned;
+        self
+    }
 }
 
 /// A cheap liveness probe of the store engine.
