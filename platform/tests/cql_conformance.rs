@@ -210,12 +210,16 @@ async fn interrupted_release_finishes_without_releasing_twice(store: &CqlStore, 
     assert!(applied(released), "the simulated first attempt releases line a");
 
     assert_eq!(
-        stores.inventory.end_reservation(&order, ReservationEnd::Released).await.expect("end"),
+        stores.inventory.end_reservation(&order, &[a.clone(), b.clone()], ReservationEnd::Released).await.expect("end"),
         ReservationEnd::Released,
         "the retried release completes and answers as the first would have"
     );
     assert_eq!(
-        stores.inventory.end_reservation(&order, ReservationEnd::Released).await.expect("end again"),
+        stores
+            .inventory
+            .end_reservation(&order, &[a.clone(), b.clone()], ReservationEnd::Released)
+            .await
+            .expect("end again"),
         ReservationEnd::NothingHeld
     );
     let level = |sku: Sku| async move { stores.inventory.stock(&sku).await.expect("stock").expect("level") };

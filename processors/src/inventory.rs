@@ -135,11 +135,11 @@ impl Handler for InventoryHandler {
         match &env.body {
             Event::ReserveStock(cmd) => self.reserve_batch(&[(env.clone(), cmd)]).await?,
             Event::ReleaseStock(cmd) => {
-                self.inventory.end_reservation(&env.order_id, ReservationEnd::Released).await?;
+                self.inventory.end_reservation(&env.order_id, &cmd.skus, ReservationEnd::Released).await?;
                 publish_stock_alerts(&*self.inventory, &*self.bus, &cmd.skus).await?;
             }
-            Event::CommitStock(_) => {
-                self.inventory.end_reservation(&env.order_id, ReservationEnd::Committed).await?;
+            Event::CommitStock(cmd) => {
+                self.inventory.end_reservation(&env.order_id, &cmd.skus, ReservationEnd::Committed).await?;
             }
             other => {
                 return Err(HandlerError::Poison(format!("{} does not belong on the inventory topic", other.name())));

@@ -127,12 +127,21 @@ pub async fn wait_status(http: &reqwest::Client, base: &str, id: &str, want: &[&
 }
 
 /// The stock of a SKU as GraphQL shows it: (available, reserved).
+/// The catalog's read model is projected asynchronously (a seeded product may not be in it yet on a
+/// loaded machine), so this waits up to 10 s for the product to appear.
 pub async fn stock(app: &TestApp, sku: &str) -> (i64, i64) {
-    let v = app
-        .gql("query($s: String!){ product(sku: $s){ stock { available reserved } } }", json!({"s": sku}), false)
-        .await;
-    let s = &v["data"]["product"]["stock"];
-    (s["available"].as_i64().unwrap(), s["reserved"].as_i64().unwrap())
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = app
+            .gql("query($s: String!){ product(sku: $s){ stock { available reserved } } }", json!({"s": sku}), false)
+            .await;
+        let s = &v["data"]["product"]["stock"];
+        if let (Some(available), Some(reserved)) = (s["available"].as_i64(), s["reserved"].as_i64()) {
+            return (available, reserved);
+        }
+        assert!(std::time::Instant::now() < deadline, "{sku} never appeared in the catalog: {v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Creates a product with `stock` units through the GraphQL API at `graphql_base`, as staff.

@@ -25,58 +25,61 @@ pub struct Step {
 }
 
 /// One order through the pipeline on Kafka + CQL (happy path, one line). Totals: 7 records produced,
-/// 6 plain write requests holding 25 rows, 11 LWTs, 8 reads. Offsets are committed by librdkafka once a
-/// second per consumer, not per record, so they are not counted.
+/// 10 plain write requests holding 20 rows, 3 LWTs, 14 reads. Offsets are committed by librdkafka once a
+/// second per consumer, not per record, so they are not counted. Not counted either: the claim of a
+/// partition's epoch (one LWT per assignment, not per order) and customers' reads of their order.
 pub const DISTRIBUTED_ORDER_PLAN: &[Step] = &[
     // ingest/src/lib.rs `place` + cql/orders.rs `insert_new`: the product's price (1 read); the index rows
     // written ahead (bucket, all orders, by user, by status PENDING: one LOGGED batch); the order
     // `INSERT ... IF NOT EXISTS`; then OrderPlaced.
     Step { step: "intake: POST /v1/orders", produced: &[topics::ORDERS.name], plain_writes: &[4], lwts: 1, reads: 1 },
-    // saga on OrderPlaced: read the order; `apply` = conditional batch (status IF + event row IF NOT EXISTS);
-    // `write_indexes` = bucket, all, user, status PROCESSING + delete PENDING (5 rows); then ReserveStock.
+    // saga on OrderPlaced: the order (from the store: intake wrote it, not this process's saga) and its
+    // applied events; the fenced step (state cells + event row: one single-partition batch); the status
+    // change of the read model (PROCESSING row, PENDING row deleted: one unlogged batch); then ReserveStock.
     Step {
         step: "order saga: OrderPlaced",
         produced: &[topics::INVENTORY.name],
-        plain_writes: &[5],
-        lwts: 1,
-        reads: 1,
+        plain_writes: &[2, 2],
+        lwts: 0,
+        reads: 2,
     },
-    // inventory `reserve`: the reservation intent (INSERT IF NOT EXISTS); the hold row and the level read
-    // (no hold row yet, so the level is a second read); the hold (conditional batch: level IF version +
-    // hold row IF NOT EXISTS); the movement ledger row (plain); `pending -> reserved` (UPDATE IF state);
-    // then StockReserved.
-    Step { step: "inventory: ReserveStock", produced: &[topics::ORDERS.name], plain_writes: &[1], lwts: 3, reads: 2 },
-    // saga on StockReserved: read; apply; indexes with no status change (4 rows); then CapturePayment.
+    // inventory `reserve` of a one-SKU order (cql/inventory.rs `reserve_one`): the hold row and the level
+    // (no hold row yet, so the level is a second read); the hold (conditional batch: level IF version + hold
+    // row IF NOT EXISTS); the movement ledger row (plain); then StockReserved; then the low-stock check
+    // (level, alert state, unpublished alerts: 3 reads, an LWT only when the SKU crosses its threshold).
+    Step { step: "inventory: ReserveStock", produced: &[topics::ORDERS.name], plain_writes: &[1], lwts: 1, reads: 5 },
+    // saga on StockReserved: the order from this process's own last write (`store::OwnedOrders`); its
+    // applied events (1 read); the fenced step (2 rows); no status change; then CapturePayment.
     Step {
         step: "order saga: StockReserved",
         produced: &[topics::PAYMENTS.name],
-        plain_writes: &[4],
-        lwts: 1,
+        plain_writes: &[2],
+        lwts: 0,
         reads: 1,
     },
     // payment: read the payment (none yet); the simulated provider's ledger entry (INSERT IF NOT EXISTS);
-    // the payment record (INSERT IF NOT EXISTS); then PaymentCaptured.
-    Step { step: "payment: CapturePayment", produced: &[topics::ORDERS.name], plain_writes: &[], lwts: 2, reads: 1 },
-    // saga on PaymentCaptured: read; apply; indexes with status CONFIRMED, delete PROCESSING, processing
-    // time (6 rows); then CreateShipment.
+    // `record_first` reads again, then the fenced payment row; then PaymentCaptured.
+    Step { step: "payment: CapturePayment", produced: &[topics::ORDERS.name], plain_writes: &[1], lwts: 1, reads: 2 },
+    // saga on PaymentCaptured: applied events; the fenced step; status change CONFIRMED (row, PROCESSING
+    // deleted, processing time: 3 rows); then CreateShipment.
     Step {
         step: "order saga: PaymentCaptured",
         produced: &[topics::FULFILLMENT.name],
-        plain_writes: &[6],
-        lwts: 1,
+        plain_writes: &[2, 3],
+        lwts: 0,
         reads: 1,
     },
-    // fulfillment: the shipment (INSERT IF NOT EXISTS); then ShipmentCreated.
+    // fulfillment: read the shipment (none yet); the fenced shipment row; then ShipmentCreated.
     Step {
         step: "fulfillment: CreateShipment",
         produced: &[topics::ORDERS.name],
-        plain_writes: &[],
-        lwts: 1,
-        reads: 0,
+        plain_writes: &[1],
+        lwts: 0,
+        reads: 1,
     },
-    // saga on ShipmentCreated: read; apply (no outputs, so nothing is produced); indexes with the
-    // processing time, no status change (5 rows).
-    Step { step: "order saga: ShipmentCreated", produced: &[], plain_writes: &[5], lwts: 1, reads: 1 },
+    // saga on ShipmentCreated: applied events; the fenced step (no outputs, so nothing is produced); no
+    // status change.
+    Step { step: "order saga: ShipmentCreated", produced: &[], plain_writes: &[2], lwts: 0, reads: 1 },
 ];
 
 /// The plan's totals per order.
@@ -138,9 +141,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn one_order_is_7_records_25_plain_rows_in_6_requests_11_lwts_and_8_reads() {
+    fn one_order_is_7_records_20_plain_rows_in_10_requests_3_lwts_and_14_reads() {
         let t = totals(DISTRIBUTED_ORDER_PLAN);
-        assert_eq!(t, PlanTotals { messages: 7, plain_requests: 6, plain_rows: 25, lwts: 11, reads: 8 });
+        assert_eq!(t, PlanTotals { messages: 7, plain_requests: 10, plain_rows: 20, lwts: 3, reads: 14 });
         // Four of the seven records are replies to the order saga; one goes to each command topic.
         let to_orders = DISTRIBUTED_ORDER_PLAN.iter().flat_map(|s| s.produced).filter(|t| **t == topics::ORDERS.name);
         assert_eq!(to_orders.count(), 4);
@@ -150,9 +153,9 @@ mod tests {
     fn the_baseline_is_the_slower_of_bus_and_store() {
         let t = totals(DISTRIBUTED_ORDER_PLAN);
         assert!((kafka_orders_per_s(7000.0, &t) - 1000.0).abs() < 1e-9);
-        // 25 rows at 25,000/s = 1 ms, 11 LWTs at 1,100/s = 10 ms: 11 ms per order.
-        let cql = cql_orders_per_s(25_000.0, 1_100.0, &t);
-        assert!((cql - 1000.0 / 11.0).abs() < 1e-9, "{cql}");
+        // 20 rows at 20,000/s = 1 ms, 3 LWTs at 1,500/s = 2 ms: 3 ms per order.
+        let cql = cql_orders_per_s(20_000.0, 1_500.0, &t);
+        assert!((cql - 1000.0 / 3.0).abs() < 1e-9, "{cql}");
         assert!((orders_per_s(1000.0, cql) - cql).abs() < 1e-12);
         assert_eq!(orders_per_s(50.0, cql), 50.0);
     }
@@ -160,7 +163,7 @@ mod tests {
     #[test]
     fn a_missing_rate_gives_zero_not_infinity() {
         let t = totals(DISTRIBUTED_ORDER_PLAN);
-        assert_eq!(cql_orders_per_s(25_000.0, 0.0, &t), 0.0);
+        assert_eq!(cql_orders_per_s(20_000.0, 0.0, &t), 0.0);
         assert_eq!(kafka_orders_per_s(0.0, &t), 0.0);
         let none = PlanTotals { messages: 0, plain_requests: 0, plain_rows: 0, lwts: 0, reads: 0 };
         assert!(cql_orders_per_s(0.0, 0.0, &none).is_infinite());

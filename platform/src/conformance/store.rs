@@ -208,16 +208,25 @@ pub async fn reservations_are_all_or_nothing_and_idempotent(stores: Stores) {
     let r = inv.reserve(&unknown, &[(sku(&format!("{id}-nope")), q(1))]).await.unwrap();
     assert!(matches!(r, Reservation::Rejected { ref reason, .. } if reason == "unknown_sku"), "{r:?}");
 
-    assert_eq!(inv.end_reservation(&o2, ReservationEnd::Released).await.unwrap(), ReservationEnd::Released);
-    assert_eq!(inv.end_reservation(&o2, ReservationEnd::Released).await.unwrap(), ReservationEnd::NothingHeld);
+    assert_eq!(
+        inv.end_reservation(&o2, &[a.clone(), b.clone()], ReservationEnd::Released).await.unwrap(),
+        ReservationEnd::Released
+    );
+    assert_eq!(
+        inv.end_reservation(&o2, &[a.clone(), b.clone()], ReservationEnd::Released).await.unwrap(),
+        ReservationEnd::NothingHeld
+    );
     assert_eq!(inv.stock(&a).await.unwrap().unwrap(), StockLevel { available: 5, reserved: 0, sold: 0 });
     assert_eq!(inv.stock(&b).await.unwrap().unwrap(), StockLevel { available: 1, reserved: 0, sold: 0 });
 
     let o4 = OrderId::parse(format!("{id}-o4")).unwrap();
     inv.reserve(&o4, &[(a.clone(), q(4))]).await.unwrap();
-    assert_eq!(inv.end_reservation(&o4, ReservationEnd::Committed).await.unwrap(), ReservationEnd::Committed);
     assert_eq!(
-        inv.end_reservation(&o4, ReservationEnd::Released).await.unwrap(),
+        inv.end_reservation(&o4, std::slice::from_ref(&a), ReservationEnd::Committed).await.unwrap(),
+        ReservationEnd::Committed
+    );
+    assert_eq!(
+        inv.end_reservation(&o4, std::slice::from_ref(&a), ReservationEnd::Released).await.unwrap(),
         ReservationEnd::NothingHeld,
         "sold units never come back"
     );
@@ -225,11 +234,37 @@ pub async fn reservations_are_all_or_nothing_and_idempotent(stores: Stores) {
 
     // Ending a reservation that never happened closes it: a late request is refused.
     let o5 = OrderId::parse(format!("{id}-o5")).unwrap();
-    assert_eq!(inv.end_reservation(&o5, ReservationEnd::Released).await.unwrap(), ReservationEnd::NothingHeld);
+    assert_eq!(
+        inv.end_reservation(&o5, std::slice::from_ref(&a), ReservationEnd::Released).await.unwrap(),
+        ReservationEnd::NothingHeld
+    );
     assert!(matches!(inv.reserve(&o5, &[(a.clone(), q(1))]).await.unwrap(), Reservation::Rejected { .. }));
 
     let kinds: Vec<_> = inv.movements(&a, 10).await.unwrap().into_iter().map(|m| m.kind).collect();
     assert_eq!(kinds, ["commit", "reserve", "release", "reserve", "adjust"], "newest first");
+
+    // A one-SKU order: a refusal is the first answer for good, even once stock arrives.
+    let c = product(&stores, &format!("{id}-c"), 1).await;
+    let o6 = OrderId::parse(format!("{id}-o6")).unwrap();
+    let refused = Reservation::Rejected { reason: "out_of_stock".into(), sku: Some(c.clone()) };
+    assert_eq!(inv.reserve(&o6, &[(c.clone(), q(2))]).await.unwrap(), refused);
+    inv.adjust_stock(&c, 5, "restock").await.unwrap();
+    assert_eq!(inv.reserve(&o6, &[(c.clone(), q(2))]).await.unwrap(), refused, "a retry gets the first answer");
+    assert_eq!(
+        inv.end_reservation(&o6, std::slice::from_ref(&c), ReservationEnd::Released).await.unwrap(),
+        ReservationEnd::NothingHeld
+    );
+    // Reserved, released, then a late duplicate request: the first answer, and nothing held again.
+    let o7 = OrderId::parse(format!("{id}-o7")).unwrap();
+    let lines = [(c.clone(), q(1)), (c.clone(), q(2))];
+    assert_eq!(inv.reserve(&o7, &lines).await.unwrap(), Reservation::Reserved { units: 3 });
+    assert_eq!(inv.stock(&c).await.unwrap().unwrap(), StockLevel { available: 3, reserved: 3, sold: 0 });
+    assert_eq!(
+        inv.end_reservation(&o7, &[c.clone(), c.clone()], ReservationEnd::Released).await.unwrap(),
+        ReservationEnd::Released
+    );
+    assert_eq!(inv.reserve(&o7, &lines).await.unwrap(), Reservation::Reserved { units: 3 });
+    assert_eq!(inv.stock(&c).await.unwrap().unwrap(), StockLevel { available: 6, reserved: 0, sold: 0 });
 }
 
 pub async fn concurrent_reservations_never_oversell(stores: Stores) {
@@ -322,8 +357,9 @@ pub async fn low_stock_alerts_fire_once_per_crossing(stores: Stores) {
     assert_eq!(inv.low_stock(&s).await.unwrap(), LowStock { threshold: 10, low: true, crossings: 1 });
 
     // Back above the threshold: one InventoryRestocked, left unpublished to show it is returned again.
-    inv.end_reservation(&OrderId::parse(format!("{id}-o2")).unwrap(), ReservationEnd::Released).await.unwrap();
-    inv.end_reservation(&OrderId::parse(format!("{id}-o1")).unwrap(), ReservationEnd::Released).await.unwrap();
+    let skus = std::slice::from_ref(&s);
+    inv.end_reservation(&OrderId::parse(format!("{id}-o2")).unwrap(), skus, ReservationEnd::Released).await.unwrap();
+    inv.end_reservation(&OrderId::parse(format!("{id}-o1")).unwrap(), skus, ReservationEnd::Released).await.unwrap();
     let pending = inv.settle_low_stock(&s).await.unwrap();
     assert_eq!(
         pending.iter().map(|a| (a.seq, a.kind, a.available)).collect::<Vec<_>>(),

@@ -1,7 +1,12 @@
 //! Inventory: `orderflow_inventory.stock` (level + the rows that record each change, one partition per SKU),
 //! `stock_movements` (the ledger), `reservations` (one per order). See inventory.cql for the layout.
 //!
-//! How a reservation stays all-or-none and crash-safe without a cross-partition transaction:
+//! A one-SKU order (most orders) needs no reservation row: its hold row in the SKU's partition is its
+//! reservation, written with one conditional batch (level `IF version` + hold row `IF NOT EXISTS`), or,
+//! when refused, as a `refused:<reason>` hold row `IF NOT EXISTS`; ending it is one conditional batch on
+//! the same row. A retry answers from the row. See `reserve_one`.
+//!
+//! How a multi-SKU reservation stays all-or-none and crash-safe without a cross-partition transaction:
 //! 1. reserve() records the order's intent first (`reservations`, INSERT IF NOT EXISTS, state `pending`). A
 //!    second call for the order finds the row and resumes it or returns its stored outcome.
 //! 2. Each line is held with one conditional batch on the SKU's partition: the level update `IF version = v`
@@ -43,6 +48,7 @@ pub(super) struct Statements {
     hold: Batch,
     end: Batch,
     void: PreparedStatement,
+    refuse: PreparedStatement,
     move_insert: PreparedStatement,
     moves: PreparedStatement,
     res_insert_pending: PreparedStatement,
@@ -114,6 +120,13 @@ impl Statements {
                 s,
                 "INSERT INTO orderflow_inventory.stock (sku, op_kind, op_ref, qty, state) \
                  VALUES (?, 'hold', ?, ?, 'void') IF NOT EXISTS",
+                false,
+            )
+            .await?,
+            refuse: prepare(
+                s,
+                "INSERT INTO orderflow_inventory.stock (sku, op_kind, op_ref, qty, state) \
+                 VALUES (?, 'hold', ?, ?, ?) IF NOT EXISTS",
                 false,
             )
             .await?,
@@ -234,6 +247,8 @@ const HELD: &str = "held";
 const VOID: &str = "void";
 const RELEASED: &str = "released";
 const COMMITTED: &str = "committed";
+/// State of a one-SKU order's hold row when the reservation was refused: `refused:<reason>`.
+const REFUSED: &str = "refused:";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ResState {
@@ -463,8 +478,9 @@ impl CqlStore {
         Err(StoreError::Unavailable(format!("holding {sku} for {order}: too much contention")))
     }
 
-    /// Ends the order's hold of `sku` (release or commit), or voids it if it was never held. Idempotent.
-    async fn end_line(&self, order: &OrderId, sku: &Sku, qty: i64, end: LineEnd) -> Result<()> {
+    /// Ends the order's hold of `sku` (release or commit), or voids it if it was never held. Idempotent:
+    /// `true` if this call ended a hold, `false` if there was none left to end.
+    async fn end_line(&self, order: &OrderId, sku: &Sku, qty: i64, end: LineEnd) -> Result<bool> {
         let mut serial_read = false;
         for round in 0..MAX_CAS_ROUNDS {
             let s = self.read_op(sku, HOLD, order.as_str(), serial_read).await?;
@@ -472,7 +488,7 @@ impl CqlStore {
             let Some(op) = s.op else {
                 // Never held: void it, so a zombie attempt of this order can never hold it later.
                 match self.lwt(&self.inventory.void, (sku.as_str(), order.as_str(), qty)).await? {
-                    Lwt::Applied => return Ok(()),
+                    Lwt::Applied => return Ok(false),
                     Lwt::NotApplied => continue, // it was held meanwhile: end that hold
                     Lwt::Unknown(e) => {
                         tracing::warn!(%order, %sku, error = %e, "void outcome unknown; settling with a SERIAL read");
@@ -482,13 +498,14 @@ impl CqlStore {
                 }
             };
             match op.state.as_str() {
-                VOID => return Ok(()),
+                VOID => return Ok(false),
+                refused if refused.starts_with(REFUSED) => return Ok(false),
                 RELEASED | COMMITTED => {
                     if let Some(id) = op.end_move_id {
                         let (kind, delta) = if op.state == RELEASED { ("release", op.qty) } else { ("commit", 0) };
                         self.write_move(sku, id, kind, delta, order.as_str()).await?;
                     }
-                    return Ok(());
+                    return Ok(false);
                 }
                 HELD => {}
                 other => return Err(StoreError::Corrupt(format!("{sku}: hold of {order} in state {other:?}"))),
@@ -517,7 +534,10 @@ impl CqlStore {
                 (state, move_id, sku.as_str(), order.as_str()),
             );
             match self.lwt_batch(&self.inventory.end, values).await? {
-                Lwt::Applied => return self.write_move(sku, move_id, kind, delta, order.as_str()).await,
+                Lwt::Applied => {
+                    self.write_move(sku, move_id, kind, delta, order.as_str()).await?;
+                    return Ok(true);
+                }
                 Lwt::NotApplied => {}
                 Lwt::Unknown(e) => {
                     tracing::warn!(%order, %sku, error = %e, "release/commit outcome unknown; settling with a SERIAL read");
@@ -619,6 +639,63 @@ impl CqlStore {
     }
 }
 
+impl CqlStore {
+    /// Reserves a one-SKU order. Its hold row in the SKU's partition is its whole reservation: the hold is
+    /// one conditional batch (level `IF version` + hold row `IF NOT EXISTS`), a refusal is recorded as the
+    /// hold row in state `refused:<reason>` (`IF NOT EXISTS`, so the first answer stands and no later
+    /// attempt can hold), and a retry answers from the row. One LWT where a multi-SKU order needs three.
+    async fn reserve_one(&self, order: &OrderId, sku: &Sku, qty: i64) -> Result<Reservation> {
+        for round in 0..MAX_STATE_STEPS {
+            match self.hold_line(order, sku, qty, None).await? {
+                HoldAll::Held { units } => return Ok(Reservation::Reserved { units }),
+                HoldAll::Refused { reason, sku } => {
+                    let state = format!("{REFUSED}{reason}");
+                    match self.lwt(&self.inventory.refuse, (sku.as_str(), order.as_str(), qty, state.as_str())).await? {
+                        Lwt::Applied => {
+                            return Ok(Reservation::Rejected { reason: reason.to_owned(), sku: Some(sku) });
+                        }
+                        // Someone else wrote the row meanwhile (or the outcome is unknown): answer from it.
+                        Lwt::NotApplied => {}
+                        Lwt::Unknown(e) => {
+                            tracing::warn!(%order, %sku, error = %e, "refusal outcome unknown; settling with a SERIAL read");
+                        }
+                    }
+                }
+                HoldAll::Interrupted => {}
+            }
+            let seen = self.read_op(sku, HOLD, order.as_str(), true).await?;
+            if let Some(op) = seen.op {
+                return one_sku_outcome(order, sku, &op);
+            }
+            backoff(round).await;
+        }
+        Err(StoreError::Unavailable(format!("reservation of {order} kept changing")))
+    }
+}
+
+/// The first answer to a one-SKU order's reservation, from its hold row.
+fn one_sku_outcome(order: &OrderId, sku: &Sku, op: &OpRow) -> Result<Reservation> {
+    match op.state.as_str() {
+        HELD | RELEASED | COMMITTED => Ok(Reservation::Reserved { units: to_u64(op.qty, "held quantity")? }),
+        VOID => Ok(Reservation::Rejected { reason: "ended_before_reserved".into(), sku: None }),
+        state => match state.strip_prefix(REFUSED) {
+            Some(reason) => Ok(Reservation::Rejected { reason: reason.to_owned(), sku: Some(sku.clone()) }),
+            None => Err(StoreError::Corrupt(format!("{sku}: hold of {order} in state {state:?}"))),
+        },
+    }
+}
+
+/// The distinct SKUs of `skus`, in order.
+fn distinct(skus: &[Sku]) -> Vec<&Sku> {
+    let mut out: Vec<&Sku> = Vec::with_capacity(skus.len());
+    for sku in skus {
+        if !out.contains(&sku) {
+            out.push(sku);
+        }
+    }
+    out
+}
+
 fn stored_outcome(order: &OrderId, row: &ResRow) -> Result<Reservation> {
     row.outcome.clone().ok_or_else(|| {
         StoreError::Corrupt(format!("reservation of {order} is {} without an outcome", row.state.as_str()))
@@ -686,7 +763,11 @@ impl InventoryStore for CqlStore {
     }
 
     async fn reserve(&self, order: &OrderId, lines: &[(Sku, Quantity)]) -> Result<Reservation> {
-        let mut row = self.reservation_intent(order, &merge_lines(lines)).await?;
+        let merged = merge_lines(lines);
+        if let [(sku, qty)] = merged.as_slice() {
+            return self.reserve_one(order, sku, *qty).await;
+        }
+        let mut row = self.reservation_intent(order, &merged).await?;
         for _ in 0..MAX_STATE_STEPS {
             let next = match row.state {
                 ResState::Pending => match self.hold_all(order, &row.lines).await? {
@@ -721,7 +802,17 @@ impl InventoryStore for CqlStore {
         Err(StoreError::Unavailable(format!("reservation of {order} kept changing")))
     }
 
-    async fn end_reservation(&self, order: &OrderId, end: ReservationEnd) -> Result<ReservationEnd> {
+    async fn end_reservation(&self, order: &OrderId, skus: &[Sku], end: ReservationEnd) -> Result<ReservationEnd> {
+        if let [sku] = distinct(skus).as_slice() {
+            // A one-SKU order: its hold row is its reservation (see `reserve_one`).
+            let line_end = match end {
+                ReservationEnd::Released => LineEnd::Release,
+                ReservationEnd::Committed => LineEnd::Commit,
+                ReservationEnd::NothingHeld => return Ok(ReservationEnd::NothingHeld),
+            };
+            let ended = self.end_line(order, sku, 0, line_end).await?;
+            return Ok(if ended { end } else { ReservationEnd::NothingHeld });
+        }
         let mut row = self.read_reservation(order).await?;
         for _ in 0..MAX_STATE_STEPS {
             let Some(r) = row.take() else {

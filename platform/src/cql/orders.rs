@@ -301,6 +301,29 @@ impl CqlStore {
         self.write_index_rows(order, stale, true).await
     }
 
+    /// The read-model rows a status change moves: the row for the new status, the old status's row
+    /// deleted, the processing time once processed. The bucket, all-orders and per-user rows never change
+    /// after intake wrote them ahead of the order (a redelivered step rewrites every row anyway).
+    async fn write_status_change(&self, order: &Order, from: OrderStatus) -> Result<()> {
+        let st = &self.orders;
+        let bucket = CqlValue::BigInt(bucket_of(order.placed_at_ms));
+        let at = CqlValue::BigInt(order.placed_at_ms);
+        let id = || CqlValue::Text(order.id.as_str().to_owned());
+        let status = |s: OrderStatus| CqlValue::Text(s.as_str().to_owned());
+        let mut b = Batch::new(BatchType::Unlogged);
+        let mut values: Vec<Vec<CqlValue>> = Vec::new();
+        b.append_statement(st.idx_status.clone());
+        values.push(vec![status(order.status), bucket.clone(), at.clone(), id()]);
+        b.append_statement(st.idx_status_delete.clone());
+        values.push(vec![status(from), bucket.clone(), at, id()]);
+        if let Some(done) = order.processed_at_ms {
+            b.append_statement(st.idx_processing.clone());
+            values.push(vec![bucket, id(), CqlValue::BigInt((done - order.placed_at_ms).max(0))]);
+        }
+        b.set_is_idempotent(true);
+        self.write_batch(&b, values).await
+    }
+
     async fn write_index_rows(&self, order: &Order, stale: &[OrderStatus], processing: bool) -> Result<()> {
         let st = &self.orders;
         let bucket = bucket_of(order.placed_at_ms);
@@ -492,7 +515,9 @@ impl OrderStore for CqlStore {
         }
         applied.push(t.event_id.0);
         self.write_step(&t.order, &applied, t.event_id, &t.outputs, t.fence).await?;
-        self.write_indexes(&t.order, &[t.expected]).await?;
+        if t.order.status != t.expected {
+            self.write_status_change(&t.order, t.expected).await?;
+        }
         Ok(Applied::Applied)
     }
 

@@ -306,7 +306,7 @@ impl InventoryStore for EmbeddedStore {
             .await
     }
 
-    async fn end_reservation(&self, order: &OrderId, end: ReservationEnd) -> Result<ReservationEnd> {
+    async fn end_reservation(&self, order: &OrderId, _skus: &[Sku], end: ReservationEnd) -> Result<ReservationEnd> {
         let order = order.clone();
         self.db
             .write(move |db, tx| {

@@ -247,7 +247,11 @@ pub trait InventoryStore: Send + Sync {
         Ok(out)
     }
     /// Ends the order's hold: back to `available` (release) or out as `sold` (commit). Idempotent.
-    async fn end_reservation(&self, order: &OrderId, end: ReservationEnd) -> Result<ReservationEnd>;
+    /// `skus` are the order's SKUs (as in its `ReleaseStock` / `CommitStock`): an adapter may keep a
+    /// one-SKU order's reservation in that SKU's row alone. The answer is `end` if this call ended the
+    /// hold, `NothingHeld` if nothing was held any more (ended before, or never reserved: then the order
+    /// is closed, and a later reservation of it is refused).
+    async fn end_reservation(&self, order: &OrderId, skus: &[Sku], end: ReservationEnd) -> Result<ReservationEnd>;
     /// The most recent movements of a SKU, newest first.
     async fn movements(&self, sku: &Sku, limit: usize) -> Result<Vec<StockMovement>>;
 
