@@ -112,6 +112,12 @@ pub struct Settings {
     /// lost to a crash between storing and publishing).
     #[arg(long, env = "ORDERFLOW_STALLED_AFTER_MS", default_value_t = 3000, global = true)]
     pub stalled_after_ms: u64,
+
+    /// An order still PROCESSING this long after it was placed (a lost reply, a role that stopped) is
+    /// compensated: its stock released, any capture refunded, and it ends REJECTED with reason
+    /// `timed_out`, in its timeline. `0` turns this off. E.g. `5m`.
+    #[arg(long, env = "ORDERFLOW_STUCK_ORDER_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration, global = true)]
+    pub stuck_order_timeout: Duration,
 }
 
 fn parse_money(s: &str) -> Result<Money, String> {
@@ -153,6 +159,7 @@ impl Settings {
                 decline_users: self.payment_decline_users.iter().cloned().collect(),
             },
             stalled_after: Duration::from_millis(self.stalled_after_ms),
+            stuck_after: (!self.stuck_order_timeout.is_zero()).then_some(self.stuck_order_timeout),
             ..ProcessorSettings::default()
         }
     }

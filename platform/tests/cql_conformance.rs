@@ -18,7 +18,7 @@ use orderflow_platform::conformance::store::{self, product, q};
 use orderflow_platform::conformance::{real_engine, run_id};
 use orderflow_platform::cql::{self, CqlStore};
 use orderflow_platform::store::{
-    Applied, Fence, Inserted, OrderFilter, PaymentRecord, Reservation, ReservationEnd, Stores, Transition,
+    Applied, Fence, Inserted, OrderFilter, PaymentRecord, Reservation, ReservationEnd, Stalled, Stores, Transition,
 };
 use orderflow_schemas::{EventId, Order, OrderId, OrderStatus, Sku, StockLevel, UserId, now_ms};
 
@@ -298,7 +298,7 @@ async fn redelivered_step_repairs_the_read_models(store: &CqlStore, stores: &Sto
         listed(os.list(&by_status(OrderStatus::Cancelled), None, 1000).await.expect("list")),
         "the status index was repaired"
     );
-    let stalled = os.stalled_pending(now_ms() + 1, 10_000).await.expect("stalled");
+    let stalled = os.stalled(Stalled::Pending, now_ms() + 1, 10_000).await.expect("stalled");
     assert!(stalled.iter().all(|o| o.id != order.id), "no longer PENDING anywhere");
 }
 

@@ -7,8 +7,10 @@ use std::time::Duration;
 use orderflow_platform::Backends;
 use orderflow_platform::bus::{BusRecord, Handler};
 use orderflow_platform::fencing::PartitionFences;
+use orderflow_platform::store::Stalled;
+use orderflow_schemas::events::{OrderPlaced, StatusChangeRequested};
 use orderflow_schemas::topics::{self, Topic};
-use orderflow_schemas::{Order, codec, events::OrderPlaced, now_ms};
+use orderflow_schemas::{Envelope, EventId, Order, OrderStatus, codec, now_ms};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -16,7 +18,7 @@ use crate::catalog::{CatalogObserver, CatalogProjector, CatalogWriter, run_recon
 use crate::fulfillment::FulfillmentHandler;
 use crate::inventory::InventoryHandler;
 use crate::payment::{PaymentHandler, SimulatedProvider, SimulatedRules};
-use crate::saga::SagaHandler;
+use crate::saga::{STUCK_ORDER_SWEEP, SagaHandler};
 
 /// The processor roles, as named on the command line (`orderflow process <role>`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -62,6 +64,9 @@ pub struct ProcessorSettings {
     /// A PENDING order older than this is published again (its first `OrderPlaced` may have been lost
     /// to a crash between storing the order and publishing it).
     pub stalled_after: Duration,
+    /// An order still PROCESSING this long after it was placed is compensated and REJECTED with reason
+    /// `timed_out` (stock released, any capture refunded); `None` never does.
+    pub stuck_after: Option<Duration>,
     /// How often the catalog role compares the catalog's write and read models and re-publishes what the
     /// read model missed (a crash between a catalog write and its event); it also does so at start.
     pub catalog_reconcile_every: Duration,
@@ -75,11 +80,16 @@ impl Default for ProcessorSettings {
         Self {
             payment: SimulatedRules::default(),
             stalled_after: Duration::from_secs(3),
+            stuck_after: Some(DEFAULT_STUCK_ORDER_TIMEOUT),
             catalog_reconcile_every: Duration::from_secs(60),
             catalog_observer: None,
         }
     }
 }
+
+/// Default of [`ProcessorSettings::stuck_after`]: far beyond a normal order's seconds, short enough that a
+/// customer's units are not held for long by an order that will not finish.
+pub const DEFAULT_STUCK_ORDER_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Orders re-published per sweep, at most.
 const SWEEP_BATCH: usize = 500;
@@ -134,10 +144,12 @@ pub fn spawn_role(
         ));
     }
     if role == Role::Orders {
-        let backends = backends.clone();
-        let stalled_after = settings.stalled_after;
-        let token = shutdown.clone();
-        tasks.spawn(async move { sweep_stalled(backends, stalled_after, token).await });
+        let (b, after, token) = (backends.clone(), settings.stalled_after, shutdown.clone());
+        tasks.spawn(async move { sweep_stalled(b, Stalled::Pending, after, token).await });
+        if let Some(after) = settings.stuck_after {
+            let (b, token) = (backends.clone(), shutdown.clone());
+            tasks.spawn(async move { sweep_stalled(b, Stalled::Processing, after, token).await });
+        }
     }
 }
 
@@ -173,41 +185,59 @@ impl RepublishBackoff {
     }
 }
 
-/// Re-publishes `OrderPlaced` for PENDING orders older than `stalled_after`, each with a growing pause
-/// between attempts ([`RepublishBackoff`]). Harmless when the first publish did arrive: the event id is the
-/// same, and the saga ignores an order it already moved.
-async fn sweep_stalled(backends: Backends, stalled_after: Duration, shutdown: CancellationToken) {
-    let period = stalled_after.max(Duration::from_millis(200));
+/// What the sweep of `stalled` publishes for `order`, to the orders topic, keyed by order id:
+/// - PENDING: its `OrderPlaced` again. Harmless when the first publish did arrive: the event id is the
+///   same, and the saga ignores an order it already moved.
+/// - PROCESSING past the stuck-order timeout: a request to reject it (`StatusChangeRequested` REJECTED by
+///   [`STUCK_ORDER_SWEEP`], one id per order), which the saga applies only if the order is still PROCESSING.
+fn sweep_record(stalled: Stalled, order: &Order) -> Result<BusRecord, codec::CodecError> {
+    let envelope = match stalled {
+        Stalled::Pending => OrderPlaced::envelope_of(order),
+        Stalled::Processing => Envelope::new(
+            EventId::derived(&order.id, "stuck"),
+            order.id.clone(),
+            StatusChangeRequested { status: OrderStatus::Rejected, changed_by: STUCK_ORDER_SWEEP.into() },
+        ),
+    };
+    codec::encode(&envelope).map(|p| BusRecord::new(topics::ORDERS, order.id.as_str(), p))
+}
+
+/// Publishes [`sweep_record`] for orders still in the `stalled` status `after` their placement, each with
+/// a growing pause between attempts ([`RepublishBackoff`]).
+async fn sweep_stalled(backends: Backends, stalled: Stalled, after: Duration, shutdown: CancellationToken) {
+    let period = after.clamp(Duration::from_millis(200), Duration::from_secs(30));
+    let what = match stalled {
+        Stalled::Pending => "re-publishing stalled PENDING orders",
+        Stalled::Processing => "rejecting orders stuck in PROCESSING",
+    };
     let mut backoff = RepublishBackoff::default();
     loop {
         tokio::select! {
             () = tokio::time::sleep(period) => {}
             () = shutdown.cancelled() => return,
         }
-        let cutoff = now_ms() - i64::try_from(stalled_after.as_millis()).unwrap_or(i64::MAX);
-        let found = match backends.stores.orders.stalled_pending(cutoff, SWEEP_BATCH).await {
+        let cutoff = now_ms() - i64::try_from(after.as_millis()).unwrap_or(i64::MAX);
+        let found = match backends.stores.orders.stalled(stalled, cutoff, SWEEP_BATCH).await {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!(error = %e, "stalled-order sweep could not read orders");
+                tracing::warn!(error = %e, ?stalled, "stalled-order sweep could not read orders");
                 continue;
             }
         };
-        let stalled = backoff.select(&found, stalled_after, std::time::Instant::now());
-        if stalled.is_empty() {
+        let due = backoff.select(&found, after, std::time::Instant::now());
+        if due.is_empty() {
             continue;
         }
-        let records: Result<Vec<BusRecord>, _> = stalled
-            .iter()
-            .map(|o| {
-                codec::encode(&OrderPlaced::envelope_of(o)).map(|p| BusRecord::new(topics::ORDERS, o.id.as_str(), p))
-            })
-            .collect();
-        match records {
+        match due.iter().map(|o| sweep_record(stalled, o)).collect::<Result<Vec<_>, _>>() {
             Ok(records) => {
-                tracing::info!(count = records.len(), "re-publishing stalled PENDING orders");
-                metrics::counter!("orderflow_orders_republished_total").increment(records.len() as u64);
+                tracing::info!(count = records.len(), "{what}");
+                let counter = match stalled {
+                    Stalled::Pending => "orderflow_orders_republished_total",
+                    Stalled::Processing => "orderflow_orders_timed_out_total",
+                };
+                metrics::counter!(counter).increment(records.len() as u64);
                 if let Err(e) = backends.bus.publish(records).await {
-                    tracing::warn!(error = %e, "stalled-order sweep could not publish");
+                    tracing::warn!(error = %e, ?stalled, "stalled-order sweep could not publish");
                 }
             }
             Err(e) => tracing::error!(error = %e, "stalled-order sweep could not encode"),
@@ -218,7 +248,7 @@ async fn sweep_stalled(backends: Backends, stalled_after: Duration, shutdown: Ca
 #[cfg(test)]
 mod tests {
     use super::*;
-    use orderflow_schemas::{Money, OrderId, OrderStatus, UserId};
+    use orderflow_schemas::{Money, OrderId, UserId};
 
     fn pending(id: &str) -> Order {
         Order {

@@ -81,6 +81,10 @@ impl<'a> Step<'a> {
     }
 }
 
+/// `changed_by` of the `StatusChangeRequested { status: REJECTED }` that the stuck-order sweep publishes
+/// for an order still PROCESSING after `--stuck-order-timeout`.
+pub const STUCK_ORDER_SWEEP: &str = "stuck-order-sweep";
+
 /// The order state machine. `None`: the event changes nothing in this state (a duplicate, or a reply
 /// that arrives after the order moved on and needs no compensation).
 pub fn decide(order: &Order, env: &Envelope, now_ms: i64) -> Option<Decision> {
@@ -168,6 +172,17 @@ pub fn decide(order: &Order, env: &Envelope, now_ms: i64) -> Option<Decision> {
                 Processing => step.release("cancelled").done(),
                 _ => step.release("cancelled").refund("cancelled").done(),
             }
+        }
+        // No progress within the stuck-order timeout (the sweep's request), or staff rejecting an order
+        // that is stuck: the reservation and the capture may still be in flight, so release and refund go
+        // to the same partitions after them and undo whatever they did (nothing, if they never happen).
+        (Event::StatusChangeRequested(c), Processing) if c.status == Rejected => {
+            let (reason, note) = if c.changed_by == STUCK_ORDER_SWEEP {
+                ("timed_out", "no progress within the stuck-order timeout: stock released, any capture refunded")
+            } else {
+                ("rejected_by_staff", "rejected by staff: stock released, any capture refunded")
+            };
+            step.status(Rejected).reason(reason.to_owned()).note("rejected", note).release(reason).refund(reason).done()
         }
         (Event::StatusChangeRequested(c), status)
             if status.can_move_to(c.status) && matches!(c.status, Preparing | OutForDelivery | Delivered) =>
@@ -426,6 +441,29 @@ mod tests {
         assert_eq!(bodies(&d), vec![(topics::INVENTORY.name, "ReleaseStock")]);
         let d = decide(&c, &env(PaymentCaptured { charge_id: "ch".into(), captured_cents: 1000 }), 1).unwrap();
         assert_eq!(bodies(&d), vec![(topics::PAYMENTS.name, "RefundPayment")]);
+    }
+
+    #[test]
+    fn a_stuck_order_is_rejected_with_its_stock_released_and_any_capture_refunded() {
+        let stuck = env(StatusChangeRequested { status: OrderStatus::Rejected, changed_by: STUCK_ORDER_SWEEP.into() });
+        let d = decide(&order(OrderStatus::Processing), &stuck, 7).unwrap();
+        assert_eq!(d.order.status, OrderStatus::Rejected);
+        assert_eq!(d.order.reason.as_deref(), Some("timed_out"));
+        assert_eq!(d.order.timeline.last().map(|e| e.kind.as_str()), Some("rejected"));
+        assert_eq!(
+            bodies(&d),
+            vec![(topics::INVENTORY.name, "ReleaseStock"), (topics::PAYMENTS.name, "RefundPayment")]
+        );
+        let by_staff = env(StatusChangeRequested { status: OrderStatus::Rejected, changed_by: "staff".into() });
+        let d = decide(&order(OrderStatus::Processing), &by_staff, 7).unwrap();
+        assert_eq!(d.order.reason.as_deref(), Some("rejected_by_staff"));
+        // Only PROCESSING: an order that finished or has not started is left alone.
+        for status in [OrderStatus::Pending, OrderStatus::Confirmed, OrderStatus::Rejected, OrderStatus::Cancelled] {
+            assert!(decide(&order(status), &stuck, 7).is_none(), "{status}");
+        }
+        // The reservation's reply after the timeout needs nothing more: the release follows it.
+        let rejected = decide(&order(OrderStatus::Processing), &stuck, 7).unwrap().order;
+        assert!(decide(&rejected, &env(StockReserved { units_reserved: 2 }), 8).is_none());
     }
 
     #[test]

@@ -33,6 +33,7 @@ pub fn settings(data_dir: &Path) -> Settings {
         owned_order_entries: 10_000,
         kafka_replication_factor: 1,
         stalled_after_ms: 3000,
+        stuck_order_timeout: std::time::Duration::from_secs(300),
         shutdown_grace: std::time::Duration::from_secs(10),
         max_concurrent_requests: 4096,
         request_timeout: std::time::Duration::from_secs(30),

@@ -450,6 +450,22 @@ pub async fn orders_list_by_user_and_status_newest_first(stores: Stores) {
         fence: fence(1),
     };
     assert!(matches!(os.apply(t).await.unwrap(), Applied::Applied));
+    let mut processing = os.order(&OrderId::parse(format!("{id}-4")).unwrap()).await.unwrap().unwrap();
+    processing.status = OrderStatus::Processing;
+    let t = Transition {
+        event_id: EventId::random(),
+        expected: OrderStatus::Pending,
+        order: processing,
+        outputs: vec![],
+        fence: fence(1),
+    };
+    assert!(matches!(os.apply(t).await.unwrap(), Applied::Applied));
+    let stuck = os.stalled(Stalled::Processing, base + 5, 100).await.unwrap();
+    let ours: Vec<_> = stuck.iter().filter(|o| o.id.as_str().starts_with(&id)).map(|o| o.id.to_string()).collect();
+    assert_eq!(ours, [format!("{id}-4")], "PROCESSING only");
+    assert!(
+        os.stalled(Stalled::Processing, base + 4, 100).await.unwrap().iter().all(|o| !o.id.as_str().starts_with(&id))
+    );
 
     let filter = OrderFilter { user: Some(UserId::parse(user.clone()).unwrap()), status: None };
     let p1 = os.list(&filter, None, 2).await.unwrap();
@@ -460,7 +476,7 @@ pub async fn orders_list_by_user_and_status_newest_first(stores: Stores) {
     assert_eq!(ids, (0..5).rev().map(|i| format!("{id}-{i}")).collect::<Vec<_>>());
 
     let both = OrderFilter { user: Some(UserId::parse(user).unwrap()), status: Some(OrderStatus::Pending) };
-    assert_eq!(os.list(&both, None, 10).await.unwrap().items.len(), 4);
+    assert_eq!(os.list(&both, None, 10).await.unwrap().items.len(), 3);
     let cancelled_only = OrderFilter { user: None, status: Some(OrderStatus::Cancelled) };
     assert!(
         os.list(&cancelled_only, None, 100)
@@ -471,7 +487,7 @@ pub async fn orders_list_by_user_and_status_newest_first(stores: Stores) {
             .any(|(_, o)| o.id.as_str() == format!("{id}-3"))
     );
 
-    let stalled = os.stalled_pending(base + 3, 100).await.unwrap();
+    let stalled = os.stalled(Stalled::Pending, base + 3, 100).await.unwrap();
     let ours: Vec<_> = stalled.iter().filter(|o| o.id.as_str().starts_with(&id)).map(|o| o.id.to_string()).collect();
     assert_eq!(
         ours,

@@ -80,8 +80,8 @@ pub struct CqlStore {
     fulfillment: fulfillment::Statements,
     fencing: fencing::Statements,
     clock: TimeuuidClock,
-    /// Where the stalled-order sweep starts next (see `OrderStore::stalled_pending`).
-    pending_floor: crate::store::PendingFloor,
+    /// Where each stalled-order sweep starts next (see `OrderStore::stalled`).
+    sweep_floors: crate::store::SweepFloors,
 }
 
 impl fmt::Debug for CqlStore {
@@ -148,7 +148,7 @@ impl CqlStore {
             fulfillment: fulfillment::Statements::prepare(&session).await?,
             fencing: fencing::Statements::prepare(&session).await?,
             clock: TimeuuidClock::new(),
-            pending_floor: crate::store::PendingFloor::default(),
+            sweep_floors: crate::store::SweepFloors::default(),
             session,
         })
     }

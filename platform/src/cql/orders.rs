@@ -17,7 +17,7 @@ use scylla::value::CqlValue;
 use super::{CqlStore, Lwt, MAX_UNKNOWN_RETRIES, batch, corrupt, prepare, serial, to_u64, unavailable};
 use crate::bus::BusRecord;
 use crate::store::{
-    Applied, Fence, Inserted, OrderFilter, OrderStats, OrderStore, Page, Result, StoreError, Transition,
+    Applied, Fence, Inserted, OrderFilter, OrderStats, OrderStore, Page, Result, Stalled, StoreError, Transition,
 };
 
 /// Width of an index bucket: 7 days of placement time (see orders.cql).
@@ -601,17 +601,18 @@ impl OrderStore for CqlStore {
         Ok(Page { items, has_next })
     }
 
-    async fn stalled_pending(&self, placed_before_ms: i64, limit: usize) -> Result<Vec<Order>> {
+    async fn stalled(&self, stalled: Stalled, placed_before_ms: i64, limit: usize) -> Result<Vec<Order>> {
         let mut out: Vec<(String, Order)> = Vec::new();
         if limit == 0 {
             return Ok(Vec::new());
         }
-        // Start where the oldest PENDING order was last time (less a margin), not at the first order ever:
+        // Start where the oldest such order was last time (less a margin), not at the first order ever:
         // the rows before it are deletions of orders that moved on (tombstones that every read would
         // skip over again).
-        let from = self.pending_floor.sweep_from_ms().unwrap_or(i64::MIN);
-        let pending = OrderStatus::Pending;
-        let keep = |o: &Order| o.status == pending && o.placed_at_ms < placed_before_ms;
+        let floor = self.sweep_floors.of(stalled);
+        let from = floor.sweep_from_ms().unwrap_or(i64::MIN);
+        let status = stalled.status();
+        let keep = |o: &Order| o.status == status && o.placed_at_ms < placed_before_ms;
         let mut complete = true;
         for bucket in self.buckets(false).await? {
             if bucket > bucket_of(placed_before_ms) {
@@ -621,7 +622,7 @@ impl OrderStore for CqlStore {
                 continue;
             }
             let values = vec![
-                CqlValue::Text(pending.as_str().to_owned()),
+                CqlValue::Text(status.as_str().to_owned()),
                 CqlValue::BigInt(bucket),
                 CqlValue::BigInt(from),
                 CqlValue::BigInt(placed_before_ms),
@@ -631,7 +632,7 @@ impl OrderStore for CqlStore {
                 break;
             }
         }
-        self.pending_floor.passed(out.first().map(|(_, o)| o.placed_at_ms), complete, placed_before_ms);
+        floor.passed(out.first().map(|(_, o)| o.placed_at_ms), complete, placed_before_ms);
         Ok(out.into_iter().map(|(_, o)| o).collect())
     }
 

@@ -19,8 +19,8 @@ use crate::store::*;
 pub struct EmbeddedStore {
     db: Arc<Db>,
     /// No order placed before this time (ms) was PENDING at the last stalled-order sweep, so the next
-    /// sweep starts there (see [`OrderStore::stalled_pending`]).
-    pending_floor: PendingFloor,
+    /// sweep starts there (see [`OrderStore::stalled`]).
+    sweep_floors: SweepFloors,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -31,7 +31,7 @@ impl std::fmt::Debug for EmbeddedStore {
 
 impl EmbeddedStore {
     pub(crate) fn new(db: Arc<Db>) -> Self {
-        Self { db, pending_floor: PendingFloor::default() }
+        Self { db, sweep_floors: SweepFloors::default() }
     }
 }
 
@@ -692,12 +692,14 @@ impl OrderStore for EmbeddedStore {
         Ok(Page { items, has_next })
     }
 
-    async fn stalled_pending(&self, placed_before_ms: i64, limit: usize) -> Result<Vec<Order>> {
-        let prefix = index_prefix("s", Some(OrderStatus::Pending.as_str()));
+    async fn stalled(&self, stalled: Stalled, placed_before_ms: i64, limit: usize) -> Result<Vec<Order>> {
+        let status = stalled.status();
+        let floor = self.sweep_floors.of(stalled);
+        let prefix = index_prefix("s", Some(status.as_str()));
         // Positions sort newest first, so [placed_before, floor - margin] in time is this key range.
         let at = |ms: i64| index_key(prefix.clone(), &format!("{:016x}", u64::MAX - ms.max(0) as u64));
         let start = at(placed_before_ms.saturating_sub(1));
-        let end = match self.pending_floor.sweep_from_ms() {
+        let end = match floor.sweep_from_ms() {
             Some(from) => at(from),
             None => {
                 let mut end = prefix.clone();
@@ -720,13 +722,13 @@ impl OrderStore for EmbeddedStore {
             if order.placed_at_ms >= placed_before_ms {
                 continue;
             }
-            if order.status == OrderStatus::Pending {
+            if order.status == status {
                 out.push(order);
             }
         }
-        // The oldest order still PENDING (re-published now) holds the floor; with none left, everything
-        // placed before the cutoff has moved on.
-        self.pending_floor.passed(out.first().map(|o| o.placed_at_ms), complete, placed_before_ms);
+        // The oldest order still in that status holds the floor; with none left, everything placed before
+        // the cutoff has moved on.
+        floor.passed(out.first().map(|o| o.placed_at_ms), complete, placed_before_ms);
         Ok(out)
     }
 

@@ -337,18 +337,52 @@ pub struct OrderStats {
 /// covers an order whose insert finished a while after the `placed_at_ms` it carries.
 pub const STALLED_SWEEP_MARGIN_MS: i64 = 60_000;
 
-/// Where an adapter's next stalled-order sweep starts (see [`OrderStore::stalled_pending`]): the placement
-/// time of the oldest order still PENDING at the last pass, or, if none was, that pass's cut-off.
-#[derive(Debug)]
-pub struct PendingFloor(std::sync::atomic::AtomicI64);
+/// The statuses in which an order can stall, each swept by the order saga's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stalled {
+    /// Accepted by intake; its `OrderPlaced` may never have reached the bus: published again.
+    Pending,
+    /// Being processed, with no end in sight: compensated after `--stuck-order-timeout`.
+    Processing,
+}
 
-impl Default for PendingFloor {
+impl Stalled {
+    pub fn status(self) -> OrderStatus {
+        match self {
+            Self::Pending => OrderStatus::Pending,
+            Self::Processing => OrderStatus::Processing,
+        }
+    }
+}
+
+/// One [`SweepFloor`] per [`Stalled`] status.
+#[derive(Debug, Default)]
+pub struct SweepFloors {
+    pending: SweepFloor,
+    processing: SweepFloor,
+}
+
+impl SweepFloors {
+    pub fn of(&self, stalled: Stalled) -> &SweepFloor {
+        match stalled {
+            Stalled::Pending => &self.pending,
+            Stalled::Processing => &self.processing,
+        }
+    }
+}
+
+/// Where an adapter's next sweep of one stalled status starts (see [`OrderStore::stalled`]): the placement
+/// time of the oldest order still in that status at the last pass, or, if none was, that pass's cut-off.
+#[derive(Debug)]
+pub struct SweepFloor(std::sync::atomic::AtomicI64);
+
+impl Default for SweepFloor {
     fn default() -> Self {
         Self(std::sync::atomic::AtomicI64::new(i64::MIN))
     }
 }
 
-impl PendingFloor {
+impl SweepFloor {
     /// The earliest placement time (ms) the next sweep must look at: the floor less
     /// [`STALLED_SWEEP_MARGIN_MS`], or `None` before the first pass (look at everything).
     pub fn sweep_from_ms(&self) -> Option<i64> {
@@ -413,12 +447,12 @@ pub trait OrderStore: Send + Sync {
     async fn seen(&self, id: &OrderId, event: EventId, fence: Fence) -> Result<Option<Vec<BusRecord>>>;
     /// Newest first, starting after the position `after` (a key from an earlier page).
     async fn list(&self, filter: &OrderFilter, after: Option<&str>, limit: usize) -> Result<Page<Order>>;
-    /// PENDING orders placed before `placed_before_ms`, oldest first: intake accepted them but their
-    /// `OrderPlaced` may never have reached the bus (a crash in between), so they are published again.
-    /// An adapter may remember where the oldest PENDING order was at its last call and start the next one
-    /// there (less [`STALLED_SWEEP_MARGIN_MS`]): the PENDING index is mostly deletions of orders that moved
+    /// Orders still in the `stalled` status placed before `placed_before_ms`, oldest first (see
+    /// [`Stalled`] for what the saga's role does with them).
+    /// An adapter may remember where the oldest such order was at its last call and start the next one
+    /// there (less [`STALLED_SWEEP_MARGIN_MS`]): a status index is mostly deletions of orders that moved
     /// on, and reading all of them on every sweep would cost more the more orders were ever placed.
-    async fn stalled_pending(&self, placed_before_ms: i64, limit: usize) -> Result<Vec<Order>>;
+    async fn stalled(&self, stalled: Stalled, placed_before_ms: i64, limit: usize) -> Result<Vec<Order>>;
     async fn stats(&self) -> Result<OrderStats>;
 }
 

@@ -20,7 +20,7 @@ use async_trait::async_trait;
 use orderflow_schemas::{EventId, Order, OrderId};
 use tokio_util::sync::CancellationToken;
 
-use super::{Applied, Fence, OrderFilter, OrderStats, OrderStore, Page, Result, Transition};
+use super::{Applied, Fence, OrderFilter, OrderStats, OrderStore, Page, Result, Stalled, Transition};
 use crate::bus::{Assignment, BusRecord};
 
 /// How long an entry stays without being read or written before it is dropped (an order that reached
@@ -133,8 +133,8 @@ impl OrderStore for OwnerReadOrders {
         self.store.list(filter, after, limit).await
     }
 
-    async fn stalled_pending(&self, placed_before_ms: i64, limit: usize) -> Result<Vec<Order>> {
-        self.store.stalled_pending(placed_before_ms, limit).await
+    async fn stalled(&self, stalled: Stalled, placed_before_ms: i64, limit: usize) -> Result<Vec<Order>> {
+        self.store.stalled(stalled, placed_before_ms, limit).await
     }
 
     async fn stats(&self) -> Result<OrderStats> {

@@ -1,0 +1,122 @@
+//! Stuck work is compensated: an order that makes no progress within `--stuck-order-timeout` ends REJECTED
+//! with reason `timed_out`, its stock goes back and a capture that happens after all is refunded. On real
+//! Kafka and Cassandra with one process per role, the payment role left out at first so the order hangs
+//! in PROCESSING with its stock held and its capture queued, then started late.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{role_on_kafka_and_cql as role, wait_status};
+use orderflow_platform::BackendUrl;
+use orderflow_platform::conformance::real_engine;
+use serde_json::json;
+
+/// The simulated provider's ledger entries (kind, amount) under idempotency keys starting with `prefix`.
+async fn provider_entries(kafka: &str, cql: &str, dir: &std::path::Path, prefix: &str) -> Vec<(String, i64)> {
+    let backends = orderflow_platform::Backends::open(
+        &BackendUrl::Kafka(vec![kafka.to_owned()]),
+        &BackendUrl::Scylla(vec![cql.to_owned()]),
+        dir,
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    let mut entries: Vec<(String, i64)> = backends
+        .stores
+        .payments
+        .provider_entries()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|(key, _)| key.starts_with(prefix))
+        .map(|(_, e)| (e.kind, e.amount.cents()))
+        .collect();
+    entries.sort();
+    entries
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_stuck_in_processing_is_rejected_and_compensated() {
+    let (Some(kafka), Some(cql)) = (real_engine("ORDERFLOW_TEST_KAFKA"), real_engine("ORDERFLOW_TEST_CQL")) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    common::migrate_cql(&cql);
+    let mut procs = vec![
+        role(&["ingest"], &kafka, &cql, dir.path(), &[]),
+        role(&["graphql"], &kafka, &cql, dir.path(), &[("ORDERFLOW_SEED_CATALOG", "none")]),
+        role(&["process", "orders"], &kafka, &cql, dir.path(), &[("ORDERFLOW_STUCK_ORDER_TIMEOUT", "3s")]),
+        role(&["process", "inventory"], &kafka, &cql, dir.path(), &[]),
+        role(&["process", "catalog"], &kafka, &cql, dir.path(), &[]),
+    ];
+    for p in &procs {
+        p.wait_ready().await;
+    }
+    let (ingest, graphql) = (procs[0].base.clone(), procs[1].base.clone());
+    let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let sku = format!("STUCK-{run}").to_uppercase();
+    common::create_product(&http, &graphql, &sku, 10).await;
+
+    let id = format!("stuck-{run}");
+    let placed = http
+        .post(format!("{ingest}/v1/orders"))
+        .json(&json!({"order_id": id, "user_id": "u-stuck", "items": [{"sku": sku, "quantity": 2}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(placed.status(), 202);
+    // Reserved, then waiting for a payment role that is not there.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let stock = common::stock_of(&http, &graphql, &sku).await;
+        if stock == json!({"available": 8, "reserved": 2}) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the order's stock was never held: {stock}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Past the timeout the sweep asks the saga to reject it; the stock comes back.
+    let order = wait_status(&http, &ingest, &id, &["REJECTED"], Duration::from_secs(30)).await;
+    assert_eq!(order["reason"], "timed_out", "{order}");
+    let kinds: Vec<&str> = order["timeline"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds.last(), Some(&"rejected"), "{order}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let stock = common::stock_of(&http, &graphql, &sku).await;
+        if stock == json!({"available": 10, "reserved": 0}) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the stock was never released: {stock}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The payment role comes back: the queued capture happens, and the refund queued behind it pays it back.
+    let payment = role(&["process", "payment"], &kafka, &cql, dir.path(), &[]);
+    payment.wait_ready().await;
+    procs.push(payment);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let total = order["total_amount"].as_str().unwrap().replace('.', "").parse::<i64>().unwrap();
+    loop {
+        let entries = provider_entries(&kafka, &cql, dir.path(), &id).await;
+        if entries.len() >= 2 {
+            assert_eq!(
+                entries,
+                [("charge".to_owned(), total), ("refund".to_owned(), total)],
+                "charged once, refunded once"
+            );
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "capture and refund never both happened: {entries:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let order = wait_status(&http, &ingest, &id, &["REJECTED"], Duration::from_secs(5)).await;
+    assert_eq!(order["reason"], "timed_out", "a late capture does not revive the order: {order}");
+    for p in procs.iter_mut() {
+        let _ = p.child.kill();
+    }
+}
