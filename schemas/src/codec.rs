@@ -36,6 +36,15 @@ pub(crate) fn single_object(fingerprint: &[u8; 8], datum: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Reads an Avro datum written with `schema`, after [`crate::avro_bounds::check`] has made sure no
+/// length or count in it makes apache-avro allocate more than the datum's own size allows. Every
+/// decoder of bus records goes through here.
+pub(crate) fn read_datum(schema: &Schema, datum: &[u8]) -> Result<Value, CodecError> {
+    crate::avro_bounds::check(schema, datum)?;
+    let mut reader = datum;
+    Ok(apache_avro::from_avro_datum(schema, &mut reader, None)?)
+}
+
 /// Splits a single object into the writer's fingerprint and the datum.
 pub(crate) fn split_single_object(bytes: &[u8]) -> Result<([u8; 8], &[u8]), CodecError> {
     if bytes.len() < HEADER_LEN || bytes[..2] != MAGIC {
@@ -54,6 +63,10 @@ pub enum CodecError {
     UnknownSchema(u64),
     #[error("malformed Avro: {0}")]
     Avro(#[from] apache_avro::Error),
+    /// Refused before decoding: a length or count the record cannot hold, or a datum its schema does not
+    /// describe (see [`crate::avro_bounds`]).
+    #[error("refused before decoding: {0}")]
+    Bounds(#[from] crate::avro_bounds::BoundsError),
     #[error("field {0} is missing or has the wrong type")]
     Field(&'static str),
     #[error("unknown event body {0:?}")]
@@ -138,9 +151,9 @@ pub fn encode(env: &Envelope) -> Result<Vec<u8>, CodecError> {
 
 /// Decodes an Avro single object written with any schema version this build knows.
 pub fn decode(bytes: &[u8]) -> Result<Envelope, CodecError> {
-    let (fp, mut datum) = split_single_object(bytes)?;
+    let (fp, datum) = split_single_object(bytes)?;
     let writer = CODEC.known.get(&fp).ok_or(CodecError::UnknownSchema(u64::from_le_bytes(fp)))?;
-    let value = apache_avro::from_avro_datum(&writer.schema, &mut datum, None)?;
+    let value = read_datum(&writer.schema, datum)?;
     let Value::Record(fields) = value else { return Err(CodecError::Field("envelope")) };
     let field =
         |name: &'static str| fields.iter().find(|(n, _)| n == name).map(|(_, v)| v).ok_or(CodecError::Field(name));

@@ -5,8 +5,11 @@
 //! - [`events`]: the events on the bus, and [`codec`] that turns them into Avro single-object bytes.
 //! - [`catalog`] and [`product_events`]: products, their categories and attributes, and the
 //!   `ProductUpdated` event every catalog write publishes.
+//! - [`avro_bounds`]: the check every Avro decoder runs first, so a record cannot claim more memory than
+//!   its own size allows.
 //! - [`topics`]: every topic name and partition count. No other crate spells a topic name.
 
+pub mod avro_bounds;
 pub mod catalog;
 pub mod codec;
 pub mod events;

@@ -50,11 +50,11 @@ pub fn encode(order: &PartnerOrder) -> Result<Vec<u8>, CodecError> {
 
 /// Decodes a partner order; any framing or schema problem is an error naming it.
 pub fn decode(bytes: &[u8]) -> Result<PartnerOrder, CodecError> {
-    let (fp, mut datum) = split_single_object(bytes)?;
+    let (fp, datum) = split_single_object(bytes)?;
     if fp != CODEC.fingerprint {
         return Err(CodecError::UnknownSchema(u64::from_le_bytes(fp)));
     }
-    let value = apache_avro::from_avro_datum(&CODEC.schema, &mut datum, None)?;
+    let value = crate::codec::read_datum(&CODEC.schema, datum)?;
     Ok(apache_avro::from_value(&value)?)
 }
 
@@ -73,6 +73,35 @@ mod tests {
             placed_at_ms: None,
         };
         assert_eq!(decode(&encode(&order).unwrap()).unwrap(), order);
+    }
+
+    #[test]
+    fn a_tiny_record_claiming_a_huge_array_is_refused_before_decoding() {
+        // partner_id "a", external_order_id "b", user_id "c", then an item count of 2^60 (zig-zag varint).
+        let mut datum = vec![2, b'a', 2, b'b', 2, b'c'];
+        let mut z = (1u64 << 60) << 1;
+        while z >= 0x80 {
+            datum.push((z as u8 & 0x7f) | 0x80);
+            z >>= 7;
+        }
+        datum.push(z as u8);
+        let record = single_object(&CODEC.fingerprint, &datum);
+        assert!(record.len() < 30);
+        let e = decode(&record).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                CodecError::Bounds(crate::avro_bounds::BoundsError::ClaimBeyondRecord {
+                    what: "an array item count",
+                    claimed: 1_152_921_504_606_846_976,
+                    ..
+                })
+            ),
+            "{e}"
+        );
+        // A string length of 2^60 in the first field.
+        let record = single_object(&CODEC.fingerprint, &[0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x20]);
+        assert!(matches!(decode(&record), Err(CodecError::Bounds(_))), "{:?}", decode(&record));
     }
 
     #[test]

@@ -119,11 +119,11 @@ pub fn encode(alert: &StockAlert) -> Result<Vec<u8>, CodecError> {
 
 /// Decodes an alert; any framing, schema or value problem is an error naming it.
 pub fn decode(bytes: &[u8]) -> Result<StockAlert, CodecError> {
-    let (fp, mut datum) = split_single_object(bytes)?;
+    let (fp, datum) = split_single_object(bytes)?;
     if fp != CODEC.fingerprint {
         return Err(CodecError::UnknownSchema(u64::from_le_bytes(fp)));
     }
-    let value = apache_avro::from_avro_datum(&CODEC.schema, &mut datum, None)?;
+    let value = crate::codec::read_datum(&CODEC.schema, datum)?;
     let w: Wire = apache_avro::from_value(&value)?;
     let unsigned = |v: i64, name: &'static str| u64::try_from(v).map_err(|_| CodecError::Field(name));
     Ok(StockAlert {

@@ -171,9 +171,24 @@ pub async fn partner_orders_are_placed_once_and_bad_ones_dead_lettered(app: &Tes
     };
     let overflow = PartnerOrder { total_amount: Some("999999999999999999999999999".into()), ..unknown_sku.clone() };
     let record = |key: &str, payload: Vec<u8>| BusRecord::new(topics::PARTNER_ORDERS, key, payload);
+    // A record that claims 2^60 items (and one 2^28: under apache-avro's own cap, ~10 GiB of `Value`s)
+    // in a few bytes: refused before anything is allocated for them.
+    let claiming = |count: u64| {
+        let fingerprint = &partner::encode(&good).unwrap()[..10];
+        let mut bytes = [fingerprint, &[2, b'a', 2, b'b', 2, b'c']].concat();
+        let mut z = count << 1;
+        while z >= 0x80 {
+            bytes.push((z as u8 & 0x7f) | 0x80);
+            z >>= 7;
+        }
+        bytes.push(z as u8);
+        bytes
+    };
     // All on one partition (one key), the bad ones first: the good ones behind them must still be handled.
     bus.publish(vec![
         record(&bad_key, b"not avro at all".to_vec()),
+        record(&bad_key, claiming(1 << 60)),
+        record(&bad_key, claiming(1 << 28)),
         record(&bad_key, partner::encode(&unknown_sku).unwrap()),
         record(&bad_key, partner::encode(&overflow).unwrap()),
         record(&bad_key, partner::encode(&good).unwrap()),
@@ -191,7 +206,7 @@ pub async fn partner_orders_are_placed_once_and_bad_ones_dead_lettered(app: &Tes
     let (b, t, h) = (bus.clone(), token.clone(), dead.clone());
     let group = unique("dlq-reader");
     let reader = tokio::spawn(async move { b.consume(&group, topics::DEAD_LETTER, h, t).await });
-    eventually("three dead letters", 3, async || dead.found.lock().unwrap().len()).await;
+    eventually("five dead letters", 5, async || dead.found.lock().unwrap().len()).await;
     token.cancel();
     reader.await.unwrap().unwrap();
     let reasons: Vec<String> = dead
@@ -202,8 +217,12 @@ pub async fn partner_orders_are_placed_once_and_bad_ones_dead_lettered(app: &Tes
         .map(|d| d.headers.iter().find(|(k, _)| k == policy::ERROR_HEADER).map(|(_, v)| v.clone()).unwrap_or_default())
         .collect();
     assert!(reasons[0].starts_with("malformed_avro"), "{reasons:?}");
-    assert!(reasons[1].starts_with("unknown_sku"), "{reasons:?}");
-    assert!(reasons[2].starts_with("invalid_total_amount"), "{reasons:?}");
+    for (i, count) in [(1, "1152921504606846976"), (2, "268435456")] {
+        assert!(reasons[i].starts_with("malformed_avro: refused before decoding"), "{reasons:?}");
+        assert!(reasons[i].contains(&format!("an array item count at byte 6 claims {count}")), "{reasons:?}");
+    }
+    assert!(reasons[3].starts_with("unknown_sku"), "{reasons:?}");
+    assert!(reasons[4].starts_with("invalid_total_amount"), "{reasons:?}");
 }
 
 /// Collects the stock alerts of one SKU from the bus.
