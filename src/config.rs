@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use orderflow_platform::BackendUrl;
 use orderflow_platform::backend::{BackendOptions, EmbeddedMemory};
+use orderflow_platform::bus::limits::{DEFAULT_MAX_RECORD_BYTES, RecordLimits};
 use orderflow_processors::payment::SimulatedRules;
 use orderflow_processors::runtime::ProcessorSettings;
 use orderflow_schemas::{Money, UserId};
@@ -118,10 +119,27 @@ pub struct Settings {
     /// `timed_out`, in its timeline. `0` turns this off. E.g. `5m`.
     #[arg(long, env = "ORDERFLOW_STUCK_ORDER_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration, global = true)]
     pub stuck_order_timeout: Duration,
+
+    /// Largest record, in bytes, a consumer hands to its handler on any topic; a larger one goes to the
+    /// dead-letter topic with `record_too_large` before it is decoded.
+    #[arg(long, env = "ORDERFLOW_MAX_RECORD_BYTES", default_value_t = DEFAULT_MAX_RECORD_BYTES, value_parser = parse_record_bytes, global = true)]
+    pub max_record_bytes: usize,
+
+    /// Per-topic overrides of `--max-record-bytes`, as `TOPIC=BYTES` (comma-separated or repeated),
+    /// e.g. `orderflow.partner-orders.v1=262144`.
+    #[arg(long, env = "ORDERFLOW_TOPIC_MAX_RECORD_BYTES", value_delimiter = ',', value_parser = RecordLimits::parse_override, global = true)]
+    pub topic_max_record_bytes: Vec<(String, usize)>,
 }
 
 fn parse_money(s: &str) -> Result<Money, String> {
     Money::parse("amount", s).map_err(|e| e.to_string())
+}
+
+fn parse_record_bytes(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("{s:?}: a whole number of bytes, at least 1")),
+    }
 }
 
 fn parse_user(s: &str) -> Result<UserId, String> {
@@ -140,6 +158,10 @@ impl Settings {
                 journal_mib: self.journal_mib,
             },
             owned_order_entries: self.owned_order_entries,
+            record_limits: RecordLimits {
+                default_bytes: self.max_record_bytes,
+                per_topic: self.topic_max_record_bytes.iter().cloned().collect(),
+            },
         }
     }
 

@@ -34,6 +34,8 @@ async fn start(dir: &std::path::Path) -> App {
         max_concurrent_requests: 4096,
         request_timeout: std::time::Duration::from_secs(30),
         header_read_timeout: std::time::Duration::from_secs(10),
+        max_record_bytes: orderflow_platform::bus::limits::DEFAULT_MAX_RECORD_BYTES,
+        topic_max_record_bytes: vec![],
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     App::start(&settings, Roles::all(), listener).await.unwrap()

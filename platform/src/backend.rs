@@ -88,6 +88,8 @@ pub struct BackendOptions {
     /// Orders the saga of this process keeps in memory as their partition's owner, to answer reads of
     /// them without the store (see [`crate::store::OwnedOrders`]); 0 turns it off.
     pub owned_order_entries: u64,
+    /// The largest record consumers hand to their handlers, per topic; larger ones are dead-lettered.
+    pub record_limits: crate::bus::limits::RecordLimits,
 }
 
 /// What the embedded engine may hold in memory, in MiB. Resident memory levels off once these fill:
@@ -119,6 +121,7 @@ impl Default for BackendOptions {
             migrate_cql: false,
             embedded_memory: EmbeddedMemory::default(),
             owned_order_entries: DEFAULT_OWNED_ORDER_ENTRIES,
+            record_limits: crate::bus::limits::RecordLimits::default(),
         }
     }
 }
@@ -153,7 +156,9 @@ impl Backends {
                 stores: cql_stores(points, options).await?,
             }),
         }?;
-        Ok(Backends { bus: backends.bus, stores: backends.stores.with_owned_orders(options.owned_order_entries) })
+        // Every consumer dead-letters records over its topic's size limit before any decoder sees them.
+        let bus = Arc::new(crate::bus::limits::LimitedBus::new(backends.bus, options.record_limits.clone()));
+        Ok(Backends { bus, stores: backends.stores.with_owned_orders(options.owned_order_entries) })
     }
 }
 

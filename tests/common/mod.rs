@@ -38,6 +38,8 @@ pub fn settings(data_dir: &Path) -> Settings {
         max_concurrent_requests: 4096,
         request_timeout: std::time::Duration::from_secs(30),
         header_read_timeout: std::time::Duration::from_secs(10),
+        max_record_bytes: orderflow_platform::bus::limits::DEFAULT_MAX_RECORD_BYTES,
+        topic_max_record_bytes: vec![],
     }
 }
 

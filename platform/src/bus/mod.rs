@@ -4,6 +4,7 @@
 //! Adapters: [`crate::embedded::EmbeddedLog`] (default) and, next, Kafka. Both run the same
 //! [`policy`] around the handler, so retries and dead-lettering behave the same everywhere.
 
+pub mod limits;
 pub mod policy;
 
 use std::fmt;
