@@ -10,7 +10,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use orderflow_platform::store::Stores;
-use orderflow_schemas::{IdempotencyKey, Money, Order, OrderId, Quantity, Sku, UserId, ValueError};
+use orderflow_schemas::order_request::PlaceOrderBody;
+use orderflow_schemas::{IdempotencyKey, Order, OrderId, ValueError};
 use serde::{Deserialize, Serialize};
 
 use crate::{Intake, IntakeError, PlaceOrder};
@@ -132,50 +133,6 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PlaceOrderBody {
-    order_id: Option<String>,
-    user_id: String,
-    items: Vec<ItemBody>,
-    total_amount: Option<serde_json::Value>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ItemBody {
-    sku: String,
-    quantity: i64,
-}
-
-impl PlaceOrderBody {
-    fn parse(self, idempotency_key: Option<IdempotencyKey>) -> Result<PlaceOrder, ApiError> {
-        let total_amount = match self.total_amount {
-            None | Some(serde_json::Value::Null) => None,
-            Some(serde_json::Value::String(s)) => Some(Money::parse("total_amount", &s)?),
-            Some(other) => {
-                return Err(ValueError::new(
-                    "total_amount",
-                    format!("must be a decimal string such as \"12.50\", not {other}"),
-                )
-                .into());
-            }
-        };
-        Ok(PlaceOrder {
-            order_id: self.order_id.map(OrderId::parse).transpose()?,
-            idempotency_key,
-            user_id: UserId::parse(self.user_id)?,
-            items: self
-                .items
-                .into_iter()
-                .map(|i| Ok((Sku::parse(i.sku)?, Quantity::new(i.quantity)?)))
-                .collect::<Result<_, ValueError>>()?,
-            total_amount,
-            channel: "http".into(),
-        })
-    }
-}
-
 #[derive(Debug, Serialize, Deserialize)]
 pub struct PlacedBody {
     pub order_id: String,
@@ -255,7 +212,8 @@ async fn place_order(
             v.to_str().map_err(|_| ValueError::new("Idempotency-Key", "must be visible ASCII"))?,
         )?),
     };
-    let placed = api.intake.place(body.parse(key)?).await?;
+    let request = body.parse()?;
+    let placed = api.intake.place(PlaceOrder::new(request, key, "http")).await?;
     let id = placed.order.id.to_string();
     // A repeated request answers with the first request's result, which was always PENDING.
     let mut response =

@@ -33,6 +33,24 @@ pub struct PlaceOrder {
     pub channel: String,
 }
 
+impl PlaceOrder {
+    /// A parsed request (see [`orderflow_schemas::order_request`]) arriving through `channel`.
+    pub fn new(
+        request: orderflow_schemas::order_request::OrderRequest,
+        idempotency_key: Option<IdempotencyKey>,
+        channel: impl Into<String>,
+    ) -> Self {
+        Self {
+            order_id: request.order_id,
+            idempotency_key,
+            user_id: request.user_id,
+            items: request.items,
+            total_amount: request.total_amount,
+            channel: channel.into(),
+        }
+    }
+}
+
 /// Why a placement was refused. Each has a stable machine-readable [`IntakeError::code`].
 #[derive(Debug, thiserror::Error)]
 pub enum IntakeError {

@@ -14,6 +14,7 @@ pub mod catalog;
 pub mod codec;
 pub mod events;
 pub mod order;
+pub mod order_request;
 pub mod partner;
 pub mod product_events;
 pub mod stock_alert;
