@@ -256,6 +256,31 @@ mod tests {
         assert_eq!(Money::parse("a", "92233720368547758.07").map(|m| m.cents()), Ok(i64::MAX));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn money_prints_and_parses_back(cents in 0i64..=i64::MAX) {
+            let m = Money::from_cents(cents).unwrap();
+            proptest::prop_assert_eq!(Money::parse("a", &m.to_string()), Ok(m));
+        }
+
+        #[test]
+        fn money_parse_never_panics_and_what_parses_prints_back(s in "[-+ 0-9.eE]{0,40}") {
+            if let Ok(m) = Money::parse("a", &s) {
+                proptest::prop_assert!(m.cents() >= 0);
+                proptest::prop_assert_eq!(Money::parse("a", &m.to_string()), Ok(m));
+            }
+        }
+
+        #[test]
+        fn checked_money_ops_agree_with_wide_arithmetic(a in 0i64..=i64::MAX, b in 0i64..=i64::MAX, q in 1i64..=10_000) {
+            let (ma, mb, q) = (Money::from_cents(a).unwrap(), Money::from_cents(b).unwrap(), Quantity::new(q).unwrap());
+            let sum = i128::from(a) + i128::from(b);
+            proptest::prop_assert_eq!(ma.checked_add(mb).map(|m| i128::from(m.cents())), (sum <= i128::from(i64::MAX)).then_some(sum));
+            let product = i128::from(a) * i128::from(q.get());
+            proptest::prop_assert_eq!(ma.checked_mul(q).map(|m| i128::from(m.cents())), (product <= i128::from(i64::MAX)).then_some(product));
+        }
+    }
+
     #[test]
     fn quantity_is_positive_and_bounded() {
         assert!(Quantity::new(0).is_err());
