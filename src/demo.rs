@@ -37,7 +37,7 @@ pub async fn seed_if_empty(backends: &Backends) -> anyhow::Result<usize> {
     let writer = CatalogWriter::new(Arc::clone(&stores.catalog), Arc::clone(&backends.bus));
     for (sku, name, description, price, stock, category, attributes) in DEMO_PRODUCTS {
         let sku = Sku::parse(sku)?;
-        let created = writer
+        writer
             .create(NewProduct {
                 sku: sku.clone(),
                 name: name.into(),
@@ -47,9 +47,12 @@ pub async fn seed_if_empty(backends: &Backends) -> anyhow::Result<usize> {
                 attributes: Attributes::parse(attributes.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())))?,
             })
             .await?;
-        if !created.replayed {
-            stores.inventory.adjust_stock(&sku, stock, "demo catalog").await?;
-        }
+        // Keyed like `createProduct`'s initial stock: applied once, also when an earlier start stopped
+        // between the product and its stock.
+        stores
+            .inventory
+            .adjust_stock(&sku, stock, "demo catalog", Some(orderflow_platform::store::INITIAL_STOCK_KEY))
+            .await?;
     }
     Ok(DEMO_PRODUCTS.len())
 }

@@ -105,6 +105,23 @@ async fn staff_operations_need_the_token() {
         .gql("mutation{ adjustStock(sku: \"SKU-TEA\", delta: 5, reason: \"delivery\"){ available } }", json!({}), true)
         .await;
     assert_eq!(v["data"]["adjustStock"]["available"], 15);
+
+    // A client that lost the response retries with its idempotency key: the change applies once.
+    let keyed = "mutation($d: Int!){ adjustStock(sku: \"SKU-TEA\", delta: $d, reason: \"delivery\", idempotencyKey: \"d-42\"){ available } }";
+    for _ in 0..2 {
+        let v = app.gql(keyed, json!({"d": 7}), true).await;
+        assert_eq!(v["data"]["adjustStock"]["available"], 22, "{v}");
+    }
+    let v = app.gql(keyed, json!({"d": 8}), true).await;
+    assert_eq!(code(&v), "idempotency_conflict", "{v}");
+    let long = format!(
+        "mutation{{ adjustStock(sku: \"SKU-TEA\", delta: 1, idempotencyKey: \"{}\"){{ available }} }}",
+        "k".repeat(129)
+    );
+    assert_eq!(code(&app.gql(&long, json!({}), true).await), "invalid_input");
+    // The same create again (a retry) returns the product and does not add its initial stock twice.
+    let v = app.gql(create, json!({}), true).await;
+    assert_eq!(v["data"]["createProduct"]["stock"], json!({"available": 22}), "{v}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -24,6 +24,9 @@ pub mod codes {
     /// came first); `extensions.currentVersion` has the version now stored.
     pub const VERSION_CONFLICT: &str = "version_conflict";
     pub const STOCK_WOULD_GO_NEGATIVE: &str = "stock_would_go_negative";
+    /// `adjustStock` with an `idempotencyKey` already used on that SKU for a different delta (or
+    /// `createProduct` again with a different initial `stock`).
+    pub const IDEMPOTENCY_CONFLICT: &str = "idempotency_conflict";
     pub const ORDER_NOT_FOUND: &str = "order_not_found";
     pub const ILLEGAL_TRANSITION: &str = "illegal_transition";
     /// The store or the bus failed; worth retrying. The cause is logged, not returned.
@@ -58,6 +61,11 @@ pub(crate) enum ApiError {
         sku: String,
         available: u64,
     },
+    KeyReused {
+        sku: String,
+        key: String,
+        applied: i64,
+    },
     OrderNotFound(String),
     IllegalTransition {
         from: OrderStatus,
@@ -87,6 +95,7 @@ impl ApiError {
             Self::SkuExists(_) => codes::SKU_EXISTS,
             Self::VersionConflict { .. } => codes::VERSION_CONFLICT,
             Self::StockWouldGoNegative { .. } => codes::STOCK_WOULD_GO_NEGATIVE,
+            Self::KeyReused { .. } => codes::IDEMPOTENCY_CONFLICT,
             Self::OrderNotFound(_) => codes::ORDER_NOT_FOUND,
             Self::IllegalTransition { .. } => codes::ILLEGAL_TRANSITION,
             Self::Intake(e) => e.code(),
@@ -110,6 +119,9 @@ impl ApiError {
             ),
             Self::StockWouldGoNegative { sku, available } => {
                 format!("the adjustment would take {sku} below zero available units (available: {available})")
+            }
+            Self::KeyReused { sku, key, applied } => {
+                format!("idempotency key {key:?} was already used on {sku} for a change of {applied} units")
             }
             Self::OrderNotFound(id) => format!("no order with id {id}"),
             Self::IllegalTransition { from, to } => format!("an order cannot move from {from} to {to}"),
@@ -175,6 +187,11 @@ impl From<StockError> for ApiError {
             StockError::WouldGoNegative { sku, available } => {
                 Self::StockWouldGoNegative { sku: sku.to_string(), available }
             }
+            StockError::WouldOverflow { sku } => Self::InvalidInput {
+                field: "delta".into(),
+                reason: format!("would take the units of {sku} past {}", i64::MAX),
+            },
+            StockError::KeyReused { sku, key, applied, .. } => Self::KeyReused { sku: sku.to_string(), key, applied },
             StockError::Store(e) => e.into(),
         }
     }

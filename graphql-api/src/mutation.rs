@@ -171,6 +171,21 @@ async fn settle_stock_alerts(st: &ApiState, sku: &orderflow_schemas::Sku) -> Api
     Ok(())
 }
 
+/// Longest client idempotency key accepted.
+const MAX_IDEMPOTENCY_KEY_CHARS: usize = 128;
+
+fn check_idempotency_key(field: &str, key: Option<String>) -> ApiResult<Option<String>> {
+    let Some(key) = key else { return Ok(None) };
+    let chars = key.chars().count();
+    if chars == 0 || chars > MAX_IDEMPOTENCY_KEY_CHARS || key.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            field,
+            format!("must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} characters without control characters"),
+        ));
+    }
+    Ok(Some(key))
+}
+
 async fn create_product(st: &ApiState, input: CreateProductInput) -> ApiResult<Product> {
     let sku = parse_sku("input.sku", &input.sku)?;
     let name = check_name("input.name", input.name)?;
@@ -184,8 +199,11 @@ async fn create_product(st: &ApiState, input: CreateProductInput) -> ApiResult<P
     let new = NewProduct { sku, name, description, price: input.price.0, category, attributes };
     let created = catalog_writer(st).create(new).await?;
     let product = created.product;
-    if stock > 0 && !created.replayed {
-        st.stores.inventory.adjust_stock(&product.sku, i64::from(stock), "initial stock").await?;
+    // Also on a replayed create: the first attempt may have stored the product and then failed before
+    // its stock. The key makes the initial stock apply once, whichever attempt gets there.
+    if stock > 0 {
+        let key = Some(orderflow_platform::store::INITIAL_STOCK_KEY);
+        st.stores.inventory.adjust_stock(&product.sku, i64::from(stock), "initial stock", key).await?;
         settle_stock_alerts(st, &product.sku).await?;
     }
     Ok(product)
@@ -293,7 +311,9 @@ impl Mutation {
     }
 
     /// Staff: adds (or with a negative delta removes) available units. `stock_would_go_negative` if
-    /// fewer are available than removed.
+    /// fewer are available than removed. With an `idempotencyKey` (any string of up to 128 characters
+    /// the client makes up per change, e.g. a UUID) a retry after a lost response changes nothing and
+    /// answers the stock as it is; the same key with another delta is `idempotency_conflict`.
     #[graphql(guard = "StaffGuard")]
     async fn adjust_stock(
         &self,
@@ -301,11 +321,18 @@ impl Mutation {
         sku: String,
         delta: i32,
         reason: Option<String>,
+        idempotency_key: Option<String>,
     ) -> async_graphql::Result<Stock> {
         let sku = parse_sku("sku", &sku)?;
         let reason = check_reason("reason", reason, "staff adjustment")?;
+        let key = check_idempotency_key("idempotencyKey", idempotency_key)?;
         let st = state(ctx)?;
-        let level = st.stores.inventory.adjust_stock(&sku, i64::from(delta), &reason).await.map_err(ApiError::from)?;
+        let level = st
+            .stores
+            .inventory
+            .adjust_stock(&sku, i64::from(delta), &reason, key.as_deref())
+            .await
+            .map_err(ApiError::from)?;
         settle_stock_alerts(st, &sku).await?;
         Ok(level.into())
     }

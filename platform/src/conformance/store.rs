@@ -29,7 +29,7 @@ pub async fn product(stores: &Stores, sku_name: &str, stock: i64) -> Sku {
     );
     assert!(stores.catalog.create_product(&p).await.unwrap());
     if stock > 0 {
-        stores.inventory.adjust_stock(&p.sku, stock, "test").await.unwrap();
+        stores.inventory.adjust_stock(&p.sku, stock, "test", None).await.unwrap();
     }
     p.sku
 }
@@ -248,7 +248,7 @@ pub async fn reservations_are_all_or_nothing_and_idempotent(stores: Stores) {
     let o6 = OrderId::parse(format!("{id}-o6")).unwrap();
     let refused = Reservation::Rejected { reason: "out_of_stock".into(), sku: Some(c.clone()) };
     assert_eq!(inv.reserve(&o6, &[(c.clone(), q(2))]).await.unwrap(), refused);
-    inv.adjust_stock(&c, 5, "restock").await.unwrap();
+    inv.adjust_stock(&c, 5, "restock", None).await.unwrap();
     assert_eq!(inv.reserve(&o6, &[(c.clone(), q(2))]).await.unwrap(), refused, "a retry gets the first answer");
     assert_eq!(
         inv.end_reservation(&o6, std::slice::from_ref(&c), ReservationEnd::Released).await.unwrap(),
@@ -311,12 +311,28 @@ pub async fn stock_adjustments_are_checked(stores: Stores) {
     let id = run_id("adj");
     let s = product(&stores, &format!("{id}-s"), 3).await;
     assert!(matches!(
-        stores.inventory.adjust_stock(&s, -4, "x").await,
+        stores.inventory.adjust_stock(&s, -4, "x", None).await,
         Err(StockError::WouldGoNegative { available: 3, .. })
     ));
-    assert_eq!(stores.inventory.adjust_stock(&s, -3, "x").await.unwrap().available, 0);
+    assert_eq!(stores.inventory.adjust_stock(&s, -3, "x", None).await.unwrap().available, 0);
     let ghost = sku(&format!("{id}-ghost"));
-    assert!(matches!(stores.inventory.adjust_stock(&ghost, 1, "x").await, Err(StockError::UnknownSku(_))));
+    assert!(matches!(stores.inventory.adjust_stock(&ghost, 1, "x", None).await, Err(StockError::UnknownSku(_))));
+
+    // A client retrying with its idempotency key: applied once, the repeat answers the level as it is.
+    let inv = &stores.inventory;
+    assert_eq!(inv.adjust_stock(&s, 5, "delivery", Some("k-1")).await.unwrap().available, 5);
+    assert_eq!(inv.adjust_stock(&s, 5, "delivery", Some("k-1")).await.unwrap().available, 5, "not twice");
+    assert!(matches!(
+        inv.adjust_stock(&s, 6, "delivery", Some("k-1")).await,
+        Err(StockError::KeyReused { applied: 5, asked: 6, .. })
+    ));
+    assert_eq!(inv.adjust_stock(&s, 2, "delivery", Some("k-2")).await.unwrap().available, 7, "another key applies");
+    let other = product(&stores, &format!("{id}-t"), 0).await;
+    assert_eq!(inv.adjust_stock(&other, 1, "x", Some("k-1")).await.unwrap().available, 1, "keys are per SKU");
+    assert!(matches!(inv.adjust_stock(&s, i64::MAX, "x", None).await, Err(StockError::WouldOverflow { .. })));
+    assert!(matches!(inv.adjust_stock(&s, i64::MIN, "x", None).await, Err(StockError::WouldGoNegative { .. })));
+    let adjusts = inv.movements(&s, 10).await.unwrap().into_iter().filter(|m| m.kind == "adjust").count();
+    assert_eq!(adjusts, 4, "one ledger line per applied adjustment (initial, -3, +5, +2)");
 }
 
 pub async fn low_stock_alerts_fire_once_per_crossing(stores: Stores) {
@@ -376,7 +392,7 @@ pub async fn low_stock_alerts_fire_once_per_crossing(stores: Stores) {
         vec![(3, StockAlertKind::InventoryLow)]
     );
     inv.mark_alert_published(&s, 3).await.unwrap();
-    inv.adjust_stock(&s, 10, "restock").await.unwrap();
+    inv.adjust_stock(&s, 10, "restock", None).await.unwrap();
     assert_eq!(
         inv.settle_low_stock(&s).await.unwrap().iter().map(|a| (a.seq, a.kind, a.threshold)).collect::<Vec<_>>(),
         vec![(4, StockAlertKind::InventoryRestocked, 20)]

@@ -708,16 +708,39 @@ impl InventoryStore for CqlStore {
         self.read_level(sku, false).await?.map(Level::to_stock_level).transpose()
     }
 
-    async fn adjust_stock(&self, sku: &Sku, delta: i64, reason: &str) -> Result<StockLevel, StockError> {
+    async fn adjust_stock(
+        &self,
+        sku: &Sku,
+        delta: i64,
+        reason: &str,
+        key: Option<&str>,
+    ) -> Result<StockLevel, StockError> {
         if !self.product_exists(sku).await? {
             return Err(StockError::UnknownSku(sku.clone()));
         }
+        // With a client's key the adjustment row is named after it, so its `IF NOT EXISTS` lets one attempt
+        // of that key apply, ever: each round first looks for the row (SERIAL after the first round).
+        let keyed = key.map(|k| format!("key:{k}"));
         // Attempts whose outcome was unknown. Their request may still be on its way and apply later, but only
         // on the version it was conditioned on: so before each new attempt every one of them is looked up
         // (SERIAL) by its own row, and a new attempt on the same version competes with it for that version.
         let mut unsettled: Vec<(String, CqlTimeuuid)> = Vec::new();
         let mut serial_read = false;
         for round in 0..MAX_CAS_ROUNDS {
+            if let Some(op_ref) = &keyed {
+                let seen = self.read_op(sku, ADJUST, op_ref, serial_read).await?;
+                if let Some(op) = seen.op {
+                    if op.qty != delta {
+                        let key = key.unwrap_or_default().to_owned();
+                        return Err(StockError::KeyReused { sku: sku.clone(), key, applied: op.qty, asked: delta });
+                    }
+                    if let Some(id) = op.move_id {
+                        self.write_move(sku, id, "adjust", delta, reason).await?;
+                    }
+                    let level = seen.level.ok_or_else(|| corrupt(format!("{sku}: adjusted without a level")))?;
+                    return Ok(level.to_stock_level()?);
+                }
+            }
             for (op_ref, move_id) in &unsettled {
                 let seen = self.read_op(sku, ADJUST, op_ref, true).await?;
                 if seen.op.is_some() {
@@ -731,14 +754,19 @@ impl InventoryStore for CqlStore {
             let (available, reserved, sold, version) =
                 level.map(|l| (l.available, l.reserved, l.sold, Some(l.version))).unwrap_or((0, 0, 0, None));
             let Some(new_available) = available.checked_add(delta).filter(|a| *a >= 0) else {
-                return Err(StockError::WouldGoNegative {
-                    sku: sku.clone(),
-                    available: to_u64(available, "available")?,
+                return Err(match delta {
+                    0.. => StockError::WouldOverflow { sku: sku.clone() },
+                    _ => StockError::WouldGoNegative { sku: sku.clone(), available: to_u64(available, "available")? },
                 });
             };
+            // Every other movement moves units between available, reserved and sold, so bounding their sum
+            // here keeps each of them in range.
+            if new_available.checked_add(reserved).and_then(|n| n.checked_add(sold)).is_none() {
+                return Err(StockError::WouldOverflow { sku: sku.clone() });
+            }
             let new_version = version.map_or(1, |v| v + 1);
             let (move_id, _) = self.clock.next();
-            let op_ref = move_id.to_string();
+            let op_ref = keyed.clone().unwrap_or_else(|| move_id.to_string());
             let values = (
                 (new_available, reserved, sold, new_version, sku.as_str(), version),
                 (sku.as_str(), op_ref.as_str(), delta, move_id),

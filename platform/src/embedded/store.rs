@@ -271,19 +271,43 @@ impl InventoryStore for EmbeddedStore {
         get_latest(&self.db.stock, sku.as_str())
     }
 
-    async fn adjust_stock(&self, sku: &Sku, delta: i64, reason: &str) -> Result<StockLevel, StockError> {
-        let (sku, reason) = (sku.clone(), reason.to_owned());
+    async fn adjust_stock(
+        &self,
+        sku: &Sku,
+        delta: i64,
+        reason: &str,
+        key: Option<&str>,
+    ) -> Result<StockLevel, StockError> {
+        let (sku, reason, key) = (sku.clone(), reason.to_owned(), key.map(str::to_owned));
         self.db
             .write(move |db, tx| {
                 if !tx.contains_key(&db.products, sku.as_str()).map_err(unavailable)? {
                     return Ok(Err(StockError::UnknownSku(sku)));
                 }
                 let mut level: StockLevel = get_row(tx, &db.stock, sku.as_str())?.unwrap_or_default();
-                let Some(available) = (level.available as i64).checked_add(delta).filter(|a| *a >= 0) else {
+                let key_row = key.as_deref().map(|k| adjustment_key(&sku, k));
+                if let Some(row) = &key_row
+                    && let Some(applied) = get_row::<i64>(tx, &db.stock, row)?
+                {
+                    if applied != delta {
+                        let key = key.unwrap_or_default();
+                        return Ok(Err(StockError::KeyReused { sku, key, applied, asked: delta }));
+                    }
+                    return Ok(Ok(level));
+                }
+                let available = i128::from(level.available) + i128::from(delta);
+                let Ok(available) = u64::try_from(available) else {
                     return Ok(Err(StockError::WouldGoNegative { sku, available: level.available }));
                 };
-                level.available = available as u64;
+                let units = i128::from(available) + i128::from(level.reserved) + i128::from(level.sold);
+                if units > i128::from(i64::MAX) {
+                    return Ok(Err(StockError::WouldOverflow { sku }));
+                }
+                level.available = available;
                 tx.insert(&db.stock, sku.as_str(), to_row(&level)?);
+                if let Some(row) = key_row {
+                    tx.insert(&db.stock, row, to_row(&delta)?);
+                }
                 record_movement(db, tx, &sku, "adjust", delta, &reason)?;
                 Ok(Ok(level))
             })
@@ -501,6 +525,12 @@ struct AlertRow {
 
 fn alert_state_key(sku: &Sku) -> Vec<u8> {
     [b"s\0".as_slice(), sku.as_str().as_bytes()].concat()
+}
+
+/// Where an applied idempotency key of a SKU's stock adjustments is kept, beside the levels in `stock`
+/// (nothing scans that keyspace, and no SKU starts with a NUL byte): the delta it applied.
+fn adjustment_key(sku: &Sku, key: &str) -> Vec<u8> {
+    [b"\0adj\0".as_slice(), sku.as_str().as_bytes(), b"\0", key.as_bytes()].concat()
 }
 
 fn alert_prefix(sku: &Sku) -> Vec<u8> {

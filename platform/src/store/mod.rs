@@ -212,9 +212,20 @@ pub enum StockError {
     UnknownSku(Sku),
     #[error("the adjustment would leave {available} available units of {sku} below zero")]
     WouldGoNegative { sku: Sku, available: u64 },
+    /// The adjustment would take the SKU's units (available + reserved + sold) past the largest count
+    /// the stores keep (2^63 - 1); every other stock movement only moves units between those three.
+    #[error("the adjustment would take the units of {sku} past {max}", max = i64::MAX)]
+    WouldOverflow { sku: Sku },
+    /// The idempotency key was used before on this SKU for a different change.
+    #[error("idempotency key {key:?} was used on {sku} for an adjustment of {applied}, not {asked}")]
+    KeyReused { sku: Sku, key: String, applied: i64, asked: i64 },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
+
+/// The idempotency key of a product's initial stock (`createProduct(input: {stock})`, the demo catalog):
+/// whichever attempt of a create gets there applies it, once.
+pub const INITIAL_STOCK_KEY: &str = "initial-stock";
 
 /// One movement of stock, for the per-SKU ledger.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -231,8 +242,17 @@ pub struct StockMovement {
 pub trait InventoryStore: Send + Sync {
     async fn stock(&self, sku: &Sku) -> Result<Option<StockLevel>>;
     /// Adds (or with a negative delta removes) available units of a known SKU. Creates the stock row
-    /// for a product that has none.
-    async fn adjust_stock(&self, sku: &Sku, delta: i64, reason: &str) -> Result<StockLevel, StockError>;
+    /// for a product that has none. With an idempotency `key` (the client's, for a request it may retry
+    /// after a lost response), the change applies once per (SKU, key): a repeat returns the level as it
+    /// now is and changes nothing, and the same key with another delta is [`StockError::KeyReused`].
+    /// Keys are kept as long as the SKU's stock.
+    async fn adjust_stock(
+        &self,
+        sku: &Sku,
+        delta: i64,
+        reason: &str,
+        key: Option<&str>,
+    ) -> Result<StockLevel, StockError>;
     /// Holds every line for `order` or none. Idempotent per order: a second call returns the first
     /// result and changes nothing. Never lets `available` go below zero.
     async fn reserve(&self, order: &OrderId, lines: &[(Sku, Quantity)]) -> Result<Reservation>;
