@@ -1,10 +1,12 @@
 //! The one configuration struct, from flags or `ORDERFLOW_*` environment variables (flags win).
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
+use orderflow_ingest::rate_limit::{OrderRateLimit, RateLimitKey};
 use orderflow_platform::BackendUrl;
 use orderflow_platform::backend::{BackendOptions, EmbeddedMemory};
 use orderflow_platform::bus::limits::{DEFAULT_MAX_RECORD_BYTES, RecordLimits};
@@ -19,6 +21,17 @@ pub enum Seed {
     Demo,
     /// Nothing: staff create products with `createProduct`.
     None,
+}
+
+/// What the order rate limit counts by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OrderRateLimitKey {
+    /// The authenticated user; until customers authenticate (issue 11), the `user_id` the order claims,
+    /// which stops a runaway client but not one that makes up user ids.
+    User,
+    /// The client's IP address (IPv6 by its /64), as the TCP connection shows it: only where clients
+    /// connect directly, since behind a proxy every client has the proxy's address.
+    Ip,
 }
 
 /// Settings shared by every role. Each flag can also be set with the environment variable shown.
@@ -109,6 +122,29 @@ pub struct Settings {
     #[arg(long, env = "ORDERFLOW_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
     pub header_read_timeout: Duration,
 
+    /// Orders per second each caller may place (REST `POST /v1/orders` and GraphQL `placeOrder`), on
+    /// average; past it the answer is 429 `rate_limited` with `Retry-After`. Unset: no limit.
+    #[arg(long, env = "ORDERFLOW_ORDER_RATE_LIMIT", global = true)]
+    pub order_rate_limit: Option<NonZeroU32>,
+
+    /// Orders a caller may place at once after being idle (the limit's burst). Default: the rate.
+    #[arg(long, env = "ORDERFLOW_ORDER_RATE_LIMIT_BURST", global = true)]
+    pub order_rate_limit_burst: Option<NonZeroU32>,
+
+    /// What the order rate limit counts by: `user` or `ip`.
+    #[arg(long, env = "ORDERFLOW_ORDER_RATE_LIMIT_KEY", value_enum, default_value_t = OrderRateLimitKey::User, global = true)]
+    pub order_rate_limit_key: OrderRateLimitKey,
+
+    /// Origins browsers may call the REST and GraphQL API from (comma-separated, e.g.
+    /// `https://shop.example.com,http://localhost:3000`; `*` for any). Unset: no cross-origin access.
+    #[arg(long, env = "ORDERFLOW_CORS_ALLOW_ORIGIN", value_delimiter = ',', value_parser = parse_origin, global = true)]
+    pub cors_allow_origin: Vec<String>,
+
+    /// Longest time one GraphQL request may run (e.g. `10s`); past it the answer is a GraphQL error with
+    /// code `timeout`.
+    #[arg(long, env = "ORDERFLOW_GRAPHQL_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
+    pub graphql_timeout: Duration,
+
     /// Re-publish PENDING orders older than this many milliseconds (recovers orders whose event was
     /// lost to a crash between storing and publishing).
     #[arg(long, env = "ORDERFLOW_STALLED_AFTER_MS", default_value_t = 3000, global = true)]
@@ -142,6 +178,24 @@ fn parse_record_bytes(s: &str) -> Result<usize, String> {
     }
 }
 
+/// An origin as browsers send it: `scheme://host[:port]`, no path; or `*`.
+fn parse_origin(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if s == "*" {
+        return Ok(s.to_owned());
+    }
+    let rest = s
+        .strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"))
+        .ok_or_else(|| format!("{s:?}: an origin starts with http:// or https://"))?;
+    let valid = !rest.is_empty()
+        && rest.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'));
+    if !valid {
+        return Err(format!("{s:?}: an origin is scheme://host[:port], without a path or a trailing slash"));
+    }
+    Ok(s.to_ascii_lowercase())
+}
+
 fn parse_user(s: &str) -> Result<UserId, String> {
     UserId::parse(s.trim()).map_err(|e| e.to_string())
 }
@@ -171,6 +225,16 @@ impl Settings {
             request_timeout: self.request_timeout,
             header_read_timeout: self.header_read_timeout,
         }
+    }
+
+    /// The order rate limit, if one is configured.
+    pub fn order_rate_limit(&self) -> Option<OrderRateLimit> {
+        let per_second = self.order_rate_limit?;
+        let key = match self.order_rate_limit_key {
+            OrderRateLimitKey::User => RateLimitKey::User,
+            OrderRateLimitKey::Ip => RateLimitKey::Ip,
+        };
+        Some(OrderRateLimit { per_second, burst: self.order_rate_limit_burst.unwrap_or(per_second), key })
     }
 
     pub fn processors(&self) -> ProcessorSettings {

@@ -20,6 +20,7 @@ use orderflow_graphql::ApiState;
 use orderflow_graphql::catalog::{CacheInvalidator, CatalogCache, invalidation_group};
 use orderflow_ingest::Intake;
 use orderflow_ingest::http::{ApiError, OrdersApi};
+use orderflow_ingest::rate_limit::{OrderRateLimiter, SWEEP_INTERVAL};
 use orderflow_platform::backend::BackendOptions;
 use orderflow_platform::{BackendUrl, Backends};
 use orderflow_processors::catalog::CatalogObserver;
@@ -76,13 +77,16 @@ fn router(
     settings: &Settings,
     catalog: &Arc<CatalogCache>,
     health: &RoleHealth,
+    rate_limit: Option<&Arc<OrderRateLimiter>>,
 ) -> Router {
+    let rate_limit = rate_limit.cloned();
     let intake = Intake::new(backends.stores.clone(), Arc::clone(&backends.bus));
     let mut api = Router::new();
     if roles.ingest {
         api = api.merge(orderflow_ingest::http::router(OrdersApi {
             intake: intake.clone(),
             stores: backends.stores.clone(),
+            rate_limit: rate_limit.clone(),
         }));
     }
     if roles.graphql {
@@ -94,11 +98,17 @@ fn router(
             admin_token: settings.admin_token.clone().filter(|t| !t.is_empty()),
         }));
     }
+    let mut api = server::limit_api(api, &settings.http_limits());
+    // Outside the limits, so their 503s (and the 429s and 413s inside) carry the CORS headers a
+    // browser needs to let the page read them.
+    if let Some(cors) = server::cors(&settings.cors_allow_origin) {
+        api = api.layer(cors);
+    }
     // Health and metrics stay outside the limits: a liveness probe shed under load would have a
     // supervisor restart a process that is merely busy.
     let app = health::router(Probes { backends: backends.clone(), health: health.clone() })
         .route("/metrics", get(metrics))
-        .merge(server::limit_api(api, &settings.http_limits()));
+        .merge(api);
     app.fallback(|| async { ApiError::not_found() })
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; it has been logged")
@@ -184,9 +194,16 @@ impl App {
                 t.spawn(consumer);
             });
         }
+        let rate_limit = settings.order_rate_limit().map(|limit| Arc::new(OrderRateLimiter::new(limit)));
+        if let Some(limiter) = rate_limit.clone().filter(|_| roles.ingest || roles.graphql) {
+            let stop = shutdown.clone();
+            supervise(&mut tasks, &health, &shutdown, "order rate-limit sweeper", |t| {
+                t.spawn(sweep_rate_limiter(limiter, stop));
+            });
+        }
         let addr = listener.local_addr()?;
         if roles.ingest || roles.graphql || !roles.processors.is_empty() {
-            let app = router(&roles, &backends, settings, &catalog_cache, &health);
+            let app = router(&roles, &backends, settings, &catalog_cache, &health, rate_limit.as_ref());
             let server = server::serve(listener, app, settings.header_read_timeout, shutdown.clone());
             supervise(&mut tasks, &health, &shutdown, "http server", |t| {
                 t.spawn(server);
@@ -240,6 +257,19 @@ impl App {
         });
         self.stop().await;
         if ended.is_empty() { Ok(()) } else { anyhow::bail!("roles ended unexpectedly: {}", ended.join(", ")) }
+    }
+}
+
+/// Drops idle keys from the order rate limiter every [`SWEEP_INTERVAL`], so its memory follows the
+/// callers of the last few seconds, not every caller ever seen.
+async fn sweep_rate_limiter(limiter: Arc<OrderRateLimiter>, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(SWEEP_INTERVAL);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => limiter.sweep(),
+            () = shutdown.cancelled() => return,
+        }
     }
 }
 

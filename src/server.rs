@@ -1,11 +1,13 @@
-//! The HTTP server: hyper's HTTP/1 connection with a header-read timeout, and the limits on the API
-//! routes (a per-request timeout and a concurrency limit that sheds load instead of queueing it).
+//! The HTTP server: hyper's HTTP/1 connection with a header-read timeout, the limits on the API
+//! routes (a per-request timeout and a concurrency limit that sheds load instead of queueing it), and
+//! the CORS allow-list for browser clients.
 
 use std::time::Duration;
 
 use axum::Router;
 use axum::error_handling::HandleErrorLayer;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::extract::ConnectInfo;
+use axum::http::{HeaderName, HeaderValue, Method, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -13,7 +15,8 @@ use hyper_util::service::TowerToHyperService;
 use orderflow_ingest::http::ApiError;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tower::{BoxError, ServiceBuilder};
+use tower::{BoxError, ServiceBuilder, ServiceExt as _};
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 /// The limits of the HTTP server.
 #[derive(Debug, Clone, Copy)]
@@ -42,6 +45,43 @@ pub fn limit_api(api: Router, limits: &HttpLimits) -> Router {
             .load_shed()
             .layer(tower::limit::GlobalConcurrencyLimitLayer::new(limits.max_concurrent_requests.max(1)))
             .timeout(limits.request_timeout),
+    )
+}
+
+/// How long browsers may cache a preflight answer.
+const CORS_MAX_AGE: Duration = Duration::from_secs(600);
+
+/// The CORS policy for the API routes, or `None` if no origin is allowed (then no CORS header is ever
+/// sent and browsers refuse cross-origin calls). `origins` are validated by the configuration; `*`
+/// allows any origin. Preflights (`OPTIONS` with `Access-Control-Request-Method`) are answered by the
+/// layer itself; the headers a client needs to read (`Location`, `Retry-After`, `Idempotent-Replayed`)
+/// are exposed. No credentials mode: staff send a bearer token, which needs none.
+pub fn cors(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allow_origin = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        let list: Vec<HeaderValue> = origins
+            .iter()
+            .filter_map(|o| match HeaderValue::from_str(o) {
+                Ok(v) => Some(v),
+                Err(_) => {
+                    tracing::warn!(origin = %o, "ignoring a CORS origin that is not a valid header value");
+                    None
+                }
+            })
+            .collect();
+        AllowOrigin::list(list)
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow_origin)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION, HeaderName::from_static("idempotency-key")])
+            .expose_headers([header::LOCATION, header::RETRY_AFTER, HeaderName::from_static("idempotent-replayed")])
+            .max_age(CORS_MAX_AGE),
     )
 }
 
@@ -78,15 +118,16 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 /// Serves `app` on `listener` until `shutdown`, then stops accepting and waits for open connections to
 /// finish their requests (idle keep-alive connections are closed). axum's own `serve` offers no
-/// header-read timeout, hence hyper's connection builder here.
+/// header-read timeout, hence hyper's connection builder here. Each request carries its connection's
+/// peer address as axum's `ConnectInfo<SocketAddr>` (the order rate limit may key by it).
 pub async fn serve(listener: TcpListener, app: Router, header_read_timeout: Duration, shutdown: CancellationToken) {
     let mut http1 = hyper::server::conn::http1::Builder::new();
     http1.timer(TokioTimer::new()).header_read_timeout(header_read_timeout);
     let graceful = GracefulShutdown::new();
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     tracing::warn!(error = %e, "accepting a connection failed");
                     tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
@@ -95,7 +136,11 @@ pub async fn serve(listener: TcpListener, app: Router, header_read_timeout: Dura
             },
             () = shutdown.cancelled() => break,
         };
-        let connection = http1.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        let service = app.clone().map_request(move |mut req: Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            req
+        });
+        let connection = http1.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             // Clients that go away, send garbage or time out end up here; nothing to do but note it.

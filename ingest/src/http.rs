@@ -3,17 +3,21 @@
 //! Every 4xx/5xx body is `{"code": "...", "message": "..."}` with a stable machine-readable `code`
 //! (listed in the README). Internal causes are logged, never returned.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, Path, Request, State};
+use axum::extract::{ConnectInfo, FromRequest, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use orderflow_platform::store::Stores;
 use orderflow_schemas::order_request::PlaceOrderBody;
 use orderflow_schemas::{IdempotencyKey, Order, OrderId, ValueError};
 use serde::{Deserialize, Serialize};
 
+use crate::rate_limit::{AuthenticatedUser, Caller, OrderRateLimiter, RateLimited};
 use crate::{Intake, IntakeError, PlaceOrder};
 
 /// The largest request body accepted on the JSON API.
@@ -80,6 +84,15 @@ impl From<IntakeError> for ApiError {
             _ => StatusCode::UNPROCESSABLE_ENTITY,
         };
         Self::new(status, e.code(), e.to_string())
+    }
+}
+
+impl ApiError {
+    /// 429 `rate_limited`, with `Retry-After`.
+    pub fn rate_limited(limited: &RateLimited) -> Response {
+        let mut response = Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", limited.message()).into_response();
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(limited.retry_after_secs()));
+        response
     }
 }
 
@@ -198,10 +211,14 @@ impl From<&Order> for OrderBody {
 pub struct OrdersApi {
     pub intake: Intake,
     pub stores: Stores,
+    /// The order rate limit (see [`crate::rate_limit`]); `None`: off.
+    pub rate_limit: Option<Arc<OrderRateLimiter>>,
 }
 
 async fn place_order(
     State(api): State<OrdersApi>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    authenticated: Option<Extension<AuthenticatedUser>>,
     headers: HeaderMap,
     body: Result<ApiJson<PlaceOrderBody>, ApiError>,
 ) -> Result<Response, ApiError> {
@@ -213,6 +230,16 @@ async fn place_order(
         )?),
     };
     let request = body.parse()?;
+    if let Some(limiter) = &api.rate_limit {
+        let caller = Caller {
+            authenticated: authenticated.as_ref().map(|Extension(AuthenticatedUser(user))| user),
+            claimed: &request.user_id,
+            peer: peer.map(|Extension(ConnectInfo(addr))| addr.ip()),
+        };
+        if let Err(limited) = limiter.check(&caller) {
+            return Ok(ApiError::rate_limited(&limited));
+        }
+    }
     let placed = api.intake.place(PlaceOrder::new(request, key, "http")).await?;
     let id = placed.order.id.to_string();
     // A repeated request answers with the first request's result, which was always PENDING.

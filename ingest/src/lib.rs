@@ -6,6 +6,7 @@
 pub mod body_limit;
 pub mod http;
 pub mod partner;
+pub mod rate_limit;
 
 use std::sync::Arc;
 

@@ -36,6 +36,11 @@ async fn start(dir: &std::path::Path) -> App {
         header_read_timeout: std::time::Duration::from_secs(10),
         max_record_bytes: orderflow_platform::bus::limits::DEFAULT_MAX_RECORD_BYTES,
         topic_max_record_bytes: vec![],
+        order_rate_limit: None,
+        order_rate_limit_burst: None,
+        order_rate_limit_key: orderflow::config::OrderRateLimitKey::User,
+        cors_allow_origin: vec![],
+        graphql_timeout: std::time::Duration::from_secs(10),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     App::start(&settings, Roles::all(), listener).await.unwrap()

@@ -40,6 +40,11 @@ pub fn settings(data_dir: &Path) -> Settings {
         header_read_timeout: std::time::Duration::from_secs(10),
         max_record_bytes: orderflow_platform::bus::limits::DEFAULT_MAX_RECORD_BYTES,
         topic_max_record_bytes: vec![],
+        order_rate_limit: None,
+        order_rate_limit_burst: None,
+        order_rate_limit_key: orderflow::config::OrderRateLimitKey::User,
+        cors_allow_origin: vec![],
+        graphql_timeout: std::time::Duration::from_secs(10),
     }
 }
 
