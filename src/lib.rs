@@ -90,13 +90,15 @@ fn router(
         }));
     }
     if roles.graphql {
-        api = api.merge(orderflow_graphql::router(ApiState {
+        let state = ApiState {
             stores: backends.stores.clone(),
             catalog: Arc::clone(catalog),
             bus: Arc::clone(&backends.bus),
             intake,
             admin_token: settings.admin_token.clone().filter(|t| !t.is_empty()),
-        }));
+        };
+        let options = orderflow_graphql::HttpOptions { timeout: settings.graphql_timeout, rate_limit };
+        api = api.merge(orderflow_graphql::router_with(state, options));
     }
     let mut api = server::limit_api(api, &settings.http_limits());
     // Outside the limits, so their 503s (and the 429s and 413s inside) carry the CORS headers a

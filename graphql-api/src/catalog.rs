@@ -424,6 +424,20 @@ fn page_size(name: &str, n: i32) -> ApiResult<usize> {
     Ok(n.unsigned_abs() as usize)
 }
 
+/// What the query part of `products` costs (see [`crate::limits::cost`]): a page of the cached listing,
+/// or, filtered, searched or sorted otherwise than by SKU, a pass over the whole catalog.
+pub(crate) fn products_query_cost(filter: Option<&ProductFilter>, sort: Option<&ProductSort>) -> usize {
+    let filtered = filter.is_some_and(|f| {
+        f.category.is_some()
+            || f.min_price.is_some()
+            || f.max_price.is_some()
+            || f.search.as_deref().is_some_and(|s| !s.trim().is_empty())
+            || f.include_archived == Some(true)
+    });
+    let sorted = sort.is_some_and(|s| s.field != ProductSortField::Sku || s.direction != SortDirection::Asc);
+    if filtered || sorted { crate::limits::cost::PRODUCTS_SCAN } else { crate::limits::cost::PRODUCTS_LISTING }
+}
+
 fn query_key(ctx: &Context<'_>, filter: ProductFilter, sort: ProductSort) -> ApiResult<QueryKey> {
     let include_archived = filter.include_archived.unwrap_or(false);
     if include_archived && !ctx.data_opt::<Staff>().is_some_and(|s| s.0) {

@@ -35,6 +35,17 @@ pub mod codes {
     pub const BAD_REQUEST: &str = "bad_request";
     /// The HTTP body exceeded [`crate::MAX_BODY_BYTES`].
     pub const PAYLOAD_TOO_LARGE: &str = "payload_too_large";
+    /// An operation selected more than [`crate::limits::MAX_ROOT_FIELDS`] root fields.
+    pub const TOO_MANY_ROOT_FIELDS: &str = "too_many_root_fields";
+    /// The document used more than [`crate::limits::MAX_ALIASES`] aliases.
+    pub const TOO_MANY_ALIASES: &str = "too_many_aliases";
+    /// A mutation operation had more than [`crate::limits::MAX_MUTATIONS`] fields.
+    pub const TOO_MANY_MUTATIONS: &str = "too_many_mutations";
+    /// The request's `placeOrder` fields went over the order rate limit; nothing ran.
+    /// `extensions.retryAfterSeconds` (and the HTTP `Retry-After` header) say when to retry.
+    pub const RATE_LIMITED: &str = "rate_limited";
+    /// The request ran longer than the GraphQL time limit (`--graphql-timeout`) and was stopped.
+    pub const TIMEOUT: &str = "timeout";
     // Intake codes pass through unchanged from `IntakeError::code`: `no_items`, `too_many_items`,
     // `duplicate_sku`, `unknown_sku`, `product_archived`, `total_mismatch`, `total_overflow`, `idempotency_conflict`,
     // `unavailable`.

@@ -1,20 +1,26 @@
 //! HTTP transport: `POST /graphql` executes one request, `GET /graphql` serves GraphiQL.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_graphql::http::GraphiQLSource;
 use async_graphql_axum::GraphQLResponse;
-use axum::extract::State;
+use axum::Extension;
 use axum::extract::rejection::JsonRejection;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::map_response;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use tower_http::limit::RequestBodyLimitLayer;
 
+use orderflow_ingest::rate_limit::{AuthenticatedUser, OrderRateLimiter};
+
 use crate::auth::Staff;
 use crate::error::codes;
+use crate::limits::Peer;
 use crate::{ApiState, OrderflowSchema};
 
 /// The largest request body accepted on `/graphql` (256 KiB). A GraphQL request is a query string and
@@ -22,30 +28,55 @@ use crate::{ApiState, OrderflowSchema};
 /// while bounding what a client can make the server buffer and parse.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
 
+/// How long one request may run when [`HttpOptions::timeout`] is not set otherwise.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How the GraphQL routes are served.
+#[derive(Debug, Clone)]
+pub struct HttpOptions {
+    /// Longest time one request may run (parsing, validation and every resolver); past it the request is
+    /// stopped and answered 503 with a GraphQL error of code `timeout`.
+    pub timeout: Duration,
+    /// The order rate limit `placeOrder` counts against (see [`crate::limits`]); `None`: off.
+    pub rate_limit: Option<Arc<OrderRateLimiter>>,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        Self { timeout: DEFAULT_TIMEOUT, rate_limit: None }
+    }
+}
+
 #[derive(Clone)]
 struct HttpState {
     schema: OrderflowSchema,
     /// Serves requests that ask for nothing but introspection (see [`crate::introspection_schema`]).
     introspection: OrderflowSchema,
     admin_token: Option<Arc<str>>,
+    timeout: Duration,
 }
 
 /// The GraphQL routes. `POST /graphql` takes exactly one request as a JSON object
 /// (`Content-Type: application/json`); batches (a JSON array) and multipart uploads are refused with
 /// `bad_request`, and bodies over [`MAX_BODY_BYTES`] with 413 `payload_too_large`. An
 /// `Authorization: Bearer <token>` header equal to [`ApiState::admin_token`] unlocks staff
-/// operations. `GET /graphql` serves the GraphiQL explorer.
+/// operations. `GET /graphql` serves the GraphiQL explorer. Served with the default [`HttpOptions`].
 pub fn router(state: ApiState) -> Router {
+    router_with(state, HttpOptions::default())
+}
+
+/// [`router`] with `options`.
+pub fn router_with(state: ApiState, options: HttpOptions) -> Router {
     let admin_token = state.staff_token().map(Arc::from);
     let introspection = crate::introspection_schema(state.clone());
-    let schema = crate::schema(state);
+    let schema = crate::schema_with(state, options.rate_limit);
     let routes = Router::new()
         .route("/graphql", post(execute).get(graphiql))
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
         // Outside the limit layer, so its plain-text 413 (sent when Content-Length is too large) is
         // seen and reshaped too.
         .layer(map_response(too_large_in_graphql_shape))
-        .with_state(HttpState { schema, introspection, admin_token });
+        .with_state(HttpState { schema, introspection, admin_token, timeout: options.timeout });
     // Outermost: reads (and discards) the rest of an oversized body before answering, so a client that
     // sends its whole body before reading sees the 413 instead of a reset connection.
     orderflow_ingest::body_limit::limit_body(routes, MAX_BODY_BYTES, too_large)
@@ -53,17 +84,54 @@ pub fn router(state: ApiState) -> Router {
 
 async fn execute(
     State(st): State<HttpState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    authenticated: Option<Extension<AuthenticatedUser>>,
     headers: HeaderMap,
     body: Result<Json<async_graphql::Request>, JsonRejection>,
 ) -> Response {
-    let request = match body {
+    let mut request = match body {
         Ok(Json(request)) => request,
         Err(rejection) => return refused(&rejection),
     };
     let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let staff = Staff::from_authorization(authorization, st.admin_token.as_deref());
+    request = request.data(Staff::from_authorization(authorization, st.admin_token.as_deref()));
+    if let Some(Extension(ConnectInfo(addr))) = peer {
+        request = request.data(Peer(addr));
+    }
+    if let Some(Extension(user)) = authenticated {
+        request = request.data(user);
+    }
     let schema = if crate::is_introspection_only(&request.query) { &st.introspection } else { &st.schema };
-    GraphQLResponse::from(schema.execute(request.data(staff)).await).into_response()
+    // Dropping the execution at the deadline stops it at its next await; a mutation stopped that way may
+    // or may not have taken effect, as with any lost response, and every mutation is safe to retry.
+    let Ok(response) = tokio::time::timeout(st.timeout, schema.execute(request)).await else {
+        metrics::counter!("orderflow_graphql_requests_timed_out_total").increment(1);
+        let message = format!(
+            "the request ran longer than {} and was stopped; retry, or ask for less",
+            humantime::format_duration(st.timeout)
+        );
+        return error_response(StatusCode::SERVICE_UNAVAILABLE, codes::TIMEOUT, &message);
+    };
+    let retry_after = rate_limited(&response);
+    let mut answer = GraphQLResponse::from(response).into_response();
+    if let Some(secs) = retry_after {
+        *answer.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+        answer.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    answer
+}
+
+/// `Retry-After` (seconds) if the request was refused by the order rate limit.
+fn rate_limited(response: &async_graphql::Response) -> Option<u64> {
+    use async_graphql::Value;
+    let extensions = response.errors.first()?.extensions.as_ref()?;
+    if extensions.get("code") != Some(&Value::from(codes::RATE_LIMITED)) {
+        return None;
+    }
+    match extensions.get("retryAfterSeconds") {
+        Some(Value::Number(n)) => n.as_u64(),
+        _ => Some(1),
+    }
 }
 
 /// A body that is not one GraphQL request, answered in the GraphQL error shape so clients parse it the

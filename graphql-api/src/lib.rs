@@ -11,6 +11,7 @@ mod auth;
 pub mod catalog;
 mod error;
 mod http;
+pub mod limits;
 mod mutation;
 mod query;
 mod scalars;
@@ -27,7 +28,7 @@ use crate::catalog::CatalogCache;
 
 pub use auth::Staff;
 pub use error::codes;
-pub use http::{MAX_BODY_BYTES, router};
+pub use http::{DEFAULT_TIMEOUT, HttpOptions, MAX_BODY_BYTES, router, router_with};
 pub use mutation::Mutation;
 pub use query::Query;
 pub use scalars::Decimal;
@@ -40,10 +41,11 @@ pub type OrderflowSchema = Schema<Query, Mutation, EmptySubscription>;
 /// times and more): they run on [`introspection_schema`].
 pub const MAX_DEPTH: usize = 13;
 
-/// The most work one request may ask for. List fields that take `first` cost `first` times their
-/// selection, so a full page of 100 orders with every field costs about 2,000 and a full page of
-/// products about 1,300; this allows a couple of full pages per request and refuses a query that
-/// repeats a list under many aliases.
+/// The most work one request may ask for. List fields that take `first` cost their query
+/// ([`limits::cost`]) plus `first` times their selection, so a full page of 100 orders with every field
+/// costs about 2,000 and a full page of products about 1,300; `metrics` (an aggregate over every order)
+/// costs 1,000 and a filtered or searched `products` 500 before its rows. This allows a couple of full
+/// pages per request and refuses a query that repeats a scan or a list under many aliases.
 pub const MAX_COMPLEXITY: usize = 5_000;
 
 /// How deeply the parser may recurse (nested lists, objects and selections in the document) before it
@@ -87,16 +89,25 @@ impl fmt::Debug for ApiState {
     }
 }
 
-/// Builds the schema with bounded cost: see [`MAX_DEPTH`], [`MAX_COMPLEXITY`] and
-/// [`MAX_RECURSIVE_DEPTH`]. Introspection stays on (GraphiQL needs it; the schema is public anyway).
-/// Batched requests are refused by [`router`], not here.
+/// Builds the schema with bounded cost: see [`MAX_DEPTH`], [`MAX_COMPLEXITY`],
+/// [`MAX_RECURSIVE_DEPTH`] and the caps of [`limits`]. Introspection stays on (GraphiQL needs it; the
+/// schema is public anyway). Batched requests are refused by [`router`], not here.
 pub fn schema(state: ApiState) -> OrderflowSchema {
+    schema_with(state, None)
+}
+
+/// [`schema`], with `placeOrder` held to the order rate limit `rate_limit`.
+pub fn schema_with(
+    state: ApiState,
+    rate_limit: Option<Arc<orderflow_ingest::rate_limit::OrderRateLimiter>>,
+) -> OrderflowSchema {
     Schema::build(Query, Mutation, EmptySubscription)
         .data(state)
         .limit_depth(MAX_DEPTH)
         .limit_complexity(MAX_COMPLEXITY)
         .limit_recursive_depth(MAX_RECURSIVE_DEPTH)
         .extension(error::ErrorCodes)
+        .extension(limits::RequestLimits { rate_limit })
         .finish()
 }
 
@@ -111,6 +122,7 @@ pub fn introspection_schema(state: ApiState) -> OrderflowSchema {
         .introspection_only()
         .limit_recursive_depth(MAX_RECURSIVE_DEPTH)
         .extension(error::ErrorCodes)
+        .extension(limits::RequestLimits::default())
         .finish()
 }
 

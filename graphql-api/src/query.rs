@@ -6,6 +6,7 @@ use orderflow_platform::store::OrderFilter;
 use orderflow_schemas::{OrderId, OrderStatus, Sku, UserId};
 
 use crate::error::{ApiError, ApiResult};
+use crate::limits::cost;
 use crate::types::{GqlOrderStatus, Metrics, OrderObject, PageCursor, ProductObject, StatusCount, gql_int, state};
 
 /// Page size when `first` is not given.
@@ -52,7 +53,7 @@ impl Query {
 
     /// Orders, newest first, optionally of one customer and/or in one status. `first`: 1 to 100,
     /// default 20; `after`: the `endCursor` of the previous page.
-    #[graphql(complexity = "first.unwrap_or(DEFAULT_PAGE_SIZE).clamp(1, MAX_PAGE_SIZE) as usize * child_complexity")]
+    #[graphql(complexity = "cost::list(cost::LIST_QUERY, first.unwrap_or(DEFAULT_PAGE_SIZE), child_complexity)")]
     async fn orders(
         &self,
         ctx: &Context<'_>,
@@ -85,9 +86,11 @@ impl Query {
     /// UPDATED_AT, ascending or descending (ties by SKU). Pages: `first` (1 to 100, default 20) with
     /// `after`, or `last` with `before`, where `after`/`before` are cursors from an earlier page of the
     /// same sort.
-    #[graphql(
-        complexity = "first.or(last).unwrap_or(DEFAULT_PAGE_SIZE).clamp(1, MAX_PAGE_SIZE) as usize * child_complexity"
-    )]
+    #[graphql(complexity = "cost::list(
+        crate::catalog::products_query_cost(filter.as_ref(), sort_by.as_ref()),
+        first.or(last).unwrap_or(DEFAULT_PAGE_SIZE),
+        child_complexity
+    )")]
     #[allow(clippy::too_many_arguments)]
     async fn products(
         &self,
@@ -107,7 +110,7 @@ impl Query {
     /// history: `product(sku) { stockAlerts }`). `first`: 1 to 100, default 20.
     #[graphql(
         guard = "crate::auth::StaffGuard",
-        complexity = "first.unwrap_or(20).clamp(1, 100) as usize * child_complexity"
+        complexity = "cost::list(cost::LIST_QUERY, first.unwrap_or(DEFAULT_PAGE_SIZE), child_complexity)"
     )]
     async fn stock_alerts(
         &self,
@@ -118,6 +121,7 @@ impl Query {
     }
 
     /// Order counters over every order in the store.
+    #[graphql(complexity = "cost::METRICS + child_complexity")]
     async fn metrics(&self, ctx: &Context<'_>) -> async_graphql::Result<Metrics> {
         let stats = state(ctx)?.stores.orders.stats().await.map_err(ApiError::from)?;
         let average_processing_time_ms =
