@@ -221,8 +221,13 @@ fn claimed_user(field: &Field, variables: &Variables) -> Option<UserId> {
     let (_, input) = field.arguments.iter().find(|(name, _)| name.node == "input")?;
     let input = input.node.clone().into_const_with(|name| variables.get(&name).cloned().ok_or(())).ok()?;
     let Value::Object(input) = input else { return None };
-    let Value::String(user) = input.get(&Name::new("userId"))? else { return None };
-    UserId::parse(user.as_str()).ok()
+    // An `ID` input takes an integer too.
+    let user = match input.get(&Name::new("userId"))? {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        _ => return None,
+    };
+    UserId::parse(user).ok()
 }
 
 #[cfg(test)]
@@ -258,7 +263,7 @@ mod tests {
     fn the_user_of_place_order_comes_from_a_literal_or_the_variables() {
         let doc = async_graphql::parser::parse_query(
             "mutation($u: String!, $i: PlaceOrderInput!) { a: placeOrder(input: {userId: $u, items: []}) { replayed } \
-             b: placeOrder(input: $i) { replayed } c: placeOrder(input: {userId: \"carol\"}) { replayed } }",
+             b: placeOrder(input: $i) { replayed } c: placeOrder(input: {userId: \"carol\"}) { replayed } d: placeOrder(input: {userId: 42}) { replayed } }",
         )
         .unwrap();
         let variables = Variables::from_json(serde_json::json!({"u": "alice", "i": {"userId": "bob", "items": []}}));
@@ -267,6 +272,6 @@ mod tests {
             root_fields(&doc, &op.node.selection_set.node, 0, &mut |f| users.push(claimed_user(f, &variables)));
         }
         let names: Vec<_> = users.iter().map(|u| u.as_ref().map(UserId::as_str)).collect();
-        assert_eq!(names, [Some("alice"), Some("bob"), Some("carol")]);
+        assert_eq!(names, [Some("alice"), Some("bob"), Some("carol"), Some("42")]);
     }
 }

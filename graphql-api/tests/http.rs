@@ -3,7 +3,7 @@
 use anyhow::Result;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use orderflow_graphql::{ApiState, MAX_BODY_BYTES, router};
+use orderflow_graphql::{ApiState, HttpOptions, MAX_BODY_BYTES, router_with};
 use orderflow_ingest::Intake;
 use orderflow_platform::backend::BackendOptions;
 use serde_json::{Value, json};
@@ -12,6 +12,12 @@ use tower::ServiceExt;
 const TOKEN: &str = "http-s3cret";
 
 fn app(dir: &std::path::Path) -> Result<axum::Router> {
+    app_with(dir, HttpOptions::default())
+}
+
+/// The GraphQL routes over a fresh embedded store, with the catalog projector but no order saga: a staff
+/// order change waits for a saga that never comes.
+fn app_with(dir: &std::path::Path, options: HttpOptions) -> Result<axum::Router> {
     let backends = orderflow_platform::embedded::open(dir, &BackendOptions::default())?;
     let intake = Intake::new(backends.stores.clone(), backends.bus.clone());
     let state = ApiState::new(backends.stores.clone(), backends.bus.clone(), intake, Some(TOKEN.into()));
@@ -26,7 +32,7 @@ fn app(dir: &std::path::Path) -> Result<axum::Router> {
         let (group, topic) = (orderflow_schemas::topics::groups::CATALOG_PROJECTOR, orderflow_schemas::topics::CATALOG);
         bus.consume(group, topic, projector, tokio_util::sync::CancellationToken::new()).await
     });
-    Ok(router(state))
+    Ok(router_with(state, options))
 }
 
 async fn post(app: &axum::Router, body: Vec<u8>, auth: Option<&str>) -> Result<(StatusCode, Value)> {
@@ -152,5 +158,27 @@ async fn stock_introspection_passes_while_data_stays_depth_limited() -> Result<(
     let (status, body) = post(&app, gql(cycle), None).await?;
     assert_eq!(status, StatusCode::OK);
     assert!(body.get("errors").is_some(), "{body}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_request_past_the_time_limit_is_stopped_with_a_timeout_error() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let timeout = std::time::Duration::from_millis(300);
+    let app = app_with(dir.path(), HttpOptions { timeout, ..HttpOptions::default() })?;
+    let staff = format!("Bearer {TOKEN}");
+    let (_, body) = post(&app, gql(CREATE), Some(&staff)).await?;
+    assert_eq!(body["data"]["createProduct"]["sku"], "SKU-1", "{body}");
+    let place = "mutation { placeOrder(input: {orderId: \"slow-1\", userId: \"u\", items: [{sku: \"SKU-1\", quantity: 1}]}) { order { id } } }";
+    let (_, body) = post(&app, gql(place), None).await?;
+    assert_eq!(body["data"]["placeOrder"]["order"]["id"], "slow-1", "{body}");
+
+    // No order saga runs here, so cancelOrder would wait its full 5 s for the saga to apply the change.
+    let started = std::time::Instant::now();
+    let (status, body) = post(&app, gql("mutation { cancelOrder(id: \"slow-1\") { status } }"), Some(&staff)).await?;
+    let took = started.elapsed();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["errors"][0]["extensions"]["code"], "timeout", "{body}");
+    assert!(took >= timeout && took < std::time::Duration::from_secs(4), "answered after {took:?}");
     Ok(())
 }
