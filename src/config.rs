@@ -250,3 +250,60 @@ impl Settings {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        settings: Settings,
+    }
+
+    fn parse(args: &[&str]) -> Result<Settings, clap::Error> {
+        Cli::try_parse_from(std::iter::once("orderflow").chain(args.iter().copied())).map(|c| c.settings)
+    }
+
+    #[test]
+    fn limits_are_off_by_default() {
+        let s = parse(&[]).unwrap();
+        assert_eq!(s.order_rate_limit(), None);
+        assert!(s.cors_allow_origin.is_empty());
+        assert_eq!(s.graphql_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn rate_limit_and_origins_parse_and_bad_values_are_refused() {
+        let s = parse(&[
+            "--order-rate-limit",
+            "5",
+            "--order-rate-limit-key",
+            "ip",
+            "--cors-allow-origin",
+            "https://Shop.example.com,http://localhost:3000",
+            "--graphql-timeout",
+            "2s",
+        ])
+        .unwrap();
+        let limit = s.order_rate_limit().unwrap();
+        assert_eq!((limit.per_second.get(), limit.burst.get(), limit.key), (5, 5, RateLimitKey::Ip));
+        assert_eq!(s.cors_allow_origin, ["https://shop.example.com", "http://localhost:3000"]);
+        assert_eq!(s.graphql_timeout, Duration::from_secs(2));
+        let s = parse(&["--order-rate-limit", "5", "--order-rate-limit-burst", "20"]).unwrap();
+        assert_eq!(s.order_rate_limit().map(|l| l.burst.get()), Some(20));
+
+        for bad in [
+            &["--order-rate-limit", "0"][..],
+            &["--order-rate-limit-key", "cookie"],
+            &["--cors-allow-origin", "https://shop.example.com/"],
+            &["--cors-allow-origin", "shop.example.com"],
+            &["--cors-allow-origin", "https://"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+}
