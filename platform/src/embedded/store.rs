@@ -176,7 +176,9 @@ impl CatalogViewStore for EmbeddedStore {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct ReservationRow {
-    lines: Vec<(Sku, Quantity)>,
+    /// One line per SKU with the units held (see [`merge_lines`]). Stored as numbers, so rows written when
+    /// these were `Quantity` read back unchanged.
+    lines: Vec<(Sku, u64)>,
     outcome: Reservation,
     ended: Option<ReservationEnd>,
 }
@@ -206,19 +208,24 @@ fn units(q: Quantity) -> u64 {
     u64::from(q.get())
 }
 
-/// One line per SKU, so two lines of one SKU are checked against the sum they need.
-fn merge_lines(lines: &[(Sku, Quantity)]) -> Result<Vec<(Sku, Quantity)>> {
-    let mut merged: Vec<(Sku, Quantity)> = Vec::with_capacity(lines.len());
+/// A count of units as a ledger delta: never more than the SKU's units, which `adjust_stock` keeps within
+/// `i64`; a larger one is a corrupt row.
+fn delta(units: u64) -> Result<i64> {
+    i64::try_from(units).map_err(|_| StoreError::Corrupt(format!("a movement of {units} units")))
+}
+
+/// One line per SKU (first position kept), so two lines of one SKU are checked against the sum they
+/// need. The sum is a count of units, not a `Quantity`: each line is at most `Quantity::MAX`, their sum
+/// may be more (the CQL adapter sums them the same way).
+fn merge_lines(lines: &[(Sku, Quantity)]) -> Vec<(Sku, u64)> {
+    let mut merged: Vec<(Sku, u64)> = Vec::with_capacity(lines.len());
     for (sku, q) in lines {
         match merged.iter_mut().find(|(s, _)| s == sku) {
-            Some((_, total)) => {
-                *total = Quantity::new(i64::from(total.get()) + i64::from(q.get()))
-                    .map_err(|e| StoreError::Corrupt(format!("reservation of {sku}: {e}")))?;
-            }
-            None => merged.push((sku.clone(), *q)),
+            Some((_, total)) => *total = total.saturating_add(units(*q)),
+            None => merged.push((sku.clone(), units(*q))),
         }
     }
-    Ok(merged)
+    merged
 }
 
 /// Holds every line for `order` or none, inside the caller's write transaction; a second call for the
@@ -227,7 +234,7 @@ fn reserve_in_tx(
     db: &Db,
     tx: &mut fjall::SingleWriterWriteTx<'_>,
     order: &OrderId,
-    lines: Vec<(Sku, Quantity)>,
+    lines: Vec<(Sku, u64)>,
 ) -> Result<Reservation> {
     if let Some(row) = get_row::<ReservationRow>(tx, &db.reservations, order.as_str())? {
         return Ok(row.outcome);
@@ -240,7 +247,7 @@ fn reserve_in_tx(
             break;
         }
         let level: StockLevel = get_row(tx, &db.stock, sku.as_str())?.unwrap_or_default();
-        if level.available < units(*q) {
+        if level.available < *q {
             refusal = Some(Reservation::Rejected { reason: "out_of_stock".into(), sku: Some(sku.clone()) });
             break;
         }
@@ -249,13 +256,15 @@ fn reserve_in_tx(
     let outcome = match refusal {
         Some(r) => r,
         None => {
-            let mut total = 0;
+            let mut total = 0u64;
             for ((sku, q), mut level) in lines.iter().zip(levels) {
-                level.available -= units(*q); // checked above, under the same write lock
-                level.reserved += units(*q);
-                total += units(*q);
+                // `q <= available` was checked above, under the same write lock, and available + reserved
+                // + sold stays within i64 (adjust_stock), so none of this can overflow.
+                level.available -= *q;
+                level.reserved += *q;
+                total = total.saturating_add(*q);
                 tx.insert(&db.stock, sku.as_str(), to_row(&level)?);
-                record_movement(db, tx, sku, "reserve", -(units(*q) as i64), order.as_str())?;
+                record_movement(db, tx, sku, "reserve", -delta(*q)?, order.as_str())?;
             }
             Reservation::Reserved { units: total }
         }
@@ -320,8 +329,8 @@ impl InventoryStore for EmbeddedStore {
     }
 
     async fn reserve_many(&self, requests: &[(OrderId, Vec<(Sku, Quantity)>)]) -> Result<Vec<Reservation>> {
-        let requests: Vec<(OrderId, Vec<(Sku, Quantity)>)> =
-            requests.iter().map(|(o, lines)| Ok((o.clone(), merge_lines(lines)?))).collect::<Result<_>>()?;
+        let requests: Vec<(OrderId, Vec<(Sku, u64)>)> =
+            requests.iter().map(|(o, lines)| (o.clone(), merge_lines(lines))).collect();
         // One transaction for all of them: later requests see the stock earlier ones took.
         self.db
             .write(move |db, tx| {
@@ -352,21 +361,18 @@ impl InventoryStore for EmbeddedStore {
                 }
                 for (sku, q) in &row.lines {
                     let mut level: StockLevel = get_row(tx, &db.stock, sku.as_str())?.unwrap_or_default();
-                    if level.reserved < units(*q) {
-                        return Err(StoreError::Corrupt(format!(
-                            "{sku}: {} reserved, releasing {}",
-                            level.reserved,
-                            q.get()
-                        )));
+                    if level.reserved < *q {
+                        return Err(StoreError::Corrupt(format!("{sku}: {} reserved, releasing {q}", level.reserved)));
                     }
-                    level.reserved -= units(*q);
+                    // Units move from reserved to available or sold: their sum does not change.
+                    level.reserved -= *q;
                     match end {
                         ReservationEnd::Released => {
-                            level.available += units(*q);
-                            record_movement(db, tx, sku, "release", units(*q) as i64, order.as_str())?;
+                            level.available += *q;
+                            record_movement(db, tx, sku, "release", delta(*q)?, order.as_str())?;
                         }
                         _ => {
-                            level.sold += units(*q);
+                            level.sold += *q;
                             record_movement(db, tx, sku, "commit", 0, order.as_str())?;
                         }
                     }
