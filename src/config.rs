@@ -165,6 +165,31 @@ pub struct Settings {
     /// e.g. `orderflow.partner-orders.v1=262144`.
     #[arg(long, env = "ORDERFLOW_TOPIC_MAX_RECORD_BYTES", value_delimiter = ',', value_parser = RecordLimits::parse_override, global = true)]
     pub topic_max_record_bytes: Vec<(String, usize)>,
+
+    /// Fault injection for tests, hidden from `--help`: `ROLE@DURATION` (e.g. `process payment@3s`) ends
+    /// one task of the role named ROLE (as `/readyz` names roles) DURATION after start-up, as a role whose
+    /// task ends unexpectedly would. No role ends by itself otherwise (consumers restart on errors), so
+    /// this is how the end-to-end tests show what the process does then: `/readyz` fails and the process
+    /// exits non-zero. Never set in production.
+    #[arg(long, env = "ORDERFLOW_FAULT_END_ROLE", value_parser = EndRoleFault::parse, hide = true, global = true)]
+    pub fault_end_role: Option<EndRoleFault>,
+}
+
+/// See [`Settings::fault_end_role`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndRoleFault {
+    /// The role's name as `/readyz` reports it, e.g. `process payment` or `http server`.
+    pub role: String,
+    /// How long after start-up the task ends.
+    pub after: Duration,
+}
+
+impl EndRoleFault {
+    fn parse(s: &str) -> Result<Self, String> {
+        let (role, after) = s.rsplit_once('@').ok_or_else(|| format!("{s:?}: expected ROLE@DURATION"))?;
+        let after = humantime::parse_duration(after.trim()).map_err(|e| format!("{s:?}: {e}"))?;
+        Ok(Self { role: role.trim().to_owned(), after })
+    }
 }
 
 fn parse_money(s: &str) -> Result<Money, String> {
@@ -273,6 +298,7 @@ mod tests {
         let s = parse(&[]).unwrap();
         assert_eq!(s.order_rate_limit(), None);
         assert!(s.cors_allow_origin.is_empty());
+        assert_eq!(s.fault_end_role, None);
         assert_eq!(s.graphql_timeout, Duration::from_secs(10));
     }
 
@@ -295,6 +321,9 @@ mod tests {
         assert_eq!(s.graphql_timeout, Duration::from_secs(2));
         let s = parse(&["--order-rate-limit", "5", "--order-rate-limit-burst", "20"]).unwrap();
         assert_eq!(s.order_rate_limit().map(|l| l.burst.get()), Some(20));
+        let s = parse(&["--fault-end-role", "process payment@1500ms"]).unwrap();
+        let fault = EndRoleFault { role: "process payment".into(), after: Duration::from_millis(1500) };
+        assert_eq!(s.fault_end_role, Some(fault));
 
         for bad in [
             &["--order-rate-limit", "0"][..],
@@ -302,6 +331,8 @@ mod tests {
             &["--cors-allow-origin", "https://shop.example.com/"],
             &["--cors-allow-origin", "shop.example.com"],
             &["--cors-allow-origin", "https://"],
+            &["--fault-end-role", "process payment"],
+            &["--fault-end-role", "process payment@soon"],
         ] {
             assert!(parse(bad).is_err(), "{bad:?} was accepted");
         }

@@ -157,6 +157,7 @@ impl App {
         let shutdown = CancellationToken::new();
         let health = RoleHealth::new();
         let mut tasks = JoinSet::new();
+        let mut fault = settings.fault_end_role.clone();
         // The GraphQL catalog cache. A catalog projector in this process evicts from it right after it
         // stores a change; on a shared bus (Kafka) the projector of another process may handle the
         // change instead, so this process also follows the catalog topic in a group of its own.
@@ -172,14 +173,14 @@ impl App {
                     Arc::new(CacheInvalidator { cache: Arc::clone(&catalog_cache) }),
                     shutdown.clone(),
                 );
-                supervise(&mut tasks, &health, &shutdown, "graphql catalog-cache invalidation", |t| {
+                supervise_role(&mut tasks, &health, &shutdown, &mut fault, "graphql catalog-cache invalidation", |t| {
                     t.spawn(consumer);
                 });
             }
         }
         for role in &roles.processors {
             let name = format!("process {role:?}").to_lowercase();
-            supervise(&mut tasks, &health, &shutdown, name, |t| {
+            supervise_role(&mut tasks, &health, &shutdown, &mut fault, name, |t| {
                 spawn_role(*role, &backends, &processor_settings, &shutdown, t);
             });
         }
@@ -192,14 +193,14 @@ impl App {
                 Arc::new(orderflow_ingest::partner::PartnerIntake { intake }),
                 shutdown.clone(),
             );
-            supervise(&mut tasks, &health, &shutdown, "ingest partner-order consumer", |t| {
+            supervise_role(&mut tasks, &health, &shutdown, &mut fault, "ingest partner-order consumer", |t| {
                 t.spawn(consumer);
             });
         }
         let rate_limit = settings.order_rate_limit().map(|limit| Arc::new(OrderRateLimiter::new(limit)));
         if let Some(limiter) = rate_limit.clone().filter(|_| roles.ingest || roles.graphql) {
             let stop = shutdown.clone();
-            supervise(&mut tasks, &health, &shutdown, "order rate-limit sweeper", |t| {
+            supervise_role(&mut tasks, &health, &shutdown, &mut fault, "order rate-limit sweeper", |t| {
                 t.spawn(sweep_rate_limiter(limiter, stop));
             });
         }
@@ -207,9 +208,13 @@ impl App {
         if roles.ingest || roles.graphql || !roles.processors.is_empty() {
             let app = router(&roles, &backends, settings, &catalog_cache, &health, rate_limit.as_ref());
             let server = server::serve(listener, app, settings.header_read_timeout, shutdown.clone());
-            supervise(&mut tasks, &health, &shutdown, "http server", |t| {
+            supervise_role(&mut tasks, &health, &shutdown, &mut fault, "http server", |t| {
                 t.spawn(server);
             });
+        }
+        if let Some(fault) = fault {
+            shutdown.cancel();
+            anyhow::bail!("--fault-end-role names {:?}, which this process does not run", fault.role);
         }
         tracing::info!(%addr, bus = %settings.bus, store = %settings.store, data_dir = %settings.data_dir.display(), "orderflow is up");
         Ok(App { addr, backends, shutdown, tasks, grace: settings.shutdown_grace, health })
@@ -260,6 +265,35 @@ impl App {
         self.stop().await;
         if ended.is_empty() { Ok(()) } else { anyhow::bail!("roles ended unexpectedly: {}", ended.join(", ")) }
     }
+}
+
+/// [`supervise`], plus the test-only fault of [`Settings::fault_end_role`]: if `fault` names this role, one
+/// more task of the role ends after the fault's delay (or at shutdown), as a role's task that ends
+/// unexpectedly would; `fault` is taken, so that the caller can tell a name no role has.
+fn supervise_role(
+    tasks: &mut JoinSet<()>,
+    health: &RoleHealth,
+    shutdown: &CancellationToken,
+    fault: &mut Option<config::EndRoleFault>,
+    role: impl Into<String>,
+    start: impl FnOnce(&mut JoinSet<()>),
+) {
+    let role = role.into();
+    let injected = fault.take_if(|f| f.role == role);
+    let stop = shutdown.clone();
+    supervise(tasks, health, shutdown, role, |t| {
+        start(t);
+        if let Some(fault) = injected {
+            t.spawn(async move {
+                tokio::select! {
+                    () = tokio::time::sleep(fault.after) => {
+                        tracing::warn!(role = %fault.role, "fault injection (--fault-end-role): ending a task of the role");
+                    }
+                    () = stop.cancelled() => {}
+                }
+            });
+        }
+    });
 }
 
 /// Drops idle keys from the order rate limiter every [`SWEEP_INTERVAL`], so its memory follows the

@@ -6,10 +6,11 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use common::TestApp;
+use common::{Proc, TestApp};
+use orderflow::config::EndRoleFault;
 use orderflow::health::{self, Probes, RoleHealth, supervise};
 use orderflow_platform::backend::BackendOptions;
 use orderflow_platform::store::{Readiness, StoreError};
@@ -150,4 +151,78 @@ async fn roles_that_end_on_shutdown_are_not_failures() {
     while tasks.join_next().await.is_some() {}
     assert!(health.ended().is_empty());
     assert!(!health.failed().is_cancelled());
+}
+
+/// The hidden fault setting (`ORDERFLOW_FAULT_END_ROLE`) ends a task of the payment role: no role ends by
+/// itself today (consumers restart after errors, a handler's panic is caught per record), so this is how
+/// the tests make one end in the real process wiring.
+fn end_payment_after(after: Duration) -> EndRoleFault {
+    EndRoleFault { role: "process payment".into(), after }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_whose_role_ended_is_unready_and_names_the_role() {
+    let app = TestApp::start_with(|s| s.fault_end_role = Some(end_payment_after(Duration::from_millis(300)))).await;
+    let started = Instant::now();
+    let (status, body) = loop {
+        let (status, body) = get(&app.base, "/readyz").await;
+        if status != 200 || started.elapsed() > Duration::from_secs(10) {
+            break (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status, 503, "{body}");
+    assert_eq!((&body["roles"], &body["ended_roles"]), (&json!("ended"), &json!(["process payment"])));
+    assert!(app.app().health().failed().is_cancelled(), "the process is told to stop");
+    assert_eq!(get(&app.base, "/healthz").await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fault_naming_no_role_of_the_process_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = common::settings(dir.path());
+    settings.fault_end_role = Some(EndRoleFault { role: "process nothing".into(), after: Duration::ZERO });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = orderflow::App::start(&settings, orderflow::Roles::all(), listener).await.unwrap_err();
+    assert!(err.to_string().contains("process nothing"), "{err}");
+}
+
+/// The `orderflow` binary as a supervisor sees it: ready, then a role ends; from then on `/readyz` never
+/// answers 200 again (503 naming the role while the HTTP server still runs, then no answer), and the
+/// process exits with status 1 so that the supervisor restarts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_whose_role_ends_fails_readiness_and_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("ORDERFLOW_FAULT_END_ROLE", "process payment@3s"), ("ORDERFLOW_SHUTDOWN_GRACE", "5s")];
+    let mut proc = Proc::spawn(&dir.path().join("data"), common::free_port(), &env);
+    let launched = Instant::now();
+    proc.wait_ready().await;
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(1)).build().unwrap();
+    let readyz = format!("{}/readyz", proc.base);
+    // Every answer of /readyz from ready to exit: Some((status, body)), or None when nothing answered.
+    let mut answers: Vec<Option<(u16, Value)>> = Vec::new();
+    let exit = loop {
+        if let Some(exit) = proc.child.try_wait().unwrap() {
+            break exit;
+        }
+        let log = || std::fs::read_to_string(&proc.log).unwrap_or_default();
+        assert!(launched.elapsed() < Duration::from_secs(30), "still running 30 s after start; log:\n{}", log());
+        answers.push(match http.get(&readyz).send().await {
+            Ok(r) => Some((r.status().as_u16(), r.json().await.unwrap_or(Value::Null))),
+            Err(_) => None,
+        });
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let log = std::fs::read_to_string(&proc.log).unwrap_or_default();
+    assert_eq!(exit.code(), Some(1), "exit status {exit}; log:\n{log}");
+    assert!(log.contains("roles ended unexpectedly: process payment"), "log:\n{log}");
+    assert!(answers.first().is_some_and(|a| matches!(a, Some((200, _)))), "ready at first: {answers:?}");
+    let unready_from = answers.iter().position(|a| !matches!(a, Some((200, _)))).unwrap_or(answers.len());
+    for (status, body) in answers[unready_from..].iter().flatten() {
+        assert_eq!(*status, 503, "ready again after a role ended: {body}");
+        assert_eq!(body["ended_roles"], json!(["process payment"]), "{body}");
+    }
+    let refused = answers[unready_from..].iter().filter(|a| a.is_some()).count();
+    eprintln!("/readyz: {unready_from} ready answers, then {refused} answers 503 before the exit");
+    assert!(http.get(&readyz).send().await.is_err(), "something still answers after the exit");
 }

@@ -41,6 +41,7 @@ async fn start(dir: &std::path::Path) -> App {
         order_rate_limit_key: orderflow::config::OrderRateLimitKey::User,
         cors_allow_origin: vec![],
         graphql_timeout: std::time::Duration::from_secs(10),
+        fault_end_role: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     App::start(&settings, Roles::all(), listener).await.unwrap()

@@ -45,6 +45,7 @@ pub fn settings(data_dir: &Path) -> Settings {
         order_rate_limit_key: orderflow::config::OrderRateLimitKey::User,
         cors_allow_origin: vec![],
         graphql_timeout: std::time::Duration::from_secs(10),
+        fault_end_role: None,
     }
 }
 
