@@ -3,7 +3,8 @@
 //! however often each is repeated, per SKU
 //!
 //! - `available` never goes below zero, and `available + reserved + sold` equals the sum of the staff
-//!   adjustments that applied (the initial stock is one of them): stock is neither made nor lost;
+//!   adjustments that applied (the initial stock is one of them): stock is neither made nor lost; an
+//!   adjustment that would take that sum past `i64::MAX` is refused (`WouldOverflow`), not wrapped;
 //! - `reserved` equals the sum of the holds still outstanding;
 //! - the ledger of movements adds up to `available`;
 //! - an adjustment repeated with its idempotency key, a reservation repeated for its order and an end
@@ -80,10 +81,17 @@ fn lines() -> impl Strategy<Value = Vec<(usize, u32)>> {
     proptest::collection::vec((sku, quantity), 1..4)
 }
 
+/// Mostly small changes; now and then one at the edges of `i64`, so that a SKU's units (available +
+/// reserved + sold) reach the largest count the stores keep and an adjustment past it is refused.
+fn delta() -> impl Strategy<Value = i64> {
+    let edges = vec![i64::MAX, i64::MAX - 7, i64::MAX / 2, i64::MIN, -i64::MAX, -(i64::MAX / 2)];
+    prop_oneof![12 => -25i64..=25, 1 => proptest::sample::select(edges)]
+}
+
 fn op() -> impl Strategy<Value = Op> {
     let order = 0u8..10;
     prop_oneof![
-        3 => (prop_oneof![8 => 0..SKUS, 1 => Just(UNKNOWN)], -25i64..=25, proptest::option::of(0u8..4))
+        3 => (prop_oneof![8 => 0..SKUS, 1 => Just(UNKNOWN)], delta(), proptest::option::of(0u8..4))
             .prop_map(|(sku, delta, key)| Op::Adjust { sku, delta, key }),
         4 => (order.clone(), lines()).prop_map(|(order, lines)| Op::Reserve { order, lines }),
         1 => proptest::collection::vec((order.clone(), lines()), 1..4).prop_map(Op::ReserveMany),
@@ -121,6 +129,7 @@ enum Adjusted {
     Level(Level),
     UnknownSku,
     WouldGoNegative,
+    WouldOverflow,
     KeyReused,
 }
 
@@ -135,10 +144,14 @@ impl Model {
             return if applied == delta { Adjusted::Level(self.levels[sku]) } else { Adjusted::KeyReused };
         }
         let level = &mut self.levels[sku];
-        let Some(available) = level.available.checked_add_signed(delta) else {
+        let available = i128::from(level.available) + i128::from(delta);
+        if available < 0 {
             return Adjusted::WouldGoNegative;
-        };
-        level.available = available;
+        }
+        if available + i128::from(level.reserved) + i128::from(level.sold) > i128::from(i64::MAX) {
+            return Adjusted::WouldOverflow;
+        }
+        level.available = u64::try_from(available).unwrap();
         self.adjusted[sku] += i128::from(delta);
         if let Some(k) = key {
             self.keys.insert((sku, k), delta);
@@ -222,6 +235,7 @@ fn adjusted(r: Result<StockLevel, StockError>) -> Adjusted {
         Ok(l) => Adjusted::Level(Level { available: l.available, reserved: l.reserved, sold: l.sold }),
         Err(StockError::UnknownSku(_)) => Adjusted::UnknownSku,
         Err(StockError::WouldGoNegative { .. }) => Adjusted::WouldGoNegative,
+        Err(StockError::WouldOverflow { .. }) => Adjusted::WouldOverflow,
         Err(StockError::KeyReused { .. }) => Adjusted::KeyReused,
         Err(e) => panic!("unexpected adjustment error: {e}"),
     }
@@ -380,4 +394,54 @@ fn a_sku_named_twice_past_one_lines_limit_is_held_as_one_line() {
     ];
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(run([2 * i64::from(most), 1, 0], ops)).unwrap();
+}
+
+/// Units at the largest count the stores keep: one more is refused whichever of available, reserved
+/// or sold holds them, and moving units between those three never fails.
+#[test]
+fn units_at_i64_max_are_refused_more_not_wrapped() {
+    let ops = vec![
+        Op::Adjust { sku: 0, delta: i64::MAX - 7, key: Some(1) },
+        Op::Adjust { sku: 0, delta: 8, key: None },
+        Op::Reserve { order: 0, lines: vec![(0, Quantity::MAX)] },
+        Op::Adjust { sku: 0, delta: 8, key: Some(2) },
+        Op::End { order: 0, commit: true },
+        Op::Adjust { sku: 0, delta: 8, key: None },
+        Op::Adjust { sku: 0, delta: 7, key: None },
+        Op::Adjust { sku: 0, delta: i64::MIN, key: None },
+        Op::Adjust { sku: 0, delta: -i64::MAX, key: None },
+    ];
+    let mut model = Model::default();
+    let outcomes: Vec<_> = ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::Adjust { sku, delta, key } => Some(model.adjust(*sku, *delta, *key)),
+            Op::Reserve { order, lines } => {
+                model.reserve(Names(u64::MAX), *order, lines);
+                None
+            }
+            Op::End { order, .. } => {
+                model.end(*order, ReservationEnd::Committed);
+                None
+            }
+            Op::ReserveMany(_) => None,
+        })
+        .collect();
+    let most = u64::from(Quantity::MAX);
+    let full = Level { available: i64::MAX.unsigned_abs() - most, reserved: 0, sold: most };
+    assert_eq!(
+        outcomes,
+        [
+            Adjusted::Level(Level { available: (i64::MAX - 7).unsigned_abs(), reserved: 0, sold: 0 }),
+            Adjusted::WouldOverflow,
+            Adjusted::WouldOverflow,
+            Adjusted::WouldOverflow,
+            Adjusted::Level(full),
+            Adjusted::WouldGoNegative,
+            Adjusted::WouldGoNegative,
+        ]
+    );
+    // The store answers the same, step by step.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(run([0, 0, 0], ops)).unwrap();
 }
