@@ -102,6 +102,11 @@ pub struct Settings {
     #[arg(long, env = "ORDERFLOW_KAFKA_REPLICATION_FACTOR", default_value_t = 1, global = true)]
     pub kafka_replication_factor: i32,
 
+    /// At start-up, how long to wait for Kafka and the CQL store to answer (a server starting or restarting
+    /// at the same time), retrying with backoff, before exiting with the error; `0s` fails at once.
+    #[arg(long, env = "ORDERFLOW_STARTUP_WAIT", default_value = "60s", value_parser = humantime::parse_duration, global = true)]
+    pub startup_wait: Duration,
+
     /// On SIGTERM or Ctrl-C: how long to finish in-flight requests and records before the process exits
     /// anyway (also when Kafka or the database has become unreachable), e.g. `10s`.
     #[arg(long, env = "ORDERFLOW_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
@@ -299,6 +304,7 @@ mod tests {
         assert_eq!(s.order_rate_limit(), None);
         assert!(s.cors_allow_origin.is_empty());
         assert_eq!(s.fault_end_role, None);
+        assert_eq!(s.startup_wait, Duration::from_secs(60));
         assert_eq!(s.graphql_timeout, Duration::from_secs(10));
     }
 

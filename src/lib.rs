@@ -142,9 +142,10 @@ impl App {
         }
         // One process with every role applies the CQL schema itself; separate roles expect `orderflow migrate`.
         let options = BackendOptions { migrate_cql: roles == Roles::all(), ..settings.backend_options() };
-        let backends = Backends::open(&settings.bus, &settings.store, &settings.data_dir, &options)
-            .await
-            .with_context(|| format!("opening bus {} and store {}", settings.bus, settings.store))?;
+        let backends =
+            Backends::open_waiting(&settings.bus, &settings.store, &settings.data_dir, &options, settings.startup_wait)
+                .await
+                .with_context(|| format!("opening bus {} and store {}", settings.bus, settings.store))?;
         if settings.seed_catalog == Seed::Demo && roles.graphql {
             let n = demo::seed_if_empty(&backends).await.context("seeding the demo catalog")?;
             if n > 0 {

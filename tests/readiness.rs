@@ -226,3 +226,29 @@ async fn a_process_whose_role_ends_fails_readiness_and_exits_non_zero() {
     eprintln!("/readyz: {unready_from} ready answers, then {refused} answers 503 before the exit");
     assert!(http.get(&readyz).send().await.is_err(), "something still answers after the exit");
 }
+
+/// A store that does not answer at start-up: the process waits `--startup-wait` for it, warning on each
+/// attempt, then exits 1 naming what did not answer (instead of a misleading schema hint).
+#[tokio::test]
+async fn start_up_waits_for_an_unreachable_store_then_exits_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // A port nothing listens on (bound, then released).
+    let dead = common::free_port();
+    let started = Instant::now();
+    let mut p = Proc::spawn(
+        &dir.path().join("data"),
+        common::free_port(),
+        &[("ORDERFLOW_STORE", &format!("scylla://127.0.0.1:{dead}")), ("ORDERFLOW_STARTUP_WAIT", "3s")],
+    );
+    let status = tokio::task::spawn_blocking(move || {
+        let status = p.child.wait().unwrap();
+        (status, std::fs::read_to_string(&p.log).unwrap_or_default())
+    });
+    let (status, log) = tokio::time::timeout(Duration::from_secs(60), status).await.unwrap().unwrap();
+    let took = started.elapsed();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(took >= Duration::from_secs(3), "gave up after {took:?}, before the 3 s wait: {log}");
+    assert!(log.contains("waiting for the bus and store to answer"), "{log}");
+    assert!(log.contains(&format!("the CQL store at 127.0.0.1:{dead} does not answer")), "{log}");
+    assert!(!log.contains("has the schema been applied"), "{log}");
+}

@@ -244,17 +244,24 @@ pub async fn wait_ready(http: &reqwest::Client, bases: &[String], limit: Duratio
 }
 
 /// Restarts the broker or the database node (SIGKILL, then start on the same ports and data) and waits
-/// until it answers again; returns how long it was gone.
+/// until it answers again; returns how long it was gone. A failed start is tried again (up to three
+/// times): the harness's job is to bring the server back, whatever the fault did.
 pub async fn restart_engine(scripts: &Path, run_dir: &Path, what: &str) -> anyhow::Result<Duration> {
     let started = Instant::now();
-    let out = tokio::process::Command::new(scripts.join("test-env/restart"))
-        .args([what, "--kill"])
-        .env("ORDERFLOW_TEST_RUN_DIR", run_dir)
-        .output()
-        .await
-        .with_context(|| format!("running scripts/test-env/restart {what}"))?;
-    if !out.status.success() {
-        bail!("restarting {what} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let mut last = String::new();
+    for attempt in 1..=3 {
+        let out = tokio::process::Command::new(scripts.join("test-env/restart"))
+            .args([what, "--kill"])
+            .env("ORDERFLOW_TEST_RUN_DIR", run_dir)
+            .output()
+            .await
+            .with_context(|| format!("running scripts/test-env/restart {what}"))?;
+        if out.status.success() {
+            return Ok(started.elapsed());
+        }
+        last = String::from_utf8_lossy(&out.stderr).into_owned();
+        eprintln!("chaos: restarting {what} failed (attempt {attempt}): {last}");
+        tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    Ok(started.elapsed())
+    bail!("could not restart {what}: {last}")
 }

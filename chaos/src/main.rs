@@ -174,7 +174,7 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
     let started = Instant::now();
     let stop = CancellationToken::new();
     let faults = Arc::new(std::sync::Mutex::new(Vec::<Fault>::new()));
-    let injector =
+    let mut injector =
         tokio::spawn(inject(args.clone_for_faults(), Arc::clone(&cluster), stop.clone(), Arc::clone(&faults), started));
     let restocks = tokio::spawn({
         let w = Arc::clone(&workload);
@@ -200,7 +200,20 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
             }
         }
     });
-    workload.run_orders(64).await;
+    // The injector runs until the workload is done; if it stops before (a server it could not bring
+    // back), the run is void: say why instead of waiting on a system that cannot recover.
+    tokio::select! {
+        () = workload.run_orders(64) => {}
+        ended = &mut injector => {
+            stop.cancel();
+            let why = match ended {
+                Ok(Ok(_)) => "it ended".to_owned(),
+                Ok(Err(e)) => format!("{e:#}"),
+                Err(e) => e.to_string(),
+            };
+            anyhow::bail!("the fault injector stopped before the workload ended: {why}");
+        }
+    }
     let workload_seconds = started.elapsed().as_secs_f64();
     stop.cancel();
     let unexpected_exits = injector.await??;

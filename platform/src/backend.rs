@@ -29,10 +29,21 @@ pub enum BackendError {
     WrongRole { what: &'static str, url: String, role: &'static str },
     #[error("the CQL store is not usable: {0}")]
     Cql(String),
+    /// The server did not answer (down, restarting, not reachable yet): worth waiting for at start-up.
+    #[error("{what} at {url} does not answer: {reason}")]
+    Unreachable { what: &'static str, url: String, reason: String },
     #[error("Kafka at the given bootstrap servers is not usable: {0}")]
     Kafka(String),
     #[error("cannot open the embedded data directory {path}: {reason}")]
     Embedded { path: PathBuf, reason: String },
+}
+
+impl BackendError {
+    /// Whether opening again later may succeed (the server was not reachable), as opposed to a wrong
+    /// URL, a missing schema or a data directory that cannot be used.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, Self::Unreachable { .. })
+    }
 }
 
 impl FromStr for BackendUrl {
@@ -162,6 +173,38 @@ impl Backends {
     }
 }
 
+impl Backends {
+    /// [`Backends::open`], waiting up to `wait` for a Kafka or CQL server that does not answer yet (one
+    /// that is starting or restarting, as after a host reboot or in a chaos run), retrying with
+    /// exponential backoff and a warning per attempt. Any other error, or the wait spent, is returned.
+    pub async fn open_waiting(
+        bus: &BackendUrl,
+        store: &BackendUrl,
+        data_dir: &Path,
+        options: &BackendOptions,
+        wait: std::time::Duration,
+    ) -> Result<Self, BackendError> {
+        use backon::{BackoffBuilder, ExponentialBuilder};
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut delays = ExponentialBuilder::default()
+            .with_min_delay(std::time::Duration::from_millis(250))
+            .with_max_delay(std::time::Duration::from_secs(5))
+            .without_max_times()
+            .build();
+        loop {
+            match Self::open(bus, store, data_dir, options).await {
+                Err(e) if e.is_unreachable() && tokio::time::Instant::now() < deadline => {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    let next = delays.next().unwrap_or(std::time::Duration::from_secs(5)).min(left);
+                    tracing::warn!(error = %e, retry_in = ?next, "waiting for the bus and store to answer (--startup-wait)");
+                    tokio::time::sleep(next).await;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
 /// Applies the CQL schema (keyspaces and tables) idempotently: `orderflow migrate`.
 pub async fn migrate_cql(store: &BackendUrl) -> Result<(), BackendError> {
     let BackendUrl::Scylla(points) = store else {
@@ -176,10 +219,15 @@ pub async fn migrate_cql(store: &BackendUrl) -> Result<(), BackendError> {
 }
 
 async fn cql_stores(points: &[String], options: &BackendOptions) -> Result<Stores, BackendError> {
+    let session = crate::cql::session(points).await.map_err(|e| BackendError::Unreachable {
+        what: "the CQL store",
+        url: points.join(","),
+        reason: e.to_string(),
+    })?;
     let store = if options.migrate_cql {
-        crate::cql::connect_and_migrate(points).await
+        crate::cql::connect_and_migrate_session(session).await
     } else {
-        crate::cql::connect(points).await
+        crate::cql::CqlStore::new(session).await
     }
     .map_err(|e| BackendError::Cql(format!("{e} (has the schema been applied? run `orderflow migrate`)")))?;
     Ok(Arc::new(store).stores())
@@ -191,7 +239,11 @@ async fn kafka_bus(hosts: &[String], options: &BackendOptions) -> Result<crate::
         replication_factor: options.kafka_replication_factor,
     })
     .map_err(|e| BackendError::Kafka(e.to_string()))?;
-    bus.ensure_topics().await.map_err(|e| BackendError::Kafka(e.to_string()))?;
+    bus.ensure_topics().await.map_err(|e| BackendError::Unreachable {
+        what: "Kafka",
+        url: hosts.join(","),
+        reason: e.to_string(),
+    })?;
     Ok(bus)
 }
 

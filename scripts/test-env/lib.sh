@@ -45,11 +45,15 @@ te_port_open() {
   timeout 2 bash -c 'exec 3<>"/dev/tcp/$1/$2"' _ "$1" "$2" 2>/dev/null
 }
 
-# te_free_port: a port on 127.0.0.1 that nothing listens on right now.
+# te_free_port: a port on 127.0.0.1 that nothing listens on right now, below the kernel's ephemeral range
+# (the source ports of outgoing connections), so that a server restarted on it (scripts/test-env/restart)
+# never finds it taken by some client's connection.
 te_free_port() {
-  local p i
+  local p i low=10000 high=32767 range
+  range=$(cat /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || true)
+  if [[ $range =~ ^([0-9]+)[[:space:]]+[0-9]+$ ]] && (( BASH_REMATCH[1] > low + 1000 )); then high=$(( BASH_REMATCH[1] - 1 )); fi
   for i in $(seq 1 200); do
-    p=$(( 20000 + (RANDOM * 32768 + RANDOM) % 40000 ))
+    p=$(( low + (RANDOM * 32768 + RANDOM) % (high - low) ))
     if ! te_port_open 127.0.0.1 "$p"; then printf '%s' "$p"; return 0; fi
   done
   te_die "could not find a free port"

@@ -34,6 +34,7 @@ pub fn settings(data_dir: &Path) -> Settings {
         kafka_replication_factor: 1,
         stalled_after_ms: 3000,
         stuck_order_timeout: std::time::Duration::from_secs(300),
+        startup_wait: std::time::Duration::ZERO,
         shutdown_grace: std::time::Duration::from_secs(10),
         max_concurrent_requests: 4096,
         request_timeout: std::time::Duration::from_secs(30),

@@ -130,7 +130,11 @@ pub async fn connect(contact_points: &[String]) -> Result<CqlStore> {
 
 /// Connects, applies the schema (idempotent) and prepares every statement.
 pub async fn connect_and_migrate(contact_points: &[String]) -> Result<CqlStore> {
-    let session = session(contact_points).await?;
+    connect_and_migrate_session(session(contact_points).await?).await
+}
+
+/// Applies the schema (idempotent) on an open session and prepares every statement.
+pub async fn connect_and_migrate_session(session: Session) -> Result<CqlStore> {
     migrate(&session).await?;
     CqlStore::new(session).await
 }
