@@ -87,7 +87,7 @@ async fn three_payment_processors_one_killed_every_order_charged_once() {
     assert_eq!(stock, json!({"available": 1000 - ORDERS, "reserved": ORDERS}));
 
     // The provider's books: one charge per order, none twice.
-    let charges = common::charges_by_key(&kafka, &cql, dir.path(), &format!("scale-{}", &run[..8])).await;
+    let charges = common::charges_by_key(&cql, &format!("scale-{}", &run[..8])).await;
     assert_eq!(charges.len(), ORDERS, "every order charged");
     assert!(charges.values().all(|n| *n == 1));
     for p in procs.iter_mut().chain(payments.iter_mut()) {

@@ -59,16 +59,14 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// What runs: the roles and how many instances of each (the catalog projector and GraphQL once each: the
-/// workload reads and writes the catalog through one GraphQL endpoint, and kills hit them too).
+/// What runs: `instances` processes of every role.
 fn layout(instances: usize) -> Vec<(String, Vec<&'static str>)> {
     let mut out = Vec::new();
     for i in 0..instances {
         out.push((format!("ingest-{i}"), vec!["ingest"]));
+        out.push((format!("graphql-{i}"), vec!["graphql"]));
     }
-    out.push(("graphql-0".to_owned(), vec!["graphql"]));
-    out.push(("catalog-0".to_owned(), vec!["process", "catalog"]));
-    for role in ["orders", "inventory", "payment", "fulfillment"] {
+    for role in ["catalog", "orders", "inventory", "payment", "fulfillment"] {
         for i in 0..instances {
             out.push((format!("{role}-{i}"), vec!["process", role]));
         }

@@ -42,7 +42,7 @@ struct Args {
     /// Orders per second the workload offers.
     #[arg(long, default_value_t = 10.0)]
     rate: f64,
-    /// Instances of each processor role and of ingest.
+    /// Instances of each role (ingest, graphql and every processor).
     #[arg(long, default_value_t = 2)]
     instances: usize,
     /// Products in the run; each starts with a stock budget of about 60 % of its expected demand.
@@ -143,7 +143,7 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
     let all: Vec<String> = cluster.procs.values().map(cluster::RoleProc::base).collect();
     cluster::wait_ready(&http, &all, Duration::from_secs(180)).await?;
     let ingest = cluster.bases("ingest-");
-    let graphql = cluster.bases("graphql-")[0].clone();
+    let graphql = cluster.bases("graphql-");
     let cluster = Arc::new(Mutex::new(cluster));
 
     let skus: Vec<String> = (0..args.skus).map(|i| format!("CHAOS-{}-{i}", run.to_uppercase())).collect();

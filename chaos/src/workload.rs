@@ -65,7 +65,7 @@ pub struct WorkloadConfig {
     pub rate: f64,
     pub skus: Vec<String>,
     pub ingest: Vec<String>,
-    pub graphql: String,
+    pub graphql: Vec<String>,
     pub kafka: String,
     /// How long a client keeps retrying one order before it gives up (counted as never accepted).
     pub accept_timeout: Duration,
@@ -106,11 +106,11 @@ impl Workload {
         self.record.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Staff GraphQL against the one GraphQL instance; `Err` for transport failures and non-JSON answers.
+    /// Staff GraphQL against a random GraphQL instance; `Err` for transport failures and non-JSON answers.
     pub async fn gql(&self, query: &str, variables: Value) -> anyhow::Result<Value> {
         let r = self
             .http
-            .post(format!("{}/graphql", self.config.graphql))
+            .post(format!("{}/graphql", pick(&self.config.graphql)))
             .bearer_auth(ADMIN_TOKEN)
             .json(&json!({"query": query, "variables": variables}))
             .send()

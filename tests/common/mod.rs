@@ -180,25 +180,23 @@ pub async fn stock_of(http: &reqwest::Client, graphql_base: &str, sku: &str) -> 
     v["data"]["product"]["stock"].clone()
 }
 
-/// How many charges the simulated provider's own books (on the CQL store at `cql`) hold per idempotency
-/// key, for the keys that start with `prefix`: the check that no order was charged twice.
-pub async fn charges_by_key(
-    kafka: &str,
-    cql: &str,
-    dir: &Path,
-    prefix: &str,
-) -> std::collections::HashMap<String, usize> {
-    let backends = orderflow_platform::Backends::open(
-        &BackendUrl::Kafka(vec![kafka.to_owned()]),
-        &BackendUrl::Scylla(vec![cql.to_owned()]),
-        dir,
-        &Default::default(),
-    )
-    .await
-    .unwrap();
+/// The simulated provider's own ledger (on the CQL store at `cql`): the entries under idempotency keys
+/// that start with `prefix`, sorted by key.
+pub async fn provider_entries(cql: &str, prefix: &str) -> Vec<(String, orderflow_platform::store::ProviderEntry)> {
+    let store = orderflow_platform::cql::connect(&[cql.to_owned()]).await.unwrap();
+    let stores = std::sync::Arc::new(store).stores();
+    let mut entries: Vec<_> =
+        stores.payments.provider_entries().await.unwrap().into_iter().filter(|(k, _)| k.starts_with(prefix)).collect();
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    entries
+}
+
+/// How many charges the simulated provider's own books hold per idempotency key, for the keys that start
+/// with `prefix`: the check that no order was charged twice.
+pub async fn charges_by_key(cql: &str, prefix: &str) -> std::collections::HashMap<String, usize> {
     let mut charges = std::collections::HashMap::new();
-    for (key, entry) in backends.stores.payments.provider_entries().await.unwrap() {
-        if entry.kind == "charge" && key.starts_with(prefix) {
+    for (key, entry) in provider_entries(cql, prefix).await {
+        if entry.kind == "charge" {
             *charges.entry(key).or_default() += 1;
         }
     }
