@@ -224,13 +224,28 @@ async fn cql_stores(points: &[String], options: &BackendOptions) -> Result<Store
         url: points.join(","),
         reason: e.to_string(),
     })?;
-    let store = if options.migrate_cql {
+    let opened = if options.migrate_cql {
         crate::cql::connect_and_migrate_session(session).await
     } else {
         crate::cql::CqlStore::new(session).await
+    };
+    match opened {
+        Ok(store) => Ok(Arc::new(store).stores()),
+        // A server that went away between connecting and preparing is unreachable, not unmigrated: worth
+        // waiting for (`--startup-wait`) rather than a schema hint and an exit.
+        Err(e) if !cql_answers(points).await => {
+            Err(BackendError::Unreachable { what: "the CQL store", url: points.join(","), reason: e.to_string() })
+        }
+        Err(e) => Err(BackendError::Cql(format!("{e} (has the schema been applied? run `orderflow migrate`)"))),
     }
-    .map_err(|e| BackendError::Cql(format!("{e} (has the schema been applied? run `orderflow migrate`)")))?;
-    Ok(Arc::new(store).stores())
+}
+
+/// Whether a CQL server at `points` answers a trivial query now.
+async fn cql_answers(points: &[String]) -> bool {
+    match crate::cql::session(points).await {
+        Ok(session) => session.query_unpaged("SELECT release_version FROM system.local", ()).await.is_ok(),
+        Err(_) => false,
+    }
 }
 
 async fn kafka_bus(hosts: &[String], options: &BackendOptions) -> Result<crate::kafka::KafkaBus, BackendError> {
