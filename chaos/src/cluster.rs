@@ -147,24 +147,13 @@ impl Cluster {
         true
     }
 
-    pub fn pause(&mut self, name: &str) -> bool {
+    /// SIGSTOP (`pause`) or SIGCONT a running process. Returns false if it was not running or already so.
+    pub fn set_paused(&mut self, name: &str, pause: bool) -> bool {
         let Some(p) = self.procs.get_mut(name) else { return false };
-        match (&p.child, p.paused) {
-            (Some(child), false) => {
-                signal(child.id(), "-STOP");
-                p.paused = true;
-                true
-            }
-            _ => false,
-        }
-    }
-
-    pub fn resume(&mut self, name: &str) -> bool {
-        let Some(p) = self.procs.get_mut(name) else { return false };
-        match (&p.child, p.paused) {
-            (Some(child), true) => {
-                signal(child.id(), "-CONT");
-                p.paused = false;
+        match &p.child {
+            Some(child) if p.paused != pause => {
+                signal(child.id(), if pause { "-STOP" } else { "-CONT" });
+                p.paused = pause;
                 true
             }
             _ => false,

@@ -226,7 +226,7 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
         let mut c = cluster.lock().await;
         let names: Vec<String> = c.procs.keys().cloned().collect();
         for name in &names {
-            c.resume(name);
+            c.set_paused(name, false);
         }
         c.reap_and_restart()?;
         for name in &names {
@@ -353,7 +353,7 @@ async fn inject(
         if let Some((at, name)) = resume_at.clone()
             && at <= now
         {
-            c.resume(&name);
+            c.set_paused(&name, false);
             note("sigcont", &name, String::new());
             resume_at = None;
         }
@@ -373,7 +373,7 @@ async fn inject(
             let candidates = c.running(&["orders-", "inventory-", "payment-"]);
             if !candidates.is_empty() {
                 let victim = candidates[fastrand::usize(..candidates.len())].clone();
-                if c.pause(&victim) {
+                if c.set_paused(&victim, true) {
                     note("sigstop", &victim, format!("for {:?}", plan.pause_for));
                     resume_at = Some((now + plan.pause_for, victim));
                 }
@@ -411,7 +411,7 @@ async fn inject(
         c.start(&name)?;
     }
     if let Some((_, name)) = resume_at {
-        c.resume(&name);
+        c.set_paused(&name, false);
         note("sigcont", &name, String::new());
     }
     Ok(exits)
