@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use crate::workload::{Channel, PARTNER_ID, Record};
 
-/// The checker's counts. `violations()` sums the ones that must be 0.
+/// The checker's counts. `counts()` names the ones that must be 0, `violations()` sums them.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct Verdict {
     // what happened (informational)
@@ -62,30 +62,37 @@ pub struct Verdict {
 }
 
 impl Verdict {
+    /// Every count that must be 0, named as the report prints it.
+    pub fn counts(&self) -> [(&'static str, u64); 21] {
+        let n = |c: usize| c as u64;
+        [
+            ("lost", n(self.lost)),
+            ("unsettled", n(self.unsettled)),
+            ("duplicated timeline steps", n(self.duplicated_timeline_steps)),
+            ("double-charged", n(self.double_charged)),
+            ("oversold units", self.oversold_units.max(0) as u64),
+            ("confirmed without charge", n(self.confirmed_without_charge)),
+            ("money kept after reject/cancel", n(self.money_kept_after_reject_or_cancel)),
+            ("refund without capture", n(self.refund_without_capture)),
+            ("refunded yet held", n(self.refunded_yet_held)),
+            ("amount mismatch", n(self.amount_mismatch)),
+            ("declined user confirmed", n(self.declined_user_confirmed)),
+            ("acknowledged cancel not cancelled", n(self.acknowledged_cancel_not_cancelled)),
+            ("invalid stored", n(self.invalid_order_stored)),
+            ("invalid not refused", n(self.invalid_order_not_refused)),
+            ("poison not dead-lettered", n(self.poison_not_dead_lettered)),
+            ("poison became order", n(self.poison_became_order)),
+            ("good partner record dead-lettered", n(self.good_partner_record_dead_lettered)),
+            ("stock not conserved", n(self.stock_not_conserved)),
+            ("stock held mismatch", n(self.stock_held_mismatch)),
+            ("timeline/status mismatch", n(self.timeline_status_mismatch)),
+            ("lines mismatch", n(self.lines_mismatch)),
+        ]
+    }
+
+    /// The sum of [`Verdict::counts`]: 0 when the run passed.
     pub fn violations(&self) -> u64 {
-        let counts = [
-            self.lost,
-            self.unsettled,
-            self.duplicated_timeline_steps,
-            self.timeline_status_mismatch,
-            self.lines_mismatch,
-            self.double_charged,
-            self.confirmed_without_charge,
-            self.money_kept_after_reject_or_cancel,
-            self.refund_without_capture,
-            self.refunded_yet_held,
-            self.amount_mismatch,
-            self.declined_user_confirmed,
-            self.acknowledged_cancel_not_cancelled,
-            self.invalid_order_stored,
-            self.invalid_order_not_refused,
-            self.poison_not_dead_lettered,
-            self.poison_became_order,
-            self.good_partner_record_dead_lettered,
-            self.stock_not_conserved,
-            self.stock_held_mismatch,
-        ];
-        counts.iter().map(|c| *c as u64).sum::<u64>() + self.oversold_units.max(0) as u64
+        self.counts().iter().map(|(_, c)| c).sum()
     }
 }
 
