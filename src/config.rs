@@ -150,8 +150,9 @@ pub struct Settings {
     #[arg(long, env = "ORDERFLOW_GRAPHQL_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
     pub graphql_timeout: Duration,
 
-    /// Re-publish PENDING orders older than this many milliseconds (recovers orders whose event was
-    /// lost to a crash between storing and publishing).
+    /// Re-publish PENDING orders older than this many milliseconds, once the saga has handled everything
+    /// published before them (recovers orders whose event was lost to a crash between storing and
+    /// publishing; orders waiting in a lagging saga's backlog are left alone).
     #[arg(long, env = "ORDERFLOW_STALLED_AFTER_MS", default_value_t = 3000, global = true)]
     pub stalled_after_ms: u64,
 

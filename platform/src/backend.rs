@@ -97,7 +97,8 @@ pub struct BackendOptions {
     /// The embedded engine's memory bounds (block cache, memtables, journal).
     pub embedded_memory: EmbeddedMemory,
     /// Orders the saga of this process keeps in memory as their partition's owner, to answer reads of
-    /// them without the store (see [`crate::store::OwnedOrders`]); 0 turns it off.
+    /// them without the store (see [`crate::store::OwnedOrders`]; on CQL also the saga's own state, see
+    /// [`crate::cql::CqlStore::with_owned_order_entries`]); 0 turns it off.
     pub owned_order_entries: u64,
     /// The largest record consumers hand to their handlers, per topic; larger ones are dead-lettered.
     pub record_limits: crate::bus::limits::RecordLimits,
@@ -230,7 +231,7 @@ async fn cql_stores(points: &[String], options: &BackendOptions) -> Result<Store
         crate::cql::CqlStore::new(session).await
     };
     match opened {
-        Ok(store) => Ok(Arc::new(store).stores()),
+        Ok(store) => Ok(Arc::new(store.with_owned_order_entries(options.owned_order_entries)).stores()),
         // A server that went away between connecting and preparing is unreachable, not unmigrated: worth
         // waiting for (`--startup-wait`) rather than a schema hint and an exit.
         Err(e) if !cql_answers(points).await => {

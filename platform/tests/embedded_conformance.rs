@@ -56,7 +56,7 @@ checks!(store:
     orders_insert_once_and_apply_each_event_once,
     orders_list_by_user_and_status_newest_first,
     order_stats_follow_transitions,
-    payments_first_record_wins,
+    payments_record_then_replace,
     shipments_are_created_once,
     partition_epochs_only_grow,
     answers_readiness_pings,

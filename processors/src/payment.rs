@@ -124,7 +124,8 @@ impl Handler for PaymentHandler {
                             CaptureResult::Captured { charge_id } => PaymentRecord::Captured { charge_id, amount },
                             CaptureResult::Declined { reason } => PaymentRecord::Declined { reason },
                         };
-                        self.payments.record_first(order, &record, fence).await?
+                        self.payments.record_new(order, &record, fence).await?;
+                        record
                     }
                 };
                 match record {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use orderflow_platform::Backends;
-use orderflow_platform::bus::{BusRecord, Handler};
+use orderflow_platform::bus::{Bus, BusRecord, Handler, PartitionProgress};
 use orderflow_platform::fencing::PartitionFences;
 use orderflow_platform::store::Stalled;
 use orderflow_schemas::events::{OrderPlaced, StatusChangeRequested};
@@ -202,8 +202,37 @@ fn sweep_record(stalled: Stalled, order: &Order) -> Result<BusRecord, codec::Cod
     codec::encode(&envelope).map(|p| BusRecord::new(topics::ORDERS, order.id.as_str(), p))
 }
 
+/// Tells when the saga has handled every record published to the orders topic before a moment: a *mark*
+/// is the topic's end offsets taken at a time; it is passed once the saga group's committed positions
+/// reach them. Only then can an order placed well before the mark and still PENDING be told from one
+/// whose `OrderPlaced` waits in a backlog: its event was lost (a crash between the intake's insert and its
+/// publish). Without this, a saga that lags behind a burst (or restarts, or loses the database for a
+/// while) would have every order of its backlog re-published, adding to the very backlog it waits on.
+#[derive(Debug, Default)]
+struct SagaCaughtUp {
+    mark: Option<(i64, Vec<PartitionProgress>)>,
+}
+
+impl SagaCaughtUp {
+    /// The time of the last mark if the saga has passed it since the previous call (and takes a new one),
+    /// else `None` (the first call only takes a mark).
+    async fn passed(&mut self, bus: &dyn Bus) -> Result<Option<i64>, orderflow_platform::BusError> {
+        let now = now_ms();
+        let progress = bus.progress(topics::groups::ORDER_SAGA, topics::ORDERS).await?;
+        let passed = match &self.mark {
+            Some((at, mark)) if orderflow_platform::bus::passed(mark, &progress) => Some(*at),
+            Some(_) => return Ok(None),
+            None => None,
+        };
+        self.mark = Some((now, progress));
+        Ok(passed)
+    }
+}
+
 /// Publishes [`sweep_record`] for orders still in the `stalled` status `after` their placement, each with
-/// a growing pause between attempts ([`RepublishBackoff`]).
+/// a growing pause between attempts ([`RepublishBackoff`]). PENDING orders are looked for only once the
+/// saga has caught up with what was published before them ([`SagaCaughtUp`]), so a lagging saga is never
+/// sent its own backlog again.
 async fn sweep_stalled(backends: Backends, stalled: Stalled, after: Duration, shutdown: CancellationToken) {
     let period = after.clamp(Duration::from_millis(200), Duration::from_secs(30));
     let what = match stalled {
@@ -211,12 +240,27 @@ async fn sweep_stalled(backends: Backends, stalled: Stalled, after: Duration, sh
         Stalled::Processing => "rejecting orders stuck in PROCESSING",
     };
     let mut backoff = RepublishBackoff::default();
+    let mut caught_up = SagaCaughtUp::default();
+    let after_ms = i64::try_from(after.as_millis()).unwrap_or(i64::MAX);
     loop {
         tokio::select! {
             () = tokio::time::sleep(period) => {}
             () = shutdown.cancelled() => return,
         }
-        let cutoff = now_ms() - i64::try_from(after.as_millis()).unwrap_or(i64::MAX);
+        let cutoff = match stalled {
+            Stalled::Pending => match caught_up.passed(backends.bus.as_ref()).await {
+                Ok(Some(mark_at)) => mark_at.saturating_sub(after_ms),
+                Ok(None) => {
+                    metrics::counter!("orderflow_stalled_sweeps_waiting_total").increment(1);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "stalled-order sweep could not read the saga's progress");
+                    continue;
+                }
+            },
+            Stalled::Processing => now_ms().saturating_sub(after_ms),
+        };
         let found = match backends.stores.orders.stalled(stalled, cutoff, SWEEP_BATCH).await {
             Ok(s) => s,
             Err(e) => {
@@ -288,5 +332,54 @@ mod tests {
             now += MAX_REPUBLISH_INTERVAL;
             assert_eq!(ids(b.select(std::slice::from_ref(&a), after, now)), ["a"]);
         }
+    }
+
+    /// Consumes the orders topic as the saga group without doing anything: moves the group's position.
+    struct Skip;
+
+    #[async_trait::async_trait]
+    impl Handler for Skip {
+        async fn handle(&self, _: &orderflow_platform::bus::Delivery) -> Result<(), orderflow_platform::HandlerError> {
+            Ok(())
+        }
+    }
+
+    async fn ends(backends: &Backends) -> u64 {
+        let progress = backends.bus.progress(topics::groups::ORDER_SAGA, topics::ORDERS).await.unwrap();
+        progress.iter().map(|p| p.end).sum()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_pending_sweep_leaves_a_lagging_sagas_backlog_alone_and_republishes_only_lost_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let backends = orderflow_platform::embedded::open(dir.path(), &Default::default()).unwrap();
+        // An order PENDING for a minute whose OrderPlaced is in the log, not yet handled: a backlog.
+        let mut order = pending("backlog-1");
+        order.placed_at_ms = now_ms() - 60_000;
+        backends.stores.orders.insert_new(&order).await.unwrap();
+        backends.bus.publish(vec![sweep_record(Stalled::Pending, &order).unwrap()]).await.unwrap();
+        let published = ends(&backends).await;
+        let shutdown = CancellationToken::new();
+        let after = Duration::from_millis(200);
+        let sweep = tokio::spawn(sweep_stalled(backends.clone(), Stalled::Pending, after, shutdown.clone()));
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(ends(&backends).await, published, "nothing re-published while the saga has not caught up");
+
+        // The saga group handles the backlog, yet the order stays PENDING (as if its event had been
+        // lost): now it is re-published.
+        let consumer = tokio::spawn(orderflow_platform::bus::run_consumer(
+            Arc::clone(&backends.bus),
+            topics::groups::ORDER_SAGA,
+            topics::ORDERS,
+            Arc::new(Skip),
+            shutdown.clone(),
+        ));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while ends(&backends).await == published {
+            assert!(std::time::Instant::now() < deadline, "the lost event was never re-published");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        shutdown.cancel();
+        let _ = tokio::join!(sweep, consumer);
     }
 }

@@ -259,12 +259,14 @@ impl Handler for SagaHandler {
         }
         let fence = self.fences.fence(delivery).await?;
         for _ in 0..MAX_CONFLICTS {
-            let Some(order) = self.orders.order(&env.order_id).await? else {
+            let Some(order) = self.orders.order_for_step(&env.order_id, fence).await? else {
                 return Err(HandlerError::Poison(format!("no order {}", env.order_id)));
             };
             let Some(decision) = decide(&order, &env, orderflow_schemas::now_ms()) else {
                 tracing::debug!(order = %order.id, event = env.body.name(), status = %order.status, "event changes nothing");
-                if let Some(previous) = self.orders.seen(&order.id, env.event_id, fence).await? {
+                if let Some(previous) = self.orders.seen(&order.id, env.event_id, fence).await?
+                    && !previous.is_empty()
+                {
                     self.bus.publish(previous).await?;
                 }
                 return Ok(());
@@ -291,7 +293,9 @@ impl Handler for SagaHandler {
                     return Ok(());
                 }
                 Applied::Duplicate(previous) => {
-                    self.bus.publish(previous).await?;
+                    if !previous.is_empty() {
+                        self.bus.publish(previous).await?;
+                    }
                     return Ok(());
                 }
                 Applied::Conflict => continue,

@@ -25,7 +25,7 @@ pub struct Step {
 }
 
 /// One order through the pipeline on Kafka + CQL (happy path, one line). Totals: 7 records produced,
-/// 10 plain write requests holding 20 rows, 3 LWTs, 14 reads. Offsets are committed by librdkafka once a
+/// 10 plain write requests holding 20 rows, 3 LWTs, 9 reads. Offsets are committed by librdkafka once a
 /// second per consumer, not per record, so they are not counted. Not counted either: the claim of a
 /// partition's epoch (one LWT per assignment, not per order) and customers' reads of their order.
 pub const DISTRIBUTED_ORDER_PLAN: &[Step] = &[
@@ -33,41 +33,43 @@ pub const DISTRIBUTED_ORDER_PLAN: &[Step] = &[
     // written ahead (bucket, all orders, by user, by status PENDING: one LOGGED batch); the order
     // `INSERT ... IF NOT EXISTS`; then OrderPlaced.
     Step { step: "intake: POST /v1/orders", produced: &[topics::ORDERS.name], plain_writes: &[4], lwts: 1, reads: 1 },
-    // saga on OrderPlaced: the order (from the store: intake wrote it, not this process's saga) and its
-    // applied events; the fenced step (state cells + event row: one single-partition batch); the status
-    // change of the read model (PROCESSING row, PENDING row deleted: one unlogged batch); then ReserveStock.
+    // saga on OrderPlaced: the order and its applied events, in one read (from the store: intake wrote it,
+    // not this process's saga; `order_for_step` keeps it for the step's write); the fenced step (state
+    // cells + event row: one single-partition batch); the status change of the read model (PROCESSING row,
+    // PENDING row deleted: one unlogged batch); then ReserveStock.
     Step {
         step: "order saga: OrderPlaced",
         produced: &[topics::INVENTORY.name],
         plain_writes: &[2, 2],
         lwts: 0,
-        reads: 2,
+        reads: 1,
     },
     // inventory `reserve` of a one-SKU order (cql/inventory.rs `reserve_one`): the hold row and the level
     // (no hold row yet, so the level is a second read); the hold (conditional batch: level IF version + hold
     // row IF NOT EXISTS); the movement ledger row (plain); then StockReserved; then the low-stock check
     // (level, alert state, unpublished alerts: 3 reads, an LWT only when the SKU crosses its threshold).
     Step { step: "inventory: ReserveStock", produced: &[topics::ORDERS.name], plain_writes: &[1], lwts: 1, reads: 5 },
-    // saga on StockReserved: the order from this process's own last write (`store::OwnedOrders`); its
-    // applied events (1 read); the fenced step (2 rows); no status change; then CapturePayment.
+    // saga on StockReserved: the order and its applied events from this process's own last write under
+    // the partition's epoch (`store::OwnedOrders`, `cql::orders::OwnerStates`: no read); the fenced step
+    // (2 rows); no status change; then CapturePayment.
     Step {
         step: "order saga: StockReserved",
         produced: &[topics::PAYMENTS.name],
         plain_writes: &[2],
         lwts: 0,
-        reads: 1,
+        reads: 0,
     },
     // payment: read the payment (none yet); the simulated provider's ledger entry (INSERT IF NOT EXISTS);
-    // `record_first` reads again, then the fenced payment row; then PaymentCaptured.
-    Step { step: "payment: CapturePayment", produced: &[topics::ORDERS.name], plain_writes: &[1], lwts: 1, reads: 2 },
-    // saga on PaymentCaptured: applied events; the fenced step; status change CONFIRMED (row, PROCESSING
-    // deleted, processing time: 3 rows); then CreateShipment.
+    // the fenced payment row (`record_new`, no second read); then PaymentCaptured.
+    Step { step: "payment: CapturePayment", produced: &[topics::ORDERS.name], plain_writes: &[1], lwts: 1, reads: 1 },
+    // saga on PaymentCaptured: state from its own last write (no read); the fenced step; status change
+    // CONFIRMED (row, PROCESSING deleted, processing time: 3 rows); then CreateShipment.
     Step {
         step: "order saga: PaymentCaptured",
         produced: &[topics::FULFILLMENT.name],
         plain_writes: &[2, 3],
         lwts: 0,
-        reads: 1,
+        reads: 0,
     },
     // fulfillment: read the shipment (none yet); the fenced shipment row; then ShipmentCreated.
     Step {
@@ -77,9 +79,9 @@ pub const DISTRIBUTED_ORDER_PLAN: &[Step] = &[
         lwts: 0,
         reads: 1,
     },
-    // saga on ShipmentCreated: applied events; the fenced step (no outputs, so nothing is produced); no
-    // status change.
-    Step { step: "order saga: ShipmentCreated", produced: &[], plain_writes: &[2], lwts: 0, reads: 1 },
+    // saga on ShipmentCreated: state from its own last write (no read); the fenced step (no outputs, so
+    // nothing is produced); no status change.
+    Step { step: "order saga: ShipmentCreated", produced: &[], plain_writes: &[2], lwts: 0, reads: 0 },
 ];
 
 /// The plan's totals per order.
@@ -143,7 +145,7 @@ mod tests {
     #[test]
     fn one_order_is_7_records_20_plain_rows_in_10_requests_3_lwts_and_14_reads() {
         let t = totals(DISTRIBUTED_ORDER_PLAN);
-        assert_eq!(t, PlanTotals { messages: 7, plain_requests: 10, plain_rows: 20, lwts: 3, reads: 14 });
+        assert_eq!(t, PlanTotals { messages: 7, plain_requests: 10, plain_rows: 20, lwts: 3, reads: 9 });
         // Four of the seven records are replies to the order saga; one goes to each command topic.
         let to_orders = DISTRIBUTED_ORDER_PLAN.iter().flat_map(|s| s.produced).filter(|t| **t == topics::ORDERS.name);
         assert_eq!(to_orders.count(), 4);

@@ -86,6 +86,10 @@ impl Bus for LimitedBus {
     async fn ready(&self) -> Result<(), BusError> {
         self.inner.ready().await
     }
+
+    async fn progress(&self, group: &str, topic: Topic) -> Result<Vec<super::PartitionProgress>, BusError> {
+        self.inner.progress(group, topic).await
+    }
 }
 
 struct SizeChecked {

@@ -143,6 +143,28 @@ pub trait Bus: Send + Sync + fmt::Debug {
     /// by a short timeout; an adapter may answer from a recent probe instead, so that frequent readiness
     /// checks do not load the cluster.
     async fn ready(&self) -> Result<(), BusError>;
+
+    /// Per partition of `topic`, the position `group` has committed and the end of the log: compared with
+    /// an earlier answer, whether the group has handled every record published before it (the
+    /// stalled-order sweep waits for that instead of taking a backlog for lost records). A few small
+    /// requests, never a read of records.
+    async fn progress(&self, group: &str, topic: Topic) -> Result<Vec<PartitionProgress>, BusError>;
+}
+
+/// How far a consumer group has got in one partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionProgress {
+    pub partition: u16,
+    /// The offset of the next record the group will handle (0 before it committed anything).
+    pub committed: u64,
+    /// The offset the partition's next record will get.
+    pub end: u64,
+}
+
+/// Whether `now` shows the group past every end offset of `mark` (an earlier [`Bus::progress`]): every
+/// record published before `mark` was taken has been handled. A partition missing from `now` is not passed.
+pub fn passed(mark: &[PartitionProgress], now: &[PartitionProgress]) -> bool {
+    mark.iter().all(|m| now.iter().any(|n| n.partition == m.partition && n.committed >= m.end))
 }
 
 /// Pause before restarting a consumer that failed.
@@ -176,4 +198,22 @@ pub async fn run_consumer(
         }
     }
     tracing::info!(group, topic = topic.name, "consumer stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(partition: u16, committed: u64, end: u64) -> PartitionProgress {
+        PartitionProgress { partition, committed, end }
+    }
+
+    #[test]
+    fn a_mark_is_passed_once_every_partition_reached_its_end_then() {
+        let mark = [at(0, 3, 10), at(1, 0, 0), at(2, 5, 7)];
+        assert!(!passed(&mark, &[at(0, 9, 12), at(1, 0, 1), at(2, 7, 9)]), "partition 0 is still behind");
+        assert!(passed(&mark, &[at(0, 10, 12), at(1, 0, 1), at(2, 7, 9)]), "records after the mark do not matter");
+        assert!(!passed(&mark, &[at(0, 10, 12), at(2, 7, 9)]), "a partition not reported is not passed");
+        assert!(passed(&[], &[]), "an empty topic has nothing to wait for");
+    }
 }

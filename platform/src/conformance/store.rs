@@ -444,8 +444,20 @@ pub async fn orders_insert_once_and_apply_each_event_once(stores: Stores) {
         fence: fence(1),
     };
     assert!(matches!(os.apply(t.clone()).await.unwrap(), Applied::Applied));
-    match os.apply(t).await.unwrap() {
+    match os.apply(t.clone()).await.unwrap() {
         Applied::Duplicate(stored) => assert_eq!(stored, out, "a redelivery gets the stored outputs"),
+        other => panic!("expected a duplicate, got {other:?}"),
+    }
+    // The same event again at another offset (re-published, or a reply sent twice): recognised, and
+    // nothing to publish again, so a copy never runs the rest of the pipeline twice.
+    let copy = Transition { fence: Fence::new(2, 40), ..t.clone() };
+    match os.apply(copy).await.unwrap() {
+        Applied::Duplicate(stored) => assert!(stored.is_empty(), "a copy publishes nothing: {stored:?}"),
+        other => panic!("expected a duplicate, got {other:?}"),
+    }
+    let redelivered_to_next_owner = Transition { fence: Fence::new(2, 1), ..t };
+    match os.apply(redelivered_to_next_owner).await.unwrap() {
+        Applied::Duplicate(stored) => assert_eq!(stored, out, "the same record under a new epoch is a redelivery"),
         other => panic!("expected a duplicate, got {other:?}"),
     }
     let stale = Transition {
@@ -461,6 +473,9 @@ pub async fn orders_insert_once_and_apply_each_event_once(stores: Stores) {
     let quiet = EventId::random();
     assert_eq!(os.seen(&o.id, quiet, fence(3)).await.unwrap(), None);
     assert_eq!(os.seen(&o.id, quiet, fence(3)).await.unwrap(), Some(vec![]));
+    assert_eq!(os.seen(&o.id, quiet, fence(9)).await.unwrap(), Some(vec![]), "a copy: recognised");
+    assert_eq!(os.seen(&o.id, event, fence(9)).await.unwrap(), Some(vec![]), "a copy of an applied event");
+    assert_eq!(os.seen(&o.id, event, fence(1)).await.unwrap(), Some(out), "its redelivery");
     assert_eq!(os.order(&o.id).await.unwrap().unwrap().status, OrderStatus::Processing, "seen changes no state");
 }
 
@@ -566,14 +581,15 @@ pub async fn order_stats_follow_transitions(stores: Stores) {
     assert_eq!(after.processing_ms_total, before.processing_ms_total + 40);
 }
 
-pub async fn payments_first_record_wins(stores: Stores) {
+pub async fn payments_record_then_replace(stores: Stores) {
     let id = run_id("pay");
     let ps = &stores.payments;
     let o = OrderId::parse(format!("{id}-1")).unwrap();
+    assert_eq!(ps.payment(&o).await.unwrap(), None);
     let captured = PaymentRecord::Captured { charge_id: "ch_1".into(), amount: Money::from_cents(500).unwrap() };
-    assert_eq!(ps.record_first(&o, &captured, fence(1)).await.unwrap(), captured);
+    ps.record_new(&o, &captured, fence(1)).await.unwrap();
+    assert_eq!(ps.payment(&o).await.unwrap(), Some(captured.clone()));
     let declined = PaymentRecord::Declined { reason: "x".into() };
-    assert_eq!(ps.record_first(&o, &declined, fence(2)).await.unwrap(), captured);
     let refunded = PaymentRecord::Refunded {
         charge_id: "ch_1".into(),
         refund_id: "re_1".into(),
@@ -656,6 +672,6 @@ pub async fn run_all(stores: Stores) {
     orders_insert_once_and_apply_each_event_once(stores.clone()).await;
     orders_list_by_user_and_status_newest_first(stores.clone()).await;
     order_stats_follow_transitions(stores.clone()).await;
-    payments_first_record_wins(stores.clone()).await;
+    payments_record_then_replace(stores.clone()).await;
     shipments_are_created_once(stores).await;
 }

@@ -82,6 +82,8 @@ pub struct CqlStore {
     clock: TimeuuidClock,
     /// Where each stalled-order sweep starts next (see `OrderStore::stalled`).
     sweep_floors: crate::store::SweepFloors,
+    /// The saga state this process last wrote of each order it owns (see [`orders::OwnerStates`]).
+    owner_states: orders::OwnerStates,
 }
 
 impl fmt::Debug for CqlStore {
@@ -140,6 +142,13 @@ pub async fn connect_and_migrate_session(session: Session) -> Result<CqlStore> {
 }
 
 impl CqlStore {
+    /// Keeps at most `entries` orders' saga state as this process last wrote it (0: every saga step reads
+    /// the order first). The default is [`crate::backend::DEFAULT_OWNED_ORDER_ENTRIES`].
+    pub fn with_owned_order_entries(mut self, entries: u64) -> Self {
+        self.owner_states = orders::OwnerStates::new(entries);
+        self
+    }
+
     /// Prepares every statement on `session` (whose cluster must already have the schema).
     pub async fn new(session: Session) -> Result<CqlStore> {
         refuse_earlier_format(&session).await?;
@@ -153,6 +162,7 @@ impl CqlStore {
             fencing: fencing::Statements::prepare(&session).await?,
             clock: TimeuuidClock::new(),
             sweep_floors: crate::store::SweepFloors::default(),
+            owner_states: orders::OwnerStates::new(crate::backend::DEFAULT_OWNED_ORDER_ENTRIES),
             session,
         })
     }

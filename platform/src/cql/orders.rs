@@ -36,6 +36,61 @@ fn bucket_of(placed_at_ms: i64) -> i64 {
     placed_at_ms.div_euclid(BUCKET_MS)
 }
 
+/// The saga state (order document and applied events) this process last wrote of each order as the owner
+/// of its partition, by epoch, so that the next step of the same order skips the read of it.
+///
+/// Safe because of the fence (ADR 0001): an epoch is claimed by one process once per assignment, and
+/// under it that process is the only writer of the order's state cells, processing its partition's
+/// records in offset order. So what it wrote under epoch `e` is the current state for as long as it
+/// handles the partition under `e`; an entry of another epoch (the partition was lost and taken again,
+/// or belongs to an earlier run) is not used. A zombie (this process after it lost the partition) may use
+/// its entries: its writes carry the older epoch and lose to the new owner's, as they would after a read.
+/// Entries whose write failed or whose outcome is unknown are dropped. Bounded by `--owned-order-entries`.
+/// (Partitions are found by key, so this relies on the orders topic's partition count not changing,
+/// which the saga's per-order ordering needs anyway.)
+pub(super) struct OwnerStates {
+    cache: Option<moka::sync::Cache<String, std::sync::Arc<OwnerState>>>,
+}
+
+struct OwnerState {
+    epoch: u64,
+    order: Order,
+    applied: Vec<uuid::Uuid>,
+}
+
+/// How long an entry stays without being used (an order that reached its end has no next step).
+const OWNER_STATE_IDLE: std::time::Duration = std::time::Duration::from_secs(600);
+
+impl OwnerStates {
+    /// Holds at most `entries` orders; 0 turns it off (every step reads the store).
+    pub(super) fn new(entries: u64) -> Self {
+        let cache = (entries > 0)
+            .then(|| moka::sync::Cache::builder().max_capacity(entries).time_to_idle(OWNER_STATE_IDLE).build());
+        Self { cache }
+    }
+
+    fn get(&self, id: &str, epoch: u64) -> Option<(Order, Vec<uuid::Uuid>)> {
+        let state = self.cache.as_ref()?.get(id)?;
+        let hit = state.epoch == epoch;
+        metrics::counter!("orderflow_cql_owner_state_reads_total", "outcome" => if hit { "hit" } else { "other_epoch" })
+            .increment(1);
+        hit.then(|| (state.order.clone(), state.applied.clone()))
+    }
+
+    fn put(&self, epoch: u64, order: &Order, applied: &[uuid::Uuid]) {
+        if let Some(cache) = &self.cache {
+            let state = OwnerState { epoch, order: order.clone(), applied: applied.to_vec() };
+            cache.insert(order.id.as_str().to_owned(), std::sync::Arc::new(state));
+        }
+    }
+
+    fn forget(&self, id: &str) {
+        if let Some(cache) = &self.cache {
+            cache.invalidate(id);
+        }
+    }
+}
+
 /// An index walk: newest first from the start (`head`), or after a position: the rest of the same
 /// millisecond (`tie`, `order_id > ?`), then older ones (`older`).
 struct IndexQueries {
@@ -122,7 +177,7 @@ impl Statements {
             step: batch(BatchType::Unlogged, &[&set_state, &event_insert], true),
             effect: prepare(
                 s,
-                "SELECT outputs FROM orderflow_orders.orders_v2 WHERE order_id = ? AND event_id = ?",
+                "SELECT outputs, WRITETIME(outputs) FROM orderflow_orders.orders_v2 WHERE order_id = ? AND event_id = ?",
                 true,
             )
             .await?,
@@ -214,14 +269,19 @@ impl Statements {
 // Rows
 
 type StoredRecord = (String, String, Vec<u8>, Option<Vec<(String, String)>>);
-type OutputsTuple = (Option<Vec<StoredRecord>>,);
+type OutputsTuple = (Option<Vec<StoredRecord>>, Option<i64>);
 
 fn outputs_to_row(outputs: &[BusRecord]) -> Vec<StoredRecord> {
     outputs.iter().map(|r| (r.topic.clone(), r.key.clone(), r.payload.clone(), Some(r.headers.clone()))).collect()
 }
 
-fn outputs_from_row(row: OutputsTuple) -> Vec<BusRecord> {
-    row.0
+/// The outputs stored with an applied event, if `fence` is for the record that applied it (its offset is
+/// in the event row's write timestamp, see [`Fence::timestamp`]); none for a copy at another offset.
+fn outputs_from_row((outputs, written): OutputsTuple, fence: Fence) -> Vec<BusRecord> {
+    if !written.is_some_and(|ts| fence.is_at(Fence::offset_of_timestamp(ts))) {
+        return Vec::new();
+    }
+    outputs
         .unwrap_or_default()
         .into_iter()
         .map(|(topic, key, payload, headers)| BusRecord { topic, key, payload, headers: headers.unwrap_or_default() })
@@ -272,12 +332,30 @@ impl CqlStore {
         }
     }
 
-    async fn effect_read(&self, id: &OrderId, event: EventId) -> Result<Option<Vec<BusRecord>>> {
-        Ok(self.first_row::<OutputsTuple>(&self.orders.effect, (id.as_str(), event.0)).await?.map(outputs_from_row))
+    /// The order's saga state as this process last read or wrote it under `fence`'s epoch, else as stored
+    /// (remembered for the step that follows: read by the owner after it claimed the epoch, it is the state
+    /// that step builds on, as a read at the step would be).
+    async fn owner_state(&self, id: &str, fence: Fence) -> Result<Option<(Order, Vec<uuid::Uuid>)>> {
+        if let Some(state) = self.owner_states.get(id, fence.epoch) {
+            return Ok(Some(state));
+        }
+        let read = self.state_read(id, false).await?;
+        if let Some((order, applied)) = &read {
+            self.owner_states.put(fence.epoch, order, applied);
+        }
+        Ok(read)
+    }
+
+    /// What to publish again for a delivery (under `fence`) of an event already applied: see
+    /// [`Applied::Duplicate`].
+    async fn effect_read(&self, id: &OrderId, event: EventId, fence: Fence) -> Result<Vec<BusRecord>> {
+        let row = self.first_row::<OutputsTuple>(&self.orders.effect, (id.as_str(), event.0)).await?;
+        Ok(row.map(|r| outputs_from_row(r, fence)).unwrap_or_default())
     }
 
     /// Writes one saga step: the order's state cells (all of them, so they always come from one writer) and
-    /// the event's row, stamped with the fence.
+    /// the event's row, stamped with the fence. Remembers what was written for the order's next step under
+    /// the same epoch, or forgets it when the write failed (it may or may not have been applied).
     async fn write_step(
         &self,
         order: &Order,
@@ -291,7 +369,12 @@ impl CqlStore {
         let doc = doc_to_row(order)?;
         let values =
             ((ts, order.status.as_str(), &doc, applied, id), (id, event.0, outputs_to_row(outputs), now_ms(), ts));
-        self.write_batch(&self.orders.step, values).await
+        let written = self.write_batch(&self.orders.step, values).await;
+        match &written {
+            Ok(()) => self.owner_states.put(fence.epoch, order, applied),
+            Err(_) => self.owner_states.forget(id),
+        }
+        written
     }
 
     /// Writes the read-model rows of `order` in one logged batch: the bucket, the all-orders and per-user
@@ -496,21 +579,27 @@ impl OrderStore for CqlStore {
         self.order_read(id.as_str(), false).await
     }
 
+    async fn order_for_step(&self, id: &OrderId, fence: Fence) -> Result<Option<Order>> {
+        Ok(self.owner_state(id.as_str(), fence).await?.map(|(order, _)| order))
+    }
+
     async fn apply(&self, t: Transition) -> Result<Applied> {
         let id = t.order.id.as_str();
         // The saga owns the order's partition: nobody else writes these cells, so a read then a write is
-        // safe; a zombie's write carries an older epoch and loses to ours cell by cell.
-        let Some((current, mut applied)) = self.state_read(id, false).await? else {
+        // safe; a zombie's write carries an older epoch and loses to ours cell by cell. What this process
+        // wrote last under the same epoch is the current state, and needs no read.
+        let Some((current, mut applied)) = self.owner_state(id, t.fence).await? else {
             return Ok(Applied::Conflict);
         };
         if applied.contains(&t.event_id.0) {
             // A redelivery. Repair the read models for where the order is now: the crash that caused it may
             // have come between the step and its index batch.
             self.write_indexes(&current, &[t.expected, t.order.status]).await?;
-            let outputs = self.effect_read(&t.order.id, t.event_id).await?.unwrap_or_default();
+            let outputs = self.effect_read(&t.order.id, t.event_id, t.fence).await?;
             return Ok(Applied::Duplicate(outputs));
         }
         if current.status != t.expected {
+            self.owner_states.forget(id);
             return Ok(Applied::Conflict);
         }
         applied.push(t.event_id.0);
@@ -522,11 +611,11 @@ impl OrderStore for CqlStore {
     }
 
     async fn seen(&self, id: &OrderId, event: EventId, fence: Fence) -> Result<Option<Vec<BusRecord>>> {
-        let Some((current, mut applied)) = self.state_read(id.as_str(), false).await? else {
+        let Some((current, mut applied)) = self.owner_state(id.as_str(), fence).await? else {
             return Err(StoreError::Corrupt(format!("no order {id}")));
         };
         if applied.contains(&event.0) {
-            return Ok(Some(self.effect_read(id, event).await?.unwrap_or_default()));
+            return Ok(Some(self.effect_read(id, event, fence).await?));
         }
         applied.push(event.0);
         self.write_step(&current, &applied, event, &[], fence).await?;

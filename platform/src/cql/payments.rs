@@ -127,12 +127,8 @@ impl PaymentStore for CqlStore {
             .transpose()
     }
 
-    async fn record_first(&self, order: &OrderId, record: &PaymentRecord, fence: Fence) -> Result<PaymentRecord> {
-        if let Some(first) = self.payment(order).await? {
-            return Ok(first);
-        }
-        self.payment_write(order, record, fence).await?;
-        Ok(record.clone())
+    async fn record_new(&self, order: &OrderId, record: &PaymentRecord, fence: Fence) -> Result<()> {
+        self.payment_write(order, record, fence).await
     }
 
     async fn replace(

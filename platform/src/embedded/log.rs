@@ -314,6 +314,26 @@ impl Bus for EmbeddedLog {
         Ok(())
     }
 
+    /// The group's stored cursor and the partition's next offset, per partition: point reads and one
+    /// seek to a partition's last record (trimmed records are gone from the front, never from the end).
+    async fn progress(&self, group: &str, topic: Topic) -> Result<Vec<crate::bus::PartitionProgress>, BusError> {
+        let store_err = |e: StoreError| BusError::Unavailable(e.to_string());
+        let mut out = Vec::with_capacity(usize::from(topic.partitions));
+        for partition in 0..topic.partitions {
+            let committed = self.read_cursor(group, topic.name, partition).map_err(store_err)?;
+            let known = self.next_offsets.lock().ok().and_then(|n| n.get(&(topic.name, partition)).copied());
+            let end = match known {
+                Some(next) => next,
+                None => match self.db.log.inner().prefix(partition_prefix(topic.name, partition)).next_back() {
+                    Some(g) => offset_of(&g.key().map_err(unavailable).map_err(store_err)?).map_or(0, |o| o + 1),
+                    None => 0,
+                },
+            };
+            out.push(crate::bus::PartitionProgress { partition, committed, end });
+        }
+        Ok(out)
+    }
+
     async fn publish(&self, records: Vec<BusRecord>) -> Result<(), BusError> {
         if records.is_empty() {
             return Ok(());

@@ -578,7 +578,8 @@ fn parse_alert_time_key(key: &[u8]) -> Result<(i64, Sku, u64)> {
 //   "a" 0x00 pos            every order, newest first
 //   "u" 0x00 user 0x00 pos  one customer's orders, newest first
 //   "s" 0x00 STATUS 0x00 pos orders in a status, newest first
-// where pos = hex(u64::MAX - placed_at_ms) ":" id. saga_effects[id 0x00 event_id] = outputs.
+// where pos = hex(u64::MAX - placed_at_ms) ":" id. saga_effects[id 0x00 event_id] = Effect (the offset of
+// the record that applied the event, and its outputs).
 // stats["orders"] = StatsRow, updated in the same transaction as every status change.
 
 fn position(order: &Order) -> String {
@@ -633,6 +634,28 @@ fn bump_stats(db: &Db, tx: &mut fjall::SingleWriterWriteTx<'_>, before: Option<&
     Ok(())
 }
 
+/// What `saga_effects` holds per applied (or seen) event.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+enum Effect {
+    /// The offset of the record that applied the event, and the outputs it published.
+    Applied { offset: u64, outputs: Vec<BusRecord> },
+    /// Written by versions before the offset was kept: the outputs alone.
+    OutputsOnly(Vec<BusRecord>),
+}
+
+impl Effect {
+    /// What a delivery under `fence` of the event publishes again (see [`Applied::Duplicate`]); rows
+    /// from before the offset was kept answer as they did then, with their outputs.
+    fn into_republished(self, fence: Fence) -> Vec<BusRecord> {
+        match self {
+            Effect::Applied { offset, outputs } if fence.is_at(offset) => outputs,
+            Effect::Applied { .. } => Vec::new(),
+            Effect::OutputsOnly(outputs) => outputs,
+        }
+    }
+}
+
 #[async_trait]
 impl OrderStore for EmbeddedStore {
     async fn insert_new(&self, order: &Order) -> Result<Inserted> {
@@ -661,8 +684,8 @@ impl OrderStore for EmbeddedStore {
         self.db
             .write(move |db, tx| {
                 let ek = effects_key(&t.order.id, t.event_id);
-                if let Some(outputs) = get_row::<Vec<BusRecord>>(tx, &db.saga_effects, &ek)? {
-                    return Ok(Applied::Duplicate(outputs));
+                if let Some(effect) = get_row::<Effect>(tx, &db.saga_effects, &ek)? {
+                    return Ok(Applied::Duplicate(effect.into_republished(t.fence)));
                 }
                 let Some(before) = get_row::<Order>(tx, &db.orders, t.order.id.as_str())? else {
                     return Ok(Applied::Conflict);
@@ -677,20 +700,21 @@ impl OrderStore for EmbeddedStore {
                     bump_stats(db, tx, Some(&before), &t.order)?;
                 }
                 tx.insert(&db.orders, t.order.id.as_str(), to_row(&t.order)?);
-                tx.insert(&db.saga_effects, ek, to_row(&t.outputs)?);
+                let effect = Effect::Applied { offset: t.fence.offset, outputs: t.outputs };
+                tx.insert(&db.saga_effects, ek, to_row(&effect)?);
                 Ok(Applied::Applied)
             })
             .await
     }
 
-    async fn seen(&self, id: &OrderId, event: EventId, _fence: Fence) -> Result<Option<Vec<BusRecord>>> {
+    async fn seen(&self, id: &OrderId, event: EventId, fence: Fence) -> Result<Option<Vec<BusRecord>>> {
         let ek = effects_key(id, event);
         self.db
             .write(move |db, tx| {
-                if let Some(outputs) = get_row::<Vec<BusRecord>>(tx, &db.saga_effects, &ek)? {
-                    return Ok(Some(outputs));
+                if let Some(effect) = get_row::<Effect>(tx, &db.saga_effects, &ek)? {
+                    return Ok(Some(effect.into_republished(fence)));
                 }
-                tx.insert(&db.saga_effects, ek, to_row(&Vec::<BusRecord>::new())?);
+                tx.insert(&db.saga_effects, ek, to_row(&Effect::Applied { offset: fence.offset, outputs: vec![] })?);
                 Ok(None)
             })
             .await
@@ -787,15 +811,12 @@ impl PaymentStore for EmbeddedStore {
         get_latest(&self.db.payments, order.as_str())
     }
 
-    async fn record_first(&self, order: &OrderId, record: &PaymentRecord, _fence: Fence) -> Result<PaymentRecord> {
-        let (order, record) = (order.clone(), record.clone());
+    async fn record_new(&self, order: &OrderId, record: &PaymentRecord, _fence: Fence) -> Result<()> {
+        let (order, row) = (order.clone(), to_row(record)?);
         self.db
             .write(move |db, tx| {
-                if let Some(first) = get_row(tx, &db.payments, order.as_str())? {
-                    return Ok(first);
-                }
-                tx.insert(&db.payments, order.as_str(), to_row(&record)?);
-                Ok(record)
+                tx.insert(&db.payments, order.as_str(), row);
+                Ok(())
             })
             .await
     }

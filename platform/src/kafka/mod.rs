@@ -23,6 +23,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::util::Timeout;
+use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -55,7 +56,13 @@ pub struct KafkaBus {
     /// The last readiness answer and when it was taken (see [`READY_CACHE`]). A tokio mutex, held across
     /// the probe, so concurrent checks wait for one probe instead of each sending their own.
     readiness: Arc<tokio::sync::Mutex<Option<ReadyAnswer>>>,
+    /// One client per group asked about in [`Bus::progress`] (made on first use, never subscribed: it
+    /// reads the group's committed offsets and the partitions' ends, it does not join the group).
+    progress_clients: Arc<std::sync::Mutex<HashMap<String, Arc<BaseConsumer<QuietLogs>>>>>,
 }
+
+/// How long one [`Bus::progress`] request may wait for the cluster.
+const PROGRESS_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A readiness answer (`Err` carries the cause) and when it was taken.
 type ReadyAnswer = (std::time::Instant, Result<(), String>);
@@ -120,6 +127,8 @@ impl ClientContext for QuietLogs {
     }
 }
 
+impl ConsumerContext for QuietLogs {}
+
 impl std::fmt::Debug for KafkaBus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KafkaBus").field("bootstrap", &self.options.bootstrap).finish_non_exhaustive()
@@ -142,7 +151,7 @@ impl KafkaBus {
             .set("message.timeout.ms", PUBLISH_TIMEOUT.as_millis().to_string())
             .create_with_context(QuietLogs::default())
             .map_err(unavailable)?;
-        Ok(Self { options, producer, readiness: Arc::default() })
+        Ok(Self { options, producer, readiness: Arc::default(), progress_clients: Arc::default() })
     }
 
     /// Creates every topic of [`topics::ALL`] that does not exist yet; returns the names created.
@@ -171,6 +180,23 @@ impl KafkaBus {
             tracing::info!(topics = ?created, "created Kafka topics");
         }
         Ok(created)
+    }
+
+    /// The client that answers [`Bus::progress`] about `group`.
+    fn progress_client(&self, group: &str) -> Result<Arc<BaseConsumer<QuietLogs>>, BusError> {
+        let mut clients = self.progress_clients.lock().map_err(|_| unavailable("progress clients poisoned"))?;
+        if let Some(c) = clients.get(group) {
+            return Ok(Arc::clone(c));
+        }
+        let client: BaseConsumer<QuietLogs> = ClientConfig::new()
+            .set("bootstrap.servers", self.options.bootstrap.join(","))
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .create_with_context(QuietLogs::default())
+            .map_err(unavailable)?;
+        let client = Arc::new(client);
+        clients.insert(group.to_owned(), Arc::clone(&client));
+        Ok(client)
     }
 
     fn consumer(&self, group: &str, context: Assignments) -> Result<GroupConsumer, BusError> {
@@ -344,6 +370,35 @@ impl Bus for KafkaBus {
         };
         *last = Some((std::time::Instant::now(), answer.clone()));
         answer.map_err(BusError::Unavailable)
+    }
+
+    /// The group's committed offsets (one OffsetFetch) and each partition's high watermark.
+    async fn progress(&self, group: &str, topic: Topic) -> Result<Vec<crate::bus::PartitionProgress>, BusError> {
+        let client = self.progress_client(group)?;
+        tokio::task::spawn_blocking(move || {
+            let mut wanted = TopicPartitionList::new();
+            for p in 0..topic.partitions {
+                wanted.add_partition(topic.name, i32::from(p));
+            }
+            let committed = client.committed_offsets(wanted, Timeout::After(PROGRESS_TIMEOUT)).map_err(unavailable)?;
+            let mut out = Vec::with_capacity(usize::from(topic.partitions));
+            for partition in 0..topic.partitions {
+                let (_, high) = client
+                    .fetch_watermarks(topic.name, i32::from(partition), Timeout::After(PROGRESS_TIMEOUT))
+                    .map_err(unavailable)?;
+                let at = committed.find_partition(topic.name, i32::from(partition)).map(|e| e.offset());
+                let committed = match at {
+                    Some(Offset::Offset(o)) => u64::try_from(o).unwrap_or(0),
+                    _ => 0,
+                };
+                out.push(crate::bus::PartitionProgress { partition, committed, end: u64::try_from(high).unwrap_or(0) });
+            }
+            // Hand client events (errors, logs) to the context so they do not queue up.
+            let _ = client.poll(Duration::ZERO);
+            Ok(out)
+        })
+        .await
+        .map_err(unavailable)?
     }
 
     async fn publish(&self, records: Vec<BusRecord>) -> Result<(), BusError> {

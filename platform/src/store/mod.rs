@@ -107,6 +107,17 @@ impl Fence {
         Self { epoch, offset }
     }
 
+    /// The offset a write timestamp made by [`Fence::timestamp`] carries.
+    pub fn offset_of_timestamp(timestamp: i64) -> u64 {
+        (timestamp as u64) & ((1u64 << Self::OFFSET_BITS) - 1)
+    }
+
+    /// Whether this fence is for the record at `offset` (whatever the epoch: a redelivery of the same
+    /// record to a new owner keeps its offset).
+    pub fn is_at(&self, offset: u64) -> bool {
+        self.offset & ((1u64 << Self::OFFSET_BITS) - 1) == offset
+    }
+
     /// The write timestamp: the epoch in the high bits, the offset in the low ones, so a later epoch's
     /// writes win over an earlier one's and, within an epoch, a later record's over an earlier one's.
     /// Never written by anything but fenced writers (plain writes without a timestamp would use the clock).
@@ -448,8 +459,12 @@ pub struct Transition {
 pub enum Applied {
     /// Written now; publish `outputs`.
     Applied,
-    /// This event was applied before (a redelivery): publish the outputs stored with it again, since
-    /// the process may have died before it published them the first time.
+    /// This event was applied before. When this delivery is the very record that applied it (the same
+    /// offset: a redelivery after a crash, which may have come before the outputs were published), the
+    /// outputs stored with it, to publish again. When it is a copy of the event at another offset (a
+    /// re-published `OrderPlaced`, a reply sent twice by a step that was itself redelivered), none: the
+    /// record that applied it published them, or will on its own redelivery, so a copy never sets the
+    /// rest of the pipeline going a second time.
     Duplicate(Vec<BusRecord>),
     /// The order moved on meanwhile; re-read it and decide again.
     Conflict,
@@ -460,10 +475,18 @@ pub trait OrderStore: Send + Sync {
     /// Inserts a new order if the id is free.
     async fn insert_new(&self, order: &Order) -> Result<Inserted>;
     async fn order(&self, id: &OrderId) -> Result<Option<Order>>;
+    /// The order as the saga reads it before a step it will write under `fence`: [`OrderStore::order`],
+    /// which an adapter may answer from what it read or wrote of the order under the same epoch (only the
+    /// partition's owner writes it, see [`Fence`]), and remember for the step's write.
+    async fn order_for_step(&self, id: &OrderId, fence: Fence) -> Result<Option<Order>> {
+        let _ = fence;
+        self.order(id).await
+    }
     /// Applies a saga step atomically with a record of the event and its outputs, if the order still
     /// has `expected` status and the event was not applied before.
     async fn apply(&self, transition: Transition) -> Result<Applied>;
     /// Records an event that changes nothing (e.g. a late reply) so that its redelivery is recognised.
+    /// `Some` when it was applied or seen before, with what to publish again as for [`Applied::Duplicate`].
     async fn seen(&self, id: &OrderId, event: EventId, fence: Fence) -> Result<Option<Vec<BusRecord>>>;
     /// Newest first, starting after the position `after` (a key from an earlier page).
     async fn list(&self, filter: &OrderFilter, after: Option<&str>, limit: usize) -> Result<Page<Order>>;
@@ -490,9 +513,12 @@ pub enum PaymentRecord {
 #[async_trait]
 pub trait PaymentStore: Send + Sync {
     async fn payment(&self, order: &OrderId) -> Result<Option<PaymentRecord>>;
-    /// Stores the first record for an order; returns the stored one (the first wins). Written by the owner
-    /// of the order's payments partition only, stamped with its `fence`.
-    async fn record_first(&self, order: &OrderId, record: &PaymentRecord, fence: Fence) -> Result<PaymentRecord>;
+    /// Stores an order's first record, once [`PaymentStore::payment`] found none. Written by the owner of
+    /// the order's payments partition only, stamped with its `fence`, and without reading again: between
+    /// that read and this write only a zombie (an earlier owner) can have written, and its write carries
+    /// an older epoch and loses (its provider call used the same idempotency key, so it recorded the same
+    /// outcome).
+    async fn record_new(&self, order: &OrderId, record: &PaymentRecord, fence: Fence) -> Result<()>;
     /// Replaces `from` with `to` if `from` is stored; returns the record now stored.
     async fn replace(
         &self,

@@ -116,6 +116,13 @@ impl OrderStore for OwnerReadOrders {
         self.store.order(id).await
     }
 
+    async fn order_for_step(&self, id: &OrderId, fence: Fence) -> Result<Option<Order>> {
+        if let Some(order) = self.owned.get(id) {
+            return Ok(Some(order));
+        }
+        self.store.order_for_step(id, fence).await
+    }
+
     async fn apply(&self, transition: Transition) -> Result<Applied> {
         let id = transition.order.id.clone();
         let applied = self.store.apply(transition).await;
