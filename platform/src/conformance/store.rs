@@ -291,7 +291,21 @@ pub async fn concurrent_reservations_never_oversell(stores: Stores) {
             let inv = Arc::clone(&stores.inventory);
             let s = s.clone();
             let o = OrderId::parse(format!("{id}-o{i}")).unwrap();
-            tokio::spawn(async move { inv.reserve(&o, &[(s, q(1))]).await.unwrap() })
+            // As the consumer policy does: an outcome the store could not settle (a timeout under this
+            // much contention on one partition) is retried with the same order, which is idempotent.
+            tokio::spawn(async move {
+                let mut attempt = 0u64;
+                loop {
+                    match inv.reserve(&o, &[(s.clone(), q(1))]).await {
+                        Err(StoreError::Unavailable(e)) if attempt < 20 => {
+                            attempt += 1;
+                            eprintln!("reservation of {o} not settled ({e}); retrying");
+                            tokio::time::sleep(std::time::Duration::from_millis(50 * attempt)).await;
+                        }
+                        outcome => break outcome.unwrap(),
+                    }
+                }
+            })
         })
         .collect();
     let mut reserved = 0;
