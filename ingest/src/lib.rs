@@ -179,11 +179,12 @@ impl Intake {
             placed_at_ms: now,
             updated_at_ms: now,
             processed_at_ms: None,
+            reserved_skus: vec![],
             timeline: vec![TimelineEntry { at_ms: now, kind: "placed".into(), detail: format!("total {total}") }],
         };
         let (order, replayed) = match self.stores.orders.insert_new(&order).await? {
             Inserted::New => (order, false),
-            Inserted::Existing(first) if first.same_request_as(&order) => (first, true),
+            Inserted::Existing(first) if first.same_request_as(&order) => (*first, true),
             Inserted::Existing(_) => return Err(IntakeError::IdempotencyConflict(id)),
         };
         // Published after the row is stored: if we die in between, the stalled-order sweep publishes it.

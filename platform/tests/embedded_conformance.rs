@@ -48,7 +48,7 @@ checks!(store:
     catalog_creates_once_updates_existing_and_paginates,
     catalog_view_keeps_the_newest_version,
     catalog_listing_is_in_sku_order,
-    reservations_are_all_or_nothing_and_idempotent,
+    reservations_hold_each_sku_once,
     concurrent_reservations_never_oversell,
     batched_reservations_take_stock_in_order,
     stock_adjustments_are_checked,

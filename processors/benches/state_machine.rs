@@ -29,6 +29,7 @@ fn order() -> Order {
         placed_at_ms: 1_000,
         updated_at_ms: 1_000,
         processed_at_ms: None,
+        reserved_skus: vec![],
         timeline: vec![],
     }
 }
@@ -45,7 +46,7 @@ fn env(body: impl Into<Event>) -> Envelope {
 fn happy_path(c: &mut Criterion) {
     let pending = order();
     let placed = OrderPlaced::envelope_of(&pending);
-    let reserved = env(StockReserved { units_reserved: 3 });
+    let reserved = env(StockReserved { units_reserved: 3, sku: None });
     let captured = env(PaymentCaptured { charge_id: "ch_bench".into(), captured_cents: 975 });
 
     let mut group = c.benchmark_group("saga_decide");

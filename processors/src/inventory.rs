@@ -1,14 +1,15 @@
-//! The inventory processor: reserves every line of an order or none, releases on cancel or failure,
-//! commits when the order leaves. The store makes each of these conditional and idempotent per order,
-//! so a redelivered command returns the stored answer and never moves stock twice.
+//! The inventory processor: holds an order's units of one SKU (one command per SKU, on that SKU's
+//! partition), releases on cancel or failure, commits when the order leaves. The store makes each of
+//! these conditional and idempotent per (order, SKU), so a redelivered command returns the stored answer
+//! and never moves stock twice.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use orderflow_platform::bus::{Bus, BusRecord, Delivery, Handler, HandlerError};
-use orderflow_platform::store::{InventoryStore, Reservation, ReservationEnd};
+use orderflow_platform::store::{Hold, InventoryStore, Reservation, ReservationEnd};
 use orderflow_schemas::events::{ReserveStock, StockRejected, StockReserved};
-use orderflow_schemas::{Envelope, Event, EventId, Sku, StockAlert, stock_alert, topics};
+use orderflow_schemas::{Envelope, Event, EventId, OrderId, Sku, StockAlert, stock_alert, topics};
 
 pub struct InventoryHandler {
     pub inventory: Arc<dyn InventoryStore>,
@@ -64,42 +65,113 @@ impl InventoryHandler {
     /// Reserves for every command of `batch` in one store call, publishes every reply in one append,
     /// then settles each SKU's low-stock state once.
     async fn reserve_batch(&self, batch: &[(Envelope, &ReserveStock)]) -> Result<(), HandlerError> {
-        let requests: Vec<_> = batch
-            .iter()
-            .map(|(env, cmd)| (env.order_id.clone(), cmd.lines.iter().map(|l| (l.sku.clone(), l.quantity)).collect()))
-            .collect();
-        let outcomes = self.inventory.reserve_many(&requests).await?;
-        if outcomes.len() != batch.len() {
+        let mut holds = Vec::with_capacity(batch.len());
+        let mut replies = Vec::with_capacity(batch.len());
+        let mut touched: Vec<Sku> = Vec::new();
+        for (env, cmd) in batch {
+            match (cmd.sku(), hold_of(&env.order_id, cmd)) {
+                (Some(_), Some(hold)) => holds.push(hold),
+                // A command from before per-SKU reservations: its SKUs one after the other.
+                _ => {
+                    let outcome = self.reserve_all_or_none(&env.order_id, cmd).await?;
+                    if matches!(outcome, Reservation::Reserved { .. }) {
+                        touch(&mut touched, cmd.lines.iter().map(|l| &l.sku));
+                    }
+                    replies.push(crate::record(topics::ORDERS, &reply(&env.order_id, None, outcome))?);
+                }
+            }
+        }
+        let outcomes = self.inventory.reserve_many(&holds).await?;
+        if outcomes.len() != holds.len() {
             return Err(HandlerError::Transient(format!(
                 "{} answers for {} reservations",
                 outcomes.len(),
-                batch.len()
+                holds.len()
             )));
         }
-        let mut replies = Vec::with_capacity(batch.len());
-        let mut touched: Vec<Sku> = Vec::new();
-        for ((env, cmd), outcome) in batch.iter().zip(outcomes) {
-            let reply: Event = match outcome {
-                Reservation::Reserved { units } => {
-                    for l in &cmd.lines {
-                        if !touched.contains(&l.sku) {
-                            touched.push(l.sku.clone());
-                        }
-                    }
-                    StockReserved { units_reserved: i64::try_from(units).unwrap_or(i64::MAX) }.into()
-                }
-                Reservation::Rejected { reason, sku } => {
-                    metrics::counter!("orderflow_reservations_rejected_total", "reason" => reason.clone()).increment(1);
-                    StockRejected { reason, sku }.into()
-                }
-            };
-            let reply = Envelope::new(EventId::derived(&env.order_id, "reserve_reply"), env.order_id.clone(), reply);
-            replies.push(crate::record(topics::ORDERS, &reply)?);
+        for (hold, outcome) in holds.iter().zip(outcomes) {
+            if matches!(outcome, Reservation::Reserved { .. }) {
+                touch(&mut touched, [&hold.sku]);
+            }
+            replies.push(crate::record(topics::ORDERS, &reply(&hold.order, Some(&hold.sku), outcome))?);
         }
         self.bus.publish(replies).await?;
         publish_stock_alerts(&*self.inventory, &*self.bus, &touched).await?;
         Ok(())
     }
+
+    /// A `ReserveStock` written before per-SKU reservations names several SKUs and wants all or none:
+    /// holds them one by one and gives the held ones back if one is refused. A retry finds every hold's
+    /// first answer and gives back again what a refusal already gave back (which changes nothing).
+    async fn reserve_all_or_none(&self, order: &OrderId, cmd: &ReserveStock) -> Result<Reservation, HandlerError> {
+        let mut held: Vec<&Sku> = Vec::new();
+        let mut units = 0u64;
+        for line in &cmd.lines {
+            if held.contains(&&line.sku) {
+                continue;
+            }
+            let quantities = cmd.lines.iter().filter(|l| l.sku == line.sku).map(|l| l.quantity);
+            let Some(hold) = Hold::new(order.clone(), line.sku.clone(), quantities) else { continue };
+            match self.inventory.reserve(&hold).await? {
+                Reservation::Reserved { units: u } => {
+                    held.push(&line.sku);
+                    units = units.saturating_add(u);
+                }
+                refused @ Reservation::Rejected { .. } => {
+                    for sku in held {
+                        self.inventory.end_reservation(order, sku, ReservationEnd::Released).await?;
+                    }
+                    return Ok(refused);
+                }
+            }
+        }
+        Ok(Reservation::Reserved { units })
+    }
+
+    /// Ends the order's hold of each SKU of a release or commit (one since per-SKU reservations; every SKU
+    /// of the order before them).
+    async fn end(&self, order: &OrderId, skus: &[Sku], end: ReservationEnd) -> Result<(), HandlerError> {
+        if skus.is_empty() {
+            // Only envelope v1 writers left the SKUs out; a v1 order's hold cannot be found without them.
+            return Err(HandlerError::Poison(format!("a release or commit for {order} names no SKU (envelope v1)")));
+        }
+        for sku in skus {
+            self.inventory.end_reservation(order, sku, end).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The hold a per-SKU `ReserveStock` asks for.
+fn hold_of(order: &OrderId, cmd: &ReserveStock) -> Option<Hold> {
+    let sku = cmd.sku()?;
+    Hold::new(order.clone(), sku.clone(), cmd.lines.iter().map(|l| l.quantity))
+}
+
+fn touch<'a>(touched: &mut Vec<Sku>, skus: impl IntoIterator<Item = &'a Sku>) {
+    for sku in skus {
+        if !touched.contains(sku) {
+            touched.push(sku.clone());
+        }
+    }
+}
+
+/// The reply to a reservation, with an id derived from (order, SKU) so that a redelivered command's
+/// reply is recognisable and the replies of an order's SKUs are not (`sku` is `None` for a command from
+/// before per-SKU reservations).
+fn reply(order: &OrderId, sku: Option<&Sku>, outcome: Reservation) -> Envelope {
+    let step = sku.map_or_else(|| "reserve_reply".to_owned(), |s| format!("reserve_reply:{s}"));
+    let body: Event = match outcome {
+        Reservation::Reserved { units } => {
+            StockReserved { units_reserved: i64::try_from(units).unwrap_or(i64::MAX), sku: sku.cloned() }.into()
+        }
+        Reservation::Rejected { reason, sku: refused } => {
+            metrics::counter!("orderflow_reservations_rejected_total", "reason" => reason.clone()).increment(1);
+            // A per-SKU refusal always names its SKU: the saga gives back the order's other SKUs.
+            StockRejected { reason, sku: refused.or_else(|| sku.cloned()) }.into()
+        }
+    };
+    Envelope::new(EventId::derived(order, &step), order.clone(), body)
 }
 
 #[async_trait]
@@ -135,12 +207,10 @@ impl Handler for InventoryHandler {
         match &env.body {
             Event::ReserveStock(cmd) => self.reserve_batch(&[(env.clone(), cmd)]).await?,
             Event::ReleaseStock(cmd) => {
-                self.inventory.end_reservation(&env.order_id, &cmd.skus, ReservationEnd::Released).await?;
+                self.end(&env.order_id, &cmd.skus, ReservationEnd::Released).await?;
                 publish_stock_alerts(&*self.inventory, &*self.bus, &cmd.skus).await?;
             }
-            Event::CommitStock(cmd) => {
-                self.inventory.end_reservation(&env.order_id, &cmd.skus, ReservationEnd::Committed).await?;
-            }
+            Event::CommitStock(cmd) => self.end(&env.order_id, &cmd.skus, ReservationEnd::Committed).await?,
             other => {
                 return Err(HandlerError::Poison(format!("{} does not belong on the inventory topic", other.name())));
             }

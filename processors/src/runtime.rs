@@ -306,6 +306,7 @@ mod tests {
             placed_at_ms: 0,
             updated_at_ms: 0,
             processed_at_ms: None,
+            reserved_skus: vec![],
             timeline: vec![],
         }
     }

@@ -10,7 +10,7 @@ use orderflow_platform::fencing::PartitionFences;
 use orderflow_platform::store::{Applied, OrderStore, OwnedOrders, Transition};
 use orderflow_schemas::events::*;
 use orderflow_schemas::topics::{self, Topic};
-use orderflow_schemas::{Envelope, Event, EventId, Order, OrderStatus, TimelineEntry};
+use orderflow_schemas::{Envelope, Event, EventId, Order, OrderStatus, Sku, TimelineEntry};
 
 /// What an event does to an order: its new state and the commands to send.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,6 +38,11 @@ impl<'a> Step<'a> {
         self
     }
 
+    /// [`Step::note`] unless the timeline already has a step of that kind (one per SKU would repeat it).
+    fn note_once(self, kind: &str, detail: impl Into<String>) -> Self {
+        if self.order.timeline.iter().any(|e| e.kind == kind) { self } else { self.note(kind, detail) }
+    }
+
     fn status(mut self, status: OrderStatus) -> Self {
         debug_assert!(self.before.status.can_move_to(status), "{} -> {status}", self.before.status);
         self.order.status = status;
@@ -63,13 +68,40 @@ impl<'a> Step<'a> {
         self
     }
 
-    fn release(self, why: &str) -> Self {
-        let skus = self.skus();
-        self.send(topics::INVENTORY, "release", ReleaseStock { release_reason: why.to_owned(), skus })
+    /// One reservation per SKU of the order, each to its SKU's partition.
+    fn reserve(mut self) -> Self {
+        for sku in self.order.skus() {
+            let lines = (self.order.lines.iter())
+                .filter(|l| l.sku == sku)
+                .map(|l| ReserveLine { sku: l.sku.clone(), quantity: l.quantity })
+                .collect();
+            self = self.send(topics::INVENTORY, &format!("reserve:{sku}"), ReserveStock { lines });
+        }
+        self
     }
 
-    fn skus(&self) -> Vec<orderflow_schemas::Sku> {
-        self.order.lines.iter().map(|l| l.sku.clone()).collect()
+    /// Gives back the hold of every SKU of the order: what was held, and what is still on its way (a
+    /// release reaches a SKU's partition after that SKU's reservation, and undoes it).
+    fn release(self, why: &str) -> Self {
+        let skus = self.order.skus();
+        self.release_skus(why, skus)
+    }
+
+    fn release_skus(mut self, why: &str, skus: impl IntoIterator<Item = Sku>) -> Self {
+        for sku in skus {
+            let step = format!("release:{sku}");
+            self =
+                self.send(topics::INVENTORY, &step, ReleaseStock { release_reason: why.to_owned(), skus: vec![sku] });
+        }
+        self
+    }
+
+    fn commit(mut self, why: &str) -> Self {
+        for sku in self.order.skus() {
+            let step = format!("commit:{sku}");
+            self = self.send(topics::INVENTORY, &step, CommitStock { commit_reason: why.to_owned(), skus: vec![sku] });
+        }
+        self
     }
 
     fn refund(self, why: &str) -> Self {
@@ -91,43 +123,60 @@ pub fn decide(order: &Order, env: &Envelope, now_ms: i64) -> Option<Decision> {
     use OrderStatus::*;
     let step = Step::new(order, now_ms);
     match (&env.body, order.status) {
-        (Event::OrderPlaced(_), Pending) => step
-            .status(Processing)
-            .note("processing", "reserving stock")
-            .send(
-                topics::INVENTORY,
-                "reserve",
-                ReserveStock {
-                    lines: order
-                        .lines
-                        .iter()
-                        .map(|l| ReserveLine { sku: l.sku.clone(), quantity: l.quantity })
-                        .collect(),
-                },
-            )
-            .done(),
-        (Event::StockReserved(r), Processing) => step
-            .note("stock_reserved", format!("{} units reserved", r.units_reserved))
-            .send(
-                topics::PAYMENTS,
-                "capture",
-                CapturePayment {
-                    user_id: order.user_id.clone(),
-                    amount_cents: order.total.cents(),
-                    idempotency_key: format!("{}:capture", order.id),
-                },
-            )
-            .done(),
-        // The order was cancelled while the reservation was in flight: give the units back.
-        (Event::StockReserved(_), Cancelled) => {
-            step.note("stock_released", "reserved after cancellation").release("cancelled").done()
+        (Event::OrderPlaced(_), Pending) => {
+            step.status(Processing).note("processing", "reserving stock").reserve().done()
         }
+        // One SKU held: payment once every SKU is (a reply from before per-SKU reservations held them all).
+        (Event::StockReserved(r), Processing) => {
+            let held = match &r.sku {
+                Some(sku) if order.reserved_skus.contains(sku) => return None,
+                Some(sku) => vec![sku.clone()],
+                None => order.skus(),
+            };
+            let mut step = step;
+            for sku in held {
+                if !step.order.reserved_skus.contains(&sku) {
+                    step.order.reserved_skus.push(sku);
+                }
+            }
+            if !step.order.fully_reserved() {
+                return step.done();
+            }
+            let units: u64 = order.lines.iter().map(|l| u64::from(l.quantity.get())).sum();
+            step.note("stock_reserved", format!("{units} units reserved"))
+                .send(
+                    topics::PAYMENTS,
+                    "capture",
+                    CapturePayment {
+                        user_id: order.user_id.clone(),
+                        amount_cents: order.total.cents(),
+                        idempotency_key: format!("{}:capture", order.id),
+                    },
+                )
+                .done()
+        }
+        // The order was cancelled while a reservation was in flight: give those units back (the cancel's
+        // own release follows the reservation too; ending a hold twice ends it once).
+        (Event::StockReserved(r), Cancelled) => {
+            let skus = r.sku.clone().map_or_else(|| order.skus(), |sku| vec![sku]);
+            step.note_once("stock_released", "reserved after cancellation").release_skus("cancelled", skus).done()
+        }
+        // One SKU refused: the order is rejected and every other SKU's hold, made or on its way, goes back.
         (Event::StockRejected(r), Processing) => {
             let reason = match &r.sku {
                 Some(sku) => format!("{}: {sku}", r.reason),
                 None => r.reason.clone(),
             };
-            step.status(Rejected).reason(reason.clone()).note("rejected", reason).done()
+            let others: Vec<Sku> = match &r.sku {
+                Some(refused) => order.skus().into_iter().filter(|s| s != refused).collect(),
+                // A reply from before per-SKU reservations: its one reservation held nothing.
+                None => Vec::new(),
+            };
+            step.status(Rejected)
+                .reason(reason.clone())
+                .note("rejected", reason)
+                .release_skus("rejected", others)
+                .done()
         }
         (Event::PaymentCaptured(p), Processing) => step
             .note("payment_captured", format!("charge {}", p.charge_id))
@@ -189,27 +238,26 @@ pub fn decide(order: &Order, env: &Envelope, now_ms: i64) -> Option<Decision> {
         {
             let step =
                 step.status(c.status).note(&c.status.as_str().to_ascii_lowercase(), format!("by {}", c.changed_by));
-            if c.status == OutForDelivery {
-                let skus = step.skus();
-                step.send(topics::INVENTORY, "commit", CommitStock { commit_reason: "out for delivery".into(), skus })
-                    .done()
-            } else {
-                step.done()
-            }
+            if c.status == OutForDelivery { step.commit("out for delivery").done() } else { step.done() }
         }
         _ => None,
     }
 }
 
 impl Decision {
-    /// The outputs as bus records: inventory commands keyed by the order's routing SKU (one writer per
-    /// SKU, see [`Order::inventory_key`]), everything else by order id.
+    /// The outputs as bus records: an inventory command keyed by its SKU (that SKU's partition is the
+    /// one writer of its stock), everything else by order id.
     pub fn records(&self) -> Result<Vec<orderflow_platform::bus::BusRecord>, HandlerError> {
         self.outputs
             .iter()
             .map(|(topic, env)| {
-                let key = if *topic == topics::INVENTORY { self.order.inventory_key() } else { env.order_id.as_str() };
-                crate::record_keyed(*topic, key, env)
+                let key = match &env.body {
+                    Event::ReserveStock(c) => c.sku(),
+                    Event::ReleaseStock(c) => c.skus.first(),
+                    Event::CommitStock(c) => c.skus.first(),
+                    _ => None,
+                };
+                crate::record_keyed(*topic, key.map_or(env.order_id.as_str(), Sku::as_str), env)
             })
             .collect()
     }
@@ -264,9 +312,7 @@ impl Handler for SagaHandler {
             };
             let Some(decision) = decide(&order, &env, orderflow_schemas::now_ms()) else {
                 tracing::debug!(order = %order.id, event = env.body.name(), status = %order.status, "event changes nothing");
-                if let Some(previous) = self.orders.seen(&order.id, env.event_id, fence).await?
-                    && !previous.is_empty()
-                {
+                if let Some(previous) = self.orders.seen(&order.id, env.event_id, fence).await? {
                     self.bus.publish(previous).await?;
                 }
                 return Ok(());
@@ -293,9 +339,7 @@ impl Handler for SagaHandler {
                     return Ok(());
                 }
                 Applied::Duplicate(previous) => {
-                    if !previous.is_empty() {
-                        self.bus.publish(previous).await?;
-                    }
+                    self.bus.publish(previous).await?;
                     return Ok(());
                 }
                 Applied::Conflict => continue,
@@ -326,6 +370,7 @@ mod tests {
             placed_at_ms: 1_000,
             updated_at_ms: 1_000,
             processed_at_ms: None,
+            reserved_skus: vec![],
             timeline: vec![],
         }
     }
@@ -347,31 +392,86 @@ mod tests {
         d.outputs.iter().map(|(t, e)| (t.name, e.body.name())).collect()
     }
 
-    #[test]
-    fn inventory_commands_are_keyed_by_the_smallest_sku_and_the_rest_by_order() {
-        let mut o = order(OrderStatus::Pending);
+    fn reserved(sku: &str) -> Envelope {
+        env(StockReserved { units_reserved: 2, sku: Some(Sku::parse(sku).unwrap()) })
+    }
+
+    fn two_skus(status: OrderStatus) -> Order {
+        let mut o = order(status);
         o.lines.push(OrderLine {
             sku: Sku::parse("A9").unwrap(),
             quantity: Quantity::new(1).unwrap(),
             unit_price: Money::from_cents(100).unwrap(),
         });
-        let d = decide(&o, &OrderPlaced::envelope_of(&o), 1_005).unwrap();
-        let keys: Vec<_> = d.records().unwrap().into_iter().map(|r| (r.topic, r.key)).collect();
-        assert_eq!(keys, vec![(topics::INVENTORY.name.to_owned(), "A9".to_owned())]);
+        o.lines.push(OrderLine {
+            sku: Sku::parse("S1").unwrap(),
+            quantity: Quantity::new(3).unwrap(),
+            unit_price: Money::from_cents(500).unwrap(),
+        });
+        o
+    }
 
-        // A release after a cancel goes to the same partition as the reservation; a refund by order id.
+    fn keys(d: &Decision) -> Vec<(String, String)> {
+        d.records().unwrap().into_iter().map(|r| (r.topic, r.key)).collect()
+    }
+
+    #[test]
+    fn inventory_commands_go_one_per_sku_keyed_by_it_and_the_rest_by_order() {
+        let o = two_skus(OrderStatus::Pending);
+        let d = decide(&o, &OrderPlaced::envelope_of(&o), 1_005).unwrap();
+        let inv = topics::INVENTORY.name.to_owned();
+        assert_eq!(keys(&d), vec![(inv.clone(), "S1".to_owned()), (inv.clone(), "A9".to_owned())]);
+        // The SKU named on two lines is one command with both lines.
+        let Event::ReserveStock(first) = &d.outputs[0].1.body else { panic!("expected a reservation") };
+        assert_eq!(first.lines.iter().map(|l| l.quantity.get()).collect::<Vec<_>>(), [2, 3]);
+        assert_ne!(d.outputs[0].1.event_id, d.outputs[1].1.event_id, "one id per SKU");
+
+        // A release after a cancel goes to each SKU's partition, after its reservation; a refund by order id.
         let mut confirmed = d.order.clone();
         confirmed.status = OrderStatus::Confirmed;
         let cancel = env(CancelRequested { cancel_reason: "changed mind".into(), requested_by: "staff".into() });
         let d = decide(&confirmed, &cancel, 1_010).unwrap();
-        let keys: Vec<_> = d.records().unwrap().into_iter().map(|r| (r.topic, r.key)).collect();
         assert_eq!(
-            keys,
+            keys(&d),
             vec![
-                (topics::INVENTORY.name.to_owned(), "A9".to_owned()),
+                (inv.clone(), "S1".to_owned()),
+                (inv, "A9".to_owned()),
                 (topics::PAYMENTS.name.to_owned(), "o-1".to_owned())
             ]
         );
+    }
+
+    #[test]
+    fn payment_waits_for_every_sku_and_a_refusal_gives_the_others_back() {
+        let placed =
+            decide(&two_skus(OrderStatus::Pending), &OrderPlaced::envelope_of(&two_skus(OrderStatus::Pending)), 1)
+                .unwrap()
+                .order;
+        let one = decide(&placed, &reserved("A9"), 2).unwrap();
+        assert!(one.outputs.is_empty(), "S1 is not held yet");
+        assert_eq!(one.order.status, OrderStatus::Processing);
+        assert_eq!(one.order.reserved_skus, [Sku::parse("A9").unwrap()]);
+        assert!(decide(&one.order, &reserved("A9"), 3).is_none(), "the same SKU again changes nothing");
+        let both = decide(&one.order, &reserved("S1"), 4).unwrap();
+        assert_eq!(bodies(&both), vec![(topics::PAYMENTS.name, "CapturePayment")]);
+        assert_eq!(
+            both.order.timeline.last().map(|e| (e.kind.as_str(), e.detail.as_str())),
+            Some(("stock_reserved", "6 units reserved"))
+        );
+
+        // S1 refused after A9 was held: rejected, and A9 (only) goes back.
+        let refused = env(StockRejected { reason: "out_of_stock".into(), sku: Some(Sku::parse("S1").unwrap()) });
+        let d = decide(&one.order, &refused, 5).unwrap();
+        assert_eq!(d.order.status, OrderStatus::Rejected);
+        assert_eq!(keys(&d), vec![(topics::INVENTORY.name.to_owned(), "A9".to_owned())]);
+        // Refused before anything was held: A9's reservation is on its way, so its release follows it.
+        let d = decide(&placed, &refused, 5).unwrap();
+        assert_eq!(keys(&d), vec![(topics::INVENTORY.name.to_owned(), "A9".to_owned())]);
+        // A reply from before per-SKU reservations held (or refused) every line at once.
+        let all = decide(&placed, &env(StockReserved { units_reserved: 6, sku: None }), 6).unwrap();
+        assert_eq!(bodies(&all), vec![(topics::PAYMENTS.name, "CapturePayment")]);
+        let none = decide(&placed, &env(StockRejected { reason: "out_of_stock".into(), sku: None }), 6).unwrap();
+        assert!(none.outputs.is_empty(), "its one reservation held nothing");
     }
 
     #[test]
@@ -380,7 +480,7 @@ mod tests {
         assert_eq!(d.order.status, OrderStatus::Processing);
         assert_eq!(bodies(&d), vec![(topics::INVENTORY.name, "ReserveStock")]);
 
-        let d = decide(&d.order, &env(StockReserved { units_reserved: 2 }), 1_010).unwrap();
+        let d = decide(&d.order, &reserved("S1"), 1_010).unwrap();
         assert_eq!(d.order.status, OrderStatus::Processing);
         let Event::CapturePayment(c) = &d.outputs[0].1.body else { panic!("expected a capture") };
         assert_eq!(c.amount_cents, 1000);
@@ -440,9 +540,13 @@ mod tests {
     #[test]
     fn late_replies_after_cancellation_are_compensated() {
         let c = order(OrderStatus::Cancelled);
-        let d = decide(&c, &env(StockReserved { units_reserved: 2 }), 1).unwrap();
+        let d = decide(&c, &reserved("S1"), 1).unwrap();
         assert_eq!(d.order.status, OrderStatus::Cancelled);
         assert_eq!(bodies(&d), vec![(topics::INVENTORY.name, "ReleaseStock")]);
+        // A second SKU's late hold goes back too, without a second timeline step.
+        let again = decide(&d.order, &reserved("A9"), 2).unwrap();
+        assert_eq!(keys(&again), vec![(topics::INVENTORY.name.to_owned(), "A9".to_owned())]);
+        assert_eq!(again.order.timeline.len(), d.order.timeline.len());
         let d = decide(&c, &env(PaymentCaptured { charge_id: "ch".into(), captured_cents: 1000 }), 1).unwrap();
         assert_eq!(bodies(&d), vec![(topics::PAYMENTS.name, "RefundPayment")]);
     }
@@ -467,7 +571,7 @@ mod tests {
         }
         // The reservation's reply after the timeout needs nothing more: the release follows it.
         let rejected = decide(&order(OrderStatus::Processing), &stuck, 7).unwrap().order;
-        assert!(decide(&rejected, &env(StockReserved { units_reserved: 2 }), 8).is_none());
+        assert!(decide(&rejected, &reserved("S1"), 8).is_none());
     }
 
     #[test]
@@ -481,7 +585,7 @@ mod tests {
             )
             .is_none()
         );
-        assert!(decide(&order(OrderStatus::Rejected), &env(StockReserved { units_reserved: 1 }), 1).is_none());
+        assert!(decide(&order(OrderStatus::Rejected), &reserved("S1"), 1).is_none());
     }
 
     #[test]
@@ -503,7 +607,8 @@ mod tests {
     fn every_decision_follows_a_legal_edge_and_derives_output_ids() {
         let events = [
             placed(),
-            env(StockReserved { units_reserved: 1 }),
+            reserved("S1"),
+            env(StockReserved { units_reserved: 1, sku: None }),
             env(StockRejected { reason: "out_of_stock".into(), sku: None }),
             env(PaymentCaptured { charge_id: "c".into(), captured_cents: 1 }),
             env(PaymentDeclined { decline_reason: "x".into() }),

@@ -25,6 +25,7 @@ fn order() -> Order {
         placed_at_ms: 0,
         updated_at_ms: 0,
         processed_at_ms: None,
+        reserved_skus: vec![],
         timeline: vec![],
     }
 }
@@ -33,7 +34,7 @@ fn event(kind: u8, status: OrderStatus) -> Event {
     let user = UserId::parse("u1").unwrap();
     match kind % 10 {
         0 => OrderPlaced { user_id: user, lines: vec![], total_cents: 500, channel: "http".into() }.into(),
-        1 => StockReserved { units_reserved: 2 }.into(),
+        1 => StockReserved { units_reserved: 2, sku: None }.into(),
         2 => StockRejected { reason: "out_of_stock".into(), sku: None }.into(),
         3 => PaymentCaptured { charge_id: "ch".into(), captured_cents: 500 }.into(),
         4 => PaymentDeclined { decline_reason: "limit".into() }.into(),

@@ -7,8 +7,8 @@
 //!   adjustment that would take that sum past `i64::MAX` is refused (`WouldOverflow`), not wrapped;
 //! - `reserved` equals the sum of the holds still outstanding;
 //! - the ledger of movements adds up to `available`;
-//! - an adjustment repeated with its idempotency key, a reservation repeated for its order and an end
-//!   repeated for its order change nothing.
+//! - an adjustment repeated with its idempotency key, a reservation repeated for its (order, SKU) and an
+//!   end repeated for its (order, SKU) change nothing.
 //!
 //! The store's answers are checked against a small model of the port's contract (`InventoryStore` in
 //! `platform/src/store/mod.rs`). It lives here, beside the inventory processor that drives that port,
@@ -23,7 +23,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use orderflow_platform::backend::BackendOptions;
 use orderflow_platform::embedded;
-use orderflow_platform::store::{INITIAL_STOCK_KEY, InventoryStore, Reservation, ReservationEnd, StockError, Stores};
+use orderflow_platform::store::{
+    Hold, INITIAL_STOCK_KEY, InventoryStore, Reservation, ReservationEnd, StockError, Stores,
+};
 use orderflow_schemas::*;
 use proptest::prelude::*;
 
@@ -60,25 +62,31 @@ enum Op {
         delta: i64,
         key: Option<u8>,
     },
+    /// One order's hold of one SKU: its lines of that SKU (one order may name a SKU twice).
     Reserve {
         order: u8,
-        lines: Vec<(usize, u32)>,
+        sku: usize,
+        lines: Vec<u32>,
     },
-    /// Several reservations answered in one call, as the inventory processor batches one SKU's.
-    ReserveMany(Vec<(u8, Vec<(usize, u32)>)>),
+    /// Several holds answered in one call, as the inventory processor batches one SKU's.
+    ReserveMany(Vec<(u8, usize, Vec<u32>)>),
     End {
         order: u8,
+        sku: usize,
         commit: bool,
     },
 }
 
-fn lines() -> impl Strategy<Value = Vec<(usize, u32)>> {
+/// A SKU: the unknown one now and then.
+fn sku() -> impl Strategy<Value = usize> {
+    prop_oneof![12 => 0..SKUS, 1 => Just(UNKNOWN)]
+}
+
+fn lines() -> impl Strategy<Value = Vec<u32>> {
     // Mostly small quantities; sometimes large ones, so that two lines of one SKU can sum past
     // `Quantity::MAX` (one order may name a SKU twice).
     let quantity = prop_oneof![8 => 1u32..=12, 1 => 5_000u32..=Quantity::MAX];
-    // The unknown SKU now and then.
-    let sku = prop_oneof![12 => 0..SKUS, 1 => Just(UNKNOWN)];
-    proptest::collection::vec((sku, quantity), 1..4)
+    proptest::collection::vec(quantity, 1..3)
 }
 
 /// Mostly small changes; now and then one at the edges of `i64`, so that a SKU's units (available +
@@ -93,9 +101,9 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         3 => (prop_oneof![8 => 0..SKUS, 1 => Just(UNKNOWN)], delta(), proptest::option::of(0u8..4))
             .prop_map(|(sku, delta, key)| Op::Adjust { sku, delta, key }),
-        4 => (order.clone(), lines()).prop_map(|(order, lines)| Op::Reserve { order, lines }),
-        1 => proptest::collection::vec((order.clone(), lines()), 1..4).prop_map(Op::ReserveMany),
-        3 => (order, any::<bool>()).prop_map(|(order, commit)| Op::End { order, commit }),
+        4 => (order.clone(), sku(), lines()).prop_map(|(order, sku, lines)| Op::Reserve { order, sku, lines }),
+        1 => proptest::collection::vec((order.clone(), sku(), lines()), 1..4).prop_map(Op::ReserveMany),
+        3 => (order, 0..SKUS, any::<bool>()).prop_map(|(order, sku, commit)| Op::End { order, sku, commit }),
     ]
 }
 
@@ -106,10 +114,10 @@ struct Level {
     sold: u64,
 }
 
+/// One (order, SKU) hold: the units of its lines, summed.
 #[derive(Debug, Clone)]
 struct Row {
-    /// Merged lines: one per SKU, first position kept, quantities summed.
-    lines: Vec<(usize, u64)>,
+    units: u64,
     outcome: Reservation,
     ended: bool,
 }
@@ -121,7 +129,7 @@ struct Model {
     /// The sum of the adjustments that applied, per SKU.
     adjusted: [i128; SKUS],
     keys: HashMap<(usize, u8), i64>,
-    rows: HashMap<u8, Row>,
+    rows: HashMap<(u8, usize), Row>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -159,55 +167,40 @@ impl Model {
         Adjusted::Level(*level)
     }
 
-    fn reserve(&mut self, names: Names, order: u8, lines: &[(usize, u32)]) -> Reservation {
-        if let Some(row) = self.rows.get(&order) {
+    fn reserve(&mut self, names: Names, order: u8, s: usize, lines: &[u32]) -> Reservation {
+        if let Some(row) = self.rows.get(&(order, s)) {
             return row.outcome.clone();
         }
-        let mut merged: Vec<(usize, u64)> = Vec::new();
-        for &(s, q) in lines {
-            match merged.iter_mut().find(|(m, _)| *m == s) {
-                Some((_, total)) => *total += u64::from(q),
-                None => merged.push((s, u64::from(q))),
-            }
-        }
-        let refusal = merged.iter().find_map(|&(s, q)| {
-            if s == UNKNOWN {
-                Some(Reservation::Rejected { reason: "unknown_sku".into(), sku: Some(names.sku(s)) })
-            } else if self.levels[s].available < q {
-                Some(Reservation::Rejected { reason: "out_of_stock".into(), sku: Some(names.sku(s)) })
-            } else {
-                None
-            }
-        });
-        let outcome = refusal.unwrap_or_else(|| {
-            for &(s, q) in &merged {
-                self.levels[s].available -= q;
-                self.levels[s].reserved += q;
-            }
-            Reservation::Reserved { units: merged.iter().map(|(_, q)| q).sum() }
-        });
-        self.rows.insert(order, Row { lines: merged, outcome: outcome.clone(), ended: false });
+        let units: u64 = lines.iter().map(|q| u64::from(*q)).sum();
+        let outcome = if s == UNKNOWN {
+            Reservation::Rejected { reason: "unknown_sku".into(), sku: Some(names.sku(s)) }
+        } else if self.levels[s].available < units {
+            Reservation::Rejected { reason: "out_of_stock".into(), sku: Some(names.sku(s)) }
+        } else {
+            self.levels[s].available -= units;
+            self.levels[s].reserved += units;
+            Reservation::Reserved { units }
+        };
+        self.rows.insert((order, s), Row { units, outcome: outcome.clone(), ended: false });
         outcome
     }
 
-    fn end(&mut self, order: u8, end: ReservationEnd) -> ReservationEnd {
-        let Some(row) = self.rows.get_mut(&order) else {
+    fn end(&mut self, names: Names, order: u8, s: usize, end: ReservationEnd) -> ReservationEnd {
+        let Some(row) = self.rows.get_mut(&(order, s)) else {
             // Ended before it was reserved: closed, a later reservation is refused.
-            let outcome = Reservation::Rejected { reason: "ended_before_reserved".into(), sku: None };
-            self.rows.insert(order, Row { lines: Vec::new(), outcome, ended: true });
+            let outcome = Reservation::Rejected { reason: "ended_before_reserved".into(), sku: Some(names.sku(s)) };
+            self.rows.insert((order, s), Row { units: 0, outcome, ended: true });
             return ReservationEnd::NothingHeld;
         };
         if row.ended || !matches!(row.outcome, Reservation::Reserved { .. }) {
             return ReservationEnd::NothingHeld;
         }
         row.ended = true;
-        for &(s, q) in &row.lines {
-            let level = &mut self.levels[s];
-            level.reserved -= q;
-            match end {
-                ReservationEnd::Released => level.available += q,
-                _ => level.sold += q,
-            }
+        let level = &mut self.levels[s];
+        level.reserved -= row.units;
+        match end {
+            ReservationEnd::Released => level.available += row.units,
+            _ => level.sold += row.units,
         }
         end
     }
@@ -215,18 +208,12 @@ impl Model {
     /// Units held per SKU by reservations neither released nor committed.
     fn outstanding(&self) -> [u64; SKUS] {
         let mut held = [0; SKUS];
-        for row in self.rows.values() {
+        for (&(_, s), row) in &self.rows {
             if !row.ended && matches!(row.outcome, Reservation::Reserved { .. }) {
-                for &(s, q) in &row.lines {
-                    held[s] += q;
-                }
+                held[s] += row.units;
             }
         }
         held
-    }
-
-    fn skus_of(&self, names: Names, order: u8) -> Vec<Sku> {
-        self.rows.get(&order).map(|r| r.lines.iter().map(|&(s, _)| names.sku(s)).collect()).unwrap_or_default()
     }
 }
 
@@ -241,8 +228,9 @@ fn adjusted(r: Result<StockLevel, StockError>) -> Adjusted {
     }
 }
 
-fn store_lines(names: Names, lines: &[(usize, u32)]) -> Vec<(Sku, Quantity)> {
-    lines.iter().map(|&(s, q)| (names.sku(s), Quantity::new(i64::from(q)).unwrap())).collect()
+fn hold(names: Names, order: u8, s: usize, lines: &[u32]) -> Hold {
+    let quantities = lines.iter().map(|&q| Quantity::new(i64::from(q)).unwrap());
+    Hold::new(names.order(order), names.sku(s), quantities).unwrap()
 }
 
 async fn levels(inv: &dyn InventoryStore, names: Names) -> [Level; SKUS] {
@@ -323,13 +311,13 @@ async fn run(initial: [i64; SKUS], ops: Vec<Op>) -> Result<(), TestCaseError> {
                     prop_assert_eq!(after, before, "step {}: a repeated keyed adjustment changed stock", step);
                 }
             }
-            Op::Reserve { order, lines } => {
-                let id = names.order(*order);
-                let got = inv.reserve(&id, &store_lines(names, lines)).await;
-                let want = model.reserve(names, *order, lines);
+            Op::Reserve { order, sku, lines } => {
+                let request = hold(names, *order, *sku, lines);
+                let got = inv.reserve(&request).await;
+                let want = model.reserve(names, *order, *sku, lines);
                 prop_assert_eq!(got.as_ref().ok(), Some(&want), "step {} ({:?}): {:?}", step, op, got);
                 let before = levels(inv, names).await;
-                let again = inv.reserve(&id, &store_lines(names, lines)).await.unwrap();
+                let again = inv.reserve(&request).await.unwrap();
                 prop_assert_eq!(&again, &want, "step {}: a repeated reservation answered differently", step);
                 prop_assert_eq!(
                     levels(inv, names).await,
@@ -339,24 +327,23 @@ async fn run(initial: [i64; SKUS], ops: Vec<Op>) -> Result<(), TestCaseError> {
                 );
             }
             Op::ReserveMany(requests) => {
-                let batch: Vec<(OrderId, Vec<(Sku, Quantity)>)> =
-                    requests.iter().map(|(o, lines)| (names.order(*o), store_lines(names, lines))).collect();
+                let batch: Vec<Hold> = requests.iter().map(|(o, s, lines)| hold(names, *o, *s, lines)).collect();
                 let got = inv.reserve_many(&batch).await;
                 let want: Vec<Reservation> =
-                    requests.iter().map(|(o, lines)| model.reserve(names, *o, lines)).collect();
+                    requests.iter().map(|(o, s, lines)| model.reserve(names, *o, *s, lines)).collect();
                 prop_assert_eq!(got.as_ref().ok(), Some(&want), "step {} ({:?}): {:?}", step, op, got);
                 let before = levels(inv, names).await;
                 prop_assert_eq!(inv.reserve_many(&batch).await.unwrap(), want, "step {}: repeated batch", step);
                 prop_assert_eq!(levels(inv, names).await, before, "step {}: a repeated batch changed stock", step);
             }
-            Op::End { order, commit } => {
+            Op::End { order, sku, commit } => {
                 let end = if *commit { ReservationEnd::Committed } else { ReservationEnd::Released };
-                let (id, skus) = (names.order(*order), model.skus_of(names, *order));
-                let got = inv.end_reservation(&id, &skus, end).await.unwrap();
-                let want = model.end(*order, end);
+                let id = names.order(*order);
+                let got = inv.end_reservation(&id, &names.sku(*sku), end).await.unwrap();
+                let want = model.end(names, *order, *sku, end);
                 prop_assert_eq!(got, want, "step {} ({:?})", step, op);
                 let before = levels(inv, names).await;
-                let again = inv.end_reservation(&id, &skus, end).await.unwrap();
+                let again = inv.end_reservation(&id, &names.sku(*sku), end).await.unwrap();
                 prop_assert_eq!(again, ReservationEnd::NothingHeld, "step {}: an end repeated ended something", step);
                 prop_assert_eq!(levels(inv, names).await, before, "step {}: a repeated end changed stock", step);
             }
@@ -388,9 +375,10 @@ proptest! {
 fn a_sku_named_twice_past_one_lines_limit_is_held_as_one_line() {
     let most = Quantity::MAX;
     let ops = vec![
-        Op::Reserve { order: 0, lines: vec![(0, most), (1, 1), (0, most)] },
-        Op::ReserveMany(vec![(1, vec![(0, 5_000), (0, 5_001)])]),
-        Op::End { order: 0, commit: true },
+        Op::Reserve { order: 0, sku: 0, lines: vec![most, most] },
+        Op::Reserve { order: 0, sku: 1, lines: vec![1] },
+        Op::ReserveMany(vec![(1, 0, vec![5_000, 5_001])]),
+        Op::End { order: 0, sku: 0, commit: true },
     ];
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(run([2 * i64::from(most), 1, 0], ops)).unwrap();
@@ -403,9 +391,9 @@ fn units_at_i64_max_are_refused_more_not_wrapped() {
     let ops = vec![
         Op::Adjust { sku: 0, delta: i64::MAX - 7, key: Some(1) },
         Op::Adjust { sku: 0, delta: 8, key: None },
-        Op::Reserve { order: 0, lines: vec![(0, Quantity::MAX)] },
+        Op::Reserve { order: 0, sku: 0, lines: vec![Quantity::MAX] },
         Op::Adjust { sku: 0, delta: 8, key: Some(2) },
-        Op::End { order: 0, commit: true },
+        Op::End { order: 0, sku: 0, commit: true },
         Op::Adjust { sku: 0, delta: 8, key: None },
         Op::Adjust { sku: 0, delta: 7, key: None },
         Op::Adjust { sku: 0, delta: i64::MIN, key: None },
@@ -416,12 +404,12 @@ fn units_at_i64_max_are_refused_more_not_wrapped() {
         .iter()
         .filter_map(|op| match op {
             Op::Adjust { sku, delta, key } => Some(model.adjust(*sku, *delta, *key)),
-            Op::Reserve { order, lines } => {
-                model.reserve(Names(u64::MAX), *order, lines);
+            Op::Reserve { order, sku, lines } => {
+                model.reserve(Names(u64::MAX), *order, *sku, lines);
                 None
             }
-            Op::End { order, .. } => {
-                model.end(*order, ReservationEnd::Committed);
+            Op::End { order, sku, .. } => {
+                model.end(Names(u64::MAX), *order, *sku, ReservationEnd::Committed);
                 None
             }
             Op::ReserveMany(_) => None,

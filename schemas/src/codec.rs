@@ -22,7 +22,8 @@ pub const ENVELOPE_SCHEMA: &str = include_str!("../avro/envelope.avsc");
 /// Every earlier envelope schema, oldest first (`schemas/avro/history/`). Records written with any of
 /// them stay readable: a topic or log may still hold them after an upgrade. A schema change copies the
 /// shipped `envelope.avsc` here first; `every_earlier_schema_is_compatible_both_ways` checks the pair.
-pub const ENVELOPE_HISTORY: &[&str] = &[include_str!("../avro/history/envelope.v1.avsc")];
+pub const ENVELOPE_HISTORY: &[&str] =
+    &[include_str!("../avro/history/envelope.v1.avsc"), include_str!("../avro/history/envelope.v2.avsc")];
 
 pub(crate) const MAGIC: [u8; 2] = [0xC3, 0x01];
 pub(crate) const HEADER_LEN: usize = 10;
@@ -192,7 +193,7 @@ mod tests {
             }
             .into(),
             ReserveStock { lines: vec![ReserveLine { sku: sku.clone(), quantity: q }] }.into(),
-            StockReserved { units_reserved: 2 }.into(),
+            StockReserved { units_reserved: 2, sku: None }.into(),
             StockRejected { reason: "out_of_stock".into(), sku: Some(sku.clone()) }.into(),
             StockRejected { reason: "unknown_sku".into(), sku: None }.into(),
             ReleaseStock { release_reason: "cancelled".into(), skus: vec![sku.clone()] }.into(),
@@ -282,12 +283,14 @@ mod tests {
         assert!(matches!(decode(b"{\"json\":1}"), Err(CodecError::NotSingleObject)));
         assert!(matches!(decode(&[0xC3, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1]), Err(CodecError::UnknownSchema(_))));
         let order = OrderId::parse("o-1").unwrap();
-        let good = encode(&Envelope::new(EventId::random(), order, StockReserved { units_reserved: 1 })).unwrap();
+        let good =
+            encode(&Envelope::new(EventId::random(), order, StockReserved { units_reserved: 1, sku: None })).unwrap();
         for cut in HEADER_LEN..good.len() {
             assert!(decode(&good[..cut]).is_err());
         }
         let mut bad_index = good.clone();
-        let last = bad_index.len() - 2; // the union index sits just before the body's one long
+        // The body's union index sits just before its two fields (a one-byte long, the null of `sku`).
+        let last = bad_index.len() - 3;
         bad_index[last] = 0x7f;
         assert!(decode(&bad_index).is_err());
     }

@@ -98,14 +98,28 @@ pub struct ReserveLine {
     pub quantity: Quantity,
 }
 
+/// Hold the order's lines of one SKU, or none of them. The saga sends one per SKU of the order, keyed by
+/// that SKU, so one inventory partition owns each SKU's stock; writers before envelope v3 sent every
+/// line of the order in one command (see [`ReserveStock::sku`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReserveStock {
     pub lines: Vec<ReserveLine>,
 }
 
+impl ReserveStock {
+    /// The one SKU every line names, or `None` for a command from before v3 that spans several.
+    pub fn sku(&self) -> Option<&Sku> {
+        let first = &self.lines.first()?.sku;
+        self.lines.iter().all(|l| &l.sku == first).then_some(first)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StockReserved {
     pub units_reserved: i64,
+    /// The SKU held. `None` from a writer before envelope v3, whose one reservation held every line.
+    #[serde(default)]
+    pub sku: Option<Sku>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -117,7 +131,8 @@ pub struct StockRejected {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReleaseStock {
     pub release_reason: String,
-    /// The SKUs of the order, so the inventory processor can check their low-stock state afterwards.
+    /// The SKU whose hold ends (one command per SKU, keyed by it). Writers before envelope v3 listed
+    /// every SKU of the order in one command.
     #[serde(default)]
     pub skus: Vec<Sku>,
 }
@@ -125,7 +140,7 @@ pub struct ReleaseStock {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommitStock {
     pub commit_reason: String,
-    /// The SKUs of the order (see [`ReleaseStock::skus`]).
+    /// The SKU whose hold leaves as sold (see [`ReleaseStock::skus`]).
     #[serde(default)]
     pub skus: Vec<Sku>,
 }

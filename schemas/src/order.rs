@@ -129,16 +129,28 @@ pub struct Order {
     /// When the order reached CONFIRMED or REJECTED.
     pub processed_at_ms: Option<i64>,
     pub timeline: Vec<TimelineEntry>,
+    /// The SKUs whose units are held for the order so far: inventory holds each SKU of an order on its
+    /// own (one command per SKU, on that SKU's partition), and the order goes on to payment once every
+    /// SKU of its lines is held. Empty before the first hold and in documents from before it existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reserved_skus: Vec<Sku>,
 }
 
 impl Order {
-    /// The key of the order's inventory commands (reserve, release, commit): its smallest SKU. Every
-    /// order for one SKU is then handled by that SKU's partition, one writer at a time, so a flash sale
-    /// on one SKU never races itself; a multi-SKU order shares a partition with its smallest SKU and
-    /// the store's conditional writes fence its other lines. (An order always has a line; the order id
-    /// is the key of a line-less one.)
-    pub fn inventory_key(&self) -> &str {
-        self.lines.iter().map(|l| l.sku.as_str()).min().unwrap_or(self.id.as_str())
+    /// The distinct SKUs of the order's lines, in line order: one inventory command each.
+    pub fn skus(&self) -> Vec<Sku> {
+        let mut out: Vec<Sku> = Vec::with_capacity(self.lines.len());
+        for line in &self.lines {
+            if !out.contains(&line.sku) {
+                out.push(line.sku.clone());
+            }
+        }
+        out
+    }
+
+    /// Whether every SKU of the order's lines is held.
+    pub fn fully_reserved(&self) -> bool {
+        self.lines.iter().all(|l| self.reserved_skus.contains(&l.sku))
     }
 
     /// Same customer, same lines: a retried placement, not a different order under a reused id.

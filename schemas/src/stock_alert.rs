@@ -174,7 +174,7 @@ mod tests {
         let order_event = crate::codec::encode(&crate::Envelope::new(
             EventId::random(),
             crate::OrderId::parse("o").unwrap(),
-            crate::events::StockReserved { units_reserved: 1 },
+            crate::events::StockReserved { units_reserved: 1, sku: None },
         ))
         .unwrap();
         assert!(matches!(decode(&order_event), Err(CodecError::UnknownSchema(_))));

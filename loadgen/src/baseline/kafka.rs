@@ -69,6 +69,7 @@ pub fn order_envelopes(n: u64) -> anyhow::Result<Vec<Envelope>> {
         placed_at_ms: now,
         updated_at_ms: now,
         processed_at_ms: None,
+        reserved_skus: vec![],
         timeline: vec![TimelineEntry { at_ms: now, kind: "placed".into(), detail: format!("total {total}") }],
     };
     let env = |step: &str, body: orderflow_schemas::Event| Envelope {
@@ -79,8 +80,8 @@ pub fn order_envelopes(n: u64) -> anyhow::Result<Vec<Envelope>> {
     };
     Ok(vec![
         OrderPlaced::envelope_of(&order),
-        env("reserve", ReserveStock { lines: vec![ReserveLine { sku: sku.clone(), quantity }] }.into()),
-        env("reserve_reply", StockReserved { units_reserved: 2 }.into()),
+        env(&format!("reserve:{sku}"), ReserveStock { lines: vec![ReserveLine { sku: sku.clone(), quantity }] }.into()),
+        env(&format!("reserve_reply:{sku}"), StockReserved { units_reserved: 2, sku: Some(sku.clone()) }.into()),
         env(
             "capture",
             CapturePayment {

@@ -47,6 +47,7 @@ pub fn order(id: &str, user: &str, placed_at_ms: i64) -> Order {
         placed_at_ms,
         updated_at_ms: placed_at_ms,
         processed_at_ms: None,
+        reserved_skus: vec![],
         timeline: vec![],
     }
 }
@@ -179,107 +180,86 @@ pub async fn catalog_listing_is_in_sku_order(stores: Stores) {
     assert!(stores.catalog_view.listing(1).await.unwrap().len() <= 1, "the limit holds");
 }
 
-pub async fn reservations_are_all_or_nothing_and_idempotent(stores: Stores) {
+/// The hold of `sku` for `order` of lines with these quantities.
+pub fn hold(order: &OrderId, sku: &Sku, quantities: &[i64]) -> Hold {
+    Hold::new(order.clone(), sku.clone(), quantities.iter().map(|n| q(*n))).expect("at least one line")
+}
+
+pub async fn reservations_hold_each_sku_once(stores: Stores) {
     let id = run_id("res");
     let a = product(&stores, &format!("{id}-a"), 5).await;
     let b = product(&stores, &format!("{id}-b"), 1).await;
     let inv = &stores.inventory;
+    // One order, two SKUs: two holds, each answered on its own (the saga collects them).
     let o1 = OrderId::parse(format!("{id}-o1")).unwrap();
-    let r = inv.reserve(&o1, &[(a.clone(), q(2)), (b.clone(), q(2))]).await.unwrap();
-    assert_eq!(r, Reservation::Rejected { reason: "out_of_stock".into(), sku: Some(b.clone()) });
-    assert_eq!(inv.stock(&a).await.unwrap().unwrap().available, 5, "nothing held when one line fails");
-
-    let o2 = OrderId::parse(format!("{id}-o2")).unwrap();
-    assert_eq!(
-        inv.reserve(&o2, &[(a.clone(), q(2)), (b.clone(), q(1))]).await.unwrap(),
-        Reservation::Reserved { units: 3 }
-    );
-    assert_eq!(
-        inv.reserve(&o2, &[(a.clone(), q(2)), (b.clone(), q(1))]).await.unwrap(),
-        Reservation::Reserved { units: 3 }
-    );
+    assert_eq!(inv.reserve(&hold(&o1, &a, &[2])).await.unwrap(), Reservation::Reserved { units: 2 });
+    let refused = Reservation::Rejected { reason: "out_of_stock".into(), sku: Some(b.clone()) };
+    assert_eq!(inv.reserve(&hold(&o1, &b, &[2])).await.unwrap(), refused);
+    assert_eq!(inv.reserve(&hold(&o1, &a, &[2])).await.unwrap(), Reservation::Reserved { units: 2 }, "first answer");
+    assert_eq!(inv.reserve(&hold(&o1, &b, &[2])).await.unwrap(), refused, "first answer");
     assert_eq!(
         inv.stock(&a).await.unwrap().unwrap(),
         StockLevel { available: 3, reserved: 2, sold: 0 },
         "a repeat holds nothing more"
     );
-
-    let unknown = OrderId::parse(format!("{id}-o3")).unwrap();
-    let r = inv.reserve(&unknown, &[(sku(&format!("{id}-nope")), q(1))]).await.unwrap();
-    assert!(matches!(r, Reservation::Rejected { ref reason, .. } if reason == "unknown_sku"), "{r:?}");
-
-    assert_eq!(
-        inv.end_reservation(&o2, &[a.clone(), b.clone()], ReservationEnd::Released).await.unwrap(),
-        ReservationEnd::Released
-    );
-    assert_eq!(
-        inv.end_reservation(&o2, &[a.clone(), b.clone()], ReservationEnd::Released).await.unwrap(),
-        ReservationEnd::NothingHeld
-    );
+    assert_eq!(inv.stock(&b).await.unwrap().unwrap(), StockLevel { available: 1, reserved: 0, sold: 0 });
+    // The saga gives back what one SKU held when another was refused; the refused one held nothing.
+    assert_eq!(inv.end_reservation(&o1, &a, ReservationEnd::Released).await.unwrap(), ReservationEnd::Released);
+    assert_eq!(inv.end_reservation(&o1, &a, ReservationEnd::Released).await.unwrap(), ReservationEnd::NothingHeld);
+    assert_eq!(inv.end_reservation(&o1, &b, ReservationEnd::Released).await.unwrap(), ReservationEnd::NothingHeld);
     assert_eq!(inv.stock(&a).await.unwrap().unwrap(), StockLevel { available: 5, reserved: 0, sold: 0 });
     assert_eq!(inv.stock(&b).await.unwrap().unwrap(), StockLevel { available: 1, reserved: 0, sold: 0 });
 
+    let unknown = OrderId::parse(format!("{id}-o3")).unwrap();
+    let r = inv.reserve(&hold(&unknown, &sku(&format!("{id}-nope")), &[1])).await.unwrap();
+    assert!(matches!(r, Reservation::Rejected { ref reason, .. } if reason == "unknown_sku"), "{r:?}");
+
     let o4 = OrderId::parse(format!("{id}-o4")).unwrap();
-    inv.reserve(&o4, &[(a.clone(), q(4))]).await.unwrap();
+    inv.reserve(&hold(&o4, &a, &[4])).await.unwrap();
+    assert_eq!(inv.end_reservation(&o4, &a, ReservationEnd::Committed).await.unwrap(), ReservationEnd::Committed);
     assert_eq!(
-        inv.end_reservation(&o4, std::slice::from_ref(&a), ReservationEnd::Committed).await.unwrap(),
-        ReservationEnd::Committed
-    );
-    assert_eq!(
-        inv.end_reservation(&o4, std::slice::from_ref(&a), ReservationEnd::Released).await.unwrap(),
+        inv.end_reservation(&o4, &a, ReservationEnd::Released).await.unwrap(),
         ReservationEnd::NothingHeld,
         "sold units never come back"
     );
     assert_eq!(inv.stock(&a).await.unwrap().unwrap(), StockLevel { available: 1, reserved: 0, sold: 4 });
 
-    // Ending a reservation that never happened closes it: a late request is refused.
+    // Ending a hold that never happened closes it: a late request is refused, and only for that SKU.
     let o5 = OrderId::parse(format!("{id}-o5")).unwrap();
-    assert_eq!(
-        inv.end_reservation(&o5, std::slice::from_ref(&a), ReservationEnd::Released).await.unwrap(),
-        ReservationEnd::NothingHeld
-    );
-    assert!(matches!(inv.reserve(&o5, &[(a.clone(), q(1))]).await.unwrap(), Reservation::Rejected { .. }));
+    assert_eq!(inv.end_reservation(&o5, &a, ReservationEnd::Released).await.unwrap(), ReservationEnd::NothingHeld);
+    assert!(matches!(inv.reserve(&hold(&o5, &a, &[1])).await.unwrap(), Reservation::Rejected { .. }));
+    assert_eq!(inv.reserve(&hold(&o5, &b, &[1])).await.unwrap(), Reservation::Reserved { units: 1 });
 
     let kinds: Vec<_> = inv.movements(&a, 10).await.unwrap().into_iter().map(|m| m.kind).collect();
     assert_eq!(kinds, ["commit", "reserve", "release", "reserve", "adjust"], "newest first");
 
-    // A one-SKU order: a refusal is the first answer for good, even once stock arrives.
+    // A refusal is the first answer for good, even once stock arrives.
     let c = product(&stores, &format!("{id}-c"), 1).await;
     let o6 = OrderId::parse(format!("{id}-o6")).unwrap();
     let refused = Reservation::Rejected { reason: "out_of_stock".into(), sku: Some(c.clone()) };
-    assert_eq!(inv.reserve(&o6, &[(c.clone(), q(2))]).await.unwrap(), refused);
+    assert_eq!(inv.reserve(&hold(&o6, &c, &[2])).await.unwrap(), refused);
     inv.adjust_stock(&c, 5, "restock", None).await.unwrap();
-    assert_eq!(inv.reserve(&o6, &[(c.clone(), q(2))]).await.unwrap(), refused, "a retry gets the first answer");
-    assert_eq!(
-        inv.end_reservation(&o6, std::slice::from_ref(&c), ReservationEnd::Released).await.unwrap(),
-        ReservationEnd::NothingHeld
-    );
-    // Reserved, released, then a late duplicate request: the first answer, and nothing held again.
+    assert_eq!(inv.reserve(&hold(&o6, &c, &[2])).await.unwrap(), refused, "a retry gets the first answer");
+    assert_eq!(inv.end_reservation(&o6, &c, ReservationEnd::Released).await.unwrap(), ReservationEnd::NothingHeld);
+    // Reserved (two lines of one SKU: one hold of their sum), released, then a late duplicate request: the
+    // first answer, and nothing held again.
     let o7 = OrderId::parse(format!("{id}-o7")).unwrap();
-    let lines = [(c.clone(), q(1)), (c.clone(), q(2))];
-    assert_eq!(inv.reserve(&o7, &lines).await.unwrap(), Reservation::Reserved { units: 3 });
+    assert_eq!(inv.reserve(&hold(&o7, &c, &[1, 2])).await.unwrap(), Reservation::Reserved { units: 3 });
     assert_eq!(inv.stock(&c).await.unwrap().unwrap(), StockLevel { available: 3, reserved: 3, sold: 0 });
-    assert_eq!(
-        inv.end_reservation(&o7, &[c.clone(), c.clone()], ReservationEnd::Released).await.unwrap(),
-        ReservationEnd::Released
-    );
-    assert_eq!(inv.reserve(&o7, &lines).await.unwrap(), Reservation::Reserved { units: 3 });
+    assert_eq!(inv.end_reservation(&o7, &c, ReservationEnd::Released).await.unwrap(), ReservationEnd::Released);
+    assert_eq!(inv.reserve(&hold(&o7, &c, &[1, 2])).await.unwrap(), Reservation::Reserved { units: 3 });
     assert_eq!(inv.stock(&c).await.unwrap().unwrap(), StockLevel { available: 6, reserved: 0, sold: 0 });
 
     // One SKU on two lines whose quantities sum past what one line may ask for: one hold of the sum,
-    // never an error. (Intake refuses a SKU named twice today; the port merges lines all the same, for
-    // orders placed before that rule and any other producer of `ReserveStock`.)
+    // never an error. (Intake refuses a SKU named twice today; a hold sums lines all the same, for orders
+    // placed before that rule and any other producer of `ReserveStock`.)
     let most = i64::from(Quantity::MAX);
     let d = product(&stores, &format!("{id}-d"), 2 * most).await;
     let o8 = OrderId::parse(format!("{id}-o8")).unwrap();
-    let lines = [(d.clone(), q(most)), (d.clone(), q(most))];
     let units = 2 * u64::from(Quantity::MAX);
-    assert_eq!(inv.reserve(&o8, &lines).await.unwrap(), Reservation::Reserved { units });
+    assert_eq!(inv.reserve(&hold(&o8, &d, &[most, most])).await.unwrap(), Reservation::Reserved { units });
     assert_eq!(inv.stock(&d).await.unwrap().unwrap(), StockLevel { available: 0, reserved: units, sold: 0 });
-    assert_eq!(
-        inv.end_reservation(&o8, &[d.clone(), d.clone()], ReservationEnd::Committed).await.unwrap(),
-        ReservationEnd::Committed
-    );
+    assert_eq!(inv.end_reservation(&o8, &d, ReservationEnd::Committed).await.unwrap(), ReservationEnd::Committed);
     assert_eq!(inv.stock(&d).await.unwrap().unwrap(), StockLevel { available: 0, reserved: 0, sold: units });
 }
 
@@ -296,7 +276,7 @@ pub async fn concurrent_reservations_never_oversell(stores: Stores) {
             tokio::spawn(async move {
                 let mut attempt = 0u64;
                 loop {
-                    match inv.reserve(&o, &[(s.clone(), q(1))]).await {
+                    match inv.reserve(&hold(&o, &s, &[1])).await {
                         Err(StoreError::Unavailable(e)) if attempt < 20 => {
                             attempt += 1;
                             eprintln!("reservation of {o} not settled ({e}); retrying");
@@ -323,17 +303,17 @@ pub async fn batched_reservations_take_stock_in_order(stores: Stores) {
     let s = product(&stores, &format!("{id}-s"), 3).await;
     let t = product(&stores, &format!("{id}-t"), 1).await;
     let order = |i: usize| OrderId::parse(format!("{id}-o{i}")).unwrap();
-    let requests: Vec<_> = (0..5)
-        .map(|i| (order(i), if i == 1 { vec![(s.clone(), q(1)), (t.clone(), q(1))] } else { vec![(s.clone(), q(1))] }))
-        .collect();
+    // Order 1 is two SKUs: two holds in the batch.
+    let mut requests: Vec<_> = (0..5).map(|i| hold(&order(i), &s, &[1])).collect();
+    requests.insert(2, hold(&order(1), &t, &[1]));
     let kinds = |rs: &[Reservation]| rs.iter().map(|r| matches!(r, Reservation::Reserved { .. })).collect::<Vec<_>>();
     let first = stores.inventory.reserve_many(&requests).await.unwrap();
-    assert_eq!(kinds(&first), vec![true, true, true, false, false], "{first:?}");
+    assert_eq!(kinds(&first), vec![true, true, true, true, false, false], "{first:?}");
     assert_eq!(stores.inventory.stock(&s).await.unwrap().unwrap(), StockLevel { available: 0, reserved: 3, sold: 0 });
     assert_eq!(stores.inventory.stock(&t).await.unwrap().unwrap(), StockLevel { available: 0, reserved: 1, sold: 0 });
     // Redelivered: the same answers, nothing taken twice; one order alone gets its stored answer too.
     assert_eq!(stores.inventory.reserve_many(&requests).await.unwrap(), first);
-    assert_eq!(stores.inventory.reserve(&order(4), &[(s.clone(), q(1))]).await.unwrap(), first[4]);
+    assert_eq!(stores.inventory.reserve(&hold(&order(4), &s, &[1])).await.unwrap(), first[5]);
     assert_eq!(stores.inventory.stock(&s).await.unwrap().unwrap().reserved, 3);
 }
 
@@ -377,7 +357,7 @@ pub async fn low_stock_alerts_fire_once_per_crossing(stores: Stores) {
 
     // 12 -> 9 crosses; concurrent settles record that crossing once.
     assert!(matches!(
-        inv.reserve(&OrderId::parse(format!("{id}-o1")).unwrap(), &[(s.clone(), q(3))]).await.unwrap(),
+        inv.reserve(&hold(&OrderId::parse(format!("{id}-o1")).unwrap(), &s, &[3])).await.unwrap(),
         Reservation::Reserved { .. }
     ));
     let settles: Vec<_> = (0..4)
@@ -396,16 +376,15 @@ pub async fn low_stock_alerts_fire_once_per_crossing(stores: Stores) {
     inv.mark_alert_published(&s, 1).await.unwrap();
     inv.mark_alert_published(&s, 1).await.unwrap();
     assert!(matches!(
-        inv.reserve(&OrderId::parse(format!("{id}-o2")).unwrap(), &[(s.clone(), q(4))]).await.unwrap(),
+        inv.reserve(&hold(&OrderId::parse(format!("{id}-o2")).unwrap(), &s, &[4])).await.unwrap(),
         Reservation::Reserved { .. }
     ));
     assert!(inv.settle_low_stock(&s).await.unwrap().is_empty(), "5 is still low: no second InventoryLow");
     assert_eq!(inv.low_stock(&s).await.unwrap(), LowStock { threshold: 10, low: true, crossings: 1 });
 
     // Back above the threshold: one InventoryRestocked, left unpublished to show it is returned again.
-    let skus = std::slice::from_ref(&s);
-    inv.end_reservation(&OrderId::parse(format!("{id}-o2")).unwrap(), skus, ReservationEnd::Released).await.unwrap();
-    inv.end_reservation(&OrderId::parse(format!("{id}-o1")).unwrap(), skus, ReservationEnd::Released).await.unwrap();
+    inv.end_reservation(&OrderId::parse(format!("{id}-o2")).unwrap(), &s, ReservationEnd::Released).await.unwrap();
+    inv.end_reservation(&OrderId::parse(format!("{id}-o1")).unwrap(), &s, ReservationEnd::Released).await.unwrap();
     let pending = inv.settle_low_stock(&s).await.unwrap();
     assert_eq!(
         pending.iter().map(|a| (a.seq, a.kind, a.available)).collect::<Vec<_>>(),
@@ -444,7 +423,7 @@ pub async fn orders_insert_once_and_apply_each_event_once(stores: Stores) {
     assert_eq!(os.insert_new(&o).await.unwrap(), Inserted::New);
     let mut other = o.clone();
     other.total = Money::from_cents(999).unwrap();
-    assert_eq!(os.insert_new(&other).await.unwrap(), Inserted::Existing(o.clone()), "the first insert wins");
+    assert_eq!(os.insert_new(&other).await.unwrap(), Inserted::Existing(Box::new(o.clone())), "the first insert wins");
 
     let mut next = o.clone();
     next.status = OrderStatus::Processing;
@@ -678,7 +657,7 @@ pub async fn run_all(stores: Stores) {
     partition_epochs_only_grow(stores.clone()).await;
     answers_readiness_pings(stores.clone()).await;
     catalog_creates_once_updates_existing_and_paginates(stores.clone()).await;
-    reservations_are_all_or_nothing_and_idempotent(stores.clone()).await;
+    reservations_hold_each_sku_once(stores.clone()).await;
     concurrent_reservations_never_oversell(stores.clone()).await;
     batched_reservations_take_stock_in_order(stores.clone()).await;
     stock_adjustments_are_checked(stores.clone()).await;

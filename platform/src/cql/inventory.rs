@@ -1,42 +1,29 @@
-//! Inventory: `orderflow_inventory.stock` (level + the rows that record each change, one partition per SKU),
-//! `stock_movements` (the ledger), `reservations` (one per order). See inventory.cql for the layout.
+//! Inventory: `orderflow_inventory.stock` (level + the rows that record each change, one partition per SKU)
+//! and `stock_movements` (the ledger). See inventory.cql for the layout.
 //!
-//! A one-SKU order (most orders) needs no reservation row: its hold row in the SKU's partition is its
-//! reservation, written with one conditional batch (level `IF version` + hold row `IF NOT EXISTS`), or,
-//! when refused, as a `refused:<reason>` hold row `IF NOT EXISTS`; ending it is one conditional batch on
-//! the same row. A retry answers from the row. See `reserve_one`.
+//! Every reservation is one order's hold of one SKU (the saga sends one command per SKU, on that SKU's
+//! partition, and collects the answers): its hold row in the SKU's partition is the whole reservation,
+//! written with one conditional batch (level `IF version` + hold row `IF NOT EXISTS`), or, when refused,
+//! as a `refused:<reason>` hold row `IF NOT EXISTS`; ending it is one conditional batch on the same row,
+//! and ending a hold that was never made leaves a `void` row, so that a late attempt cannot hold it. A
+//! retry answers from the row. See `reserve_one` and `end_line`.
 //!
-//! How a multi-SKU reservation stays all-or-none and crash-safe without a cross-partition transaction:
-//! 1. reserve() records the order's intent first (`reservations`, INSERT IF NOT EXISTS, state `pending`). A
-//!    second call for the order finds the row and resumes it or returns its stored outcome.
-//! 2. Each line is held with one conditional batch on the SKU's partition: the level update `IF version = v`
-//!    and the order's hold row `IF NOT EXISTS`, so the per-line progress is written atomically with the
-//!    stock change. A resumed call finds the hold row and skips the line; one whose LWT timed out settles it
-//!    with a SERIAL read of that row.
-//! 3. When every line is held, the reservation moves `pending -> reserved` (LWT on the state). If a line
-//!    cannot be held, it moves `pending -> rejecting`, the lines already held are released and the lines not
-//!    held are voided (a `void` hold row, so a zombie retry can never hold them later), then `rejected`.
-//!
-//! end_reservation() moves `reserved -> releasing|committing` and then ends each line the same way (one
-//! conditional batch per line: level + hold row state), then `released|committed`. Whoever finds a
-//! reservation in an `-ing` state finishes that pass, which is idempotent per line.
+//! (The `reservations` table of earlier versions, an all-or-none protocol for several SKUs, is no longer
+//! written or read: a hold it made is a hold row like any other and ends the same way.)
 
 use async_trait::async_trait;
-use futures::future::try_join_all;
-use orderflow_schemas::{OrderId, Quantity, Sku, StockAlert, StockLevel, now_ms};
+use orderflow_schemas::{OrderId, Sku, StockAlert, StockLevel};
 use scylla::client::session::Session;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::CqlTimeuuid;
 
-use super::{
-    CqlStore, Lwt, MAX_CAS_ROUNDS, MAX_UNKNOWN_RETRIES, backoff, batch, corrupt, prepare, serial, to_i64, to_u64,
-};
+use super::{CqlStore, Lwt, MAX_CAS_ROUNDS, backoff, batch, corrupt, prepare, serial, to_i64, to_u64};
 use crate::store::{
-    InventoryStore, LowStock, Reservation, ReservationEnd, Result, StockError, StockMovement, StoreError,
+    Hold, InventoryStore, LowStock, Reservation, ReservationEnd, Result, StockError, StockMovement, StoreError,
 };
 
-/// Bound on state-machine steps of one reserve/end call (each step is one decided LWT on the reservation).
+/// Bound on the rounds of one reservation (each ends with a SERIAL read of the hold row).
 const MAX_STATE_STEPS: u32 = 16;
 
 pub(super) struct Statements {
@@ -51,11 +38,6 @@ pub(super) struct Statements {
     refuse: PreparedStatement,
     move_insert: PreparedStatement,
     moves: PreparedStatement,
-    res_insert_pending: PreparedStatement,
-    res_insert_closed: PreparedStatement,
-    res_get_serial: PreparedStatement,
-    res_decide: PreparedStatement,
-    res_move: PreparedStatement,
 }
 
 impl Statements {
@@ -101,13 +83,6 @@ impl Statements {
             false,
         )
         .await?;
-        let res_get = prepare(
-            s,
-            "SELECT lines, state, outcome, units, reason, reject_sku FROM orderflow_inventory.reservations \
-             WHERE order_id = ?",
-            true,
-        )
-        .await?;
         Ok(Self {
             level_serial: serial(&level),
             level,
@@ -142,35 +117,6 @@ impl Statements {
                 "SELECT at_ms, kind, available_delta, reference FROM orderflow_inventory.stock_movements \
                  WHERE sku = ? LIMIT ?",
                 true,
-            )
-            .await?,
-            res_insert_pending: prepare(
-                s,
-                "INSERT INTO orderflow_inventory.reservations (order_id, lines, state, created_at_ms) \
-                 VALUES (?, ?, 'pending', ?) IF NOT EXISTS",
-                false,
-            )
-            .await?,
-            res_insert_closed: prepare(
-                s,
-                "INSERT INTO orderflow_inventory.reservations \
-                 (order_id, lines, state, outcome, units, reason, created_at_ms) \
-                 VALUES (?, [], 'closed', 'rejected', 0, 'ended_before_reserved', ?) IF NOT EXISTS",
-                false,
-            )
-            .await?,
-            res_get_serial: serial(&res_get),
-            res_decide: prepare(
-                s,
-                "UPDATE orderflow_inventory.reservations SET state = ?, outcome = ?, units = ?, reason = ?, \
-                 reject_sku = ? WHERE order_id = ? IF state = ?",
-                false,
-            )
-            .await?,
-            res_move: prepare(
-                s,
-                "UPDATE orderflow_inventory.reservations SET state = ? WHERE order_id = ? IF state = ?",
-                false,
             )
             .await?,
         })
@@ -251,120 +197,14 @@ const COMMITTED: &str = "committed";
 const REFUSED: &str = "refused:";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ResState {
-    Pending,
-    Reserved,
-    Rejecting,
-    Rejected,
-    Closing,
-    Closed,
-    Releasing,
-    Released,
-    Committing,
-    Committed,
-}
-
-impl ResState {
-    const ALL: [ResState; 10] = [
-        Self::Pending,
-        Self::Reserved,
-        Self::Rejecting,
-        Self::Rejected,
-        Self::Closing,
-        Self::Closed,
-        Self::Releasing,
-        Self::Released,
-        Self::Committing,
-        Self::Committed,
-    ];
-
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Reserved => "reserved",
-            Self::Rejecting => "rejecting",
-            Self::Rejected => "rejected",
-            Self::Closing => "closing",
-            Self::Closed => "closed",
-            Self::Releasing => "releasing",
-            Self::Released => "released",
-            Self::Committing => "committing",
-            Self::Committed => "committed",
-        }
-    }
-
-    fn parse(s: &str) -> Result<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|st| st.as_str() == s)
-            .ok_or_else(|| StoreError::Corrupt(format!("unknown reservation state {s:?}")))
-    }
-
-    /// For a state with a pass over the lines under way: how each held line ends, and the state after.
-    fn pass(self) -> Option<(LineEnd, ResState)> {
-        match self {
-            Self::Rejecting => Some((LineEnd::Release, Self::Rejected)),
-            Self::Closing => Some((LineEnd::Release, Self::Closed)),
-            Self::Releasing => Some((LineEnd::Release, Self::Released)),
-            Self::Committing => Some((LineEnd::Commit, Self::Committed)),
-            _ => None,
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-struct ResRow {
-    lines: Vec<(Sku, i64)>,
-    state: ResState,
-    outcome: Option<Reservation>,
-}
-
-type ResTuple =
-    (Option<Vec<(String, i64)>>, Option<String>, Option<String>, Option<i64>, Option<String>, Option<String>);
-
-fn res_from_row(row: ResTuple) -> Result<ResRow> {
-    let (lines, state, outcome, units, reason, reject_sku) = row;
-    let lines = lines
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(s, q)| Ok((Sku::parse(s).map_err(corrupt)?, q)))
-        .collect::<Result<Vec<_>>>()?;
-    let state = ResState::parse(state.as_deref().unwrap_or_default())?;
-    let outcome = match outcome.as_deref() {
-        None => None,
-        Some("reserved") => Some(Reservation::Reserved { units: to_u64(units.unwrap_or(0), "units")? }),
-        Some("rejected") => Some(Reservation::Rejected {
-            reason: reason.unwrap_or_default(),
-            sku: reject_sku.map(Sku::parse).transpose().map_err(corrupt)?,
-        }),
-        Some(other) => return Err(StoreError::Corrupt(format!("unknown reservation outcome {other:?}"))),
-    };
-    Ok(ResRow { lines, state, outcome })
-}
-
-/// The same SKU twice in one order is one line of the summed quantity (first position kept), so each SKU
-/// partition holds at most one row per order.
-fn merge_lines(lines: &[(Sku, Quantity)]) -> Vec<(Sku, i64)> {
-    let mut merged: Vec<(Sku, i64)> = Vec::with_capacity(lines.len());
-    for (sku, q) in lines {
-        let q = i64::from(*q);
-        match merged.iter_mut().find(|(s, _)| s == sku) {
-            Some((_, total)) => *total += q,
-            None => merged.push((sku.clone(), q)),
-        }
-    }
-    merged
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum LineEnd {
     Release,
     Commit,
 }
 
-/// What trying to hold every line found.
+/// What trying to hold a SKU for an order found.
 #[derive(Debug)]
-enum HoldAll {
+enum HoldTry {
     Held {
         units: u64,
     },
@@ -372,7 +212,7 @@ enum HoldAll {
         reason: &'static str,
         sku: Sku,
     },
-    /// A line was already ended or voided: another caller moved this reservation on; re-read it.
+    /// The hold row exists but is not held (refused, voided or ended): answer from the row.
     Interrupted,
 }
 
@@ -423,7 +263,7 @@ impl CqlStore {
     }
 
     /// Holds `qty` of `sku` for `order` unless already held. `seen` is a read made just before, if any.
-    async fn hold_line(&self, order: &OrderId, sku: &Sku, qty: i64, mut seen: Option<Seen>) -> Result<HoldAll> {
+    async fn hold_line(&self, order: &OrderId, sku: &Sku, qty: i64, mut seen: Option<Seen>) -> Result<HoldTry> {
         let mut serial_read = false;
         for round in 0..MAX_CAS_ROUNDS {
             let s = match seen.take() {
@@ -432,20 +272,20 @@ impl CqlStore {
             };
             if let Some(op) = &s.op {
                 if op.state != HELD {
-                    return Ok(HoldAll::Interrupted);
+                    return Ok(HoldTry::Interrupted);
                 }
                 // Held already (by an earlier attempt of this order): make sure its ledger line exists.
                 if let Some(id) = op.move_id {
                     self.write_move(sku, id, "reserve", -op.qty, order.as_str()).await?;
                 }
-                return Ok(HoldAll::Held { units: to_u64(op.qty, "held quantity")? });
+                return Ok(HoldTry::Held { units: to_u64(op.qty, "held quantity")? });
             }
             let Some(level) = s.level else {
                 let reason = if self.product_exists(sku).await? { "out_of_stock" } else { "unknown_sku" };
-                return Ok(HoldAll::Refused { reason, sku: sku.clone() });
+                return Ok(HoldTry::Refused { reason, sku: sku.clone() });
             };
             if level.available < qty {
-                return Ok(HoldAll::Refused { reason: "out_of_stock", sku: sku.clone() });
+                return Ok(HoldTry::Refused { reason: "out_of_stock", sku: sku.clone() });
             }
             let (move_id, _) = self.clock.next();
             let values = (
@@ -462,7 +302,7 @@ impl CqlStore {
             match self.lwt_batch(&self.inventory.hold, values).await? {
                 Lwt::Applied => {
                     self.write_move(sku, move_id, "reserve", -qty, order.as_str()).await?;
-                    return Ok(HoldAll::Held { units: to_u64(qty, "quantity")? });
+                    return Ok(HoldTry::Held { units: to_u64(qty, "quantity")? });
                 }
                 Lwt::NotApplied => {}
                 Lwt::Unknown(e) => {
@@ -547,108 +387,18 @@ impl CqlStore {
         }
         Err(StoreError::Unavailable(format!("ending the hold of {sku} for {order}: too much contention")))
     }
-
-    /// Holds every line in order, after a first look at all of them (so a visibly short line refuses the
-    /// order before anything is held).
-    async fn hold_all(&self, order: &OrderId, lines: &[(Sku, i64)]) -> Result<HoldAll> {
-        let seen = try_join_all(lines.iter().map(|(sku, _)| self.read_op(sku, HOLD, order.as_str(), false))).await?;
-        for ((sku, qty), s) in lines.iter().zip(&seen) {
-            match (&s.op, &s.level) {
-                (Some(op), _) if op.state == HELD => {}
-                (Some(_), _) => return Ok(HoldAll::Interrupted),
-                (None, Some(level)) if level.available >= *qty => {}
-                (None, Some(_)) => return Ok(HoldAll::Refused { reason: "out_of_stock", sku: sku.clone() }),
-                (None, None) => {
-                    let reason = if self.product_exists(sku).await? { "out_of_stock" } else { "unknown_sku" };
-                    return Ok(HoldAll::Refused { reason, sku: sku.clone() });
-                }
-            }
-        }
-        let mut units = 0u64;
-        for ((sku, qty), s) in lines.iter().zip(seen) {
-            match self.hold_line(order, sku, *qty, Some(s)).await? {
-                HoldAll::Held { units: n } => units += n,
-                other => return Ok(other),
-            }
-        }
-        Ok(HoldAll::Held { units })
-    }
-
-    /// Runs the pass of an `-ing` state over every line, then moves the reservation to the state after it.
-    async fn finish_pass(&self, order: &OrderId, row: &ResRow) -> Result<ResState> {
-        let Some((end, next)) = row.state.pass() else { return Ok(row.state) };
-        try_join_all(row.lines.iter().map(|(sku, qty)| self.end_line(order, sku, *qty, end))).await?;
-        // Not applied (or unknown) means another caller finished the same pass: the outcome is the same.
-        match self.lwt(&self.inventory.res_move, (next.as_str(), order.as_str(), row.state.as_str())).await? {
-            Lwt::Applied | Lwt::NotApplied => {}
-            Lwt::Unknown(e) => {
-                tracing::warn!(%order, error = %e, "reservation state outcome unknown; a retry settles it")
-            }
-        }
-        Ok(next)
-    }
-
-    async fn read_reservation(&self, order: &OrderId) -> Result<Option<ResRow>> {
-        self.first_row::<ResTuple>(&self.inventory.res_get_serial, (order.as_str(),))
-            .await?
-            .map(res_from_row)
-            .transpose()
-    }
-
-    /// Moves the reservation from `from` to `to` recording `outcome`; the row as it now is.
-    async fn decide(
-        &self,
-        order: &OrderId,
-        from: ResState,
-        to: ResState,
-        outcome: &Reservation,
-    ) -> Result<Option<ResRow>> {
-        let (kind, units, reason, sku) = match outcome {
-            Reservation::Reserved { units } => ("reserved", to_i64(*units, "units")?, None, None),
-            Reservation::Rejected { reason, sku } => {
-                ("rejected", 0, Some(reason.as_str()), sku.as_ref().map(Sku::as_str))
-            }
-        };
-        let values = (to.as_str(), kind, units, reason, sku, order.as_str(), from.as_str());
-        match self.lwt(&self.inventory.res_decide, values).await? {
-            Lwt::Applied => Ok(None),
-            Lwt::NotApplied => self.read_reservation(order).await,
-            Lwt::Unknown(e) => {
-                tracing::warn!(%order, error = %e, "reservation decision outcome unknown; settling with a SERIAL read");
-                self.read_reservation(order).await
-            }
-        }
-    }
-
-    /// Records the intent to reserve `lines` for `order`, or returns the reservation already recorded.
-    async fn reservation_intent(&self, order: &OrderId, lines: &[(Sku, i64)]) -> Result<ResRow> {
-        let stored: Vec<(&str, i64)> = lines.iter().map(|(s, q)| (s.as_str(), *q)).collect();
-        for _ in 0..MAX_UNKNOWN_RETRIES {
-            match self.lwt(&self.inventory.res_insert_pending, (order.as_str(), &stored, now_ms())).await? {
-                Lwt::Applied => return Ok(ResRow { lines: lines.to_vec(), state: ResState::Pending, outcome: None }),
-                Lwt::NotApplied => {}
-                Lwt::Unknown(e) => {
-                    tracing::warn!(%order, error = %e, "reservation intent outcome unknown; settling with a SERIAL read");
-                }
-            }
-            if let Some(row) = self.read_reservation(order).await? {
-                return Ok(row);
-            }
-        }
-        Err(StoreError::Unavailable(format!("recording the reservation of {order}: outcome stayed unknown")))
-    }
 }
 
 impl CqlStore {
     /// Reserves a one-SKU order. Its hold row in the SKU's partition is its whole reservation: the hold is
     /// one conditional batch (level `IF version` + hold row `IF NOT EXISTS`), a refusal is recorded as the
     /// hold row in state `refused:<reason>` (`IF NOT EXISTS`, so the first answer stands and no later
-    /// attempt can hold), and a retry answers from the row. One LWT where a multi-SKU order needs three.
+    /// attempt can hold), and a retry answers from the row.
     async fn reserve_one(&self, order: &OrderId, sku: &Sku, qty: i64) -> Result<Reservation> {
         for round in 0..MAX_STATE_STEPS {
             match self.hold_line(order, sku, qty, None).await? {
-                HoldAll::Held { units } => return Ok(Reservation::Reserved { units }),
-                HoldAll::Refused { reason, sku } => {
+                HoldTry::Held { units } => return Ok(Reservation::Reserved { units }),
+                HoldTry::Refused { reason, sku } => {
                     let state = format!("{REFUSED}{reason}");
                     match self.lwt(&self.inventory.refuse, (sku.as_str(), order.as_str(), qty, state.as_str())).await? {
                         Lwt::Applied => {
@@ -661,7 +411,7 @@ impl CqlStore {
                         }
                     }
                 }
-                HoldAll::Interrupted => {}
+                HoldTry::Interrupted => {}
             }
             let seen = self.read_op(sku, HOLD, order.as_str(), true).await?;
             if let Some(op) = seen.op {
@@ -673,33 +423,16 @@ impl CqlStore {
     }
 }
 
-/// The first answer to a one-SKU order's reservation, from its hold row.
+/// The first answer to an order's reservation of a SKU, from its hold row.
 fn one_sku_outcome(order: &OrderId, sku: &Sku, op: &OpRow) -> Result<Reservation> {
     match op.state.as_str() {
         HELD | RELEASED | COMMITTED => Ok(Reservation::Reserved { units: to_u64(op.qty, "held quantity")? }),
-        VOID => Ok(Reservation::Rejected { reason: "ended_before_reserved".into(), sku: None }),
+        VOID => Ok(Reservation::Rejected { reason: "ended_before_reserved".into(), sku: Some(sku.clone()) }),
         state => match state.strip_prefix(REFUSED) {
             Some(reason) => Ok(Reservation::Rejected { reason: reason.to_owned(), sku: Some(sku.clone()) }),
             None => Err(StoreError::Corrupt(format!("{sku}: hold of {order} in state {state:?}"))),
         },
     }
-}
-
-/// The distinct SKUs of `skus`, in order.
-fn distinct(skus: &[Sku]) -> Vec<&Sku> {
-    let mut out: Vec<&Sku> = Vec::with_capacity(skus.len());
-    for sku in skus {
-        if !out.contains(&sku) {
-            out.push(sku);
-        }
-    }
-    out
-}
-
-fn stored_outcome(order: &OrderId, row: &ResRow) -> Result<Reservation> {
-    row.outcome.clone().ok_or_else(|| {
-        StoreError::Corrupt(format!("reservation of {order} is {} without an outcome", row.state.as_str()))
-    })
 }
 
 #[async_trait]
@@ -790,125 +523,18 @@ impl InventoryStore for CqlStore {
         Err(StoreError::Unavailable(format!("adjusting {sku}: too much contention")).into())
     }
 
-    async fn reserve(&self, order: &OrderId, lines: &[(Sku, Quantity)]) -> Result<Reservation> {
-        let merged = merge_lines(lines);
-        if let [(sku, qty)] = merged.as_slice() {
-            return self.reserve_one(order, sku, *qty).await;
-        }
-        let mut row = self.reservation_intent(order, &merged).await?;
-        for _ in 0..MAX_STATE_STEPS {
-            let next = match row.state {
-                ResState::Pending => match self.hold_all(order, &row.lines).await? {
-                    HoldAll::Held { units } => {
-                        let outcome = Reservation::Reserved { units };
-                        match self.decide(order, ResState::Pending, ResState::Reserved, &outcome).await? {
-                            None => return Ok(outcome),
-                            Some(now) => now,
-                        }
-                    }
-                    HoldAll::Refused { reason, sku } => {
-                        let outcome = Reservation::Rejected { reason: reason.to_owned(), sku: Some(sku) };
-                        match self.decide(order, ResState::Pending, ResState::Rejecting, &outcome).await? {
-                            None => ResRow { state: ResState::Rejecting, outcome: Some(outcome), ..row },
-                            Some(now) => now,
-                        }
-                    }
-                    HoldAll::Interrupted => self.read_reservation(order).await?.ok_or_else(|| {
-                        StoreError::Corrupt(format!("reservation of {order} vanished while it was being made"))
-                    })?,
-                },
-                // A rejection or close under way: finish releasing what was held, then answer.
-                ResState::Rejecting | ResState::Closing => {
-                    self.finish_pass(order, &row).await?;
-                    return stored_outcome(order, &row);
-                }
-                // Decided: the first answer, whatever happened to the units since.
-                _ => return stored_outcome(order, &row),
-            };
-            row = next;
-        }
-        Err(StoreError::Unavailable(format!("reservation of {order} kept changing")))
+    async fn reserve(&self, hold: &Hold) -> Result<Reservation> {
+        self.reserve_one(&hold.order, &hold.sku, to_i64(hold.units(), "units")?).await
     }
 
-    async fn end_reservation(&self, order: &OrderId, skus: &[Sku], end: ReservationEnd) -> Result<ReservationEnd> {
-        if let [sku] = distinct(skus).as_slice() {
-            // A one-SKU order: its hold row is its reservation (see `reserve_one`).
-            let line_end = match end {
-                ReservationEnd::Released => LineEnd::Release,
-                ReservationEnd::Committed => LineEnd::Commit,
-                ReservationEnd::NothingHeld => return Ok(ReservationEnd::NothingHeld),
-            };
-            let ended = self.end_line(order, sku, 0, line_end).await?;
-            return Ok(if ended { end } else { ReservationEnd::NothingHeld });
-        }
-        let mut row = self.read_reservation(order).await?;
-        for _ in 0..MAX_STATE_STEPS {
-            let Some(r) = row.take() else {
-                // Nothing was reserved: record a closed reservation so that a late request is refused.
-                match self.lwt(&self.inventory.res_insert_closed, (order.as_str(), now_ms())).await? {
-                    Lwt::Applied => return Ok(ReservationEnd::NothingHeld),
-                    Lwt::NotApplied => {}
-                    Lwt::Unknown(e) => {
-                        tracing::warn!(%order, error = %e, "closing outcome unknown; settling with a SERIAL read");
-                    }
-                }
-                row = self.read_reservation(order).await?;
-                continue;
-            };
-            let (from, to) = match (r.state, end) {
-                (ResState::Reserved, ReservationEnd::Released) => (ResState::Reserved, ResState::Releasing),
-                (ResState::Reserved, ReservationEnd::Committed) => (ResState::Reserved, ResState::Committing),
-                (ResState::Reserved, ReservationEnd::NothingHeld) => return Ok(ReservationEnd::NothingHeld),
-                // A reservation still being made is closed: whatever it held goes back.
-                (ResState::Pending, _) => (ResState::Pending, ResState::Closing),
-                // A pass under way (this request retried after a crash, or another one): finish it. It
-                // answers `end` when it is the same end that was asked for.
-                (s @ (ResState::Releasing | ResState::Committing), _) => {
-                    self.finish_pass(order, &r).await?;
-                    let same = matches!(
-                        (s, end),
-                        (ResState::Releasing, ReservationEnd::Released)
-                            | (ResState::Committing, ReservationEnd::Committed)
-                    );
-                    return Ok(if same { end } else { ReservationEnd::NothingHeld });
-                }
-                (ResState::Rejecting | ResState::Closing, _) => {
-                    self.finish_pass(order, &r).await?;
-                    return Ok(ReservationEnd::NothingHeld);
-                }
-                (ResState::Rejected | ResState::Closed | ResState::Released | ResState::Committed, _) => {
-                    return Ok(ReservationEnd::NothingHeld);
-                }
-            };
-            let moved = if to == ResState::Closing {
-                let outcome = Reservation::Rejected { reason: "ended_before_reserved".into(), sku: None };
-                match self.decide(order, from, to, &outcome).await? {
-                    None => Some(ResRow { state: to, outcome: Some(outcome), ..r }),
-                    Some(now) => {
-                        row = Some(now);
-                        None
-                    }
-                }
-            } else {
-                match self.lwt(&self.inventory.res_move, (to.as_str(), order.as_str(), from.as_str())).await? {
-                    Lwt::Applied => Some(ResRow { state: to, ..r }),
-                    Lwt::NotApplied => {
-                        row = self.read_reservation(order).await?;
-                        None
-                    }
-                    Lwt::Unknown(e) => {
-                        tracing::warn!(%order, error = %e, "reservation end outcome unknown; settling with a SERIAL read");
-                        row = self.read_reservation(order).await?;
-                        None
-                    }
-                }
-            };
-            if let Some(moved) = moved {
-                self.finish_pass(order, &moved).await?;
-                return Ok(if to == ResState::Closing { ReservationEnd::NothingHeld } else { end });
-            }
-        }
-        Err(StoreError::Unavailable(format!("reservation of {order} kept changing")))
+    async fn end_reservation(&self, order: &OrderId, sku: &Sku, end: ReservationEnd) -> Result<ReservationEnd> {
+        let line_end = match end {
+            ReservationEnd::Released => LineEnd::Release,
+            ReservationEnd::Committed => LineEnd::Commit,
+            ReservationEnd::NothingHeld => return Ok(ReservationEnd::NothingHeld),
+        };
+        let ended = self.end_line(order, sku, 0, line_end).await?;
+        Ok(if ended { end } else { ReservationEnd::NothingHeld })
     }
 
     async fn movements(&self, sku: &Sku, limit: usize) -> Result<Vec<StockMovement>> {

@@ -566,7 +566,7 @@ impl OrderStore for CqlStore {
                 }
                 Some(stored) => {
                     self.drop_rows_written_ahead(order, &stored).await?;
-                    return Ok(Inserted::Existing(stored));
+                    return Ok(Inserted::Existing(Box::new(stored)));
                 }
                 // Not there: only possible after an unknown outcome that did not apply; try again.
                 None => continue,

@@ -4,7 +4,7 @@
 //! nothing (an OS crash or power loss can lose the last second unless `sync_writes` is on).
 //!
 //! All writes go through fjall's single-writer transactions, which serialise them; that is what makes
-//! the conditional writes (insert-if-absent, compare-and-set, all-or-nothing reservations) safe.
+//! the conditional writes (insert-if-absent, compare-and-set, reservations that never oversell) safe.
 
 mod log;
 mod store;
@@ -132,6 +132,7 @@ pub fn open(dir: &Path, options: &BackendOptions) -> Result<Backends, BackendErr
     let err = |reason: String| BackendError::Embedded { path: dir.to_owned(), reason };
     std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
     let db = Arc::new(Db::open(dir, options).map_err(|e| err(e.to_string()))?);
+    store::upgrade_reservations(&db).map_err(|e| err(format!("upgrading reservations: {e}")))?;
     let store = Arc::new(EmbeddedStore::new(Arc::clone(&db)));
     let bus = Arc::new(EmbeddedLog::new(db));
     Ok(Backends {

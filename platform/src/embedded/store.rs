@@ -7,7 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use fjall::Readable;
 use orderflow_schemas::{
-    EventId, Order, OrderId, OrderStatus, Product, ProductSummary, Quantity, Sku, StockAlert, StockLevel, now_ms,
+    EventId, Order, OrderId, OrderStatus, Product, ProductSummary, Sku, StockAlert, StockLevel, now_ms,
 };
 use serde::{Deserialize, Serialize};
 
@@ -171,16 +171,63 @@ impl CatalogViewStore for EmbeddedStore {
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Inventory: stock[sku] = StockLevel; reservations[order] = ReservationRow;
-// stock_moves[sku 0x00 seq(BE)] = StockMovement (newest last, read in reverse).
+// Inventory: stock[sku] = StockLevel; reservations[order 0x00 sku] = ReservationRow (one order's hold of
+// one SKU); stock_moves[sku 0x00 seq(BE)] = StockMovement (newest last, read in reverse).
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct ReservationRow {
-    /// One line per SKU with the units held (see [`merge_lines`]). Stored as numbers, so rows written when
-    /// these were `Quantity` read back unchanged.
+    /// The SKU and the units held: one line since per-SKU reservations; rows from before them, keyed by
+    /// the order alone, had one per SKU of the order (see [`upgrade_reservations`]). Stored as numbers,
+    /// so rows written when these were `Quantity` read back unchanged.
     lines: Vec<(Sku, u64)>,
     outcome: Reservation,
     ended: Option<ReservationEnd>,
+}
+
+/// Key of an order's reservation of one SKU: `order 0x00 sku`.
+fn hold_key(order: &OrderId, sku: &Sku) -> Vec<u8> {
+    [order.as_str().as_bytes(), b"\0", sku.as_str().as_bytes()].concat()
+}
+
+/// Present in `reservations` once its rows are all keyed by (order, SKU). Sorts before every order id.
+const PER_SKU_RESERVATIONS: &[u8] = b"\0format:per-sku";
+
+/// Rows written before per-SKU reservations are keyed by the order alone and may hold several SKUs. The
+/// first open by this version splits each into one row per SKU (the outcome of a reserved one becomes
+/// each SKU's own units; a refusal refuses every SKU, which is what it did) and marks the keyspace done,
+/// so later opens read one key. A row with no lines (a reservation closed before it was made) names no
+/// SKU and is dropped: per-SKU commands never look for it. Returns how many rows were split.
+pub(crate) fn upgrade_reservations(db: &Db) -> Result<usize> {
+    if db.reservations.get(PER_SKU_RESERVATIONS).map_err(unavailable)?.is_some() {
+        return Ok(0);
+    }
+    let mut legacy = Vec::new();
+    for guard in db.reservations.inner().iter() {
+        let (key, value) = guard.into_inner().map_err(unavailable)?;
+        if !key.contains(&0) {
+            legacy.push((key, from_row::<ReservationRow>(&value)?));
+        }
+    }
+    let mut tx = db.db.write_tx().durability(db.durability);
+    for (key, row) in &legacy {
+        let order = OrderId::parse(String::from_utf8_lossy(key).into_owned())
+            .map_err(|e| StoreError::Corrupt(format!("a reservation keyed {key:?}: {e}")))?;
+        for (sku, units) in &row.lines {
+            let outcome = match &row.outcome {
+                Reservation::Reserved { .. } => Reservation::Reserved { units: *units },
+                refused => refused.clone(),
+            };
+            let split = ReservationRow { lines: vec![(sku.clone(), *units)], outcome, ended: row.ended };
+            tx.insert(&db.reservations, hold_key(&order, sku), to_row(&split)?);
+        }
+        tx.remove(&db.reservations, key.as_ref());
+    }
+    tx.insert(&db.reservations, PER_SKU_RESERVATIONS, b"1".as_slice());
+    tx.commit().map_err(unavailable)?;
+    if !legacy.is_empty() {
+        tracing::info!(rows = legacy.len(), "reservations from an earlier version split into one per SKU");
+    }
+    Ok(legacy.len())
 }
 
 fn movement_key(sku: &Sku, seq: u64) -> Vec<u8> {
@@ -204,73 +251,38 @@ fn record_movement(
     Ok(())
 }
 
-fn units(q: Quantity) -> u64 {
-    u64::from(q.get())
-}
-
 /// A count of units as a ledger delta: never more than the SKU's units, which `adjust_stock` keeps within
 /// `i64`; a larger one is a corrupt row.
 fn delta(units: u64) -> Result<i64> {
     i64::try_from(units).map_err(|_| StoreError::Corrupt(format!("a movement of {units} units")))
 }
 
-/// One line per SKU (first position kept), so two lines of one SKU are checked against the sum they
-/// need. The sum is a count of units, not a `Quantity`: each line is at most `Quantity::MAX`, their sum
-/// may be more (the CQL adapter sums them the same way).
-fn merge_lines(lines: &[(Sku, Quantity)]) -> Vec<(Sku, u64)> {
-    let mut merged: Vec<(Sku, u64)> = Vec::with_capacity(lines.len());
-    for (sku, q) in lines {
-        match merged.iter_mut().find(|(s, _)| s == sku) {
-            Some((_, total)) => *total = total.saturating_add(units(*q)),
-            None => merged.push((sku.clone(), units(*q))),
-        }
-    }
-    merged
-}
-
-/// Holds every line for `order` or none, inside the caller's write transaction; a second call for the
-/// order returns the stored outcome.
-fn reserve_in_tx(
-    db: &Db,
-    tx: &mut fjall::SingleWriterWriteTx<'_>,
-    order: &OrderId,
-    lines: Vec<(Sku, u64)>,
-) -> Result<Reservation> {
-    if let Some(row) = get_row::<ReservationRow>(tx, &db.reservations, order.as_str())? {
+/// Holds the units of one SKU for an order, or nothing, inside the caller's write transaction; a second
+/// call for the pair returns the stored outcome.
+fn reserve_in_tx(db: &Db, tx: &mut fjall::SingleWriterWriteTx<'_>, hold: &Hold) -> Result<Reservation> {
+    let (order, sku, q) = (&hold.order, &hold.sku, hold.units());
+    let key = hold_key(order, sku);
+    if let Some(row) = get_row::<ReservationRow>(tx, &db.reservations, &key)? {
         return Ok(row.outcome);
     }
-    let mut levels = Vec::with_capacity(lines.len());
-    let mut refusal = None;
-    for (sku, q) in &lines {
-        if !tx.contains_key(&db.products, sku.as_str()).map_err(unavailable)? {
-            refusal = Some(Reservation::Rejected { reason: "unknown_sku".into(), sku: Some(sku.clone()) });
-            break;
-        }
-        let level: StockLevel = get_row(tx, &db.stock, sku.as_str())?.unwrap_or_default();
-        if level.available < *q {
-            refusal = Some(Reservation::Rejected { reason: "out_of_stock".into(), sku: Some(sku.clone()) });
-            break;
-        }
-        levels.push(level);
-    }
-    let outcome = match refusal {
-        Some(r) => r,
-        None => {
-            let mut total = 0u64;
-            for ((sku, q), mut level) in lines.iter().zip(levels) {
-                // `q <= available` was checked above, under the same write lock, and available + reserved
-                // + sold stays within i64 (adjust_stock), so none of this can overflow.
-                level.available -= *q;
-                level.reserved += *q;
-                total = total.saturating_add(*q);
-                tx.insert(&db.stock, sku.as_str(), to_row(&level)?);
-                record_movement(db, tx, sku, "reserve", -delta(*q)?, order.as_str())?;
-            }
-            Reservation::Reserved { units: total }
+    let outcome = if !tx.contains_key(&db.products, sku.as_str()).map_err(unavailable)? {
+        Reservation::Rejected { reason: "unknown_sku".into(), sku: Some(sku.clone()) }
+    } else {
+        let mut level: StockLevel = get_row(tx, &db.stock, sku.as_str())?.unwrap_or_default();
+        if level.available < q {
+            Reservation::Rejected { reason: "out_of_stock".into(), sku: Some(sku.clone()) }
+        } else {
+            // `q <= available` was checked just above, under the same write lock, and available +
+            // reserved + sold stays within i64 (adjust_stock), so none of this can overflow.
+            level.available -= q;
+            level.reserved += q;
+            tx.insert(&db.stock, sku.as_str(), to_row(&level)?);
+            record_movement(db, tx, sku, "reserve", -delta(q)?, order.as_str())?;
+            Reservation::Reserved { units: q }
         }
     };
-    let row = ReservationRow { lines, outcome: outcome.clone(), ended: None };
-    tx.insert(&db.reservations, order.as_str(), to_row(&row)?);
+    let row = ReservationRow { lines: vec![(sku.clone(), q)], outcome: outcome.clone(), ended: None };
+    tx.insert(&db.reservations, key, to_row(&row)?);
     Ok(outcome)
 }
 
@@ -323,34 +335,30 @@ impl InventoryStore for EmbeddedStore {
             .await?
     }
 
-    async fn reserve(&self, order: &OrderId, lines: &[(Sku, Quantity)]) -> Result<Reservation> {
-        let mut out = self.reserve_many(&[(order.clone(), lines.to_vec())]).await?;
+    async fn reserve(&self, hold: &Hold) -> Result<Reservation> {
+        let mut out = self.reserve_many(std::slice::from_ref(hold)).await?;
         out.pop().ok_or_else(|| StoreError::Corrupt("no reservation outcome".into()))
     }
 
-    async fn reserve_many(&self, requests: &[(OrderId, Vec<(Sku, Quantity)>)]) -> Result<Vec<Reservation>> {
-        let requests: Vec<(OrderId, Vec<(Sku, u64)>)> =
-            requests.iter().map(|(o, lines)| (o.clone(), merge_lines(lines))).collect();
-        // One transaction for all of them: later requests see the stock earlier ones took.
-        self.db
-            .write(move |db, tx| {
-                requests.into_iter().map(|(order, lines)| reserve_in_tx(db, tx, &order, lines)).collect()
-            })
-            .await
+    async fn reserve_many(&self, holds: &[Hold]) -> Result<Vec<Reservation>> {
+        let holds = holds.to_vec();
+        // One transaction for all of them: later holds see the stock earlier ones took.
+        self.db.write(move |db, tx| holds.iter().map(|hold| reserve_in_tx(db, tx, hold)).collect()).await
     }
 
-    async fn end_reservation(&self, order: &OrderId, _skus: &[Sku], end: ReservationEnd) -> Result<ReservationEnd> {
-        let order = order.clone();
+    async fn end_reservation(&self, order: &OrderId, sku: &Sku, end: ReservationEnd) -> Result<ReservationEnd> {
+        let (order, sku) = (order.clone(), sku.clone());
         self.db
             .write(move |db, tx| {
-                let Some(mut row) = get_row::<ReservationRow>(tx, &db.reservations, order.as_str())? else {
+                let key = hold_key(&order, &sku);
+                let Some(mut row) = get_row::<ReservationRow>(tx, &db.reservations, &key)? else {
                     // Nothing was reserved: leave a closed row so a late reservation request is refused.
                     let row = ReservationRow {
                         lines: Vec::new(),
-                        outcome: Reservation::Rejected { reason: "ended_before_reserved".into(), sku: None },
+                        outcome: Reservation::Rejected { reason: "ended_before_reserved".into(), sku: Some(sku) },
                         ended: Some(end),
                     };
-                    tx.insert(&db.reservations, order.as_str(), to_row(&row)?);
+                    tx.insert(&db.reservations, key, to_row(&row)?);
                     return Ok(ReservationEnd::NothingHeld);
                 };
                 if row.ended.is_some()
@@ -379,7 +387,7 @@ impl InventoryStore for EmbeddedStore {
                     tx.insert(&db.stock, sku.as_str(), to_row(&level)?);
                 }
                 row.ended = Some(end);
-                tx.insert(&db.reservations, order.as_str(), to_row(&row)?);
+                tx.insert(&db.reservations, key, to_row(&row)?);
                 Ok(end)
             })
             .await
@@ -663,7 +671,7 @@ impl OrderStore for EmbeddedStore {
         self.db
             .write(move |db, tx| {
                 if let Some(existing) = get_row::<Order>(tx, &db.orders, order.id.as_str())? {
-                    return Ok(Inserted::Existing(existing));
+                    return Ok(Inserted::Existing(Box::new(existing)));
                 }
                 tx.insert(&db.orders, order.id.as_str(), to_row(&order)?);
                 let pos = position(&order);
@@ -924,5 +932,75 @@ impl EpochStore for EmbeddedStore {
                 Ok(next)
             })
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use crate::backend::BackendOptions;
+    use orderflow_schemas::Quantity;
+
+    fn q(n: i64) -> Quantity {
+        Quantity::new(n).unwrap()
+    }
+
+    /// A data directory written before per-SKU reservations: one row per order, several SKUs in it.
+    #[tokio::test]
+    async fn reservations_from_before_per_sku_holds_are_split_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(Db::open(dir.path(), &BackendOptions::default()).unwrap());
+        let store = EmbeddedStore::new(Arc::clone(&db));
+        let (a, b) = (Sku::parse("A").unwrap(), Sku::parse("B").unwrap());
+        for sku in [&a, &b] {
+            let p = Product::new(
+                sku.clone(),
+                "p".into(),
+                String::new(),
+                orderflow_schemas::Money::from_cents(1).unwrap(),
+                0,
+            );
+            assert!(store.create_product(&p).await.unwrap());
+            store.adjust_stock(sku, 5, "initial", None).await.unwrap();
+        }
+        // What the earlier version left: order o holds 2 A + 3 B; order r was refused for B.
+        let (o, r) = (OrderId::parse("o").unwrap(), OrderId::parse("r").unwrap());
+        let (a2, b2) = (a.clone(), b.clone());
+        db.write(move |db, tx| {
+            tx.insert(&db.stock, "A", to_row(&StockLevel { available: 3, reserved: 2, sold: 0 })?);
+            tx.insert(&db.stock, "B", to_row(&StockLevel { available: 2, reserved: 3, sold: 0 })?);
+            let held = ReservationRow {
+                lines: vec![(a2.clone(), 2), (b2.clone(), 3)],
+                outcome: Reservation::Reserved { units: 5 },
+                ended: None,
+            };
+            tx.insert(&db.reservations, "o", to_row(&held)?);
+            let refused = ReservationRow {
+                lines: vec![(a2, 1), (b2.clone(), 9)],
+                outcome: Reservation::Rejected { reason: "out_of_stock".into(), sku: Some(b2) },
+                ended: None,
+            };
+            tx.insert(&db.reservations, "r", to_row(&refused)?);
+            tx.remove(&db.reservations, PER_SKU_RESERVATIONS);
+            Ok(())
+        })
+        .await
+        .unwrap();
+
+        assert_eq!(upgrade_reservations(&db).unwrap(), 2);
+        assert_eq!(upgrade_reservations(&db).unwrap(), 0, "split once");
+        let hold = |order: &OrderId, sku: &Sku, n: i64| Hold::new(order.clone(), sku.clone(), [q(n)]).unwrap();
+        assert_eq!(store.reserve(&hold(&o, &a, 2)).await.unwrap(), Reservation::Reserved { units: 2 }, "first answer");
+        assert_eq!(store.end_reservation(&o, &b, ReservationEnd::Released).await.unwrap(), ReservationEnd::Released);
+        assert_eq!(store.end_reservation(&o, &a, ReservationEnd::Committed).await.unwrap(), ReservationEnd::Committed);
+        assert_eq!(store.stock(&a).await.unwrap().unwrap(), StockLevel { available: 3, reserved: 0, sold: 2 });
+        assert_eq!(store.stock(&b).await.unwrap().unwrap(), StockLevel { available: 5, reserved: 0, sold: 0 });
+        assert!(
+            matches!(store.reserve(&hold(&r, &a, 1)).await.unwrap(), Reservation::Rejected { .. }),
+            "a refusal refused every SKU it named"
+        );
+        assert_eq!(store.stock(&a).await.unwrap().unwrap().available, 3);
     }
 }

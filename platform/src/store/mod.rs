@@ -102,6 +102,8 @@ pub struct Fence {
 impl Fence {
     /// Bits of the write timestamp that carry the offset (2^40 records per partition and epoch).
     pub const OFFSET_BITS: u32 = 40;
+    /// The low [`Fence::OFFSET_BITS`] bits: where a write timestamp carries the offset.
+    const OFFSET_MASK: u64 = (1u64 << Self::OFFSET_BITS) - 1;
 
     pub fn new(epoch: u64, offset: u64) -> Self {
         Self { epoch, offset }
@@ -109,20 +111,20 @@ impl Fence {
 
     /// The offset a write timestamp made by [`Fence::timestamp`] carries.
     pub fn offset_of_timestamp(timestamp: i64) -> u64 {
-        (timestamp as u64) & ((1u64 << Self::OFFSET_BITS) - 1)
+        (timestamp as u64) & Self::OFFSET_MASK
     }
 
     /// Whether this fence is for the record at `offset` (whatever the epoch: a redelivery of the same
     /// record to a new owner keeps its offset).
     pub fn is_at(&self, offset: u64) -> bool {
-        self.offset & ((1u64 << Self::OFFSET_BITS) - 1) == offset
+        self.offset & Self::OFFSET_MASK == offset
     }
 
     /// The write timestamp: the epoch in the high bits, the offset in the low ones, so a later epoch's
     /// writes win over an earlier one's and, within an epoch, a later record's over an earlier one's.
     /// Never written by anything but fenced writers (plain writes without a timestamp would use the clock).
     pub fn timestamp(&self) -> i64 {
-        let offset = self.offset & ((1u64 << Self::OFFSET_BITS) - 1);
+        let offset = self.offset & Self::OFFSET_MASK;
         let epoch = self.epoch.min((1u64 << (63 - Self::OFFSET_BITS)) - 1);
         ((epoch << Self::OFFSET_BITS) | offset) as i64
     }
@@ -206,6 +208,27 @@ pub enum Reservation {
     Rejected { reason: String, sku: Option<Sku> },
 }
 
+/// One order's hold of one SKU: the units of every line of the order that names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hold {
+    pub order: OrderId,
+    pub sku: Sku,
+    /// At least 1 (a line asks for at least one unit); the sum of the order's lines of this SKU.
+    units: u64,
+}
+
+impl Hold {
+    /// The hold of `sku` for `order` of the given line quantities (`None` without any).
+    pub fn new(order: OrderId, sku: Sku, quantities: impl IntoIterator<Item = Quantity>) -> Option<Self> {
+        let units = quantities.into_iter().map(|q| u64::from(q.get())).fold(0u64, u64::saturating_add);
+        (units > 0).then_some(Self { order, sku, units })
+    }
+
+    pub fn units(&self) -> u64 {
+        self.units
+    }
+}
+
 /// What happened to an order's held units.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ReservationEnd {
@@ -264,25 +287,26 @@ pub trait InventoryStore: Send + Sync {
         reason: &str,
         key: Option<&str>,
     ) -> Result<StockLevel, StockError>;
-    /// Holds every line for `order` or none. Idempotent per order: a second call returns the first
-    /// result and changes nothing. Never lets `available` go below zero.
-    async fn reserve(&self, order: &OrderId, lines: &[(Sku, Quantity)]) -> Result<Reservation>;
-    /// [`InventoryStore::reserve`] for several orders, answered in order, as if one after the other. An
+    /// Holds the units of one SKU for an order, or nothing. Idempotent per (order, SKU): a second call
+    /// returns the first result and changes nothing. Never lets `available` go below zero. (An order of
+    /// several SKUs is several holds, one per SKU, each made by that SKU's partition; the saga collects
+    /// the answers and gives back the others when one is refused.)
+    async fn reserve(&self, hold: &Hold) -> Result<Reservation>;
+    /// [`InventoryStore::reserve`] for several holds, answered in order, as if one after the other. An
     /// adapter that can commit them together (one transaction for a batch of one SKU's reservations)
     /// overrides this; the default reserves one by one.
-    async fn reserve_many(&self, requests: &[(OrderId, Vec<(Sku, Quantity)>)]) -> Result<Vec<Reservation>> {
-        let mut out = Vec::with_capacity(requests.len());
-        for (order, lines) in requests {
-            out.push(self.reserve(order, lines).await?);
+    async fn reserve_many(&self, holds: &[Hold]) -> Result<Vec<Reservation>> {
+        let mut out = Vec::with_capacity(holds.len());
+        for hold in holds {
+            out.push(self.reserve(hold).await?);
         }
         Ok(out)
     }
-    /// Ends the order's hold: back to `available` (release) or out as `sold` (commit). Idempotent.
-    /// `skus` are the order's SKUs (as in its `ReleaseStock` / `CommitStock`): an adapter may keep a
-    /// one-SKU order's reservation in that SKU's row alone. The answer is `end` if this call ended the
-    /// hold, `NothingHeld` if nothing was held any more (ended before, or never reserved: then the order
-    /// is closed, and a later reservation of it is refused).
-    async fn end_reservation(&self, order: &OrderId, skus: &[Sku], end: ReservationEnd) -> Result<ReservationEnd>;
+    /// Ends the order's hold of `sku`: back to `available` (release) or out as `sold` (commit).
+    /// Idempotent. The answer is `end` if this call ended the hold, `NothingHeld` if nothing was held
+    /// any more (ended before, or never reserved: then the pair is closed, and a later reservation of
+    /// that SKU for the order is refused).
+    async fn end_reservation(&self, order: &OrderId, sku: &Sku, end: ReservationEnd) -> Result<ReservationEnd>;
     /// The most recent movements of a SKU, newest first.
     async fn movements(&self, sku: &Sku, limit: usize) -> Result<Vec<StockMovement>>;
 
@@ -439,7 +463,7 @@ impl SweepFloor {
 pub enum Inserted {
     New,
     /// An order with that id already exists; here it is.
-    Existing(Order),
+    Existing(Box<Order>),
 }
 
 /// A saga step: the order's new state and the records it must publish, applied once per event.

@@ -170,6 +170,7 @@ mod tests {
             placed_at_ms: 1,
             updated_at_ms: 1,
             processed_at_ms: None,
+            reserved_skus: vec![],
             timeline: vec![],
         }
     }
