@@ -3,7 +3,7 @@
 //! that read and write the ports.
 //!
 //! - [`saga`]: the order saga, single writer of order state; decides the next step and compensation.
-//! - [`inventory`]: all-or-nothing reservations per order; release and commit.
+//! - [`inventory`]: holds an order's units of one SKU (one command per SKU); release and commit.
 //! - [`payment`]: capture and refund through a [`payment::PaymentProvider`] with idempotency keys.
 //! - [`catalog`]: catalog writes and their `ProductUpdated` events, the projector into the read model.
 //! - [`fulfillment`]: creates the shipment of a confirmed order.

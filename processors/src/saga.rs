@@ -7,7 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use orderflow_platform::bus::{Bus, Delivery, Handler, HandlerError};
 use orderflow_platform::fencing::PartitionFences;
-use orderflow_platform::store::{Applied, OrderStore, OwnedOrders, Transition};
+use orderflow_platform::store::{Applied, Fence, OrderStore, OwnedOrders, Transition};
 use orderflow_schemas::events::*;
 use orderflow_schemas::topics::{self, Topic};
 use orderflow_schemas::{Envelope, Event, EventId, Order, OrderStatus, Sku, TimelineEntry};
@@ -298,13 +298,123 @@ impl std::fmt::Debug for SagaHandler {
 /// How often a step is re-decided when the order changed under it before giving up for a retry.
 const MAX_CONFLICTS: usize = 8;
 
-#[async_trait]
-impl Handler for SagaHandler {
-    async fn handle(&self, delivery: &Delivery) -> Result<(), HandlerError> {
+/// Records of one partition taken together at most: their steps are applied with one store call (one
+/// commit on the embedded store) and their outputs published with one append.
+pub const MAX_STEP_BATCH: usize = 64;
+
+/// A step decided in a batch, waiting for the run it belongs to to be applied.
+struct Decided<'a> {
+    delivery: &'a Delivery,
+    event: &'static str,
+    fence: Fence,
+    from: OrderStatus,
+    decision: Decision,
+    event_id: EventId,
+}
+
+impl SagaHandler {
+    fn decode(delivery: &Delivery) -> Result<Envelope, HandlerError> {
         let env = crate::decode(&delivery.payload)?;
         if !belongs_on_orders_topic(&env.body) {
             return Err(HandlerError::Poison(format!("{} does not belong on the orders topic", env.body.name())));
         }
+        Ok(env)
+    }
+
+    /// What follows a step that applied: this process remembers the order as its owner, and the move is
+    /// counted and logged.
+    fn applied(&self, delivery: &Delivery, from: OrderStatus, written: &Order, event: &str) {
+        self.owned.remember(written, &delivery.assignment);
+        if from != written.status {
+            let to = written.status;
+            metrics::counter!("orderflow_order_transitions_total", "to" => to.as_str()).increment(1);
+            tracing::info!(order = %written.id, %from, %to, event, "order moved");
+        }
+    }
+
+    /// Applies a run of steps of different orders with one store call, then publishes every output with
+    /// one append. A step whose order changed under it is handled again on its own.
+    async fn apply_run(&self, run: Vec<Decided<'_>>) -> Result<(), HandlerError> {
+        if run.is_empty() {
+            return Ok(());
+        }
+        let mut transitions = Vec::with_capacity(run.len());
+        for d in &run {
+            transitions.push(Transition {
+                event_id: d.event_id,
+                expected: d.from,
+                order: d.decision.order.clone(),
+                outputs: d.decision.records()?,
+                fence: d.fence,
+            });
+        }
+        let outputs: Vec<_> = transitions.iter().map(|t| t.outputs.clone()).collect();
+        let results = self.orders.apply_many(transitions).await?;
+        if results.len() != run.len() {
+            return Err(HandlerError::Transient(format!("{} answers for {} steps", results.len(), run.len())));
+        }
+        let mut records = Vec::new();
+        let mut again = Vec::new();
+        for ((d, result), outputs) in run.iter().zip(results).zip(outputs) {
+            match result {
+                Applied::Applied => {
+                    self.applied(d.delivery, d.from, &d.decision.order, d.event);
+                    records.extend(outputs);
+                }
+                Applied::Duplicate(previous) => records.extend(previous),
+                Applied::Conflict => again.push(d.delivery),
+            }
+        }
+        self.bus.publish(records).await?;
+        for delivery in again {
+            self.handle(delivery).await?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Handler for SagaHandler {
+    fn max_batch(&self) -> usize {
+        MAX_STEP_BATCH
+    }
+
+    /// Decides each record in turn and applies the steps of a run of different orders together. A second
+    /// record of an order already in the run first applies the run, so an order's steps stay in order and
+    /// each is decided on the state the one before left; a record that changes nothing is handled on its
+    /// own, after the run before it.
+    async fn handle_batch(&self, deliveries: &[Delivery]) -> Result<(), HandlerError> {
+        if let [one] = deliveries {
+            return self.handle(one).await;
+        }
+        let mut run: Vec<Decided<'_>> = Vec::with_capacity(deliveries.len());
+        for delivery in deliveries {
+            let env = Self::decode(delivery)?;
+            if run.iter().any(|d| d.decision.order.id == env.order_id) {
+                self.apply_run(std::mem::take(&mut run)).await?;
+            }
+            let fence = self.fences.fence(delivery).await?;
+            let order = self.orders.order_for_step(&env.order_id, fence).await?;
+            match order.and_then(|o| decide(&o, &env, orderflow_schemas::now_ms()).map(|d| (o.status, d))) {
+                Some((from, decision)) => run.push(Decided {
+                    delivery,
+                    event: env.body.name(),
+                    fence,
+                    from,
+                    decision,
+                    event_id: env.event_id,
+                }),
+                None => {
+                    self.apply_run(std::mem::take(&mut run)).await?;
+                    self.handle(delivery).await?;
+                }
+            }
+        }
+        self.apply_run(run).await
+    }
+
+    async fn handle(&self, delivery: &Delivery) -> Result<(), HandlerError> {
+        let env = Self::decode(delivery)?;
         let fence = self.fences.fence(delivery).await?;
         for _ in 0..MAX_CONFLICTS {
             let Some(order) = self.orders.order_for_step(&env.order_id, fence).await? else {
@@ -319,7 +429,6 @@ impl Handler for SagaHandler {
             };
             let outputs = decision.records()?;
             let from = order.status;
-            let to = decision.order.status;
             let written = decision.order.clone();
             let transition = Transition {
                 event_id: env.event_id,
@@ -330,11 +439,7 @@ impl Handler for SagaHandler {
             };
             match self.orders.apply(transition).await? {
                 Applied::Applied => {
-                    self.owned.remember(&written, &delivery.assignment);
-                    if from != to {
-                        metrics::counter!("orderflow_order_transitions_total", "to" => to.as_str()).increment(1);
-                        tracing::info!(order = %order.id, %from, %to, event = env.body.name(), "order moved");
-                    }
+                    self.applied(delivery, from, &written, env.body.name());
                     self.bus.publish(outputs).await?;
                     return Ok(());
                 }

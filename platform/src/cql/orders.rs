@@ -610,6 +610,11 @@ impl OrderStore for CqlStore {
         Ok(Applied::Applied)
     }
 
+    /// Steps of different orders are different partitions: written side by side, not one after another.
+    async fn apply_many(&self, transitions: Vec<Transition>) -> Result<Vec<Applied>> {
+        futures::future::try_join_all(transitions.into_iter().map(|t| self.apply(t))).await
+    }
+
     async fn seen(&self, id: &OrderId, event: EventId, fence: Fence) -> Result<Option<Vec<BusRecord>>> {
         let Some((current, mut applied)) = self.owner_state(id.as_str(), fence).await? else {
             return Err(StoreError::Corrupt(format!("no order {id}")));

@@ -664,6 +664,30 @@ impl Effect {
     }
 }
 
+/// Applies one saga step inside the caller's write transaction (see [`OrderStore::apply`]).
+fn apply_in_tx(db: &Db, tx: &mut fjall::SingleWriterWriteTx<'_>, t: Transition) -> Result<Applied> {
+    let ek = effects_key(&t.order.id, t.event_id);
+    if let Some(effect) = get_row::<Effect>(tx, &db.saga_effects, &ek)? {
+        return Ok(Applied::Duplicate(effect.into_republished(t.fence)));
+    }
+    let Some(before) = get_row::<Order>(tx, &db.orders, t.order.id.as_str())? else {
+        return Ok(Applied::Conflict);
+    };
+    if before.status != t.expected {
+        return Ok(Applied::Conflict);
+    }
+    if before.status != t.order.status {
+        let pos = position(&before);
+        tx.remove(&db.order_index, index_key(index_prefix("s", Some(before.status.as_str())), &pos));
+        tx.insert(&db.order_index, index_key(index_prefix("s", Some(t.order.status.as_str())), &pos), b"");
+        bump_stats(db, tx, Some(&before), &t.order)?;
+    }
+    tx.insert(&db.orders, t.order.id.as_str(), to_row(&t.order)?);
+    let effect = Effect::Applied { offset: t.fence.offset, outputs: t.outputs };
+    tx.insert(&db.saga_effects, ek, to_row(&effect)?);
+    Ok(Applied::Applied)
+}
+
 #[async_trait]
 impl OrderStore for EmbeddedStore {
     async fn insert_new(&self, order: &Order) -> Result<Inserted> {
@@ -689,30 +713,12 @@ impl OrderStore for EmbeddedStore {
     }
 
     async fn apply(&self, t: Transition) -> Result<Applied> {
-        self.db
-            .write(move |db, tx| {
-                let ek = effects_key(&t.order.id, t.event_id);
-                if let Some(effect) = get_row::<Effect>(tx, &db.saga_effects, &ek)? {
-                    return Ok(Applied::Duplicate(effect.into_republished(t.fence)));
-                }
-                let Some(before) = get_row::<Order>(tx, &db.orders, t.order.id.as_str())? else {
-                    return Ok(Applied::Conflict);
-                };
-                if before.status != t.expected {
-                    return Ok(Applied::Conflict);
-                }
-                if before.status != t.order.status {
-                    let pos = position(&before);
-                    tx.remove(&db.order_index, index_key(index_prefix("s", Some(before.status.as_str())), &pos));
-                    tx.insert(&db.order_index, index_key(index_prefix("s", Some(t.order.status.as_str())), &pos), b"");
-                    bump_stats(db, tx, Some(&before), &t.order)?;
-                }
-                tx.insert(&db.orders, t.order.id.as_str(), to_row(&t.order)?);
-                let effect = Effect::Applied { offset: t.fence.offset, outputs: t.outputs };
-                tx.insert(&db.saga_effects, ek, to_row(&effect)?);
-                Ok(Applied::Applied)
-            })
-            .await
+        self.db.write(move |db, tx| apply_in_tx(db, tx, t)).await
+    }
+
+    /// One transaction (one commit) for every step.
+    async fn apply_many(&self, transitions: Vec<Transition>) -> Result<Vec<Applied>> {
+        self.db.write(move |db, tx| transitions.into_iter().map(|t| apply_in_tx(db, tx, t)).collect()).await
     }
 
     async fn seen(&self, id: &OrderId, event: EventId, fence: Fence) -> Result<Option<Vec<BusRecord>>> {

@@ -509,6 +509,16 @@ pub trait OrderStore: Send + Sync {
     /// Applies a saga step atomically with a record of the event and its outputs, if the order still
     /// has `expected` status and the event was not applied before.
     async fn apply(&self, transition: Transition) -> Result<Applied>;
+    /// [`OrderStore::apply`] for steps of different orders (never two of one order), answered in order.
+    /// An adapter that can commit them together (one transaction on the embedded store) or overlap them
+    /// (different CQL partitions) overrides this; the default applies them one by one.
+    async fn apply_many(&self, transitions: Vec<Transition>) -> Result<Vec<Applied>> {
+        let mut out = Vec::with_capacity(transitions.len());
+        for t in transitions {
+            out.push(self.apply(t).await?);
+        }
+        Ok(out)
+    }
     /// Records an event that changes nothing (e.g. a late reply) so that its redelivery is recognised.
     /// `Some` when it was applied or seen before, with what to publish again as for [`Applied::Duplicate`].
     async fn seen(&self, id: &OrderId, event: EventId, fence: Fence) -> Result<Option<Vec<BusRecord>>>;

@@ -132,6 +132,22 @@ impl OrderStore for OwnerReadOrders {
         applied
     }
 
+    async fn apply_many(&self, transitions: Vec<Transition>) -> Result<Vec<Applied>> {
+        let ids: Vec<OrderId> = transitions.iter().map(|t| t.order.id.clone()).collect();
+        let applied = self.store.apply_many(transitions).await;
+        match &applied {
+            Ok(results) => {
+                for (id, result) in ids.iter().zip(results) {
+                    if !matches!(result, Applied::Applied) {
+                        self.owned.forget(id);
+                    }
+                }
+            }
+            Err(_) => ids.iter().for_each(|id| self.owned.forget(id)),
+        }
+        applied
+    }
+
     async fn seen(&self, id: &OrderId, event: EventId, fence: Fence) -> Result<Option<Vec<BusRecord>>> {
         self.store.seen(id, event, fence).await
     }
