@@ -128,6 +128,21 @@ async fn product_rows_from_before_versions_update_once(store: &CqlStore, stores:
     assert_eq!(stores.catalog.update_product(&ghost).await.expect("update"), ProductWrite::NotFound, "never creates");
 }
 
+/// Writes `cancelled` (a CANCELLED order) over its state cells as another owner of the order's partition
+/// would, stamped with that owner's `fence`.
+async fn cancel_as_another_owner(store: &CqlStore, cancelled: &Order, fence: Fence) {
+    let doc = serde_json::to_string(cancelled).expect("json");
+    store
+        .session()
+        .query_unpaged(
+            "UPDATE orderflow_orders.orders_v2 USING TIMESTAMP ? SET status = 'CANCELLED', doc = ?, applied = [] \
+             WHERE order_id = ?",
+            (fence.timestamp(), &doc, cancelled.id.as_str()),
+        )
+        .await
+        .expect("another owner's write");
+}
+
 /// The `[applied]` flag of a conditional write.
 fn applied(result: scylla::response::query_result::QueryResult) -> bool {
     let rows = result.into_rows_result().expect("an LWT returns rows");
@@ -282,16 +297,7 @@ async fn an_owners_remembered_state_serves_only_its_epoch(store: &CqlStore, stor
     let placed = step(OrderStatus::Pending, OrderStatus::Processing, Fence::new(7, 1));
     assert!(matches!(os.apply(placed).await.expect("owner, epoch 7"), Applied::Applied));
     // The partition moves to another process (epoch 8), which cancels the order.
-    let doc = serde_json::to_string(&with_status(OrderStatus::Cancelled)).expect("json");
-    store
-        .session()
-        .query_unpaged(
-            "UPDATE orderflow_orders.orders_v2 USING TIMESTAMP ? SET status = 'CANCELLED', doc = ?, applied = [] \
-             WHERE order_id = ?",
-            (Fence::new(8, 1).timestamp(), &doc, order.id.as_str()),
-        )
-        .await
-        .expect("the next owner's write");
+    cancel_as_another_owner(store, &with_status(OrderStatus::Cancelled), Fence::new(8, 1)).await;
     // Still under epoch 7 (now a zombie), this process builds on what it wrote, without reading: its step
     // applies, and loses to epoch 8 cell by cell.
     let late = step(OrderStatus::Processing, OrderStatus::Confirmed, Fence::new(7, 2));
@@ -326,16 +332,7 @@ async fn a_zombies_late_writes_lose_to_its_successors(store: &CqlStore, stores: 
     // The zombie of epoch 4 read the order before that, and writes its own decision late, at a later offset.
     let mut cancelled = order.clone();
     cancelled.status = OrderStatus::Cancelled;
-    let doc = serde_json::to_string(&cancelled).expect("json");
-    store
-        .session()
-        .query_unpaged(
-            "UPDATE orderflow_orders.orders_v2 USING TIMESTAMP ? SET status = 'CANCELLED', doc = ?, applied = [] \
-             WHERE order_id = ?",
-            (Fence::new(4, 900).timestamp(), &doc, order.id.as_str()),
-        )
-        .await
-        .expect("zombie write");
+    cancel_as_another_owner(store, &cancelled, Fence::new(4, 900)).await;
     let now = os.order(&order.id).await.expect("read").expect("order");
     assert_eq!(now.status, OrderStatus::Processing, "the zombie's late write lost");
 

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use orderflow_platform::bus::{Bus, Delivery, Handler, HandlerError};
+use orderflow_platform::bus::{Bus, BusRecord, Delivery, Handler, HandlerError};
 use orderflow_platform::fencing::PartitionFences;
 use orderflow_platform::store::{Shipment, ShipmentStore};
 use orderflow_schemas::events::ShipmentCreated;
@@ -24,9 +24,13 @@ impl std::fmt::Debug for FulfillmentHandler {
     }
 }
 
-#[async_trait]
-impl Handler for FulfillmentHandler {
-    async fn handle(&self, delivery: &Delivery) -> Result<(), HandlerError> {
+/// Commands of one partition taken together at most: their shipments are created side by side and the
+/// replies go out in one append.
+pub const MAX_SHIPMENT_BATCH: usize = 64;
+
+impl FulfillmentHandler {
+    /// Creates the order's shipment (once) and returns the reply to publish.
+    async fn execute(&self, delivery: &Delivery) -> Result<BusRecord, HandlerError> {
         let env = crate::decode(&delivery.payload)?;
         let Event::CreateShipment(cmd) = &env.body else {
             return Err(HandlerError::Poison(format!("{} does not belong on the fulfillment topic", env.body.name())));
@@ -45,7 +49,38 @@ impl Handler for FulfillmentHandler {
             env.order_id.clone(),
             ShipmentCreated { shipment_id: shipment.shipment_id },
         );
-        self.bus.publish(vec![crate::record(topics::ORDERS, &reply)?]).await?;
+        crate::record(topics::ORDERS, &reply)
+    }
+}
+
+#[async_trait]
+impl Handler for FulfillmentHandler {
+    fn max_batch(&self) -> usize {
+        MAX_SHIPMENT_BATCH
+    }
+
+    /// Shipments of different orders side by side, one append for their replies (a repeated command of
+    /// one order in the batch: one after the other).
+    async fn handle_batch(&self, deliveries: &[Delivery]) -> Result<(), HandlerError> {
+        let Some(first) = deliveries.first() else { return Ok(()) };
+        // The partition's epoch is claimed (when new) before anything runs side by side: one claim.
+        self.fences.fence(first).await?;
+        let replies = if crate::payment::distinct_keys(deliveries) {
+            futures::future::try_join_all(deliveries.iter().map(|d| self.execute(d))).await?
+        } else {
+            let mut replies = Vec::with_capacity(deliveries.len());
+            for d in deliveries {
+                replies.push(self.execute(d).await?);
+            }
+            replies
+        };
+        self.bus.publish(replies).await?;
+        Ok(())
+    }
+
+    async fn handle(&self, delivery: &Delivery) -> Result<(), HandlerError> {
+        let reply = self.execute(delivery).await?;
+        self.bus.publish(vec![reply]).await?;
         Ok(())
     }
 }

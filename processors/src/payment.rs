@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use orderflow_platform::bus::{Bus, Delivery, Handler, HandlerError};
+use orderflow_platform::bus::{Bus, BusRecord, Delivery, Handler, HandlerError};
 use orderflow_platform::fencing::PartitionFences;
 use orderflow_platform::store::{PaymentRecord, PaymentStore, ProviderEntry, StoreError};
 use orderflow_schemas::events::{PaymentCaptured, PaymentDeclined, PaymentRefunded};
@@ -98,17 +98,19 @@ impl std::fmt::Debug for PaymentHandler {
     }
 }
 
-impl PaymentHandler {
-    async fn reply(&self, order: &OrderId, step: &str, body: impl Into<Event>) -> Result<(), HandlerError> {
-        let env = Envelope::new(EventId::derived(order, step), order.clone(), body);
-        self.bus.publish(vec![crate::record(topics::ORDERS, &env)?]).await?;
-        Ok(())
-    }
+/// The reply to a payment command, with an id derived from (order, step).
+fn reply(order: &OrderId, step: &str, body: impl Into<Event>) -> Result<Option<BusRecord>, HandlerError> {
+    let env = Envelope::new(EventId::derived(order, step), order.clone(), body);
+    Ok(Some(crate::record(topics::ORDERS, &env)?))
 }
 
-#[async_trait]
-impl Handler for PaymentHandler {
-    async fn handle(&self, delivery: &Delivery) -> Result<(), HandlerError> {
+/// Commands of one partition taken together at most: the captures and refunds of different orders run
+/// side by side (each waits on the provider) and their replies go out in one append.
+pub const MAX_PAYMENT_BATCH: usize = 32;
+
+impl PaymentHandler {
+    /// Does what the command asks (once per order) and returns the reply to publish, if any.
+    async fn execute(&self, delivery: &Delivery) -> Result<Option<BusRecord>, HandlerError> {
         let env = crate::decode(&delivery.payload)?;
         let order = &env.order_id;
         let fence = self.fences.fence(delivery).await?;
@@ -131,16 +133,11 @@ impl Handler for PaymentHandler {
                 match record {
                     PaymentRecord::Captured { charge_id, amount }
                     | PaymentRecord::Refunded { charge_id, amount, .. } => {
-                        self.reply(
-                            order,
-                            "capture_reply",
-                            PaymentCaptured { charge_id, captured_cents: amount.cents() },
-                        )
-                        .await
+                        reply(order, "capture_reply", PaymentCaptured { charge_id, captured_cents: amount.cents() })
                     }
                     PaymentRecord::Declined { reason } => {
                         metrics::counter!("orderflow_payments_declined_total").increment(1);
-                        self.reply(order, "capture_reply", PaymentDeclined { decline_reason: reason }).await
+                        reply(order, "capture_reply", PaymentDeclined { decline_reason: reason })
                     }
                 }
             }
@@ -150,24 +147,59 @@ impl Handler for PaymentHandler {
                     let captured = PaymentRecord::Captured { charge_id: charge_id.clone(), amount };
                     let refunded = PaymentRecord::Refunded { charge_id, refund_id, amount };
                     let stored = self.payments.replace(order, &captured, &refunded, fence).await?;
-                    if let PaymentRecord::Refunded { refund_id, amount, .. } = stored {
-                        self.reply(
-                            order,
-                            "refund_reply",
-                            PaymentRefunded { refund_id, refunded_cents: amount.cents() },
-                        )
-                        .await?;
+                    match stored {
+                        PaymentRecord::Refunded { refund_id, amount, .. } => {
+                            reply(order, "refund_reply", PaymentRefunded { refund_id, refunded_cents: amount.cents() })
+                        }
+                        _ => Ok(None),
                     }
-                    Ok(())
                 }
                 Some(PaymentRecord::Refunded { refund_id, amount, .. }) => {
-                    self.reply(order, "refund_reply", PaymentRefunded { refund_id, refunded_cents: amount.cents() })
-                        .await
+                    reply(order, "refund_reply", PaymentRefunded { refund_id, refunded_cents: amount.cents() })
                 }
                 // Never captured (declined, or the capture has not happened): nothing to pay back.
-                Some(PaymentRecord::Declined { .. }) | None => Ok(()),
+                Some(PaymentRecord::Declined { .. }) | None => Ok(None),
             },
             other => Err(HandlerError::Poison(format!("{} does not belong on the payments topic", other.name()))),
         }
     }
+}
+
+#[async_trait]
+impl Handler for PaymentHandler {
+    fn max_batch(&self) -> usize {
+        MAX_PAYMENT_BATCH
+    }
+
+    /// Commands of different orders side by side, one append for their replies. Two commands of one
+    /// order (a capture and its refund) in the batch: one after the other, in order.
+    async fn handle_batch(&self, deliveries: &[Delivery]) -> Result<(), HandlerError> {
+        let Some(first) = deliveries.first() else { return Ok(()) };
+        // The partition's epoch is claimed (when new) before anything runs side by side: one claim.
+        self.fences.fence(first).await?;
+        let mut replies = Vec::with_capacity(deliveries.len());
+        if distinct_keys(deliveries) {
+            let done = futures::future::try_join_all(deliveries.iter().map(|d| self.execute(d))).await?;
+            replies.extend(done.into_iter().flatten());
+        } else {
+            for d in deliveries {
+                replies.extend(self.execute(d).await?);
+            }
+        }
+        self.bus.publish(replies).await?;
+        Ok(())
+    }
+
+    async fn handle(&self, delivery: &Delivery) -> Result<(), HandlerError> {
+        let reply = self.execute(delivery).await?;
+        self.bus.publish(reply.into_iter().collect()).await?;
+        Ok(())
+    }
+}
+
+/// Whether no two deliveries share a key (the order id, on the payment and fulfillment topics).
+pub(crate) fn distinct_keys(deliveries: &[Delivery]) -> bool {
+    let mut keys: Vec<&str> = deliveries.iter().map(|d| d.key.as_str()).collect();
+    keys.sort_unstable();
+    keys.windows(2).all(|w| w[0] != w[1])
 }

@@ -58,6 +58,15 @@ fn offset_of(key: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(tail))
 }
 
+/// One past the partition's last record as `r` sees it (0 when it has none): its next offset, for when
+/// the in-memory table does not know it yet. Trimming removes records from the front, never the last.
+fn end_offset(r: &impl Readable, db: &Db, topic: &str, partition: u16) -> Result<u64, StoreError> {
+    match r.prefix(&db.log, partition_prefix(topic, partition)).next_back() {
+        Some(g) => Ok(offset_of(&g.key().map_err(unavailable)?).map_or(0, |o| o + 1)),
+        None => Ok(0),
+    }
+}
+
 fn cursor_key(group: &str, topic: &str, partition: u16) -> Vec<u8> {
     let mut k = Vec::with_capacity(group.len() + topic.len() + 4);
     k.extend_from_slice(group.as_bytes());
@@ -324,10 +333,7 @@ impl Bus for EmbeddedLog {
             let known = self.next_offsets.lock().ok().and_then(|n| n.get(&(topic.name, partition)).copied());
             let end = match known {
                 Some(next) => next,
-                None => match self.db.log.inner().prefix(partition_prefix(topic.name, partition)).next_back() {
-                    Some(g) => offset_of(&g.key().map_err(unavailable).map_err(store_err)?).map_or(0, |o| o + 1),
-                    None => 0,
-                },
+                None => end_offset(&self.db.db.read_tx(), &self.db, topic.name, partition).map_err(store_err)?,
             };
             out.push(crate::bus::PartitionProgress { partition, committed, end });
         }
@@ -357,10 +363,7 @@ impl Bus for EmbeddedLog {
                 let slot = (topic.name, partition);
                 let offset = match next.get(&slot) {
                     Some(o) => *o,
-                    None => match tx.prefix(&db.log, partition_prefix(topic.name, partition)).next_back() {
-                        Some(g) => offset_of(&g.key().map_err(unavailable)?).map_or(0, |o| o + 1),
-                        None => 0,
-                    },
+                    None => end_offset(&tx, &db, topic.name, partition)?,
                 };
                 tx.insert(&db.log, record_key(topic.name, partition, offset), value);
                 assigned.push(slot);
