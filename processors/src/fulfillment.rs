@@ -62,18 +62,7 @@ impl Handler for FulfillmentHandler {
     /// Shipments of different orders side by side, one append for their replies (a repeated command of
     /// one order in the batch: one after the other).
     async fn handle_batch(&self, deliveries: &[Delivery]) -> Result<(), HandlerError> {
-        let Some(first) = deliveries.first() else { return Ok(()) };
-        // The partition's epoch is claimed (when new) before anything runs side by side: one claim.
-        self.fences.fence(first).await?;
-        let replies = if crate::payment::distinct_keys(deliveries) {
-            futures::future::try_join_all(deliveries.iter().map(|d| self.execute(d))).await?
-        } else {
-            let mut replies = Vec::with_capacity(deliveries.len());
-            for d in deliveries {
-                replies.push(self.execute(d).await?);
-            }
-            replies
-        };
+        let replies = crate::side_by_side(&self.fences, deliveries, |d| self.execute(d)).await?;
         self.bus.publish(replies).await?;
         Ok(())
     }

@@ -16,7 +16,8 @@ pub mod payment;
 pub mod runtime;
 pub mod saga;
 
-use orderflow_platform::bus::{BusRecord, HandlerError};
+use orderflow_platform::bus::{BusRecord, Delivery, HandlerError};
+use orderflow_platform::fencing::PartitionFences;
 use orderflow_schemas::topics::Topic;
 use orderflow_schemas::{Envelope, codec};
 
@@ -30,6 +31,33 @@ pub(crate) fn record_keyed(topic: Topic, key: &str, env: &Envelope) -> Result<Bu
     let payload =
         codec::encode(env).map_err(|e| HandlerError::Poison(format!("cannot encode {}: {e}", env.body.name())))?;
     Ok(BusRecord::new(topic, key, payload))
+}
+
+/// Runs `execute` for every delivery of a batch of one partition and returns the answers in delivery
+/// order: side by side when no two deliveries share a key (an order, on the payment and fulfillment
+/// topics), one after the other otherwise, so one order's commands stay in order. The partition's epoch
+/// is claimed (when new) before anything runs side by side, so it is claimed once.
+pub(crate) async fn side_by_side<'a, T, F, Fut>(
+    fences: &PartitionFences,
+    deliveries: &'a [Delivery],
+    execute: F,
+) -> Result<Vec<T>, HandlerError>
+where
+    F: Fn(&'a Delivery) -> Fut,
+    Fut: std::future::Future<Output = Result<T, HandlerError>>,
+{
+    let Some(first) = deliveries.first() else { return Ok(Vec::new()) };
+    fences.fence(first).await?;
+    let mut keys: Vec<&str> = deliveries.iter().map(|d| d.key.as_str()).collect();
+    keys.sort_unstable();
+    if keys.windows(2).all(|w| w[0] != w[1]) {
+        return futures::future::try_join_all(deliveries.iter().map(execute)).await;
+    }
+    let mut answers = Vec::with_capacity(deliveries.len());
+    for d in deliveries {
+        answers.push(execute(d).await?);
+    }
+    Ok(answers)
 }
 
 /// Decodes a delivery; a record that is not a valid envelope can never be handled.

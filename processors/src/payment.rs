@@ -174,19 +174,8 @@ impl Handler for PaymentHandler {
     /// Commands of different orders side by side, one append for their replies. Two commands of one
     /// order (a capture and its refund) in the batch: one after the other, in order.
     async fn handle_batch(&self, deliveries: &[Delivery]) -> Result<(), HandlerError> {
-        let Some(first) = deliveries.first() else { return Ok(()) };
-        // The partition's epoch is claimed (when new) before anything runs side by side: one claim.
-        self.fences.fence(first).await?;
-        let mut replies = Vec::with_capacity(deliveries.len());
-        if distinct_keys(deliveries) {
-            let done = futures::future::try_join_all(deliveries.iter().map(|d| self.execute(d))).await?;
-            replies.extend(done.into_iter().flatten());
-        } else {
-            for d in deliveries {
-                replies.extend(self.execute(d).await?);
-            }
-        }
-        self.bus.publish(replies).await?;
+        let replies = crate::side_by_side(&self.fences, deliveries, |d| self.execute(d)).await?;
+        self.bus.publish(replies.into_iter().flatten().collect()).await?;
         Ok(())
     }
 
@@ -195,11 +184,4 @@ impl Handler for PaymentHandler {
         self.bus.publish(reply.into_iter().collect()).await?;
         Ok(())
     }
-}
-
-/// Whether no two deliveries share a key (the order id, on the payment and fulfillment topics).
-pub(crate) fn distinct_keys(deliveries: &[Delivery]) -> bool {
-    let mut keys: Vec<&str> = deliveries.iter().map(|d| d.key.as_str()).collect();
-    keys.sort_unstable();
-    keys.windows(2).all(|w| w[0] != w[1])
 }

@@ -68,16 +68,30 @@ impl<'a> Step<'a> {
         self
     }
 
-    /// One reservation per SKU of the order, each to its SKU's partition.
-    fn reserve(mut self) -> Self {
-        for sku in self.order.skus() {
-            let lines = (self.order.lines.iter())
-                .filter(|l| l.sku == sku)
-                .map(|l| ReserveLine { sku: l.sku.clone(), quantity: l.quantity })
-                .collect();
-            self = self.send(topics::INVENTORY, &format!("reserve:{sku}"), ReserveStock { lines });
+    /// One inventory command per SKU, each to its SKU's partition, with the id of (order, `action`, SKU).
+    fn per_sku<E: Into<Event>>(
+        mut self,
+        action: &str,
+        skus: impl IntoIterator<Item = Sku>,
+        command: impl Fn(&Order, Sku) -> E,
+    ) -> Self {
+        for sku in skus {
+            let step = format!("{action}:{sku}");
+            let body = command(&self.order, sku);
+            self = self.send(topics::INVENTORY, &step, body);
         }
         self
+    }
+
+    /// One reservation per SKU of the order, with the order's lines of that SKU.
+    fn reserve(self) -> Self {
+        let skus = self.order.skus();
+        self.per_sku("reserve", skus, |order, sku| ReserveStock {
+            lines: (order.lines.iter())
+                .filter(|l| l.sku == sku)
+                .map(|l| ReserveLine { sku: l.sku.clone(), quantity: l.quantity })
+                .collect(),
+        })
     }
 
     /// Gives back the hold of every SKU of the order: what was held, and what is still on its way (a
@@ -87,21 +101,13 @@ impl<'a> Step<'a> {
         self.release_skus(why, skus)
     }
 
-    fn release_skus(mut self, why: &str, skus: impl IntoIterator<Item = Sku>) -> Self {
-        for sku in skus {
-            let step = format!("release:{sku}");
-            self =
-                self.send(topics::INVENTORY, &step, ReleaseStock { release_reason: why.to_owned(), skus: vec![sku] });
-        }
-        self
+    fn release_skus(self, why: &str, skus: impl IntoIterator<Item = Sku>) -> Self {
+        self.per_sku("release", skus, |_, sku| ReleaseStock { release_reason: why.to_owned(), skus: vec![sku] })
     }
 
-    fn commit(mut self, why: &str) -> Self {
-        for sku in self.order.skus() {
-            let step = format!("commit:{sku}");
-            self = self.send(topics::INVENTORY, &step, CommitStock { commit_reason: why.to_owned(), skus: vec![sku] });
-        }
-        self
+    fn commit(self, why: &str) -> Self {
+        let skus = self.order.skus();
+        self.per_sku("commit", skus, |_, sku| CommitStock { commit_reason: why.to_owned(), skus: vec![sku] })
     }
 
     fn refund(self, why: &str) -> Self {

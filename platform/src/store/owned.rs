@@ -103,6 +103,16 @@ struct OwnerReadOrders {
     store: Arc<dyn OrderStore>,
 }
 
+impl OwnerReadOrders {
+    /// Keeps the owner's view of `id` only after a step that applied: anything else (a conflict, a
+    /// duplicate, a failed write that may or may not have landed) sends the next read to the store.
+    fn keep_if_applied(&self, id: &OrderId, outcome: Option<&Applied>) {
+        if !matches!(outcome, Some(Applied::Applied)) {
+            self.owned.forget(id);
+        }
+    }
+}
+
 #[async_trait]
 impl OrderStore for OwnerReadOrders {
     async fn insert_new(&self, order: &Order) -> Result<super::Inserted> {
@@ -126,24 +136,15 @@ impl OrderStore for OwnerReadOrders {
     async fn apply(&self, transition: Transition) -> Result<Applied> {
         let id = transition.order.id.clone();
         let applied = self.store.apply(transition).await;
-        if !matches!(applied, Ok(Applied::Applied)) {
-            self.owned.forget(&id);
-        }
+        self.keep_if_applied(&id, applied.as_ref().ok());
         applied
     }
 
     async fn apply_many(&self, transitions: Vec<Transition>) -> Result<Vec<Applied>> {
         let ids: Vec<OrderId> = transitions.iter().map(|t| t.order.id.clone()).collect();
         let applied = self.store.apply_many(transitions).await;
-        match &applied {
-            Ok(results) => {
-                for (id, result) in ids.iter().zip(results) {
-                    if !matches!(result, Applied::Applied) {
-                        self.owned.forget(id);
-                    }
-                }
-            }
-            Err(_) => ids.iter().for_each(|id| self.owned.forget(id)),
+        for (i, id) in ids.iter().enumerate() {
+            self.keep_if_applied(id, applied.as_ref().ok().and_then(|results| results.get(i)));
         }
         applied
     }
