@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use orderflow_platform::Backends;
 use orderflow_processors::catalog::{CatalogWriter, NewProduct};
-use orderflow_schemas::{Attributes, Category, Money, Sku};
+use orderflow_schemas::stock_command::{RequestKey, StockChange, StockCommand};
+use orderflow_schemas::{Attributes, Category, Money, Sku, now_ms};
 
 /// (sku, name, description, price, stock, category, attributes)
 pub type DemoProduct = (
@@ -47,12 +48,17 @@ pub async fn seed_if_empty(backends: &Backends) -> anyhow::Result<usize> {
                 attributes: Attributes::parse(attributes.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())))?,
             })
             .await?;
-        // Keyed like `createProduct`'s initial stock: applied once, also when an earlier start stopped
-        // between the product and its stock.
-        stores
-            .inventory
-            .adjust_stock(&sku, stock, "demo catalog", Some(orderflow_platform::store::INITIAL_STOCK_KEY))
-            .await?;
+        // A command to the SKU's inventory partition (the one writer of stock), keyed like
+        // `createProduct`'s initial stock: applied once, also when an earlier start stopped between the
+        // product and its stock. Not waited for: the inventory processor applies it once it runs.
+        let cmd = StockCommand {
+            request: RequestKey::parse("initial stock", orderflow_platform::store::INITIAL_STOCK_KEY)?,
+            sku,
+            requested_at_ms: now_ms(),
+            requested_by: "demo catalog".into(),
+            change: StockChange::Adjust { delta: stock, reason: "demo catalog".into() },
+        };
+        backends.bus.publish(vec![orderflow_processors::inventory::stock_command_record(&cmd)?]).await?;
     }
     Ok(DEMO_PRODUCTS.len())
 }

@@ -6,8 +6,10 @@
 //!
 //! Every request carries the staff token, so the staff mutations run instead of stopping at the
 //! guard (customers' operations are a subset). The store keeps what earlier inputs wrote (products,
-//! orders, stock), as a running server does; nothing consumes the bus, so mutations that wait for the
-//! order saga end at the time limit, which is short here to keep executions fast.
+//! orders, stock), as a running server does. The inventory processor runs beside the routes (on the
+//! same single-threaded runtime, so it applies stock changes while a request waits for them); nothing
+//! else consumes the bus, so mutations that wait for the order saga end at the time limit, which is
+//! short here to keep executions fast.
 //!
 //! Property: no panic, no 500, and every answer is a JSON object with `data` or a non-empty `errors`.
 #![no_main]
@@ -24,6 +26,7 @@ use orderflow_graphql::{ApiState, HttpOptions, MAX_BODY_BYTES};
 use orderflow_ingest::Intake;
 use orderflow_ingest::rate_limit::{OrderRateLimit, OrderRateLimiter, RateLimitKey};
 use orderflow_platform::backend::BackendOptions;
+use orderflow_schemas::topics;
 use tower::ServiceExt as _;
 
 const TOKEN: &str = "fuzz-staff-token";
@@ -40,6 +43,15 @@ static SERVER: LazyLock<Server> = LazyLock::new(|| {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let backends = orderflow_platform::embedded::open(dir.path(), &BackendOptions::default()).expect("the store");
     let intake = Intake::new(backends.stores.clone(), Arc::clone(&backends.bus));
+    let inventory = Arc::new(orderflow_processors::inventory::InventoryHandler {
+        inventory: Arc::clone(&backends.stores.inventory),
+        bus: Arc::clone(&backends.bus),
+    });
+    let bus = Arc::clone(&backends.bus);
+    runtime.spawn(async move {
+        let never = tokio_util::sync::CancellationToken::new();
+        bus.consume(topics::groups::INVENTORY, topics::INVENTORY, inventory, never).await
+    });
     let state = ApiState::new(backends.stores, backends.bus, intake, Some(TOKEN.into()));
     // Generous, so that it is exercised (`placeOrder` counts against it) without refusing most inputs.
     let per_second = NonZeroU32::new(1_000).expect("non-zero");

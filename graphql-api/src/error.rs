@@ -27,6 +27,11 @@ pub mod codes {
     /// `adjustStock` with an `idempotencyKey` already used on that SKU for a different delta (or
     /// `createProduct` again with a different initial `stock`).
     pub const IDEMPOTENCY_CONFLICT: &str = "idempotency_conflict";
+    /// A stock change (`adjustStock`, `setLowStockThreshold`, `createProduct`'s initial `stock`) was
+    /// accepted but the inventory processor that owns the SKU has not applied it within 5 s (it is
+    /// behind, or restarting). It will be applied once; `extensions.idempotencyKey` is the key to send
+    /// the same `adjustStock` with to learn its outcome without applying it twice.
+    pub const STOCK_CHANGE_PENDING: &str = "stock_change_pending";
     pub const ORDER_NOT_FOUND: &str = "order_not_found";
     pub const ILLEGAL_TRANSITION: &str = "illegal_transition";
     /// The store or the bus failed; worth retrying. The cause is logged, not returned.
@@ -77,6 +82,11 @@ pub(crate) enum ApiError {
         key: String,
         applied: i64,
     },
+    StockChangePending {
+        sku: String,
+        /// The adjustment's request key, to retry it with (none for a threshold: setting it again is safe).
+        key: Option<String>,
+    },
     OrderNotFound(String),
     IllegalTransition {
         from: OrderStatus,
@@ -107,6 +117,7 @@ impl ApiError {
             Self::VersionConflict { .. } => codes::VERSION_CONFLICT,
             Self::StockWouldGoNegative { .. } => codes::STOCK_WOULD_GO_NEGATIVE,
             Self::KeyReused { .. } => codes::IDEMPOTENCY_CONFLICT,
+            Self::StockChangePending { .. } => codes::STOCK_CHANGE_PENDING,
             Self::OrderNotFound(_) => codes::ORDER_NOT_FOUND,
             Self::IllegalTransition { .. } => codes::ILLEGAL_TRANSITION,
             Self::Intake(e) => e.code(),
@@ -134,6 +145,13 @@ impl ApiError {
             Self::KeyReused { sku, key, applied } => {
                 format!("idempotency key {key:?} was already used on {sku} for a change of {applied} units")
             }
+            Self::StockChangePending { sku, key: Some(key) } => format!(
+                "the change of {sku} was accepted but not applied yet; it will be applied once: send the same \
+                 change with idempotencyKey {key:?} to learn its outcome"
+            ),
+            Self::StockChangePending { sku, key: None } => {
+                format!("the change of {sku} was accepted but not applied yet; it will be applied shortly")
+            }
             Self::OrderNotFound(id) => format!("no order with id {id}"),
             Self::IllegalTransition { from, to } => format!("an order cannot move from {from} to {to}"),
             Self::Intake(e) => e.to_string(),
@@ -159,6 +177,10 @@ impl From<ApiError> for async_graphql::Error {
             ApiError::VersionConflict { current, .. } => Some(*current),
             _ => None,
         };
+        let pending_key = match &e {
+            ApiError::StockChangePending { key, .. } => key.clone(),
+            _ => None,
+        };
         async_graphql::Error::new(e.message()).extend_with(|_, ext| {
             ext.set("code", code);
             if let Some(field) = &field {
@@ -166,6 +188,9 @@ impl From<ApiError> for async_graphql::Error {
             }
             if let Some(current) = current_version {
                 ext.set("currentVersion", current);
+            }
+            if let Some(key) = &pending_key {
+                ext.set("idempotencyKey", key.as_str());
             }
         })
     }

@@ -15,6 +15,7 @@ pub mod limits;
 mod mutation;
 mod query;
 mod scalars;
+mod stock_change;
 mod types;
 
 use std::fmt;

@@ -8,6 +8,7 @@ use orderflow_ingest::PlaceOrder;
 use orderflow_platform::BusRecord;
 use orderflow_processors::catalog::{CatalogWriter, NewProduct, ProductPatch};
 use orderflow_schemas::events::{CancelRequested, StatusChangeRequested};
+use orderflow_schemas::stock_command::RequestKey;
 use orderflow_schemas::{
     Attributes, Category, Envelope, Event, EventId, IdempotencyKey, Order, OrderId, OrderStatus, Product, Quantity,
     UserId, codec, topics,
@@ -18,6 +19,7 @@ use crate::auth::StaffGuard;
 use crate::error::{ApiError, ApiResult};
 use crate::query::{parse_order_id, parse_sku};
 use crate::scalars::Decimal;
+use crate::stock_change;
 use crate::types::{GqlOrderStatus, LowStockObject, OrderObject, ProductObject, Stock, state};
 
 /// How often a staff order change polls for the saga's answer, and for how long at most.
@@ -159,31 +161,8 @@ fn parse_place_order(input: PlaceOrderInput) -> ApiResult<PlaceOrder> {
     })
 }
 
-/// Raises the low-stock alerts a staff change of `sku` caused (see
-/// [`orderflow_processors::inventory::publish_stock_alerts`]).
-async fn settle_stock_alerts(st: &ApiState, sku: &orderflow_schemas::Sku) -> ApiResult<()> {
-    orderflow_processors::inventory::publish_stock_alerts(&*st.stores.inventory, &*st.bus, std::slice::from_ref(sku))
-        .await
-        .map_err(|e| {
-            tracing::error!(%sku, error = %e, "low-stock alerts not settled; the next change of the SKU retries");
-            ApiError::Unavailable
-        })?;
-    Ok(())
-}
-
-/// Longest client idempotency key accepted.
-const MAX_IDEMPOTENCY_KEY_CHARS: usize = 128;
-
-fn check_idempotency_key(field: &str, key: Option<String>) -> ApiResult<Option<String>> {
-    let Some(key) = key else { return Ok(None) };
-    let chars = key.chars().count();
-    if chars == 0 || chars > MAX_IDEMPOTENCY_KEY_CHARS || key.chars().any(char::is_control) {
-        return Err(ApiError::invalid(
-            field,
-            format!("must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} characters without control characters"),
-        ));
-    }
-    Ok(Some(key))
+fn check_idempotency_key(field: &'static str, key: Option<String>) -> ApiResult<Option<RequestKey>> {
+    key.map(|k| RequestKey::parse(field, k).map_err(|e| ApiError::value(field, e))).transpose()
 }
 
 async fn create_product(st: &ApiState, input: CreateProductInput) -> ApiResult<Product> {
@@ -202,9 +181,9 @@ async fn create_product(st: &ApiState, input: CreateProductInput) -> ApiResult<P
     // Also on a replayed create: the first attempt may have stored the product and then failed before
     // its stock. The key makes the initial stock apply once, whichever attempt gets there.
     if stock > 0 {
-        let key = Some(orderflow_platform::store::INITIAL_STOCK_KEY);
-        st.stores.inventory.adjust_stock(&product.sku, i64::from(stock), "initial stock", key).await?;
-        settle_stock_alerts(st, &product.sku).await?;
+        let key = RequestKey::parse("input.stock", orderflow_platform::store::INITIAL_STOCK_KEY)
+            .map_err(|e| ApiError::value("input.stock", e))?;
+        stock_change::adjust(st, &product.sku, i64::from(stock), "initial stock", key, "staff").await?;
     }
     Ok(product)
 }
@@ -311,9 +290,12 @@ impl Mutation {
     }
 
     /// Staff: adds (or with a negative delta removes) available units. `stock_would_go_negative` if
-    /// fewer are available than removed. With an `idempotencyKey` (any string of up to 128 characters
-    /// the client makes up per change, e.g. a UUID) a retry after a lost response changes nothing and
-    /// answers the stock as it is; the same key with another delta is `idempotency_conflict`.
+    /// fewer are available than removed. The inventory processor owning the SKU applies the change
+    /// (it is the one writer of stock); this waits up to 5 s for it, then answers
+    /// `stock_change_pending`. With an `idempotencyKey` (any string of up to 128 characters the client
+    /// makes up per change, e.g. a UUID) the first answer stands: a retry after a lost response changes
+    /// nothing and answers the stock as it is (or the same refusal); the same key with another delta is
+    /// `idempotency_conflict`.
     #[graphql(guard = "StaffGuard")]
     async fn adjust_stock(
         &self,
@@ -326,20 +308,15 @@ impl Mutation {
         let sku = parse_sku("sku", &sku)?;
         let reason = check_reason("reason", reason, "staff adjustment")?;
         let key = check_idempotency_key("idempotencyKey", idempotency_key)?;
-        let st = state(ctx)?;
-        let level = st
-            .stores
-            .inventory
-            .adjust_stock(&sku, i64::from(delta), &reason, key.as_deref())
-            .await
-            .map_err(ApiError::from)?;
-        settle_stock_alerts(st, &sku).await?;
+        let key = key.unwrap_or_else(RequestKey::random);
+        let level = stock_change::adjust(state(ctx)?, &sku, i64::from(delta), &reason, key, "staff").await?;
         Ok(level.into())
     }
 
     /// Staff: sets the SKU's low-stock threshold. One `InventoryLow` alert is raised when its available
     /// units fall to the threshold or below and one `InventoryRestocked` when they rise above it again
     /// (on the `orderflow.stock-alerts.v1` topic and in `stockAlerts`). A SKU never set up uses 5.
+    /// Applied by the inventory processor owning the SKU; waits up to 5 s for it, like `adjustStock`.
     #[graphql(guard = "StaffGuard")]
     async fn set_low_stock_threshold(
         &self,
@@ -350,10 +327,7 @@ impl Mutation {
         let sku = parse_sku("sku", &sku)?;
         let threshold = u64::try_from(threshold)
             .map_err(|_| ApiError::invalid("threshold", format!("must not be negative (got {threshold})")))?;
-        let st = state(ctx)?;
-        st.stores.inventory.set_low_stock_threshold(&sku, threshold).await.map_err(ApiError::from)?;
-        settle_stock_alerts(st, &sku).await?;
-        Ok(LowStockObject(st.stores.inventory.low_stock(&sku).await.map_err(ApiError::from)?))
+        Ok(LowStockObject(stock_change::set_low_stock_threshold(state(ctx)?, &sku, threshold).await?))
     }
 
     /// Staff: moves an order one step along its life (e.g. CONFIRMED to PREPARING). The order saga

@@ -7,14 +7,14 @@ use anyhow::{Context as _, Result, anyhow};
 use async_graphql::{Request, Variables};
 use async_trait::async_trait;
 use orderflow_graphql::{ApiState, OrderflowSchema, Staff, schema};
-use orderflow_ingest::Intake;
-use orderflow_platform::backend::BackendOptions;
 use orderflow_platform::store::{Applied, Fence, Transition};
 use orderflow_platform::{Backends, Delivery, Handler, HandlerError, Stores};
 use orderflow_schemas::{Event, OrderStatus, TimelineEntry, codec, now_ms, topics};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
+
+mod support;
 
 const TOKEN: &str = "staff-s3cret";
 
@@ -23,29 +23,18 @@ struct Api {
     backends: Backends,
     schema: OrderflowSchema,
     state: ApiState,
-    /// Stops the catalog projector when the test ends.
-    _projector: tokio_util::sync::DropGuard,
+    _processors: tokio_util::sync::DropGuard,
 }
 
-/// The API over fresh embedded backends, with the catalog projector running (as in `orderflow serve`)
-/// so catalog reads see staff writes moments after them.
 fn api_with_token(admin_token: Option<&str>) -> Result<Api> {
-    let dir = tempfile::tempdir()?;
-    let backends = orderflow_platform::embedded::open(dir.path(), &BackendOptions::default())?;
-    let state = ApiState::new(
-        backends.stores.clone(),
-        backends.bus.clone(),
-        Intake::new(backends.stores.clone(), backends.bus.clone()),
-        admin_token.map(str::to_owned),
-    );
-    let projector = Arc::new(orderflow_processors::catalog::CatalogProjector {
-        view: backends.stores.catalog_view.clone(),
-        observer: Some(state.catalog.clone()),
-    });
-    let token = CancellationToken::new();
-    let (bus, t) = (backends.bus.clone(), token.clone());
-    tokio::spawn(async move { bus.consume(topics::groups::CATALOG_PROJECTOR, topics::CATALOG, projector, t).await });
-    Ok(Api { _dir: dir, schema: schema(state.clone()), state, backends, _projector: token.drop_guard() })
+    let e = support::embedded(admin_token, true)?;
+    Ok(Api {
+        _dir: e.dir,
+        schema: schema(e.state.clone()),
+        state: e.state,
+        backends: e.backends,
+        _processors: e.processors,
+    })
 }
 
 fn api() -> Result<Api> {
@@ -259,6 +248,50 @@ async fn adjust_stock_refuses_to_go_below_zero() -> Result<()> {
 }
 
 #[tokio::test]
+async fn a_keyed_adjustment_answers_its_first_answer_again() -> Result<()> {
+    let api = api()?;
+    api.create_product("SKU-1", "5.00", 3).await?;
+    let take =
+        "mutation($d: Int!, $k: String) { adjustStock(sku: \"SKU-1\", delta: $d, idempotencyKey: $k) { available } }";
+    let refused = api.run(take, json!({"d": -5, "k": "k-1"}), true).await?;
+    assert_eq!(code(&refused), "stock_would_go_negative", "{refused}");
+    api.ok(take, json!({"d": 10, "k": "k-2"})).await?;
+    let again = api.run(take, json!({"d": -5, "k": "k-1"}), true).await?;
+    assert_eq!(
+        code(&again),
+        "stock_would_go_negative",
+        "a refused key stays refused, though 13 are available: {again}"
+    );
+    let reused = api.run(take, json!({"d": -4, "k": "k-1"}), true).await?;
+    assert_eq!(code(&reused), "idempotency_conflict", "{reused}");
+    assert_eq!(api.ok(take, json!({"d": 10, "k": "k-2"})).await?["adjustStock"]["available"], 13, "applied once");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_stock_change_nobody_applies_is_pending_with_its_key() -> Result<()> {
+    // The API alone, without the inventory processor (as when it is down or far behind).
+    let support::Embedded { backends, state, dir: _dir, processors: _processors } =
+        support::embedded(Some(TOKEN), false)?;
+    let p = orderflow_schemas::Product::new(
+        orderflow_schemas::Sku::parse("SKU-1")?,
+        "x".into(),
+        String::new(),
+        orderflow_schemas::Money::from_cents(100)?,
+        0,
+    );
+    assert!(backends.stores.catalog.create_product(&p).await?);
+    let request =
+        Request::new("mutation { adjustStock(sku: \"SKU-1\", delta: 2, idempotencyKey: \"k-9\") { available } }")
+            .data(Staff(true));
+    let resp = serde_json::to_value(schema(state).execute(request).await)?;
+    assert_eq!(code(&resp), "stock_change_pending", "{resp}");
+    assert_eq!(resp["errors"][0]["extensions"]["idempotencyKey"], "k-9", "{resp}");
+    assert_eq!(backends.stores.inventory.stock(&p.sku).await?, None, "nothing applied it");
+    Ok(())
+}
+
+#[tokio::test]
 async fn staff_threshold_and_adjustments_raise_one_alert_per_crossing() -> Result<()> {
     let api = api()?;
     api.create_product("SKU-1", "5.00", 20).await?;
@@ -284,7 +317,15 @@ async fn staff_threshold_and_adjustments_raise_one_alert_per_crossing() -> Resul
         api.ok("mutation($d: Int!) { adjustStock(sku: \"SKU-1\", delta: $d) { available } }", json!({"d": delta}))
             .await?;
     }
-    let alerts = api.ok("{ stockAlerts { sku seq kind available threshold } }", json!({})).await?;
+    // The inventory processor settles alerts right after it applies a change, moments after its answer.
+    let mut alerts = Value::Null;
+    for _ in 0..250 {
+        alerts = api.ok("{ stockAlerts { sku seq kind available threshold } }", json!({})).await?;
+        if alerts["stockAlerts"].as_array().is_some_and(|a| a.len() >= 2) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(
         alerts["stockAlerts"],
         json!([

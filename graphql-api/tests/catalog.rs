@@ -2,46 +2,34 @@
 //! writes (create, partial update, archive, optimistic concurrency), browsing (filter, search, sort,
 //! Relay pagination both ways) and the rules on archived products.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow};
 use async_graphql::{Request, Variables};
 use orderflow_graphql::{ApiState, OrderflowSchema, Staff, schema};
-use orderflow_ingest::Intake;
 use orderflow_platform::Backends;
-use orderflow_platform::backend::BackendOptions;
-use orderflow_processors::catalog::CatalogProjector;
-use orderflow_schemas::topics;
 use serde_json::{Value, json};
 use tempfile::TempDir;
-use tokio_util::sync::CancellationToken;
+
+mod support;
 
 struct Api {
     _dir: TempDir,
     backends: Backends,
     state: ApiState,
     schema: OrderflowSchema,
-    _projector: tokio_util::sync::DropGuard,
+    _processors: tokio_util::sync::DropGuard,
 }
 
 fn api() -> Result<Api> {
-    let dir = tempfile::tempdir()?;
-    let backends = orderflow_platform::embedded::open(dir.path(), &BackendOptions::default())?;
-    let state = ApiState::new(
-        backends.stores.clone(),
-        backends.bus.clone(),
-        Intake::new(backends.stores.clone(), backends.bus.clone()),
-        Some("t".into()),
-    );
-    let projector = Arc::new(CatalogProjector {
-        view: backends.stores.catalog_view.clone(),
-        observer: Some(state.catalog.clone()),
-    });
-    let token = CancellationToken::new();
-    let (bus, t) = (backends.bus.clone(), token.clone());
-    tokio::spawn(async move { bus.consume(topics::groups::CATALOG_PROJECTOR, topics::CATALOG, projector, t).await });
-    Ok(Api { _dir: dir, schema: schema(state.clone()), state, backends, _projector: token.drop_guard() })
+    let e = support::embedded(Some("t"), true)?;
+    Ok(Api {
+        _dir: e.dir,
+        schema: schema(e.state.clone()),
+        state: e.state,
+        backends: e.backends,
+        _processors: e.processors,
+    })
 }
 
 impl Api {

@@ -1,5 +1,7 @@
-//! The inventory processor: holds an order's units of one SKU (one command per SKU, on that SKU's
-//! partition), releases on cancel or failure, commits when the order leaves. The store makes each of
+//! The inventory processor, the one writer of stock: holds an order's units of one SKU (one command per
+//! SKU, on that SKU's partition), releases on cancel or failure, commits when the order leaves, and
+//! applies staff stock changes (adjustments, low-stock thresholds), which reach it as commands on the
+//! same partition. The store makes each of
 //! these conditional and idempotent per (order, SKU), so a redelivered command returns the stored answer
 //! and never moves stock twice.
 
@@ -7,8 +9,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use orderflow_platform::bus::{Bus, BusRecord, Delivery, Handler, HandlerError};
-use orderflow_platform::store::{Hold, InventoryStore, Reservation, ReservationEnd};
+use orderflow_platform::store::{Hold, InventoryStore, Reservation, ReservationEnd, StockError};
 use orderflow_schemas::events::{ReserveStock, StockRejected, StockReserved};
+use orderflow_schemas::stock_command::{self, StockChange, StockCommand};
 use orderflow_schemas::{Envelope, Event, EventId, OrderId, Sku, StockAlert, stock_alert, topics};
 
 pub struct InventoryHandler {
@@ -26,8 +29,8 @@ impl std::fmt::Debug for InventoryHandler {
 /// `InventoryLow` / `InventoryRestocked` per crossing on [`topics::STOCK_ALERTS`], keyed by SKU, with an
 /// id derived from (SKU, crossing) so a republished alert is recognisable. An alert is marked published
 /// only after the bus has it; one left unmarked by a crash is published again by the SKU's next check.
-/// Every path that changes available units calls this (reservations and releases here, staff stock
-/// adjustments and threshold changes in the GraphQL API).
+/// Every path that changes available units or a threshold calls this (reservations, releases and staff
+/// stock changes, all here).
 pub async fn publish_stock_alerts(
     inventory: &dyn InventoryStore,
     bus: &dyn Bus,
@@ -174,36 +177,47 @@ fn reply(order: &OrderId, sku: Option<&Sku>, outcome: Reservation) -> Envelope {
     Envelope::new(EventId::derived(order, &step), order.clone(), body)
 }
 
-#[async_trait]
-impl Handler for InventoryHandler {
-    fn max_batch(&self) -> usize {
-        MAX_RESERVATION_BATCH
-    }
+/// A record of the inventory topic: an order's command (an envelope) or a staff stock change.
+enum Command {
+    Order(Envelope),
+    Stock(StockCommand),
+}
 
-    /// Runs of consecutive reservations are reserved together; anything else in between is handled
-    /// on its own, in order (a release must follow the reservation it releases).
-    async fn handle_batch(&self, deliveries: &[Delivery]) -> Result<(), HandlerError> {
-        let envs = deliveries.iter().map(|d| crate::decode(&d.payload)).collect::<Result<Vec<_>, _>>()?;
-        let mut run: Vec<(Envelope, &ReserveStock)> = Vec::new();
-        for (env, d) in envs.iter().zip(deliveries) {
-            if let Event::ReserveStock(cmd) = &env.body {
-                run.push((env.clone(), cmd));
-                continue;
+fn decode_command(payload: &[u8]) -> Result<Command, HandlerError> {
+    if stock_command::is_stock_command(payload) {
+        let cmd = stock_command::decode(payload)
+            .map_err(|e| HandlerError::Poison(format!("undecodable stock command: {e}")))?;
+        return Ok(Command::Stock(cmd));
+    }
+    crate::decode(payload).map(Command::Order)
+}
+
+impl InventoryHandler {
+    /// Applies a staff stock change: its answer (applied, or refused and why) is recorded under its
+    /// request key by the store, where the waiting mutation reads it; a repeat changes nothing.
+    async fn change_stock(&self, cmd: &StockCommand) -> Result<(), HandlerError> {
+        let sku = &cmd.sku;
+        let outcome = match &cmd.change {
+            StockChange::Adjust { delta, reason } => {
+                self.inventory.adjust_stock(sku, *delta, reason, Some(cmd.request.as_str())).await.map(|_| ())
             }
-            if !run.is_empty() {
-                self.reserve_batch(&run).await?;
-                run.clear();
+            StockChange::SetLowStockThreshold { threshold } => {
+                self.inventory.set_low_stock_threshold(sku, *threshold, Some(cmd.request.as_str())).await.map(|_| ())
             }
-            self.handle(d).await?;
+        };
+        match outcome {
+            Ok(()) => {}
+            Err(StockError::Store(e)) => return Err(e.into()),
+            // Refusals are answers (recorded for a keyed adjustment); a reused key keeps its first answer.
+            Err(refused) => {
+                tracing::info!(%sku, request = %cmd.request, requested_by = %cmd.requested_by, error = %refused, "stock change refused");
+            }
         }
-        if !run.is_empty() {
-            self.reserve_batch(&run).await?;
-        }
+        publish_stock_alerts(&*self.inventory, &*self.bus, std::slice::from_ref(sku)).await?;
         Ok(())
     }
 
-    async fn handle(&self, delivery: &Delivery) -> Result<(), HandlerError> {
-        let env = crate::decode(&delivery.payload)?;
+    async fn handle_order_command(&self, env: &Envelope) -> Result<(), HandlerError> {
         match &env.body {
             Event::ReserveStock(cmd) => self.reserve_batch(&[(env.clone(), cmd)]).await?,
             Event::ReleaseStock(cmd) => {
@@ -217,4 +231,52 @@ impl Handler for InventoryHandler {
         }
         Ok(())
     }
+}
+
+#[async_trait]
+impl Handler for InventoryHandler {
+    fn max_batch(&self) -> usize {
+        MAX_RESERVATION_BATCH
+    }
+
+    /// Runs of consecutive reservations are reserved together; anything else in between is handled
+    /// on its own, in order (a release must follow the reservation it releases, a staff change the
+    /// reservations before it).
+    async fn handle_batch(&self, deliveries: &[Delivery]) -> Result<(), HandlerError> {
+        let commands = deliveries.iter().map(|d| decode_command(&d.payload)).collect::<Result<Vec<_>, _>>()?;
+        let mut run: Vec<(Envelope, &ReserveStock)> = Vec::new();
+        for command in &commands {
+            if let Command::Order(env) = command
+                && let Event::ReserveStock(cmd) = &env.body
+            {
+                run.push((env.clone(), cmd));
+                continue;
+            }
+            if !run.is_empty() {
+                self.reserve_batch(&run).await?;
+                run.clear();
+            }
+            match command {
+                Command::Order(env) => self.handle_order_command(env).await?,
+                Command::Stock(cmd) => self.change_stock(cmd).await?,
+            }
+        }
+        if !run.is_empty() {
+            self.reserve_batch(&run).await?;
+        }
+        Ok(())
+    }
+
+    async fn handle(&self, delivery: &Delivery) -> Result<(), HandlerError> {
+        match decode_command(&delivery.payload)? {
+            Command::Order(env) => self.handle_order_command(&env).await,
+            Command::Stock(cmd) => self.change_stock(&cmd).await,
+        }
+    }
+}
+
+/// The record of a staff stock change: on the inventory topic, keyed by its SKU, so the processor that
+/// owns the SKU's partition applies it after the reservations before it.
+pub fn stock_command_record(cmd: &StockCommand) -> Result<BusRecord, orderflow_schemas::codec::CodecError> {
+    Ok(BusRecord::new(topics::INVENTORY, cmd.sku.as_str(), stock_command::encode(cmd)?))
 }

@@ -128,11 +128,12 @@ struct Model {
     levels: [Level; SKUS],
     /// The sum of the adjustments that applied, per SKU.
     adjusted: [i128; SKUS],
-    keys: HashMap<(usize, u8), i64>,
+    /// Each keyed adjustment's delta and first answer.
+    keys: HashMap<(usize, u8), (i64, Adjusted)>,
     rows: HashMap<(u8, usize), Row>,
 }
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Adjusted {
     Level(Level),
     UnknownSku,
@@ -142,14 +143,27 @@ enum Adjusted {
 }
 
 impl Model {
+    /// A keyed adjustment's first answer stands (applied or refused); a repeat answers the level as it is.
     fn adjust(&mut self, sku: usize, delta: i64, key: Option<u8>) -> Adjusted {
+        if let Some(k) = key
+            && let Some((first_delta, first)) = self.keys.get(&(sku, k))
+        {
+            return match first {
+                _ if *first_delta != delta => Adjusted::KeyReused,
+                Adjusted::Level(_) => Adjusted::Level(self.levels[sku]),
+                refused => refused.clone(),
+            };
+        }
+        let outcome = self.first_adjust(sku, delta);
+        if let Some(k) = key {
+            self.keys.insert((sku, k), (delta, outcome.clone()));
+        }
+        outcome
+    }
+
+    fn first_adjust(&mut self, sku: usize, delta: i64) -> Adjusted {
         if sku == UNKNOWN {
             return Adjusted::UnknownSku;
-        }
-        if let Some(k) = key
-            && let Some(&applied) = self.keys.get(&(sku, k))
-        {
-            return if applied == delta { Adjusted::Level(self.levels[sku]) } else { Adjusted::KeyReused };
         }
         let level = &mut self.levels[sku];
         let available = i128::from(level.available) + i128::from(delta);
@@ -161,9 +175,6 @@ impl Model {
         }
         level.available = u64::try_from(available).unwrap();
         self.adjusted[sku] += i128::from(delta);
-        if let Some(k) = key {
-            self.keys.insert((sku, k), delta);
-        }
         Adjusted::Level(*level)
     }
 
@@ -302,11 +313,13 @@ async fn run(initial: [i64; SKUS], ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let got = adjusted(inv.adjust_stock(&sku, *delta, "staff", key_text.as_deref()).await);
                 let want = model.adjust(*s, *delta, *key);
                 prop_assert_eq!(&got, &want, "step {} ({:?})", step, op);
-                if key.is_some() && matches!(got, Adjusted::Level(_)) {
-                    // A retry after a lost response: the level as it is, nothing applied again.
+                if key.is_some() && got != Adjusted::KeyReused {
+                    // A retry after a lost response: the first answer again (the level as it is, or the
+                    // same refusal), nothing applied again.
                     let before = levels(inv, names).await;
                     let again = adjusted(inv.adjust_stock(&sku, *delta, "staff", key_text.as_deref()).await);
-                    prop_assert_eq!(&again, &Adjusted::Level(model.levels[*s]), "step {} repeated", step);
+                    let want = model.adjust(*s, *delta, *key);
+                    prop_assert_eq!(&again, &want, "step {} repeated", step);
                     let after = levels(inv, names).await;
                     prop_assert_eq!(after, before, "step {}: a repeated keyed adjustment changed stock", step);
                 }

@@ -7,6 +7,7 @@
 //!   `ProductUpdated` event every catalog write publishes.
 //! - [`avro_bounds`]: the check every Avro decoder runs first, so a record cannot claim more memory than
 //!   its own size allows.
+//! - [`stock_alert`] and [`stock_command`]: low-stock alerts out of inventory, staff stock changes into it.
 //! - [`topics`]: every topic name and partition count. No other crate spells a topic name.
 
 pub mod avro_bounds;
@@ -18,6 +19,7 @@ pub mod order_request;
 pub mod partner;
 pub mod product_events;
 pub mod stock_alert;
+pub mod stock_command;
 pub mod topics;
 pub mod values;
 

@@ -12,11 +12,11 @@ pub struct Topic {
 
 /// Order lifecycle events, the order saga's input. Key: order id.
 pub const ORDERS: Topic = Topic { name: "orderflow.orders.v1", partitions: 32, key: "order_id" };
-/// Reservation commands for the inventory processor. Key: the order's routing SKU (the smallest SKU of its
-/// lines, see `ReserveStock::routing_sku`), so every reservation of a one-SKU order for the same SKU lands
-/// on one partition and has one writer; the store's conditional writes fence the moments two writers
-/// overlap (multi-SKU orders, rebalances, zombies).
-pub const INVENTORY: Topic = Topic { name: "orderflow.inventory.v1", partitions: 32, key: "routing sku" };
+/// Commands for the inventory processor, the one writer of stock: an order's reservation, release and
+/// commit of one SKU (order envelopes, one per SKU of the order), and staff stock changes
+/// (`schemas/avro/stock_command.avsc`). Key: the SKU, so every change of a SKU's stock lands on one
+/// partition, in order, and has one writer.
+pub const INVENTORY: Topic = Topic { name: "orderflow.inventory.v1", partitions: 32, key: "sku" };
 /// Capture and refund commands for the payment processor. Key: order id.
 pub const PAYMENTS: Topic = Topic { name: "orderflow.payments.v1", partitions: 32, key: "order_id" };
 /// Shipment commands for the fulfillment processor. Key: order id.

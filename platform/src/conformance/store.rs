@@ -341,8 +341,35 @@ pub async fn stock_adjustments_are_checked(stores: Stores) {
     assert_eq!(inv.adjust_stock(&other, 1, "x", Some("k-1")).await.unwrap().available, 1, "keys are per SKU");
     assert!(matches!(inv.adjust_stock(&s, i64::MAX, "x", None).await, Err(StockError::WouldOverflow { .. })));
     assert!(matches!(inv.adjust_stock(&s, i64::MIN, "x", None).await, Err(StockError::WouldGoNegative { .. })));
-    let adjusts = inv.movements(&s, 10).await.unwrap().into_iter().filter(|m| m.kind == "adjust").count();
-    assert_eq!(adjusts, 4, "one ledger line per applied adjustment (initial, -3, +5, +2)");
+
+    // The first answer under a key stands, refusals too, and is what `adjustment` reports.
+    assert_eq!(inv.adjustment(&s, "k-1").await.unwrap(), Some(Adjustment { delta: 5, refused: None }));
+    assert_eq!(inv.adjustment(&s, "k-never").await.unwrap(), None);
+    let refused = Some(StockRefusal::WouldGoNegative { available: 7 });
+    assert!(matches!(
+        inv.adjust_stock(&s, -8, "x", Some("k-3")).await,
+        Err(StockError::WouldGoNegative { available: 7, .. })
+    ));
+    assert_eq!(inv.adjustment(&s, "k-3").await.unwrap(), Some(Adjustment { delta: -8, refused }));
+    assert_eq!(inv.adjust_stock(&s, 1, "x", Some("k-4")).await.unwrap().available, 8);
+    assert!(
+        matches!(
+            inv.adjust_stock(&s, -8, "x", Some("k-3")).await,
+            Err(StockError::WouldGoNegative { available: 7, .. })
+        ),
+        "a refused key stays refused, though 8 are available now"
+    );
+    assert!(matches!(inv.adjust_stock(&s, -1, "x", Some("k-3")).await, Err(StockError::KeyReused { applied: -8, .. })));
+    assert!(matches!(inv.adjust_stock(&s, i64::MAX, "x", Some("k-5")).await, Err(StockError::WouldOverflow { .. })));
+    let overflow = Some(Adjustment { delta: i64::MAX, refused: Some(StockRefusal::WouldOverflow) });
+    assert_eq!(inv.adjustment(&s, "k-5").await.unwrap(), overflow);
+    assert!(matches!(inv.adjust_stock(&ghost, 1, "x", Some("k-6")).await, Err(StockError::UnknownSku(_))));
+    let unknown = Some(Adjustment { delta: 1, refused: Some(StockRefusal::UnknownSku) });
+    assert_eq!(inv.adjustment(&ghost, "k-6").await.unwrap(), unknown);
+    assert_eq!(inv.stock(&ghost).await.unwrap(), None, "a refused key gives an unknown SKU no stock");
+    assert_eq!(inv.stock(&s).await.unwrap().unwrap().available, 8);
+    let adjusts = inv.movements(&s, 20).await.unwrap().into_iter().filter(|m| m.kind == "adjust").count();
+    assert_eq!(adjusts, 5, "one ledger line per applied adjustment (initial, -3, +5, +2, +1)");
 }
 
 pub async fn low_stock_alerts_fire_once_per_crossing(stores: Stores) {
@@ -351,8 +378,15 @@ pub async fn low_stock_alerts_fire_once_per_crossing(stores: Stores) {
     let s = product(&stores, &format!("{id}-s"), 12).await;
     assert_eq!(inv.low_stock(&s).await.unwrap(), LowStock::default(), "a SKU starts with the default threshold");
     let ghost = sku(&format!("{id}-ghost"));
-    assert!(matches!(inv.set_low_stock_threshold(&ghost, 3).await, Err(StockError::UnknownSku(_))));
-    assert_eq!(inv.set_low_stock_threshold(&s, 10).await.unwrap().threshold, 10);
+    assert!(matches!(inv.set_low_stock_threshold(&ghost, 3, None).await, Err(StockError::UnknownSku(_))));
+    assert_eq!(inv.set_low_stock_threshold(&s, 10, Some("t-1")).await.unwrap().threshold, 10);
+    assert_eq!(inv.set_low_stock_threshold(&s, 11, Some("t-2")).await.unwrap().threshold, 11);
+    assert_eq!(
+        inv.set_low_stock_threshold(&s, 10, Some("t-1")).await.unwrap().threshold,
+        11,
+        "a repeated request (a redelivery after a later one) changes nothing"
+    );
+    assert_eq!(inv.set_low_stock_threshold(&s, 10, None).await.unwrap().threshold, 10);
     assert!(inv.settle_low_stock(&s).await.unwrap().is_empty(), "12 > 10: nothing to report");
 
     // 12 -> 9 crosses; concurrent settles record that crossing once.
@@ -395,7 +429,7 @@ pub async fn low_stock_alerts_fire_once_per_crossing(stores: Stores) {
     assert!(inv.settle_low_stock(&s).await.unwrap().is_empty());
 
     // Raising the threshold over the level is a crossing too; a staff adjustment back up ends it.
-    inv.set_low_stock_threshold(&s, 20).await.unwrap();
+    inv.set_low_stock_threshold(&s, 20, None).await.unwrap();
     assert_eq!(
         inv.settle_low_stock(&s).await.unwrap().iter().map(|a| (a.seq, a.kind)).collect::<Vec<_>>(),
         vec![(3, StockAlertKind::InventoryLow)]

@@ -20,7 +20,8 @@ use scylla::value::CqlTimeuuid;
 
 use super::{CqlStore, Lwt, MAX_CAS_ROUNDS, backoff, batch, corrupt, prepare, serial, to_i64, to_u64};
 use crate::store::{
-    Hold, InventoryStore, LowStock, Reservation, ReservationEnd, Result, StockError, StockMovement, StoreError,
+    Adjustment, Hold, InventoryStore, LowStock, Reservation, ReservationEnd, Result, StockError, StockMovement,
+    StockRefusal, StoreError,
 };
 
 /// Bound on the rounds of one reservation (each ends with a SERIAL read of the hold row).
@@ -36,6 +37,8 @@ pub(super) struct Statements {
     end: Batch,
     void: PreparedStatement,
     refuse: PreparedStatement,
+    refuse_adjust: PreparedStatement,
+    threshold_request: PreparedStatement,
     move_insert: PreparedStatement,
     moves: PreparedStatement,
 }
@@ -102,6 +105,20 @@ impl Statements {
                 s,
                 "INSERT INTO orderflow_inventory.stock (sku, op_kind, op_ref, qty, state) \
                  VALUES (?, 'hold', ?, ?, ?) IF NOT EXISTS",
+                false,
+            )
+            .await?,
+            refuse_adjust: prepare(
+                s,
+                "INSERT INTO orderflow_inventory.stock (sku, op_kind, op_ref, qty, state) \
+                 VALUES (?, 'adjust', ?, ?, ?) IF NOT EXISTS",
+                false,
+            )
+            .await?,
+            threshold_request: prepare(
+                s,
+                "INSERT INTO orderflow_inventory.stock (sku, op_kind, op_ref, qty, state) \
+                 VALUES (?, 'threshold', ?, ?, 'applied') IF NOT EXISTS",
                 false,
             )
             .await?,
@@ -189,11 +206,13 @@ struct Seen {
 
 const HOLD: &str = "hold";
 const ADJUST: &str = "adjust";
+const THRESHOLD: &str = "threshold";
 const HELD: &str = "held";
 const VOID: &str = "void";
 const RELEASED: &str = "released";
 const COMMITTED: &str = "committed";
-/// State of a one-SKU order's hold row when the reservation was refused: `refused:<reason>`.
+/// State of a hold row when the reservation was refused (`refused:<reason>`), and of a keyed adjustment's
+/// row when it was refused (`refused:<StockRefusal code>`).
 const REFUSED: &str = "refused:";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -448,7 +467,7 @@ impl InventoryStore for CqlStore {
         reason: &str,
         key: Option<&str>,
     ) -> Result<StockLevel, StockError> {
-        if !self.product_exists(sku).await? {
+        if key.is_none() && !self.product_exists(sku).await? {
             return Err(StockError::UnknownSku(sku.clone()));
         }
         // With a client's key the adjustment row is named after it, so its `IF NOT EXISTS` lets one attempt
@@ -466,6 +485,11 @@ impl InventoryStore for CqlStore {
                     if op.qty != delta {
                         let key = key.unwrap_or_default().to_owned();
                         return Err(StockError::KeyReused { sku: sku.clone(), key, applied: op.qty, asked: delta });
+                    }
+                    if let Some(code) = op.state.strip_prefix(REFUSED) {
+                        let refusal = StockRefusal::from_code(code)
+                            .ok_or_else(|| corrupt(format!("{sku}: adjustment {op_ref} in state {:?}", op.state)))?;
+                        return Err(refusal.into_error(sku));
                     }
                     if let Some(id) = op.move_id {
                         self.write_move(sku, id, "adjust", delta, reason).await?;
@@ -486,17 +510,39 @@ impl InventoryStore for CqlStore {
             serial_read = true;
             let (available, reserved, sold, version) =
                 level.map(|l| (l.available, l.reserved, l.sold, Some(l.version))).unwrap_or((0, 0, 0, None));
-            let Some(new_available) = available.checked_add(delta).filter(|a| *a >= 0) else {
-                return Err(match delta {
-                    0.. => StockError::WouldOverflow { sku: sku.clone() },
-                    _ => StockError::WouldGoNegative { sku: sku.clone(), available: to_u64(available, "available")? },
-                });
+            let new_available = available.checked_add(delta).filter(|a| *a >= 0);
+            let refusal = match new_available {
+                // A keyed adjustment checked the product only now (one read less when it was a repeat).
+                _ if level.is_none() && keyed.is_some() && !self.product_exists(sku).await? => {
+                    Some(StockRefusal::UnknownSku)
+                }
+                None if delta >= 0 => Some(StockRefusal::WouldOverflow),
+                None => Some(StockRefusal::WouldGoNegative { available: to_u64(available, "available")? }),
+                // Every other movement moves units between available, reserved and sold, so bounding their
+                // sum here keeps each of them in range.
+                Some(n) if n.checked_add(reserved).and_then(|n| n.checked_add(sold)).is_none() => {
+                    Some(StockRefusal::WouldOverflow)
+                }
+                Some(_) => None,
             };
-            // Every other movement moves units between available, reserved and sold, so bounding their sum
-            // here keeps each of them in range.
-            if new_available.checked_add(reserved).and_then(|n| n.checked_add(sold)).is_none() {
-                return Err(StockError::WouldOverflow { sku: sku.clone() });
+            if let Some(refusal) = refusal {
+                let Some(op_ref) = &keyed else { return Err(refusal.into_error(sku)) };
+                // The refusal is the key's first answer, unless another answer got there first.
+                let state = format!("{REFUSED}{}", refusal.to_code());
+                match self
+                    .lwt(&self.inventory.refuse_adjust, (sku.as_str(), op_ref.as_str(), delta, state.as_str()))
+                    .await?
+                {
+                    Lwt::Applied => return Err(refusal.into_error(sku)),
+                    Lwt::NotApplied => {}
+                    Lwt::Unknown(e) => {
+                        tracing::warn!(%sku, error = %e, "refusal outcome unknown; settling with a SERIAL read");
+                    }
+                }
+                backoff(round).await;
+                continue;
             }
+            let new_available = new_available.unwrap_or(available);
             let new_version = version.map_or(1, |v| v + 1);
             let (move_id, _) = self.clock.next();
             let op_ref = keyed.clone().unwrap_or_else(|| move_id.to_string());
@@ -521,6 +567,18 @@ impl InventoryStore for CqlStore {
             backoff(round).await;
         }
         Err(StoreError::Unavailable(format!("adjusting {sku}: too much contention")).into())
+    }
+
+    async fn adjustment(&self, sku: &Sku, key: &str) -> Result<Option<Adjustment>> {
+        let Some(op) = self.read_op(sku, ADJUST, &format!("key:{key}"), false).await?.op else { return Ok(None) };
+        let refused = match op.state.strip_prefix(REFUSED) {
+            None => None,
+            Some(code) => Some(
+                StockRefusal::from_code(code)
+                    .ok_or_else(|| corrupt(format!("{sku}: adjustment key:{key} in state {:?}", op.state)))?,
+            ),
+        };
+        Ok(Some(Adjustment { delta: op.qty, refused }))
     }
 
     async fn reserve(&self, hold: &Hold) -> Result<Reservation> {
@@ -555,8 +613,24 @@ impl InventoryStore for CqlStore {
             .collect())
     }
 
-    async fn set_low_stock_threshold(&self, sku: &Sku, threshold: u64) -> Result<LowStock, StockError> {
-        self.alerts_set_threshold(sku, threshold).await
+    async fn set_low_stock_threshold(
+        &self,
+        sku: &Sku,
+        threshold: u64,
+        key: Option<&str>,
+    ) -> Result<LowStock, StockError> {
+        // A keyed change is recorded as a row of the SKU's stock partition once it is set: a repeat finds it.
+        let Some(key) = key else { return self.alerts_set_threshold(sku, threshold).await };
+        if self.read_op(sku, THRESHOLD, key, false).await?.op.is_some() {
+            return Ok(self.alerts_state(sku).await?);
+        }
+        let state = self.alerts_set_threshold(sku, threshold).await?;
+        let values = (sku.as_str(), key, to_i64(threshold, "threshold")?);
+        match self.lwt(&self.inventory.threshold_request, values).await? {
+            Lwt::Applied | Lwt::NotApplied => Ok(state),
+            // Unknown: a repeat sets the same threshold again before recording it, which is harmless.
+            Lwt::Unknown(e) => Err(StoreError::Unavailable(format!("recording threshold request {key}: {e}")).into()),
+        }
     }
 
     async fn low_stock(&self, sku: &Sku) -> Result<LowStock> {

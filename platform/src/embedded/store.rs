@@ -302,37 +302,61 @@ impl InventoryStore for EmbeddedStore {
         let (sku, reason, key) = (sku.clone(), reason.to_owned(), key.map(str::to_owned));
         self.db
             .write(move |db, tx| {
-                if !tx.contains_key(&db.products, sku.as_str()).map_err(unavailable)? {
+                let known = tx.contains_key(&db.products, sku.as_str()).map_err(unavailable)?;
+                if !known && key.is_none() {
                     return Ok(Err(StockError::UnknownSku(sku)));
                 }
                 let mut level: StockLevel = get_row(tx, &db.stock, sku.as_str())?.unwrap_or_default();
                 let key_row = key.as_deref().map(|k| adjustment_key(&sku, k));
                 if let Some(row) = &key_row
-                    && let Some(applied) = get_row::<i64>(tx, &db.stock, row)?
+                    && let Some(first) = get_row::<StoredAdjustment>(tx, &db.stock, row)?
                 {
-                    if applied != delta {
+                    let first = first.adjustment();
+                    if first.delta != delta {
                         let key = key.unwrap_or_default();
-                        return Ok(Err(StockError::KeyReused { sku, key, applied, asked: delta }));
+                        return Ok(Err(StockError::KeyReused { sku, key, applied: first.delta, asked: delta }));
                     }
-                    return Ok(Ok(level));
+                    return Ok(match first.refused {
+                        Some(refusal) => Err(refusal.into_error(&sku)),
+                        None => Ok(level),
+                    });
                 }
-                let available = i128::from(level.available) + i128::from(delta);
-                let Ok(available) = u64::try_from(available) else {
-                    return Ok(Err(StockError::WouldGoNegative { sku, available: level.available }));
+                let refusal = if !known {
+                    Some(StockRefusal::UnknownSku)
+                } else {
+                    match u64::try_from(i128::from(level.available) + i128::from(delta)) {
+                        Err(_) => Some(StockRefusal::WouldGoNegative { available: level.available }),
+                        Ok(available)
+                            if i128::from(available) + i128::from(level.reserved) + i128::from(level.sold)
+                                > i128::from(i64::MAX) =>
+                        {
+                            Some(StockRefusal::WouldOverflow)
+                        }
+                        Ok(available) => {
+                            level.available = available;
+                            None
+                        }
+                    }
                 };
-                let units = i128::from(available) + i128::from(level.reserved) + i128::from(level.sold);
-                if units > i128::from(i64::MAX) {
-                    return Ok(Err(StockError::WouldOverflow { sku }));
-                }
-                level.available = available;
-                tx.insert(&db.stock, sku.as_str(), to_row(&level)?);
                 if let Some(row) = key_row {
-                    tx.insert(&db.stock, row, to_row(&delta)?);
+                    tx.insert(
+                        &db.stock,
+                        row,
+                        to_row(&StoredAdjustment::Answer(Adjustment { delta, refused: refusal }))?,
+                    );
                 }
+                if let Some(refusal) = refusal {
+                    return Ok(Err(refusal.into_error(&sku)));
+                }
+                tx.insert(&db.stock, sku.as_str(), to_row(&level)?);
                 record_movement(db, tx, &sku, "adjust", delta, &reason)?;
                 Ok(Ok(level))
             })
             .await?
+    }
+
+    async fn adjustment(&self, sku: &Sku, key: &str) -> Result<Option<Adjustment>> {
+        Ok(get_latest::<StoredAdjustment>(&self.db.stock, adjustment_key(sku, key))?.map(StoredAdjustment::adjustment))
     }
 
     async fn reserve(&self, hold: &Hold) -> Result<Reservation> {
@@ -406,14 +430,25 @@ impl InventoryStore for EmbeddedStore {
             .collect()
     }
 
-    async fn set_low_stock_threshold(&self, sku: &Sku, threshold: u64) -> Result<LowStock, StockError> {
-        let sku = sku.clone();
+    async fn set_low_stock_threshold(
+        &self,
+        sku: &Sku,
+        threshold: u64,
+        key: Option<&str>,
+    ) -> Result<LowStock, StockError> {
+        let (sku, key_row) = (sku.clone(), key.map(|k| threshold_request_key(sku, k)));
         self.db
             .write(move |db, tx| {
                 if !tx.contains_key(&db.products, sku.as_str()).map_err(unavailable)? {
                     return Ok(Err(StockError::UnknownSku(sku)));
                 }
                 let mut state: LowStock = get_row(tx, &db.stock_alerts, alert_state_key(&sku))?.unwrap_or_default();
+                if let Some(row) = &key_row {
+                    if tx.contains_key(&db.stock, row).map_err(unavailable)? {
+                        return Ok(Ok(state));
+                    }
+                    tx.insert(&db.stock, row, to_row(&threshold)?);
+                }
                 state.threshold = threshold;
                 tx.insert(&db.stock_alerts, alert_state_key(&sku), to_row(&state)?);
                 Ok(Ok(state))
@@ -537,6 +572,23 @@ struct AlertRow {
     published: bool,
 }
 
+/// The row of a keyed adjustment: its first answer (earlier versions kept only the delta of an applied one).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+enum StoredAdjustment {
+    Applied(i64),
+    Answer(Adjustment),
+}
+
+impl StoredAdjustment {
+    fn adjustment(self) -> Adjustment {
+        match self {
+            StoredAdjustment::Applied(delta) => Adjustment { delta, refused: None },
+            StoredAdjustment::Answer(a) => a,
+        }
+    }
+}
+
 fn alert_state_key(sku: &Sku) -> Vec<u8> {
     [b"s\0".as_slice(), sku.as_str().as_bytes()].concat()
 }
@@ -545,6 +597,10 @@ fn alert_state_key(sku: &Sku) -> Vec<u8> {
 /// (nothing scans that keyspace, and no SKU starts with a NUL byte): the delta it applied.
 fn adjustment_key(sku: &Sku, key: &str) -> Vec<u8> {
     [b"\0adj\0".as_slice(), sku.as_str().as_bytes(), b"\0", key.as_bytes()].concat()
+}
+
+fn threshold_request_key(sku: &Sku, key: &str) -> Vec<u8> {
+    [b"\0thr\0".as_slice(), sku.as_str().as_bytes(), b"\0", key.as_bytes()].concat()
 }
 
 fn alert_prefix(sku: &Sku) -> Vec<u8> {

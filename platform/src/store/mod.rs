@@ -257,6 +257,66 @@ pub enum StockError {
     Store(#[from] StoreError),
 }
 
+impl StockError {
+    /// The refusal this error is, if it is one that is recorded under an adjustment's key (not a key
+    /// reused for another change, not a store failure).
+    pub fn refusal(&self) -> Option<StockRefusal> {
+        match self {
+            StockError::UnknownSku(_) => Some(StockRefusal::UnknownSku),
+            StockError::WouldGoNegative { available, .. } => {
+                Some(StockRefusal::WouldGoNegative { available: *available })
+            }
+            StockError::WouldOverflow { .. } => Some(StockRefusal::WouldOverflow),
+            StockError::KeyReused { .. } | StockError::Store(_) => None,
+        }
+    }
+}
+
+/// Why a keyed stock adjustment was refused, as recorded under its key (see [`InventoryStore::adjustment`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StockRefusal {
+    UnknownSku,
+    WouldGoNegative { available: u64 },
+    WouldOverflow,
+}
+
+impl StockRefusal {
+    pub fn into_error(self, sku: &Sku) -> StockError {
+        match self {
+            StockRefusal::UnknownSku => StockError::UnknownSku(sku.clone()),
+            StockRefusal::WouldGoNegative { available } => StockError::WouldGoNegative { sku: sku.clone(), available },
+            StockRefusal::WouldOverflow => StockError::WouldOverflow { sku: sku.clone() },
+        }
+    }
+
+    /// The refusal as one text cell: `unknown_sku`, `would_go_negative:<available>`, `would_overflow`.
+    pub fn to_code(self) -> String {
+        match self {
+            StockRefusal::UnknownSku => "unknown_sku".into(),
+            StockRefusal::WouldGoNegative { available } => format!("would_go_negative:{available}"),
+            StockRefusal::WouldOverflow => "would_overflow".into(),
+        }
+    }
+
+    pub fn from_code(code: &str) -> Option<Self> {
+        match code {
+            "unknown_sku" => Some(StockRefusal::UnknownSku),
+            "would_overflow" => Some(StockRefusal::WouldOverflow),
+            other => {
+                let available = other.strip_prefix("would_go_negative:")?.parse().ok()?;
+                Some(StockRefusal::WouldGoNegative { available })
+            }
+        }
+    }
+}
+
+/// The first answer to a keyed stock adjustment: the change asked for and whether it applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Adjustment {
+    pub delta: i64,
+    pub refused: Option<StockRefusal>,
+}
+
 /// The idempotency key of a product's initial stock (`createProduct(input: {stock})`, the demo catalog):
 /// whichever attempt of a create gets there applies it, once.
 pub const INITIAL_STOCK_KEY: &str = "initial-stock";
@@ -276,10 +336,11 @@ pub struct StockMovement {
 pub trait InventoryStore: Send + Sync {
     async fn stock(&self, sku: &Sku) -> Result<Option<StockLevel>>;
     /// Adds (or with a negative delta removes) available units of a known SKU. Creates the stock row
-    /// for a product that has none. With an idempotency `key` (the client's, for a request it may retry
-    /// after a lost response), the change applies once per (SKU, key): a repeat returns the level as it
-    /// now is and changes nothing, and the same key with another delta is [`StockError::KeyReused`].
-    /// Keys are kept as long as the SKU's stock.
+    /// for a product that has none. With an idempotency `key` (a staff stock command's request key), the
+    /// first answer is recorded under (SKU, key) and stands: a repeat returns the level as it now is (or
+    /// the same refusal) and changes nothing, and the same key with another delta is
+    /// [`StockError::KeyReused`]. Keys are kept as long as the SKU's stock. Only the inventory processor
+    /// that owns the SKU's partition calls this (a staff change is a command on the inventory topic).
     async fn adjust_stock(
         &self,
         sku: &Sku,
@@ -287,6 +348,8 @@ pub trait InventoryStore: Send + Sync {
         reason: &str,
         key: Option<&str>,
     ) -> Result<StockLevel, StockError>;
+    /// The first answer recorded under an adjustment's `key`, if it has been handled.
+    async fn adjustment(&self, sku: &Sku, key: &str) -> Result<Option<Adjustment>>;
     /// Holds the units of one SKU for an order, or nothing. Idempotent per (order, SKU): a second call
     /// returns the first result and changes nothing. Never lets `available` go below zero. (An order of
     /// several SKUs is several holds, one per SKU, each made by that SKU's partition; the saga collects
@@ -310,8 +373,15 @@ pub trait InventoryStore: Send + Sync {
     /// The most recent movements of a SKU, newest first.
     async fn movements(&self, sku: &Sku, limit: usize) -> Result<Vec<StockMovement>>;
 
-    /// Sets the low-stock threshold of a known SKU (see [`LowStock`]).
-    async fn set_low_stock_threshold(&self, sku: &Sku, threshold: u64) -> Result<LowStock, StockError>;
+    /// Sets the low-stock threshold of a known SKU (see [`LowStock`]). Only the inventory processor calls
+    /// this, for a staff stock command. With the command's request `key`, a repeat (a redelivery, which may
+    /// come after later changes were applied) changes nothing and returns the state as it is.
+    async fn set_low_stock_threshold(
+        &self,
+        sku: &Sku,
+        threshold: u64,
+        key: Option<&str>,
+    ) -> Result<LowStock, StockError>;
     /// The SKU's threshold and whether it is currently flagged low (defaults for a SKU never set up).
     async fn low_stock(&self, sku: &Sku) -> Result<LowStock>;
     /// Compares the SKU's available units with its threshold and, if that flips its low flag, records
