@@ -4,6 +4,11 @@ use clap::{Parser, Subcommand};
 use orderflow::{App, Roles, Settings, cancel_on_signals};
 use orderflow_processors::runtime::Role;
 
+/// mimalloc instead of the system allocator: glibc's malloc and free were a quarter of the embedded
+/// server's CPU in a profile of the checkout soak (`scripts/bench soak`).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "orderflow", version, about = "Order processing for marketplaces and delivery businesses")]
 struct Cli {
