@@ -12,6 +12,7 @@
 //! written or read: a hold it made is a hold row like any other and ends the same way.)
 
 use async_trait::async_trait;
+use futures::future::try_join_all;
 use orderflow_schemas::{OrderId, Sku, StockAlert, StockLevel};
 use scylla::client::session::Session;
 use scylla::statement::batch::{Batch, BatchType};
@@ -583,6 +584,32 @@ impl InventoryStore for CqlStore {
 
     async fn reserve(&self, hold: &Hold) -> Result<Reservation> {
         self.reserve_one(&hold.order, &hold.sku, to_i64(hold.units(), "units")?).await
+    }
+
+    /// The holds of different SKUs are different partitions (and conditional writes on different
+    /// versions), so they go side by side; the holds of one SKU go one after the other, in batch order, so
+    /// the earlier ones take stock first, as one at a time would.
+    async fn reserve_many(&self, holds: &[Hold]) -> Result<Vec<Reservation>> {
+        let mut runs: Vec<(&Sku, Vec<usize>)> = Vec::new();
+        for (i, hold) in holds.iter().enumerate() {
+            match runs.iter_mut().find(|(sku, _)| *sku == &hold.sku) {
+                Some((_, run)) => run.push(i),
+                None => runs.push((&hold.sku, vec![i])),
+            }
+        }
+        let answered = try_join_all(runs.iter().map(|(_, run)| async move {
+            let mut answers = Vec::with_capacity(run.len());
+            for &i in run {
+                answers.push((i, self.reserve(&holds[i]).await?));
+            }
+            Ok::<_, StoreError>(answers)
+        }))
+        .await?;
+        let mut out: Vec<Option<Reservation>> = vec![None; holds.len()];
+        for (i, answer) in answered.into_iter().flatten() {
+            out[i] = Some(answer);
+        }
+        out.into_iter().map(|a| a.ok_or_else(|| corrupt("a hold of the batch went unanswered"))).collect()
     }
 
     async fn end_reservation(&self, order: &OrderId, sku: &Sku, end: ReservationEnd) -> Result<ReservationEnd> {
