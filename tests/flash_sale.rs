@@ -121,12 +121,11 @@ async fn flash_sale_survives_kill_9_mid_burst() {
     let mut server = common::Proc::spawn(&data, port, &[("ORDERFLOW_SEED_CATALOG", "none")]);
     server.wait_ready().await;
     let sku = format!("FLASH-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]).to_uppercase();
-    let created = common::gql(
+    let created = common::gql_stock_change(
         &http,
         &server.base,
         "mutation($s: String!, $n: Int!){ createProduct(input: {sku: $s, name: \"flash\", price: \"1.00\", stock: $n}){ sku } }",
         json!({"s": sku, "n": UNITS}),
-        true,
     )
     .await;
     assert_eq!(created["data"]["createProduct"]["sku"], sku.as_str(), "{created}");
@@ -193,12 +192,11 @@ async fn flash_sale_on_kafka_and_cql_survives_inventory_processor_kill() {
     }
     let (ingest, graphql) = (&procs[0], &procs[1]);
     let sku = format!("FLASH-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]).to_uppercase();
-    let created = common::gql(
+    let created = common::gql_stock_change(
         &http,
         &graphql.base,
         "mutation($s: String!, $n: Int!){ createProduct(input: {sku: $s, name: \"flash\", price: \"1.00\", stock: $n}){ sku } }",
         json!({"s": sku, "n": UNITS}),
-        true,
     )
     .await;
     assert_eq!(created["data"]["createProduct"]["sku"], sku.as_str(), "{created}");

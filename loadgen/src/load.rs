@@ -596,9 +596,27 @@ async fn seed_catalog(api: &Api, cfg: &RunConfig, run_id: &str) -> anyhow::Resul
         let sku = format!("LD-{run_id}-{i}");
         let price = format!("{}.{:02}", 1 + i % 20, (i * 25) % 100);
         let input = json!({"sku": sku, "name": format!("Load product {i}"), "price": price, "stock": stock});
-        api.graphql("mutation($p: CreateProductInput!){ createProduct(input: $p){ sku } }", json!({"p": input}), true)
-            .await
-            .map_err(|f| anyhow::anyhow!("createProduct {sku}: {}", f.parts().1))?;
+        // The initial stock is keyed, so the create is safe to repeat: again while the inventory processor
+        // (a fresh Kafka consumer group may take seconds to join) has not applied it.
+        let started = std::time::Instant::now();
+        loop {
+            let created = api
+                .graphql(
+                    "mutation($p: CreateProductInput!){ createProduct(input: $p){ sku } }",
+                    json!({"p": input}),
+                    true,
+                )
+                .await;
+            match created {
+                Ok(_) => break,
+                Err(f)
+                    if f.parts().1.contains("stock_change_pending") && started.elapsed() < Duration::from_secs(60) =>
+                {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(f) => bail!("createProduct {sku}: {}", f.parts().1),
+            }
+        }
         skus.push(sku);
     }
     // The catalog is CQRS: reads see a new product once the projector has stored it (milliseconds).

@@ -100,6 +100,11 @@ impl TestApp {
         gql(&self.http, &self.base, query, variables, staff).await
     }
 
+    /// [`gql_stock_change`] against this app.
+    pub async fn gql_stock_change(&self, query: &str, variables: Value) -> Value {
+        gql_stock_change(&self.http, &self.base, query, variables).await
+    }
+
     /// Waits until the order has `status` (or any terminal/processed status if `None`), up to 10 s.
     pub async fn wait_status(&self, id: &str, want: &[&str]) -> Value {
         wait_status(&self.http, &self.base, id, want, Duration::from_secs(10)).await
@@ -112,6 +117,21 @@ pub async fn gql(http: &reqwest::Client, base: &str, query: &str, variables: Val
         req = req.bearer_auth(ADMIN_TOKEN);
     }
     req.send().await.unwrap().json().await.unwrap()
+}
+
+/// Runs a staff stock mutation that is safe to repeat (`createProduct` with `stock`, whose initial stock
+/// is keyed; `setLowStockThreshold`) as a client should: again while it answers `stock_change_pending`.
+/// The inventory processor of a freshly started Kafka consumer group can take longer to apply the change
+/// than the 5 s the API waits.
+pub async fn gql_stock_change(http: &reqwest::Client, base: &str, query: &str, variables: Value) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = gql(http, base, query, variables.clone(), true).await;
+        if v["errors"][0]["extensions"]["code"] != "stock_change_pending" || Instant::now() >= deadline {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 pub async fn wait_status(http: &reqwest::Client, base: &str, id: &str, want: &[&str], limit: Duration) -> Value {
@@ -156,12 +176,11 @@ pub async fn stock(app: &TestApp, sku: &str) -> (i64, i64) {
 
 /// Creates a product with `stock` units through the GraphQL API at `graphql_base`, as staff.
 pub async fn create_product(http: &reqwest::Client, graphql_base: &str, sku: &str, stock: i64) {
-    let created = gql(
+    let created = gql_stock_change(
         http,
         graphql_base,
         "mutation($s: String!, $n: Int!){ createProduct(input: {sku: $s, name: \"test\", price: \"1.00\", stock: $n}){ sku } }",
         json!({"s": sku, "n": stock}),
-        true,
     )
     .await;
     assert_eq!(created["data"]["createProduct"]["sku"], sku, "{created}");

@@ -22,10 +22,9 @@ fn unique(prefix: &str) -> String {
 pub async fn product(app: &TestApp, stock: i64) -> String {
     let sku = unique("SKU");
     let v = app
-        .gql(
+        .gql_stock_change(
             "mutation($i: CreateProductInput!){ createProduct(input: $i){ sku } }",
             json!({"i": {"sku": sku, "name": "test product", "price": "4.00", "stock": stock}}),
-            true,
         )
         .await;
     assert_eq!(v["data"]["createProduct"]["sku"], sku.as_str(), "{v}");
@@ -251,10 +250,9 @@ impl Handler for AlertsOf {
 pub async fn low_stock_alerts_fire_once_per_crossing(app: &TestApp) {
     let sku = product(app, 12).await;
     let v = app
-        .gql(
+        .gql_stock_change(
             "mutation($s: String!){ setLowStockThreshold(sku: $s, threshold: 10){ threshold low crossings } }",
             json!({"s": sku}),
-            true,
         )
         .await;
     assert_eq!(v["data"]["setLowStockThreshold"], json!({"threshold": 10, "low": false, "crossings": 0}), "{v}");
