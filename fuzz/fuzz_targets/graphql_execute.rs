@@ -46,6 +46,10 @@ static SERVER: LazyLock<Server> = LazyLock::new(|| {
     let inventory = Arc::new(orderflow_processors::inventory::InventoryHandler {
         inventory: Arc::clone(&backends.stores.inventory),
         bus: Arc::clone(&backends.bus),
+        fences: orderflow_platform::fencing::PartitionFences::new(
+            Arc::clone(&backends.stores.epochs),
+            topics::groups::INVENTORY,
+        ),
     });
     let bus = Arc::clone(&backends.bus);
     runtime.spawn(async move {

@@ -1,15 +1,17 @@
 //! The inventory processor, the one writer of stock: holds an order's units of one SKU (one command per
 //! SKU, on that SKU's partition), releases on cancel or failure, commits when the order leaves, and
 //! applies staff stock changes (adjustments, low-stock thresholds), which reach it as commands on the
-//! same partition. The store makes each of
-//! these conditional and idempotent per (order, SKU), so a redelivered command returns the stored answer
-//! and never moves stock twice.
+//! same partition. It is the one writer of a SKU's stock: every store write carries the fence of the
+//! command (the partition's epoch, claimed once per assignment, and the record's offset), so a zombie
+//! instance's late writes lose (ADR 0001). The store makes each command idempotent per (order, SKU) or per
+//! request key, so a redelivered command returns the stored answer and never moves stock twice.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use orderflow_platform::bus::{Bus, BusRecord, Delivery, Handler, HandlerError};
-use orderflow_platform::store::{Hold, InventoryStore, Reservation, ReservationEnd, StockError};
+use orderflow_platform::fencing::PartitionFences;
+use orderflow_platform::store::{Fence, Hold, InventoryStore, Reservation, ReservationEnd, StockError};
 use orderflow_schemas::events::{ReserveStock, StockRejected, StockReserved};
 use orderflow_schemas::stock_command::{self, StockChange, StockCommand};
 use orderflow_schemas::{Envelope, Event, EventId, OrderId, Sku, StockAlert, stock_alert, topics};
@@ -17,6 +19,7 @@ use orderflow_schemas::{Envelope, Event, EventId, OrderId, Sku, StockAlert, stoc
 pub struct InventoryHandler {
     pub inventory: Arc<dyn InventoryStore>,
     pub bus: Arc<dyn Bus>,
+    pub fences: PartitionFences,
 }
 
 impl std::fmt::Debug for InventoryHandler {
@@ -30,15 +33,16 @@ impl std::fmt::Debug for InventoryHandler {
 /// id derived from (SKU, crossing) so a republished alert is recognisable. An alert is marked published
 /// only after the bus has it; one left unmarked by a crash is published again by the SKU's next check.
 /// Every path that changes available units or a threshold calls this (reservations, releases and staff
-/// stock changes, all here).
+/// stock changes, all here), with the fence of the last command it applied.
 pub async fn publish_stock_alerts(
     inventory: &dyn InventoryStore,
     bus: &dyn Bus,
     skus: &[Sku],
+    fence: Fence,
 ) -> Result<Vec<StockAlert>, HandlerError> {
     let mut published = Vec::new();
     for sku in skus {
-        let alerts = inventory.settle_low_stock(sku).await?;
+        let alerts = inventory.settle_low_stock(sku, fence).await?;
         if alerts.is_empty() {
             continue;
         }
@@ -52,7 +56,7 @@ pub async fn publish_stock_alerts(
             .collect::<Result<Vec<_>, HandlerError>>()?;
         bus.publish(records).await?;
         for a in &alerts {
-            inventory.mark_alert_published(&a.sku, a.seq).await?;
+            inventory.mark_alert_published(&a.sku, a.seq, fence).await?;
             metrics::counter!("orderflow_stock_alerts_total", "kind" => a.kind.as_str()).increment(1);
             tracing::info!(sku = %a.sku, kind = %a.kind, available = a.available, threshold = a.threshold, "stock alert");
         }
@@ -67,20 +71,20 @@ pub const MAX_RESERVATION_BATCH: usize = 64;
 impl InventoryHandler {
     /// Reserves for every command of `batch` in one store call, publishes every reply in one append,
     /// then settles each SKU's low-stock state once.
-    async fn reserve_batch(&self, batch: &[(Envelope, &ReserveStock)]) -> Result<(), HandlerError> {
+    async fn reserve_batch(&self, batch: &[(Envelope, &ReserveStock, Fence)]) -> Result<(), HandlerError> {
+        let Some((_, _, last)) = batch.last() else { return Ok(()) };
         let mut holds = Vec::with_capacity(batch.len());
         let mut replies = Vec::with_capacity(batch.len());
         let mut touched: Vec<Sku> = Vec::new();
-        for (env, cmd) in batch {
+        for (env, cmd, fence) in batch {
             match (cmd.sku(), hold_of(&env.order_id, cmd)) {
-                (Some(_), Some(hold)) => holds.push(hold),
-                // A command from before per-SKU reservations: its SKUs one after the other.
+                (Some(_), Some(hold)) => holds.push((hold, *fence)),
+                // A command from before per-SKU reservations names several SKUs, on the order's partition,
+                // not theirs: their stock is written only by their own partitions' owners, so it is refused.
                 _ => {
-                    let outcome = self.reserve_all_or_none(&env.order_id, cmd).await?;
-                    if matches!(outcome, Reservation::Reserved { .. }) {
-                        touch(&mut touched, cmd.lines.iter().map(|l| &l.sku));
-                    }
-                    replies.push(crate::record(topics::ORDERS, &reply(&env.order_id, None, outcome))?);
+                    let refused = Reservation::Rejected { reason: LEGACY_MULTI_SKU.into(), sku: None };
+                    tracing::warn!(order = %env.order_id, "refusing a ReserveStock for several SKUs (envelope v2)");
+                    replies.push(crate::record(topics::ORDERS, &reply(&env.order_id, None, refused))?);
                 }
             }
         }
@@ -92,58 +96,37 @@ impl InventoryHandler {
                 holds.len()
             )));
         }
-        for (hold, outcome) in holds.iter().zip(outcomes) {
+        for ((hold, _), outcome) in holds.iter().zip(outcomes) {
             if matches!(outcome, Reservation::Reserved { .. }) {
                 touch(&mut touched, [&hold.sku]);
             }
             replies.push(crate::record(topics::ORDERS, &reply(&hold.order, Some(&hold.sku), outcome))?);
         }
         self.bus.publish(replies).await?;
-        publish_stock_alerts(&*self.inventory, &*self.bus, &touched).await?;
+        publish_stock_alerts(&*self.inventory, &*self.bus, &touched, *last).await?;
         Ok(())
     }
 
-    /// A `ReserveStock` written before per-SKU reservations names several SKUs and wants all or none:
-    /// holds them one by one and gives the held ones back if one is refused. A retry finds every hold's
-    /// first answer and gives back again what a refusal already gave back (which changes nothing).
-    async fn reserve_all_or_none(&self, order: &OrderId, cmd: &ReserveStock) -> Result<Reservation, HandlerError> {
-        let mut held: Vec<&Sku> = Vec::new();
-        let mut units = 0u64;
-        for line in &cmd.lines {
-            if held.contains(&&line.sku) {
-                continue;
+    /// Ends the order's hold of the SKU of a release or commit (one per command since per-SKU reservations).
+    async fn end(&self, order: &OrderId, skus: &[Sku], end: ReservationEnd, fence: Fence) -> Result<(), HandlerError> {
+        match skus {
+            [sku] => {
+                self.inventory.end_reservation(order, sku, end, fence).await?;
+                Ok(())
             }
-            let quantities = cmd.lines.iter().filter(|l| l.sku == line.sku).map(|l| l.quantity);
-            let Some(hold) = Hold::new(order.clone(), line.sku.clone(), quantities) else { continue };
-            match self.inventory.reserve(&hold).await? {
-                Reservation::Reserved { units: u } => {
-                    held.push(&line.sku);
-                    units = units.saturating_add(u);
-                }
-                refused @ Reservation::Rejected { .. } => {
-                    for sku in held {
-                        self.inventory.end_reservation(order, sku, ReservationEnd::Released).await?;
-                    }
-                    return Ok(refused);
-                }
-            }
-        }
-        Ok(Reservation::Reserved { units })
-    }
-
-    /// Ends the order's hold of each SKU of a release or commit (one since per-SKU reservations; every SKU
-    /// of the order before them).
-    async fn end(&self, order: &OrderId, skus: &[Sku], end: ReservationEnd) -> Result<(), HandlerError> {
-        if skus.is_empty() {
             // Only envelope v1 writers left the SKUs out; a v1 order's hold cannot be found without them.
-            return Err(HandlerError::Poison(format!("a release or commit for {order} names no SKU (envelope v1)")));
+            [] => Err(HandlerError::Poison(format!("a release or commit for {order} names no SKU (envelope v1)"))),
+            // Several SKUs: written before per-SKU reservations, on the order's partition rather than theirs.
+            _ => Err(HandlerError::Poison(format!(
+                "a release or commit for {order} names several SKUs (envelope v2): end each SKU's hold with its \
+                 own command, on that SKU's partition"
+            ))),
         }
-        for sku in skus {
-            self.inventory.end_reservation(order, sku, end).await?;
-        }
-        Ok(())
     }
 }
+
+/// The reason a `ReserveStock` naming several SKUs (envelope v2, before per-SKU reservations) is refused.
+pub const LEGACY_MULTI_SKU: &str = "multi_sku_reservation_retired";
 
 /// The hold a per-SKU `ReserveStock` asks for.
 fn hold_of(order: &OrderId, cmd: &ReserveStock) -> Option<Hold> {
@@ -195,14 +178,15 @@ fn decode_command(payload: &[u8]) -> Result<Command, HandlerError> {
 impl InventoryHandler {
     /// Applies a staff stock change: its answer (applied, or refused and why) is recorded under its
     /// request key by the store, where the waiting mutation reads it; a repeat changes nothing.
-    async fn change_stock(&self, cmd: &StockCommand) -> Result<(), HandlerError> {
+    async fn change_stock(&self, cmd: &StockCommand, fence: Fence) -> Result<(), HandlerError> {
         let sku = &cmd.sku;
+        let key = Some(cmd.request.as_str());
         let outcome = match &cmd.change {
             StockChange::Adjust { delta, reason } => {
-                self.inventory.adjust_stock(sku, *delta, reason, Some(cmd.request.as_str())).await.map(|_| ())
+                self.inventory.adjust_stock(sku, *delta, reason, key, fence).await.map(|_| ())
             }
             StockChange::SetLowStockThreshold { threshold } => {
-                self.inventory.set_low_stock_threshold(sku, *threshold, Some(cmd.request.as_str())).await.map(|_| ())
+                self.inventory.set_low_stock_threshold(sku, *threshold, key, fence).await.map(|_| ())
             }
         };
         match outcome {
@@ -213,18 +197,18 @@ impl InventoryHandler {
                 tracing::info!(%sku, request = %cmd.request, requested_by = %cmd.requested_by, error = %refused, "stock change refused");
             }
         }
-        publish_stock_alerts(&*self.inventory, &*self.bus, std::slice::from_ref(sku)).await?;
+        publish_stock_alerts(&*self.inventory, &*self.bus, std::slice::from_ref(sku), fence).await?;
         Ok(())
     }
 
-    async fn handle_order_command(&self, env: &Envelope) -> Result<(), HandlerError> {
+    async fn handle_order_command(&self, env: &Envelope, fence: Fence) -> Result<(), HandlerError> {
         match &env.body {
-            Event::ReserveStock(cmd) => self.reserve_batch(&[(env.clone(), cmd)]).await?,
+            Event::ReserveStock(cmd) => self.reserve_batch(&[(env.clone(), cmd, fence)]).await?,
             Event::ReleaseStock(cmd) => {
-                self.end(&env.order_id, &cmd.skus, ReservationEnd::Released).await?;
-                publish_stock_alerts(&*self.inventory, &*self.bus, &cmd.skus).await?;
+                self.end(&env.order_id, &cmd.skus, ReservationEnd::Released, fence).await?;
+                publish_stock_alerts(&*self.inventory, &*self.bus, &cmd.skus, fence).await?;
             }
-            Event::CommitStock(cmd) => self.end(&env.order_id, &cmd.skus, ReservationEnd::Committed).await?,
+            Event::CommitStock(cmd) => self.end(&env.order_id, &cmd.skus, ReservationEnd::Committed, fence).await?,
             other => {
                 return Err(HandlerError::Poison(format!("{} does not belong on the inventory topic", other.name())));
             }
@@ -244,12 +228,13 @@ impl Handler for InventoryHandler {
     /// reservations before it).
     async fn handle_batch(&self, deliveries: &[Delivery]) -> Result<(), HandlerError> {
         let commands = deliveries.iter().map(|d| decode_command(&d.payload)).collect::<Result<Vec<_>, _>>()?;
-        let mut run: Vec<(Envelope, &ReserveStock)> = Vec::new();
-        for command in &commands {
+        let mut run: Vec<(Envelope, &ReserveStock, Fence)> = Vec::new();
+        for (command, delivery) in commands.iter().zip(deliveries) {
+            let fence = self.fences.fence(delivery).await?;
             if let Command::Order(env) = command
                 && let Event::ReserveStock(cmd) = &env.body
             {
-                run.push((env.clone(), cmd));
+                run.push((env.clone(), cmd, fence));
                 continue;
             }
             if !run.is_empty() {
@@ -257,8 +242,8 @@ impl Handler for InventoryHandler {
                 run.clear();
             }
             match command {
-                Command::Order(env) => self.handle_order_command(env).await?,
-                Command::Stock(cmd) => self.change_stock(cmd).await?,
+                Command::Order(env) => self.handle_order_command(env, fence).await?,
+                Command::Stock(cmd) => self.change_stock(cmd, fence).await?,
             }
         }
         if !run.is_empty() {
@@ -268,9 +253,11 @@ impl Handler for InventoryHandler {
     }
 
     async fn handle(&self, delivery: &Delivery) -> Result<(), HandlerError> {
-        match decode_command(&delivery.payload)? {
-            Command::Order(env) => self.handle_order_command(&env).await,
-            Command::Stock(cmd) => self.change_stock(&cmd).await,
+        let command = decode_command(&delivery.payload)?;
+        let fence = self.fences.fence(delivery).await?;
+        match command {
+            Command::Order(env) => self.handle_order_command(&env, fence).await,
+            Command::Stock(cmd) => self.change_stock(&cmd, fence).await,
         }
     }
 }

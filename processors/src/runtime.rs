@@ -105,7 +105,7 @@ fn handler(role: Role, backends: &Backends, settings: &ProcessorSettings) -> Arc
             fences: fences(),
             owned: Arc::clone(&s.owned_orders),
         }),
-        Role::Inventory => Arc::new(InventoryHandler { inventory: Arc::clone(&s.inventory), bus }),
+        Role::Inventory => Arc::new(InventoryHandler { inventory: Arc::clone(&s.inventory), bus, fences: fences() }),
         Role::Payment => Arc::new(PaymentHandler {
             payments: Arc::clone(&s.payments),
             provider: Arc::new(SimulatedProvider { rules: settings.payment.clone(), ledger: Arc::clone(&s.payments) }),

@@ -22,6 +22,7 @@ use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use orderflow_platform::backend::BackendOptions;
+use orderflow_platform::conformance::store::next_fence;
 use orderflow_platform::embedded;
 use orderflow_platform::store::{
     Hold, INITIAL_STOCK_KEY, InventoryStore, Reservation, ReservationEnd, StockError, Stores,
@@ -300,7 +301,7 @@ async fn run(initial: [i64; SKUS], ops: Vec<Op>) -> Result<(), TestCaseError> {
         let p = Product::new(names.sku(s), format!("product {s}"), String::new(), Money::from_cents(250).unwrap(), 0);
         assert!(stores.catalog.create_product(&p).await.unwrap());
         if stock > 0 {
-            inv.adjust_stock(&p.sku, stock, "initial", Some(INITIAL_STOCK_KEY)).await.unwrap();
+            inv.adjust_stock(&p.sku, stock, "initial", Some(INITIAL_STOCK_KEY), next_fence()).await.unwrap();
             model.levels[s].available = stock.unsigned_abs();
             model.adjusted[s] = i128::from(stock);
         }
@@ -310,14 +311,15 @@ async fn run(initial: [i64; SKUS], ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::Adjust { sku: s, delta, key } => {
                 let key_text = key.map(|k| format!("key-{k}"));
                 let sku = names.sku(*s);
-                let got = adjusted(inv.adjust_stock(&sku, *delta, "staff", key_text.as_deref()).await);
+                let got = adjusted(inv.adjust_stock(&sku, *delta, "staff", key_text.as_deref(), next_fence()).await);
                 let want = model.adjust(*s, *delta, *key);
                 prop_assert_eq!(&got, &want, "step {} ({:?})", step, op);
                 if key.is_some() && got != Adjusted::KeyReused {
                     // A retry after a lost response: the first answer again (the level as it is, or the
                     // same refusal), nothing applied again.
                     let before = levels(inv, names).await;
-                    let again = adjusted(inv.adjust_stock(&sku, *delta, "staff", key_text.as_deref()).await);
+                    let again =
+                        adjusted(inv.adjust_stock(&sku, *delta, "staff", key_text.as_deref(), next_fence()).await);
                     let want = model.adjust(*s, *delta, *key);
                     prop_assert_eq!(&again, &want, "step {} repeated", step);
                     let after = levels(inv, names).await;
@@ -326,11 +328,11 @@ async fn run(initial: [i64; SKUS], ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
             Op::Reserve { order, sku, lines } => {
                 let request = hold(names, *order, *sku, lines);
-                let got = inv.reserve(&request).await;
+                let got = inv.reserve(&request, next_fence()).await;
                 let want = model.reserve(names, *order, *sku, lines);
                 prop_assert_eq!(got.as_ref().ok(), Some(&want), "step {} ({:?}): {:?}", step, op, got);
                 let before = levels(inv, names).await;
-                let again = inv.reserve(&request).await.unwrap();
+                let again = inv.reserve(&request, next_fence()).await.unwrap();
                 prop_assert_eq!(&again, &want, "step {}: a repeated reservation answered differently", step);
                 prop_assert_eq!(
                     levels(inv, names).await,
@@ -341,22 +343,23 @@ async fn run(initial: [i64; SKUS], ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
             Op::ReserveMany(requests) => {
                 let batch: Vec<Hold> = requests.iter().map(|(o, s, lines)| hold(names, *o, *s, lines)).collect();
-                let got = inv.reserve_many(&batch).await;
+                let fenced = || batch.iter().map(|h| (h.clone(), next_fence())).collect::<Vec<_>>();
+                let got = inv.reserve_many(&fenced()).await;
                 let want: Vec<Reservation> =
                     requests.iter().map(|(o, s, lines)| model.reserve(names, *o, *s, lines)).collect();
                 prop_assert_eq!(got.as_ref().ok(), Some(&want), "step {} ({:?}): {:?}", step, op, got);
                 let before = levels(inv, names).await;
-                prop_assert_eq!(inv.reserve_many(&batch).await.unwrap(), want, "step {}: repeated batch", step);
+                prop_assert_eq!(inv.reserve_many(&fenced()).await.unwrap(), want, "step {}: repeated batch", step);
                 prop_assert_eq!(levels(inv, names).await, before, "step {}: a repeated batch changed stock", step);
             }
             Op::End { order, sku, commit } => {
                 let end = if *commit { ReservationEnd::Committed } else { ReservationEnd::Released };
                 let id = names.order(*order);
-                let got = inv.end_reservation(&id, &names.sku(*sku), end).await.unwrap();
+                let got = inv.end_reservation(&id, &names.sku(*sku), end, next_fence()).await.unwrap();
                 let want = model.end(names, *order, *sku, end);
                 prop_assert_eq!(got, want, "step {} ({:?})", step, op);
                 let before = levels(inv, names).await;
-                let again = inv.end_reservation(&id, &names.sku(*sku), end).await.unwrap();
+                let again = inv.end_reservation(&id, &names.sku(*sku), end, next_fence()).await.unwrap();
                 prop_assert_eq!(again, ReservationEnd::NothingHeld, "step {}: an end repeated ended something", step);
                 prop_assert_eq!(levels(inv, names).await, before, "step {}: a repeated end changed stock", step);
             }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use orderflow_platform::backend::BackendOptions;
 use orderflow_platform::bus::{Assignment, Delivery, Handler};
 use orderflow_platform::embedded;
+use orderflow_platform::fencing::PartitionFences;
 use orderflow_platform::store::{Adjustment, StockRefusal, Stores};
 use orderflow_processors::inventory::{InventoryHandler, stock_command_record};
 use orderflow_schemas::events::{ReserveLine, ReserveStock};
@@ -63,8 +64,11 @@ async fn inventory() -> (tempfile::TempDir, Stores, InventoryHandler) {
     let backends = embedded::open(dir.path(), &BackendOptions::default()).unwrap();
     let p = Product::new(sku(), "mug".into(), String::new(), Money::from_cents(100).unwrap(), now_ms());
     assert!(backends.stores.catalog.create_product(&p).await.unwrap());
-    let handler =
-        InventoryHandler { inventory: Arc::clone(&backends.stores.inventory), bus: Arc::clone(&backends.bus) };
+    let handler = InventoryHandler {
+        inventory: Arc::clone(&backends.stores.inventory),
+        bus: Arc::clone(&backends.bus),
+        fences: PartitionFences::new(Arc::clone(&backends.stores.epochs), "stock-commands"),
+    };
     (dir, backends.stores, handler)
 }
 

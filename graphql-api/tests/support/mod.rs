@@ -43,6 +43,10 @@ pub(crate) fn embedded(admin_token: Option<&str>, inventory: bool) -> Result<Emb
         let handler = Arc::new(orderflow_processors::inventory::InventoryHandler {
             inventory: backends.stores.inventory.clone(),
             bus: backends.bus.clone(),
+            fences: orderflow_platform::fencing::PartitionFences::new(
+                backends.stores.epochs.clone(),
+                topics::groups::INVENTORY,
+            ),
         });
         let (bus, t) = (backends.bus.clone(), token.clone());
         tokio::spawn(async move { bus.consume(topics::groups::INVENTORY, topics::INVENTORY, handler, t).await });

@@ -29,9 +29,103 @@ pub async fn product(stores: &Stores, sku_name: &str, stock: i64) -> Sku {
     );
     assert!(stores.catalog.create_product(&p).await.unwrap());
     if stock > 0 {
-        stores.inventory.adjust_stock(&p.sku, stock, "test", None).await.unwrap();
+        Owner::of(stores).adjust_stock(&p.sku, stock, "test", None).await.unwrap();
     }
     p.sku
+}
+
+/// The inventory as the owner of its SKUs' partitions writes it: one call at a time (as one consumer handles
+/// its partition), each with the next fence of one epoch ([`next_fence`]). The checks write stock through
+/// this, as the inventory processor does; reads go straight to the store.
+pub struct Owner {
+    inv: Arc<dyn InventoryStore>,
+    turn: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Owner").finish_non_exhaustive()
+    }
+}
+
+static OFFSETS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// The next fence of epoch 1: offsets grow across every check of the process.
+pub fn next_fence() -> Fence {
+    Fence::new(1, OFFSETS.fetch_add(1, std::sync::atomic::Ordering::SeqCst))
+}
+
+impl Owner {
+    pub fn of(stores: &Stores) -> Arc<Owner> {
+        Arc::new(Owner { inv: Arc::clone(&stores.inventory), turn: tokio::sync::Mutex::new(()) })
+    }
+
+    pub async fn reserve(&self, hold: &Hold) -> Result<Reservation> {
+        let _turn = self.turn.lock().await;
+        self.inv.reserve(hold, next_fence()).await
+    }
+
+    pub async fn reserve_many(&self, holds: &[Hold]) -> Result<Vec<Reservation>> {
+        let _turn = self.turn.lock().await;
+        let fenced: Vec<(Hold, Fence)> = holds.iter().map(|h| (h.clone(), next_fence())).collect();
+        self.inv.reserve_many(&fenced).await
+    }
+
+    pub async fn end_reservation(&self, order: &OrderId, sku: &Sku, end: ReservationEnd) -> Result<ReservationEnd> {
+        let _turn = self.turn.lock().await;
+        self.inv.end_reservation(order, sku, end, next_fence()).await
+    }
+
+    pub async fn adjust_stock(
+        &self,
+        sku: &Sku,
+        delta: i64,
+        reason: &str,
+        key: Option<&str>,
+    ) -> Result<StockLevel, StockError> {
+        let _turn = self.turn.lock().await;
+        self.inv.adjust_stock(sku, delta, reason, key, next_fence()).await
+    }
+
+    pub async fn set_low_stock_threshold(
+        &self,
+        sku: &Sku,
+        threshold: u64,
+        key: Option<&str>,
+    ) -> Result<LowStock, StockError> {
+        let _turn = self.turn.lock().await;
+        self.inv.set_low_stock_threshold(sku, threshold, key, next_fence()).await
+    }
+
+    pub async fn settle_low_stock(&self, sku: &Sku) -> Result<Vec<StockAlert>> {
+        let _turn = self.turn.lock().await;
+        self.inv.settle_low_stock(sku, next_fence()).await
+    }
+
+    pub async fn mark_alert_published(&self, sku: &Sku, seq: u64) -> Result<()> {
+        let _turn = self.turn.lock().await;
+        self.inv.mark_alert_published(sku, seq, next_fence()).await
+    }
+
+    pub async fn stock(&self, sku: &Sku) -> Result<Option<StockLevel>> {
+        self.inv.stock(sku).await
+    }
+
+    pub async fn adjustment(&self, sku: &Sku, key: &str) -> Result<Option<Adjustment>> {
+        self.inv.adjustment(sku, key).await
+    }
+
+    pub async fn movements(&self, sku: &Sku, limit: usize) -> Result<Vec<StockMovement>> {
+        self.inv.movements(sku, limit).await
+    }
+
+    pub async fn low_stock(&self, sku: &Sku) -> Result<LowStock> {
+        self.inv.low_stock(sku).await
+    }
+
+    pub async fn stock_alerts(&self, sku: Option<&Sku>, limit: usize) -> Result<Vec<StockAlert>> {
+        self.inv.stock_alerts(sku, limit).await
+    }
 }
 
 /// A PENDING one-line order of `user`.
@@ -189,7 +283,7 @@ pub async fn reservations_hold_each_sku_once(stores: Stores) {
     let id = run_id("res");
     let a = product(&stores, &format!("{id}-a"), 5).await;
     let b = product(&stores, &format!("{id}-b"), 1).await;
-    let inv = &stores.inventory;
+    let inv = &Owner::of(&stores);
     // One order, two SKUs: two holds, each answered on its own (the saga collects them).
     let o1 = OrderId::parse(format!("{id}-o1")).unwrap();
     assert_eq!(inv.reserve(&hold(&o1, &a, &[2])).await.unwrap(), Reservation::Reserved { units: 2 });
@@ -264,11 +358,12 @@ pub async fn reservations_hold_each_sku_once(stores: Stores) {
 }
 
 pub async fn concurrent_reservations_never_oversell(stores: Stores) {
+    let owner = Owner::of(&stores);
     let id = run_id("flash");
     let s = product(&stores, &format!("{id}-s"), 20).await;
     let tasks: Vec<_> = (0..60)
         .map(|i| {
-            let inv = Arc::clone(&stores.inventory);
+            let inv = Arc::clone(&owner);
             let s = s.clone();
             let o = OrderId::parse(format!("{id}-o{i}")).unwrap();
             // As the consumer policy does: an outcome the store could not settle (a timeout under this
@@ -295,10 +390,11 @@ pub async fn concurrent_reservations_never_oversell(stores: Stores) {
         }
     }
     assert_eq!(reserved, 20);
-    assert_eq!(stores.inventory.stock(&s).await.unwrap().unwrap(), StockLevel { available: 0, reserved: 20, sold: 0 });
+    assert_eq!(owner.stock(&s).await.unwrap().unwrap(), StockLevel { available: 0, reserved: 20, sold: 0 });
 }
 
 pub async fn batched_reservations_take_stock_in_order(stores: Stores) {
+    let owner = Owner::of(&stores);
     let id = run_id("batch");
     let s = product(&stores, &format!("{id}-s"), 3).await;
     let t = product(&stores, &format!("{id}-t"), 1).await;
@@ -307,29 +403,30 @@ pub async fn batched_reservations_take_stock_in_order(stores: Stores) {
     let mut requests: Vec<_> = (0..5).map(|i| hold(&order(i), &s, &[1])).collect();
     requests.insert(2, hold(&order(1), &t, &[1]));
     let kinds = |rs: &[Reservation]| rs.iter().map(|r| matches!(r, Reservation::Reserved { .. })).collect::<Vec<_>>();
-    let first = stores.inventory.reserve_many(&requests).await.unwrap();
+    let first = owner.reserve_many(&requests).await.unwrap();
     assert_eq!(kinds(&first), vec![true, true, true, true, false, false], "{first:?}");
-    assert_eq!(stores.inventory.stock(&s).await.unwrap().unwrap(), StockLevel { available: 0, reserved: 3, sold: 0 });
-    assert_eq!(stores.inventory.stock(&t).await.unwrap().unwrap(), StockLevel { available: 0, reserved: 1, sold: 0 });
+    assert_eq!(owner.stock(&s).await.unwrap().unwrap(), StockLevel { available: 0, reserved: 3, sold: 0 });
+    assert_eq!(owner.stock(&t).await.unwrap().unwrap(), StockLevel { available: 0, reserved: 1, sold: 0 });
     // Redelivered: the same answers, nothing taken twice; one order alone gets its stored answer too.
-    assert_eq!(stores.inventory.reserve_many(&requests).await.unwrap(), first);
-    assert_eq!(stores.inventory.reserve(&hold(&order(4), &s, &[1])).await.unwrap(), first[5]);
-    assert_eq!(stores.inventory.stock(&s).await.unwrap().unwrap().reserved, 3);
+    assert_eq!(owner.reserve_many(&requests).await.unwrap(), first);
+    assert_eq!(owner.reserve(&hold(&order(4), &s, &[1])).await.unwrap(), first[5]);
+    assert_eq!(owner.stock(&s).await.unwrap().unwrap().reserved, 3);
 }
 
 pub async fn stock_adjustments_are_checked(stores: Stores) {
+    let owner = Owner::of(&stores);
     let id = run_id("adj");
     let s = product(&stores, &format!("{id}-s"), 3).await;
     assert!(matches!(
-        stores.inventory.adjust_stock(&s, -4, "x", None).await,
+        owner.adjust_stock(&s, -4, "x", None).await,
         Err(StockError::WouldGoNegative { available: 3, .. })
     ));
-    assert_eq!(stores.inventory.adjust_stock(&s, -3, "x", None).await.unwrap().available, 0);
+    assert_eq!(owner.adjust_stock(&s, -3, "x", None).await.unwrap().available, 0);
     let ghost = sku(&format!("{id}-ghost"));
-    assert!(matches!(stores.inventory.adjust_stock(&ghost, 1, "x", None).await, Err(StockError::UnknownSku(_))));
+    assert!(matches!(owner.adjust_stock(&ghost, 1, "x", None).await, Err(StockError::UnknownSku(_))));
 
     // A client retrying with its idempotency key: applied once, the repeat answers the level as it is.
-    let inv = &stores.inventory;
+    let inv = &owner;
     assert_eq!(inv.adjust_stock(&s, 5, "delivery", Some("k-1")).await.unwrap().available, 5);
     assert_eq!(inv.adjust_stock(&s, 5, "delivery", Some("k-1")).await.unwrap().available, 5, "not twice");
     assert!(matches!(
@@ -374,7 +471,7 @@ pub async fn stock_adjustments_are_checked(stores: Stores) {
 
 pub async fn low_stock_alerts_fire_once_per_crossing(stores: Stores) {
     let id = run_id("low");
-    let inv = &stores.inventory;
+    let inv = &Owner::of(&stores);
     let s = product(&stores, &format!("{id}-s"), 12).await;
     assert_eq!(inv.low_stock(&s).await.unwrap(), LowStock::default(), "a SKU starts with the default threshold");
     let ghost = sku(&format!("{id}-ghost"));

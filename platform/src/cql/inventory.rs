@@ -1,138 +1,103 @@
-//! Inventory: `orderflow_inventory.stock` (level + the rows that record each change, one partition per SKU)
-//! and `stock_movements` (the ledger). See inventory.cql for the layout.
+//! Inventory: `orderflow_inventory.stock_v2` (one partition per SKU: its level, its low-stock state, the rows
+//! of the commands that changed them, and its alerts) and `stock_movements` (the ledger). See inventory.cql.
 //!
-//! Every reservation is one order's hold of one SKU (the saga sends one command per SKU, on that SKU's
-//! partition, and collects the answers): its hold row in the SKU's partition is the whole reservation,
-//! written with one conditional batch (level `IF version` + hold row `IF NOT EXISTS`), or, when refused,
-//! as a `refused:<reason>` hold row `IF NOT EXISTS`; ending it is one conditional batch on the same row,
-//! and ending a hold that was never made leaves a `void` row, so that a late attempt cannot hold it. A
-//! retry answers from the row. See `reserve_one` and `end_line`.
-//!
-//! (The `reservations` table of earlier versions, an all-or-none protocol for several SKUs, is no longer
-//! written or read: a hold it made is a hold row like any other and ends the same way.)
+//! The partition's one writer is the inventory processor that owns the SKU's partition of the inventory
+//! topic (ADR 0001): a run of commands of one SKU (a batch's reservations, or one release, commit or staff
+//! change) is one read of the statics and the commands' own rows, a decision per command in log order, and
+//! one unlogged single-partition batch stamped with the commands' fences, which writes the new statics, each
+//! command's row, its ledger line (keyed by the command's offset) and any low-stock crossing together. No
+//! lightweight transactions: a zombie owner's late batch carries an older epoch and loses on every cell its
+//! successor wrote, and a row it wrote ahead of its successor (`at` above the statics' `applied_at`) is
+//! ignored and written over, its ledger line with it. A repeat of a command finds its row and answers from
+//! it without writing.
+
+use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
 use futures::future::try_join_all;
-use orderflow_schemas::{OrderId, Sku, StockAlert, StockLevel};
+use orderflow_schemas::{OrderId, Sku, StockAlert, StockLevel, now_ms};
 use scylla::client::session::Session;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
-use scylla::value::CqlTimeuuid;
+use scylla::value::CqlValue;
 
-use super::{CqlStore, Lwt, MAX_CAS_ROUNDS, backoff, batch, corrupt, prepare, serial, to_i64, to_u64};
+use super::{CqlStore, corrupt, prepare, to_i64, to_u64};
 use crate::store::{
-    Adjustment, Hold, InventoryStore, LowStock, Reservation, ReservationEnd, Result, StockError, StockMovement,
+    Adjustment, Fence, Hold, InventoryStore, LowStock, Reservation, ReservationEnd, Result, StockError, StockMovement,
     StockRefusal, StoreError,
 };
 
-/// Bound on the rounds of one reservation (each ends with a SERIAL read of the hold row).
-const MAX_STATE_STEPS: u32 = 16;
+/// How long the row of an ended command (a released, committed, voided or refused hold, a staff change) is
+/// kept: well past the log's retention plus the dead-letter topic's (7 + 7 days by default), so that a
+/// redelivered or retried command still finds its first answer.
+pub(super) const ENDED_ROW_TTL_SECS: i32 = 30 * 86_400;
 
 pub(super) struct Statements {
-    level: PreparedStatement,
-    level_serial: PreparedStatement,
-    op: PreparedStatement,
-    op_serial: PreparedStatement,
-    adjust: Batch,
-    hold: Batch,
-    end: Batch,
-    void: PreparedStatement,
-    refuse: PreparedStatement,
-    refuse_adjust: PreparedStatement,
-    threshold_request: PreparedStatement,
-    move_insert: PreparedStatement,
+    read: PreparedStatement,
+    statics: PreparedStatement,
+    write_statics: PreparedStatement,
+    write_row: PreparedStatement,
+    write_alert: PreparedStatement,
+    line_insert: PreparedStatement,
+    line_delete: PreparedStatement,
     moves: PreparedStatement,
 }
 
+const STATICS: &str = "available, reserved, sold, threshold, low, crossings, applied_at";
+
 impl Statements {
     pub(super) async fn prepare(s: &Session) -> Result<Self> {
-        let level = prepare(
-            s,
-            "SELECT available, reserved, sold, version FROM orderflow_inventory.stock WHERE sku = ? LIMIT 1",
-            true,
-        )
-        .await?;
-        let op = prepare(
-            s,
-            "SELECT available, reserved, sold, version, qty, state, move_id, end_move_id \
-             FROM orderflow_inventory.stock WHERE sku = ? AND op_kind = ? AND op_ref = ?",
-            true,
-        )
-        .await?;
-        let set_level = prepare(
-            s,
-            "UPDATE orderflow_inventory.stock SET available = ?, reserved = ?, sold = ?, version = ? \
-             WHERE sku = ? IF version = ?",
-            false,
-        )
-        .await?;
-        let adjust_row = prepare(
-            s,
-            "INSERT INTO orderflow_inventory.stock (sku, op_kind, op_ref, qty, state, move_id) \
-             VALUES (?, 'adjust', ?, ?, 'applied', ?) IF NOT EXISTS",
-            false,
-        )
-        .await?;
-        let hold_row = prepare(
-            s,
-            "INSERT INTO orderflow_inventory.stock (sku, op_kind, op_ref, qty, state, move_id) \
-             VALUES (?, 'hold', ?, ?, 'held', ?) IF NOT EXISTS",
-            false,
-        )
-        .await?;
-        let end_row = prepare(
-            s,
-            "UPDATE orderflow_inventory.stock SET state = ?, end_move_id = ? \
-             WHERE sku = ? AND op_kind = 'hold' AND op_ref = ? IF state = 'held'",
-            false,
-        )
-        .await?;
         Ok(Self {
-            level_serial: serial(&level),
-            level,
-            op_serial: serial(&op),
-            op,
-            adjust: batch(BatchType::Logged, &[&set_level, &adjust_row], false),
-            hold: batch(BatchType::Logged, &[&set_level, &hold_row], false),
-            end: batch(BatchType::Logged, &[&set_level, &end_row], false),
-            void: prepare(
+            read: prepare(
                 s,
-                "INSERT INTO orderflow_inventory.stock (sku, op_kind, op_ref, qty, state) \
-                 VALUES (?, 'hold', ?, ?, 'void') IF NOT EXISTS",
-                false,
+                &format!(
+                    "SELECT ref, {STATICS}, at, qty, state FROM orderflow_inventory.stock_v2 \
+                     WHERE sku = ? AND ref IN ?"
+                ),
+                true,
             )
             .await?,
-            refuse: prepare(
+            statics: prepare(s, &format!("SELECT {STATICS} FROM orderflow_inventory.stock_v2 WHERE sku = ? LIMIT 1"), true)
+                .await?,
+            write_statics: prepare(
                 s,
-                "INSERT INTO orderflow_inventory.stock (sku, op_kind, op_ref, qty, state) \
-                 VALUES (?, 'hold', ?, ?, ?) IF NOT EXISTS",
-                false,
+                &format!(
+                    "INSERT INTO orderflow_inventory.stock_v2 (sku, ref, at, {STATICS}) \
+                     VALUES (?, '', ?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?"
+                ),
+                true,
             )
             .await?,
-            refuse_adjust: prepare(
+            write_row: prepare(
                 s,
-                "INSERT INTO orderflow_inventory.stock (sku, op_kind, op_ref, qty, state) \
-                 VALUES (?, 'adjust', ?, ?, ?) IF NOT EXISTS",
-                false,
+                "INSERT INTO orderflow_inventory.stock_v2 (sku, ref, at, qty, state) \
+                 VALUES (?, ?, ?, ?, ?) USING TTL ? AND TIMESTAMP ?",
+                true,
             )
             .await?,
-            threshold_request: prepare(
+            write_alert: prepare(
                 s,
-                "INSERT INTO orderflow_inventory.stock (sku, op_kind, op_ref, qty, state) \
-                 VALUES (?, 'threshold', ?, ?, 'applied') IF NOT EXISTS",
-                false,
+                "INSERT INTO orderflow_inventory.stock_v2 (sku, ref, at, kind, alert_available, alert_threshold, at_ms) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?",
+                true,
             )
             .await?,
-            move_insert: prepare(
+            line_insert: prepare(
                 s,
-                "INSERT INTO orderflow_inventory.stock_movements \
-                 (sku, move_id, at_ms, kind, available_delta, reference) VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO orderflow_inventory.stock_ledger (sku, at, at_ms, kind, available_delta, reference) \
+                 VALUES (?, ?, ?, ?, ?, ?) USING TIMESTAMP ?",
+                true,
+            )
+            .await?,
+            line_delete: prepare(
+                s,
+                "DELETE FROM orderflow_inventory.stock_ledger USING TIMESTAMP ? WHERE sku = ? AND at = ?",
                 true,
             )
             .await?,
             moves: prepare(
                 s,
-                "SELECT at_ms, kind, available_delta, reference FROM orderflow_inventory.stock_movements \
+                "SELECT at_ms, kind, available_delta, reference FROM orderflow_inventory.stock_ledger \
                  WHERE sku = ? LIMIT ?",
                 true,
             )
@@ -144,30 +109,15 @@ impl Statements {
 // ---------------------------------------------------------------------------------------------------
 // Rows
 
-/// A SKU's level and the version that fences every change of it.
-#[derive(Debug, Clone, Copy)]
+/// A SKU's level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Level {
     available: i64,
     reserved: i64,
     sold: i64,
-    version: i64,
 }
 
 impl Level {
-    fn from_statics(
-        available: Option<i64>,
-        reserved: Option<i64>,
-        sold: Option<i64>,
-        version: Option<i64>,
-    ) -> Option<Self> {
-        version.map(|version| Level {
-            available: available.unwrap_or(0),
-            reserved: reserved.unwrap_or(0),
-            sold: sold.unwrap_or(0),
-            version,
-        })
-    }
-
     fn to_stock_level(self) -> Result<StockLevel> {
         Ok(StockLevel {
             available: to_u64(self.available, "available")?,
@@ -177,44 +127,76 @@ impl Level {
     }
 }
 
-/// The row that records one change of a SKU's level (a hold of an order, or an adjustment).
-#[derive(Debug, Clone)]
-struct OpRow {
-    qty: i64,
-    state: String,
-    move_id: Option<CqlTimeuuid>,
-    end_move_id: Option<CqlTimeuuid>,
+/// The static cells of a SKU's partition.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct SkuState {
+    /// None until the SKU is first stocked.
+    level: Option<Level>,
+    pub(super) low: LowStock,
+    /// The offset of the last command applied (None: nothing was ever written).
+    applied_at: Option<u64>,
 }
 
-type LevelTuple = (Option<i64>, Option<i64>, Option<i64>, Option<i64>);
-type OpTuple = (
+type StaticsTuple = (Option<i64>, Option<i64>, Option<i64>, Option<i64>, Option<bool>, Option<i64>, Option<i64>);
+type ReadTuple = (
+    String,
     Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<bool>,
     Option<i64>,
     Option<i64>,
     Option<i64>,
     Option<i64>,
     Option<String>,
-    Option<CqlTimeuuid>,
-    Option<CqlTimeuuid>,
 );
 
-/// What one read of a SKU partition saw: the level (None: no stock row yet) and the op row asked for.
-#[derive(Debug, Clone)]
-struct Seen {
-    level: Option<Level>,
-    op: Option<OpRow>,
+fn to_state((available, reserved, sold, threshold, low, crossings, applied_at): StaticsTuple) -> Result<SkuState> {
+    let default = LowStock::default();
+    Ok(SkuState {
+        level: available.map(|available| Level { available, reserved: reserved.unwrap_or(0), sold: sold.unwrap_or(0) }),
+        low: LowStock {
+            threshold: threshold.map(|t| to_u64(t, "threshold")).transpose()?.unwrap_or(default.threshold),
+            low: low.unwrap_or(false),
+            crossings: crossings.map(|c| to_u64(c, "crossings")).transpose()?.unwrap_or(0),
+        },
+        applied_at: applied_at.map(|a| to_u64(a, "applied_at")).transpose()?,
+    })
 }
 
-const HOLD: &str = "hold";
-const ADJUST: &str = "adjust";
-const THRESHOLD: &str = "threshold";
+/// The row of one command (a hold, a staff change).
+#[derive(Debug, Clone)]
+struct OpRow {
+    /// The offset of the command that wrote it.
+    at: u64,
+    qty: i64,
+    state: String,
+}
+
 const HELD: &str = "held";
 const VOID: &str = "void";
 const RELEASED: &str = "released";
 const COMMITTED: &str = "committed";
+const APPLIED: &str = "applied";
 /// State of a hold row when the reservation was refused (`refused:<reason>`), and of a keyed adjustment's
 /// row when it was refused (`refused:<StockRefusal code>`).
 const REFUSED: &str = "refused:";
+
+fn hold_ref(order: &OrderId) -> String {
+    format!("hold:{order}")
+}
+
+fn adjust_ref(key: &str) -> String {
+    format!("adjust:key:{key}")
+}
+
+fn threshold_ref(key: &str) -> String {
+    format!("threshold:{key}")
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Commands of one SKU
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum LineEnd {
@@ -222,231 +204,370 @@ enum LineEnd {
     Commit,
 }
 
-/// What trying to hold a SKU for an order found.
+#[derive(Debug, Clone, Copy)]
+enum Cmd<'a> {
+    Reserve { order: &'a OrderId, qty: i64 },
+    End { order: &'a OrderId, end: LineEnd },
+    Adjust { delta: i64, reason: &'a str, key: Option<&'a str> },
+    Threshold { threshold: u64, key: Option<&'a str> },
+}
+
+impl Cmd<'_> {
+    /// The row that records the command at `fence` (a threshold without a key has none).
+    fn row_ref(&self, fence: Fence) -> Option<String> {
+        match self {
+            Cmd::Reserve { order, .. } | Cmd::End { order, .. } => Some(hold_ref(order)),
+            Cmd::Adjust { key: Some(k), .. } => Some(adjust_ref(k)),
+            Cmd::Adjust { key: None, .. } => Some(format!("adjust:at:{}", fence.offset)),
+            Cmd::Threshold { key, .. } => key.map(threshold_ref),
+        }
+    }
+}
+
 #[derive(Debug)]
-enum HoldTry {
-    Held {
-        units: u64,
-    },
-    Refused {
-        reason: &'static str,
-        sku: Sku,
-    },
-    /// The hold row exists but is not held (refused, voided or ended): answer from the row.
-    Interrupted,
+enum Answer {
+    Reserve(Reservation),
+    /// Whether this command ended a hold.
+    End(bool),
+    Adjust(std::result::Result<StockLevel, StockError>),
+    Threshold(std::result::Result<LowStock, StockError>),
 }
 
-fn timeuuid_ms(id: &CqlTimeuuid) -> i64 {
-    uuid::Uuid::from(*id)
-        .get_timestamp()
-        .map(|ts| {
-            let (secs, nanos) = ts.to_unix();
-            i64::try_from(secs).unwrap_or(i64::MAX).saturating_mul(1000) + i64::from(nanos / 1_000_000)
+/// The statements of one SKU's batch and their values.
+struct Writes<'a> {
+    st: &'a Statements,
+    sku: &'a str,
+    batch: Batch,
+    values: Vec<Vec<Option<CqlValue>>>,
+}
+
+fn text(s: &str) -> Option<CqlValue> {
+    Some(CqlValue::Text(s.to_owned()))
+}
+
+fn big(v: i64) -> Option<CqlValue> {
+    Some(CqlValue::BigInt(v))
+}
+
+fn offset(v: u64) -> Result<Option<CqlValue>> {
+    Ok(big(to_i64(v, "offset")?))
+}
+
+impl<'a> Writes<'a> {
+    fn new(st: &'a Statements, sku: &'a str) -> Self {
+        let mut batch = Batch::new(BatchType::Unlogged);
+        batch.set_is_idempotent(true);
+        Self { st, sku, batch, values: Vec::new() }
+    }
+
+    fn add(&mut self, stmt: &PreparedStatement, values: Vec<Option<CqlValue>>) {
+        self.batch.append_statement(stmt.clone());
+        self.values.push(values);
+    }
+
+    fn row(&mut self, r: &str, row: &OpRow, fence: Fence) -> Result<()> {
+        let ended = row.state != HELD;
+        let values = vec![
+            text(self.sku),
+            text(r),
+            offset(row.at)?,
+            big(row.qty),
+            text(&row.state),
+            Some(CqlValue::Int(if ended { ENDED_ROW_TTL_SECS } else { 0 })),
+            big(fence.timestamp()),
+        ];
+        self.add(&self.st.write_row.clone(), values);
+        Ok(())
+    }
+
+    /// The ledger line of the command at `fence`.
+    fn line(&mut self, kind: &str, delta: i64, reference: &str, fence: Fence) -> Result<()> {
+        let values = vec![
+            text(self.sku),
+            offset(fence.offset)?,
+            big(now_ms()),
+            text(kind),
+            big(delta),
+            text(reference),
+            big(fence.timestamp()),
+        ];
+        self.add(&self.st.line_insert.clone(), values);
+        Ok(())
+    }
+
+    /// Deletes the ledger line at `at` (one a zombie owner wrote for a decision this run made otherwise).
+    fn unline(&mut self, at: u64, fence: Fence) -> Result<()> {
+        let values = vec![big(fence.timestamp()), text(self.sku), offset(at)?];
+        self.add(&self.st.line_delete.clone(), values);
+        Ok(())
+    }
+
+    fn alert(&mut self, alert: &StockAlert, fence: Fence) -> Result<()> {
+        let values = vec![
+            text(self.sku),
+            text(&super::alerts::alert_ref(alert.seq)),
+            offset(fence.offset)?,
+            text(alert.kind.as_str()),
+            big(to_i64(alert.available, "available")?),
+            big(to_i64(alert.threshold, "threshold")?),
+            big(alert.at_ms),
+            big(fence.timestamp()),
+        ];
+        self.add(&self.st.write_alert.clone(), values);
+        Ok(())
+    }
+
+    fn statics(&mut self, state: &SkuState, fence: Fence) -> Result<()> {
+        let values = vec![
+            text(self.sku),
+            offset(fence.offset)?,
+            state.level.map(|l| CqlValue::BigInt(l.available)),
+            state.level.map(|l| CqlValue::BigInt(l.reserved)),
+            state.level.map(|l| CqlValue::BigInt(l.sold)),
+            big(to_i64(state.low.threshold, "threshold")?),
+            Some(CqlValue::Boolean(state.low.low)),
+            big(to_i64(state.low.crossings, "crossings")?),
+            offset(fence.offset)?,
+            big(fence.timestamp()),
+        ];
+        self.add(&self.st.write_statics.clone(), values);
+        Ok(())
+    }
+}
+
+/// One run of commands of a SKU being decided: what the read found, and what the decisions write.
+struct Run<'a> {
+    store: &'a CqlStore,
+    sku: &'a Sku,
+    state: SkuState,
+    rows: HashMap<String, OpRow>,
+    writes: Writes<'a>,
+    /// The fence of the last command that wrote.
+    last: Option<Fence>,
+    crossings: Vec<StockAlert>,
+    product: Option<bool>,
+    /// Offsets of the ledger lines this run writes.
+    lined: HashSet<u64>,
+}
+
+impl<'a> Run<'a> {
+    async fn product_exists(&mut self) -> Result<bool> {
+        if let Some(known) = self.product {
+            return Ok(known);
+        }
+        let known = self.store.product_exists(self.sku).await?;
+        self.product = Some(known);
+        Ok(known)
+    }
+
+    /// Records `row` as the command's (at its fence) and notes that the statics move to that fence.
+    fn write_row(&mut self, r: String, mut row: OpRow, fence: Fence) -> Result<()> {
+        row.at = fence.offset;
+        self.writes.row(&r, &row, fence)?;
+        self.rows.insert(r, row);
+        self.applied(fence)
+    }
+
+    fn applied(&mut self, fence: Fence) -> Result<()> {
+        self.state.applied_at = Some(fence.offset);
+        self.last = Some(fence);
+        // A level or threshold change that flips the low flag is recorded in the same write.
+        if let Some(level) = self.state.level
+            && let Some(alert) = self.state.low.crossing(self.sku, to_u64(level.available, "available")?, now_ms())
+        {
+            self.writes.alert(&alert, fence)?;
+            self.state.low = self.state.low.after(&alert);
+            self.crossings.push(alert);
+        }
+        Ok(())
+    }
+
+    fn line(&mut self, kind: &str, delta: i64, reference: &str, fence: Fence) -> Result<()> {
+        self.lined.insert(fence.offset);
+        self.writes.line(kind, delta, reference, fence)
+    }
+
+    fn level(&self) -> Result<Level> {
+        self.state.level.ok_or_else(|| corrupt(format!("{}: a hold or adjustment without a level", self.sku)))
+    }
+
+    /// The answer to a command at or below the offset the statics were last written at: it was applied
+    /// already (a redelivery to this owner, or a zombie behind the SKU's owner), so it is answered from its
+    /// row and writes nothing. (Its row is gone only after [`ENDED_ROW_TTL_SECS`].)
+    fn applied_before(&self, cmd: &Cmd<'_>, fence: Fence) -> Result<Answer> {
+        let row = cmd.row_ref(fence).and_then(|r| self.rows.get(&r));
+        Ok(match (*cmd, row) {
+            (Cmd::Reserve { order, .. }, Some(row)) => Answer::Reserve(hold_outcome(order, self.sku, row)?),
+            (Cmd::Reserve { .. }, None) => {
+                Answer::Reserve(Reservation::Rejected { reason: "expired".into(), sku: Some(self.sku.clone()) })
+            }
+            (Cmd::End { .. }, _) => Answer::End(false),
+            (Cmd::Adjust { key: Some(k), delta, .. }, Some(row)) => Answer::Adjust(self.adjust_answer(k, delta, row)?),
+            (Cmd::Adjust { .. }, _) => Answer::Adjust(self.state.level.map_or_else(
+                || Err(StockError::UnknownSku(self.sku.clone())),
+                |l| l.to_stock_level().map_err(StockError::from),
+            )),
+            (Cmd::Threshold { .. }, _) => Answer::Threshold(Ok(self.state.low)),
         })
-        .unwrap_or(0)
-}
-
-// ---------------------------------------------------------------------------------------------------
-// Per SKU partition
-
-impl CqlStore {
-    /// The SKU's level (None: no stock row yet), at SERIAL if asked.
-    pub(super) async fn read_stock_level(&self, sku: &Sku, serial: bool) -> Result<Option<StockLevel>> {
-        self.read_level(sku, serial).await?.map(Level::to_stock_level).transpose()
     }
 
-    async fn read_level(&self, sku: &Sku, serial: bool) -> Result<Option<Level>> {
-        let st = &self.inventory;
-        let stmt = if serial { &st.level_serial } else { &st.level };
-        Ok(self
-            .first_row::<LevelTuple>(stmt, (sku.as_str(),))
-            .await?
-            .and_then(|(a, r, s, v)| Level::from_statics(a, r, s, v)))
-    }
-
-    /// Reads the level and the op row `(kind, reference)` of a SKU partition.
-    async fn read_op(&self, sku: &Sku, kind: &str, reference: &str, serial: bool) -> Result<Seen> {
-        let st = &self.inventory;
-        let stmt = if serial { &st.op_serial } else { &st.op };
-        match self.first_row::<OpTuple>(stmt, (sku.as_str(), kind, reference)).await? {
-            Some((a, r, s, v, qty, state, move_id, end_move_id)) => Ok(Seen {
-                level: Level::from_statics(a, r, s, v),
-                op: Some(OpRow { qty: qty.unwrap_or(0), state: state.unwrap_or_default(), move_id, end_move_id }),
-            }),
-            // No op row: the level needs its own read (a clustering-key read returns no statics without a row).
-            None => Ok(Seen { level: self.read_level(sku, serial).await?, op: None }),
+    /// The first answer recorded under an adjustment's key.
+    fn adjust_answer(&self, k: &str, delta: i64, row: &OpRow) -> Result<std::result::Result<StockLevel, StockError>> {
+        let sku = self.sku;
+        if row.qty != delta {
+            let key = k.to_owned();
+            return Ok(Err(StockError::KeyReused { sku: sku.clone(), key, applied: row.qty, asked: delta }));
         }
-    }
-
-    async fn write_move(&self, sku: &Sku, id: CqlTimeuuid, kind: &str, delta: i64, reference: &str) -> Result<()> {
-        self.write(&self.inventory.move_insert, (sku.as_str(), id, timeuuid_ms(&id), kind, delta, reference)).await
-    }
-
-    /// Holds `qty` of `sku` for `order` unless already held. `seen` is a read made just before, if any.
-    async fn hold_line(&self, order: &OrderId, sku: &Sku, qty: i64, mut seen: Option<Seen>) -> Result<HoldTry> {
-        let mut serial_read = false;
-        for round in 0..MAX_CAS_ROUNDS {
-            let s = match seen.take() {
-                Some(s) => s,
-                None => self.read_op(sku, HOLD, order.as_str(), serial_read).await?,
-            };
-            if let Some(op) = &s.op {
-                if op.state != HELD {
-                    return Ok(HoldTry::Interrupted);
-                }
-                // Held already (by an earlier attempt of this order): make sure its ledger line exists.
-                if let Some(id) = op.move_id {
-                    self.write_move(sku, id, "reserve", -op.qty, order.as_str()).await?;
-                }
-                return Ok(HoldTry::Held { units: to_u64(op.qty, "held quantity")? });
-            }
-            let Some(level) = s.level else {
-                let reason = if self.product_exists(sku).await? { "out_of_stock" } else { "unknown_sku" };
-                return Ok(HoldTry::Refused { reason, sku: sku.clone() });
-            };
-            if level.available < qty {
-                return Ok(HoldTry::Refused { reason: "out_of_stock", sku: sku.clone() });
-            }
-            let (move_id, _) = self.clock.next();
-            let values = (
-                (
-                    level.available - qty,
-                    level.reserved + qty,
-                    level.sold,
-                    level.version + 1,
-                    sku.as_str(),
-                    level.version,
-                ),
-                (sku.as_str(), order.as_str(), qty, move_id),
-            );
-            match self.lwt_batch(&self.inventory.hold, values).await? {
-                Lwt::Applied => {
-                    self.write_move(sku, move_id, "reserve", -qty, order.as_str()).await?;
-                    return Ok(HoldTry::Held { units: to_u64(qty, "quantity")? });
-                }
-                Lwt::NotApplied => {}
-                Lwt::Unknown(e) => {
-                    tracing::warn!(%order, %sku, error = %e, "hold outcome unknown; settling with a SERIAL read");
-                }
-            }
-            // Someone else changed the SKU (or the outcome is unknown): read again at SERIAL, which sees every
-            // change accepted so far (ours included, if it applied), and decide again. A lost attempt that
-            // still arrives later was conditioned on the version read before it, so it cannot apply on top.
-            serial_read = true;
-            backoff(round).await;
+        if let Some(code) = row.state.strip_prefix(REFUSED) {
+            let refusal = StockRefusal::from_code(code)
+                .ok_or_else(|| corrupt(format!("{sku}: adjustment {k} in state {:?}", row.state)))?;
+            return Ok(Err(refusal.into_error(sku)));
         }
-        Err(StoreError::Unavailable(format!("holding {sku} for {order}: too much contention")))
+        Ok(Ok(self.level()?.to_stock_level()?))
     }
 
-    /// Ends the order's hold of `sku` (release or commit), or voids it if it was never held. Idempotent:
-    /// `true` if this call ended a hold, `false` if there was none left to end.
-    async fn end_line(&self, order: &OrderId, sku: &Sku, qty: i64, end: LineEnd) -> Result<bool> {
-        let mut serial_read = false;
-        for round in 0..MAX_CAS_ROUNDS {
-            let s = self.read_op(sku, HOLD, order.as_str(), serial_read).await?;
-            serial_read = true;
-            let Some(op) = s.op else {
-                // Never held: void it, so a zombie attempt of this order can never hold it later.
-                match self.lwt(&self.inventory.void, (sku.as_str(), order.as_str(), qty)).await? {
-                    Lwt::Applied => return Ok(false),
-                    Lwt::NotApplied => continue, // it was held meanwhile: end that hold
-                    Lwt::Unknown(e) => {
-                        tracing::warn!(%order, %sku, error = %e, "void outcome unknown; settling with a SERIAL read");
-                        backoff(round).await;
-                        continue;
+    async fn decide(&mut self, cmd: &Cmd<'_>, fence: Fence) -> Result<Answer> {
+        let sku = self.sku;
+        if self.state.applied_at.is_some_and(|applied| fence.offset <= applied) {
+            return self.applied_before(cmd, fence);
+        }
+        Ok(match *cmd {
+            Cmd::Reserve { order, qty } => {
+                let r = hold_ref(order);
+                if let Some(row) = self.rows.get(&r) {
+                    return Ok(Answer::Reserve(hold_outcome(order, sku, row)?));
+                }
+                let refusal = match self.state.level {
+                    None if self.store.product_exists(sku).await? => Some("out_of_stock"),
+                    None => Some("unknown_sku"),
+                    Some(l) if l.available < qty => Some("out_of_stock"),
+                    Some(_) => None,
+                };
+                let row = match refusal {
+                    Some(reason) => OpRow { at: 0, qty, state: format!("{REFUSED}{reason}") },
+                    None => {
+                        let mut level = self.level()?;
+                        level.available -= qty;
+                        level.reserved += qty;
+                        self.state.level = Some(level);
+                        self.line("reserve", -qty, order.as_str(), fence)?;
+                        OpRow { at: 0, qty, state: HELD.into() }
                     }
+                };
+                let answer = hold_outcome(order, sku, &row)?;
+                self.write_row(r, row, fence)?;
+                Answer::Reserve(answer)
+            }
+            Cmd::End { order, end } => {
+                let r = hold_ref(order);
+                let Some(row) = self.rows.get(&r).cloned() else {
+                    // Never held: void it, so a late or zombie attempt of this order can never hold it later.
+                    let void = OpRow { at: 0, qty: 0, state: VOID.into() };
+                    self.write_row(r, void, fence)?;
+                    return Ok(Answer::End(false));
+                };
+                match row.state.as_str() {
+                    HELD => {}
+                    VOID | RELEASED | COMMITTED => return Ok(Answer::End(false)),
+                    s if s.starts_with(REFUSED) => return Ok(Answer::End(false)),
+                    other => return Err(corrupt(format!("{sku}: hold of {order} in state {other:?}"))),
                 }
-            };
-            match op.state.as_str() {
-                VOID => return Ok(false),
-                refused if refused.starts_with(REFUSED) => return Ok(false),
-                RELEASED | COMMITTED => {
-                    if let Some(id) = op.end_move_id {
-                        let (kind, delta) = if op.state == RELEASED { ("release", op.qty) } else { ("commit", 0) };
-                        self.write_move(sku, id, kind, delta, order.as_str()).await?;
+                let mut level = self.level()?;
+                if level.reserved < row.qty {
+                    return Err(corrupt(format!("{sku}: {} reserved, {order} holds {}", level.reserved, row.qty)));
+                }
+                level.reserved -= row.qty;
+                let state = match end {
+                    LineEnd::Release => {
+                        level.available += row.qty;
+                        self.line("release", row.qty, order.as_str(), fence)?;
+                        RELEASED
                     }
-                    return Ok(false);
+                    LineEnd::Commit => {
+                        level.sold += row.qty;
+                        self.line("commit", 0, order.as_str(), fence)?;
+                        COMMITTED
+                    }
+                };
+                self.state.level = Some(level);
+                self.write_row(r, OpRow { state: state.into(), ..row }, fence)?;
+                Answer::End(true)
+            }
+            Cmd::Adjust { delta, reason, key } => Answer::Adjust(self.adjust(delta, reason, key, fence).await?),
+            Cmd::Threshold { threshold, key } => {
+                if let Some(k) = key
+                    && self.rows.contains_key(&threshold_ref(k))
+                {
+                    return Ok(Answer::Threshold(Ok(self.state.low)));
                 }
-                HELD => {}
-                other => return Err(StoreError::Corrupt(format!("{sku}: hold of {order} in state {other:?}"))),
-            }
-            let Some(level) = s.level else {
-                return Err(StoreError::Corrupt(format!("{sku}: {order} holds units but the SKU has no level")));
-            };
-            if level.reserved < op.qty {
-                return Err(StoreError::Corrupt(format!(
-                    "{sku}: {} reserved, {order} holds {}",
-                    level.reserved, op.qty
-                )));
-            }
-            // The hold's own ledger line may have been lost to a crash right after the hold (a retry that
-            // then decides to reject does not re-hold the line): write it before the line that ends it.
-            if let Some(id) = op.move_id {
-                self.write_move(sku, id, "reserve", -op.qty, order.as_str()).await?;
-            }
-            let (move_id, _) = self.clock.next();
-            let (available, sold, state, kind, delta) = match end {
-                LineEnd::Release => (level.available + op.qty, level.sold, RELEASED, "release", op.qty),
-                LineEnd::Commit => (level.available, level.sold + op.qty, COMMITTED, "commit", 0),
-            };
-            let values = (
-                (available, level.reserved - op.qty, sold, level.version + 1, sku.as_str(), level.version),
-                (state, move_id, sku.as_str(), order.as_str()),
-            );
-            match self.lwt_batch(&self.inventory.end, values).await? {
-                Lwt::Applied => {
-                    self.write_move(sku, move_id, kind, delta, order.as_str()).await?;
-                    return Ok(true);
+                if self.state.level.is_none() && !self.product_exists().await? {
+                    return Ok(Answer::Threshold(Err(StockError::UnknownSku(sku.clone()))));
                 }
-                Lwt::NotApplied => {}
-                Lwt::Unknown(e) => {
-                    tracing::warn!(%order, %sku, error = %e, "release/commit outcome unknown; settling with a SERIAL read");
+                self.state.low.threshold = threshold;
+                match key {
+                    Some(k) => {
+                        let qty = to_i64(threshold, "threshold")?;
+                        let row = OpRow { at: 0, qty, state: APPLIED.into() };
+                        self.write_row(threshold_ref(k), row, fence)?;
+                    }
+                    None => self.applied(fence)?,
                 }
+                Answer::Threshold(Ok(self.state.low))
             }
-            backoff(round).await;
-        }
-        Err(StoreError::Unavailable(format!("ending the hold of {sku} for {order}: too much contention")))
+        })
     }
-}
 
-impl CqlStore {
-    /// Reserves a one-SKU order. Its hold row in the SKU's partition is its whole reservation: the hold is
-    /// one conditional batch (level `IF version` + hold row `IF NOT EXISTS`), a refusal is recorded as the
-    /// hold row in state `refused:<reason>` (`IF NOT EXISTS`, so the first answer stands and no later
-    /// attempt can hold), and a retry answers from the row.
-    async fn reserve_one(&self, order: &OrderId, sku: &Sku, qty: i64) -> Result<Reservation> {
-        for round in 0..MAX_STATE_STEPS {
-            match self.hold_line(order, sku, qty, None).await? {
-                HoldTry::Held { units } => return Ok(Reservation::Reserved { units }),
-                HoldTry::Refused { reason, sku } => {
-                    let state = format!("{REFUSED}{reason}");
-                    match self.lwt(&self.inventory.refuse, (sku.as_str(), order.as_str(), qty, state.as_str())).await? {
-                        Lwt::Applied => {
-                            return Ok(Reservation::Rejected { reason: reason.to_owned(), sku: Some(sku) });
-                        }
-                        // Someone else wrote the row meanwhile (or the outcome is unknown): answer from it.
-                        Lwt::NotApplied => {}
-                        Lwt::Unknown(e) => {
-                            tracing::warn!(%order, %sku, error = %e, "refusal outcome unknown; settling with a SERIAL read");
-                        }
-                    }
-                }
-                HoldTry::Interrupted => {}
-            }
-            let seen = self.read_op(sku, HOLD, order.as_str(), true).await?;
-            if let Some(op) = seen.op {
-                return one_sku_outcome(order, sku, &op);
-            }
-            backoff(round).await;
+    async fn adjust(
+        &mut self,
+        delta: i64,
+        reason: &str,
+        key: Option<&str>,
+        fence: Fence,
+    ) -> Result<std::result::Result<StockLevel, StockError>> {
+        let sku = self.sku;
+        if let Some(k) = key
+            && let Some(row) = self.rows.get(&adjust_ref(k))
+        {
+            return self.adjust_answer(k, delta, row);
         }
-        Err(StoreError::Unavailable(format!("reservation of {order} kept changing")))
+        let level = self.state.level;
+        let unknown = level.is_none() && !self.product_exists().await?;
+        let Level { available, reserved, sold } = level.unwrap_or(Level { available: 0, reserved: 0, sold: 0 });
+        let new_available = available.checked_add(delta).filter(|a| *a >= 0);
+        let refusal = match new_available {
+            _ if unknown => Some(StockRefusal::UnknownSku),
+            None if delta >= 0 => Some(StockRefusal::WouldOverflow),
+            None => Some(StockRefusal::WouldGoNegative { available: to_u64(available, "available")? }),
+            // Every other movement moves units between available, reserved and sold, so bounding their sum
+            // here keeps each of them in range.
+            Some(n) if n.checked_add(reserved).and_then(|n| n.checked_add(sold)).is_none() => {
+                Some(StockRefusal::WouldOverflow)
+            }
+            Some(_) => None,
+        };
+        if let Some(refusal) = refusal {
+            // Without a key there is nothing to record; with one, the refusal is the key's first answer.
+            if let Some(k) = key {
+                let state = format!("{REFUSED}{}", refusal.to_code());
+                let row = OpRow { at: 0, qty: delta, state };
+                self.write_row(adjust_ref(k), row, fence)?;
+            }
+            return Ok(Err(refusal.into_error(sku)));
+        }
+        let new = Level { available: new_available.unwrap_or(available), reserved, sold };
+        self.state.level = Some(new);
+        self.line("adjust", delta, reason, fence)?;
+        let r = key.map_or_else(|| format!("adjust:at:{}", fence.offset), adjust_ref);
+        let row = OpRow { at: 0, qty: delta, state: APPLIED.into() };
+        self.write_row(r, row, fence)?;
+        Ok(Ok(new.to_stock_level()?))
     }
 }
 
 /// The first answer to an order's reservation of a SKU, from its hold row.
-fn one_sku_outcome(order: &OrderId, sku: &Sku, op: &OpRow) -> Result<Reservation> {
-    match op.state.as_str() {
-        HELD | RELEASED | COMMITTED => Ok(Reservation::Reserved { units: to_u64(op.qty, "held quantity")? }),
+fn hold_outcome(order: &OrderId, sku: &Sku, row: &OpRow) -> Result<Reservation> {
+    match row.state.as_str() {
+        HELD | RELEASED | COMMITTED => Ok(Reservation::Reserved { units: to_u64(row.qty, "held quantity")? }),
         VOID => Ok(Reservation::Rejected { reason: "ended_before_reserved".into(), sku: Some(sku.clone()) }),
         state => match state.strip_prefix(REFUSED) {
             Some(reason) => Ok(Reservation::Rejected { reason: reason.to_owned(), sku: Some(sku.clone()) }),
@@ -455,10 +576,102 @@ fn one_sku_outcome(order: &OrderId, sku: &Sku, op: &OpRow) -> Result<Reservation
     }
 }
 
+impl CqlStore {
+    /// The SKU's static cells (defaults for a SKU never written).
+    pub(super) async fn sku_state(&self, sku: &Sku) -> Result<SkuState> {
+        match self.first_row::<StaticsTuple>(&self.inventory.statics, (sku.as_str(),)).await? {
+            Some(statics) => to_state(statics),
+            None => Ok(SkuState::default()),
+        }
+    }
+
+    /// One read: the SKU's statics and the rows named `refs` that its statics vouch for.
+    /// Also returns the offsets of the rows it ignored (see below).
+    async fn read_sku(&self, sku: &Sku, refs: &[String]) -> Result<(SkuState, HashMap<String, OpRow>, Vec<u64>)> {
+        let mut wanted: Vec<&str> = vec![""];
+        for r in refs {
+            if !wanted.contains(&r.as_str()) {
+                wanted.push(r);
+            }
+        }
+        let found: Vec<ReadTuple> = self.rows(&self.inventory.read, (sku.as_str(), wanted)).await?;
+        let mut state = SkuState::default();
+        let mut rows = HashMap::new();
+        for (r, a, res, so, thr, low, cr, applied, at, qty, st) in found {
+            state = to_state((a, res, so, thr, low, cr, applied))?;
+            if r.is_empty() {
+                continue;
+            }
+            let at = to_u64(at.ok_or_else(|| corrupt(format!("{sku}: row {r} without its offset")))?, "at")?;
+            let row = OpRow { at, qty: qty.unwrap_or(0), state: st.unwrap_or_default() };
+            rows.insert(r, row);
+        }
+        // A row written after the command the statics last saw was written by a zombie owner whose statics
+        // lost: it is not part of this state, and the command it records is decided (and written) again.
+        let mut ignored = Vec::new();
+        rows.retain(|r, row| {
+            let vouched = state.applied_at.is_some_and(|applied| row.at <= applied);
+            if !vouched {
+                tracing::warn!(%sku, row = %r, at = row.at, applied_at = ?state.applied_at, "ignoring a row a zombie owner wrote ahead");
+                ignored.push(row.at);
+            }
+            vouched
+        });
+        Ok((state, rows, ignored))
+    }
+
+    /// Decides a run of commands of one SKU in order and writes every decision in one fenced batch.
+    async fn apply_run(&self, sku: &Sku, cmds: &[(Cmd<'_>, Fence)]) -> Result<Vec<Answer>> {
+        let refs: Vec<String> = cmds.iter().filter_map(|(c, fence)| c.row_ref(*fence)).collect();
+        let (state, rows, ignored) = self.read_sku(sku, &refs).await?;
+        let mut run = Run {
+            store: self,
+            sku,
+            state,
+            rows,
+            writes: Writes::new(&self.inventory, sku.as_str()),
+            last: None,
+            crossings: Vec::new(),
+            product: None,
+            lined: HashSet::new(),
+        };
+        let mut answers = Vec::with_capacity(cmds.len());
+        for (cmd, fence) in cmds {
+            answers.push(run.decide(cmd, *fence).await?);
+        }
+        if let Some(last) = run.last {
+            // A zombie's ledger line for a command decided here without one goes (a line written here at
+            // the same offset replaces it anyway).
+            for at in ignored.into_iter().filter(|at| !run.lined.contains(at)) {
+                run.writes.unline(at, last)?;
+            }
+            let state = run.state;
+            run.writes.statics(&state, last)?;
+            let Writes { batch, values, .. } = run.writes;
+            self.write_batch(&batch, values).await?;
+            for alert in &run.crossings {
+                self.alert_recorded(alert, last).await?;
+            }
+        }
+        Ok(answers)
+    }
+
+    async fn apply_one(&self, sku: &Sku, cmd: Cmd<'_>, fence: Fence) -> Result<Answer> {
+        self.apply_run(sku, &[(cmd, fence)])
+            .await?
+            .pop()
+            .ok_or_else(|| corrupt(format!("{sku}: a command went unanswered")))
+    }
+}
+
+fn unexpected(answer: Answer) -> StoreError {
+    corrupt(format!("unexpected answer {answer:?}"))
+}
+
 #[async_trait]
 impl InventoryStore for CqlStore {
     async fn stock(&self, sku: &Sku) -> Result<Option<StockLevel>> {
-        self.read_level(sku, false).await?.map(Level::to_stock_level).transpose()
+        self.sku_state(sku).await?.level.map(Level::to_stock_level).transpose()
     }
 
     async fn adjust_stock(
@@ -467,159 +680,83 @@ impl InventoryStore for CqlStore {
         delta: i64,
         reason: &str,
         key: Option<&str>,
+        fence: Fence,
     ) -> Result<StockLevel, StockError> {
-        if key.is_none() && !self.product_exists(sku).await? {
-            return Err(StockError::UnknownSku(sku.clone()));
+        match self.apply_one(sku, Cmd::Adjust { delta, reason, key }, fence).await? {
+            Answer::Adjust(answer) => answer,
+            other => Err(unexpected(other).into()),
         }
-        // With a client's key the adjustment row is named after it, so its `IF NOT EXISTS` lets one attempt
-        // of that key apply, ever: each round first looks for the row (SERIAL after the first round).
-        let keyed = key.map(|k| format!("key:{k}"));
-        // Attempts whose outcome was unknown. Their request may still be on its way and apply later, but only
-        // on the version it was conditioned on: so before each new attempt every one of them is looked up
-        // (SERIAL) by its own row, and a new attempt on the same version competes with it for that version.
-        let mut unsettled: Vec<(String, CqlTimeuuid)> = Vec::new();
-        let mut serial_read = false;
-        for round in 0..MAX_CAS_ROUNDS {
-            if let Some(op_ref) = &keyed {
-                let seen = self.read_op(sku, ADJUST, op_ref, serial_read).await?;
-                if let Some(op) = seen.op {
-                    if op.qty != delta {
-                        let key = key.unwrap_or_default().to_owned();
-                        return Err(StockError::KeyReused { sku: sku.clone(), key, applied: op.qty, asked: delta });
-                    }
-                    if let Some(code) = op.state.strip_prefix(REFUSED) {
-                        let refusal = StockRefusal::from_code(code)
-                            .ok_or_else(|| corrupt(format!("{sku}: adjustment {op_ref} in state {:?}", op.state)))?;
-                        return Err(refusal.into_error(sku));
-                    }
-                    if let Some(id) = op.move_id {
-                        self.write_move(sku, id, "adjust", delta, reason).await?;
-                    }
-                    let level = seen.level.ok_or_else(|| corrupt(format!("{sku}: adjusted without a level")))?;
-                    return Ok(level.to_stock_level()?);
-                }
-            }
-            for (op_ref, move_id) in &unsettled {
-                let seen = self.read_op(sku, ADJUST, op_ref, true).await?;
-                if seen.op.is_some() {
-                    self.write_move(sku, *move_id, "adjust", delta, reason).await?;
-                    let level = seen.level.ok_or_else(|| corrupt(format!("{sku}: adjusted without a level")))?;
-                    return Ok(level.to_stock_level()?);
-                }
-            }
-            let level = self.read_level(sku, serial_read).await?;
-            serial_read = true;
-            let (available, reserved, sold, version) =
-                level.map(|l| (l.available, l.reserved, l.sold, Some(l.version))).unwrap_or((0, 0, 0, None));
-            let new_available = available.checked_add(delta).filter(|a| *a >= 0);
-            let refusal = match new_available {
-                // A keyed adjustment checked the product only now (one read less when it was a repeat).
-                _ if level.is_none() && keyed.is_some() && !self.product_exists(sku).await? => {
-                    Some(StockRefusal::UnknownSku)
-                }
-                None if delta >= 0 => Some(StockRefusal::WouldOverflow),
-                None => Some(StockRefusal::WouldGoNegative { available: to_u64(available, "available")? }),
-                // Every other movement moves units between available, reserved and sold, so bounding their
-                // sum here keeps each of them in range.
-                Some(n) if n.checked_add(reserved).and_then(|n| n.checked_add(sold)).is_none() => {
-                    Some(StockRefusal::WouldOverflow)
-                }
-                Some(_) => None,
-            };
-            if let Some(refusal) = refusal {
-                let Some(op_ref) = &keyed else { return Err(refusal.into_error(sku)) };
-                // The refusal is the key's first answer, unless another answer got there first.
-                let state = format!("{REFUSED}{}", refusal.to_code());
-                match self
-                    .lwt(&self.inventory.refuse_adjust, (sku.as_str(), op_ref.as_str(), delta, state.as_str()))
-                    .await?
-                {
-                    Lwt::Applied => return Err(refusal.into_error(sku)),
-                    Lwt::NotApplied => {}
-                    Lwt::Unknown(e) => {
-                        tracing::warn!(%sku, error = %e, "refusal outcome unknown; settling with a SERIAL read");
-                    }
-                }
-                backoff(round).await;
-                continue;
-            }
-            let new_available = new_available.unwrap_or(available);
-            let new_version = version.map_or(1, |v| v + 1);
-            let (move_id, _) = self.clock.next();
-            let op_ref = keyed.clone().unwrap_or_else(|| move_id.to_string());
-            let values = (
-                (new_available, reserved, sold, new_version, sku.as_str(), version),
-                (sku.as_str(), op_ref.as_str(), delta, move_id),
-            );
-            match self.lwt_batch(&self.inventory.adjust, values).await? {
-                Lwt::Applied => {
-                    self.write_move(sku, move_id, "adjust", delta, reason).await?;
-                    let level = Level { available: new_available, reserved, sold, version: new_version };
-                    return Ok(level.to_stock_level()?);
-                }
-                Lwt::NotApplied => {}
-                Lwt::Unknown(e) => {
-                    tracing::warn!(%sku, error = %e, "adjustment outcome unknown; settling with a SERIAL read");
-                    // Only this attempt could write its own adjustment row: the next round looks it up.
-                    unsettled.push((op_ref, move_id));
-                    continue;
-                }
-            }
-            backoff(round).await;
-        }
-        Err(StoreError::Unavailable(format!("adjusting {sku}: too much contention")).into())
     }
 
     async fn adjustment(&self, sku: &Sku, key: &str) -> Result<Option<Adjustment>> {
-        let Some(op) = self.read_op(sku, ADJUST, &format!("key:{key}"), false).await?.op else { return Ok(None) };
-        let refused = match op.state.strip_prefix(REFUSED) {
+        let r = adjust_ref(key);
+        let (_, rows, _) = self.read_sku(sku, std::slice::from_ref(&r)).await?;
+        let Some(row) = rows.get(&r) else { return Ok(None) };
+        let refused = match row.state.strip_prefix(REFUSED) {
             None => None,
             Some(code) => Some(
                 StockRefusal::from_code(code)
-                    .ok_or_else(|| corrupt(format!("{sku}: adjustment key:{key} in state {:?}", op.state)))?,
+                    .ok_or_else(|| corrupt(format!("{sku}: adjustment {r} in state {:?}", row.state)))?,
             ),
         };
-        Ok(Some(Adjustment { delta: op.qty, refused }))
+        Ok(Some(Adjustment { delta: row.qty, refused }))
     }
 
-    async fn reserve(&self, hold: &Hold) -> Result<Reservation> {
-        self.reserve_one(&hold.order, &hold.sku, to_i64(hold.units(), "units")?).await
+    async fn reserve(&self, hold: &Hold, fence: Fence) -> Result<Reservation> {
+        let qty = to_i64(hold.units(), "units")?;
+        match self.apply_one(&hold.sku, Cmd::Reserve { order: &hold.order, qty }, fence).await? {
+            Answer::Reserve(answer) => Ok(answer),
+            other => Err(unexpected(other)),
+        }
     }
 
-    /// The holds of different SKUs are different partitions (and conditional writes on different
-    /// versions), so they go side by side; the holds of one SKU go one after the other, in batch order, so
-    /// the earlier ones take stock first, as one at a time would.
-    async fn reserve_many(&self, holds: &[Hold]) -> Result<Vec<Reservation>> {
+    /// The holds of one SKU are one run (one read, one batch), in batch order, so the earlier ones take
+    /// stock first, as one at a time would; different SKUs are different partitions, side by side.
+    async fn reserve_many(&self, holds: &[(Hold, Fence)]) -> Result<Vec<Reservation>> {
         let mut runs: Vec<(&Sku, Vec<usize>)> = Vec::new();
-        for (i, hold) in holds.iter().enumerate() {
+        for (i, (hold, _)) in holds.iter().enumerate() {
             match runs.iter_mut().find(|(sku, _)| *sku == &hold.sku) {
                 Some((_, run)) => run.push(i),
                 None => runs.push((&hold.sku, vec![i])),
             }
         }
-        let answered = try_join_all(runs.iter().map(|(_, run)| async move {
-            let mut answers = Vec::with_capacity(run.len());
+        let answered = try_join_all(runs.iter().map(|(sku, run)| async move {
+            let mut cmds = Vec::with_capacity(run.len());
             for &i in run {
-                answers.push((i, self.reserve(&holds[i]).await?));
+                let (hold, fence) = &holds[i];
+                cmds.push((Cmd::Reserve { order: &hold.order, qty: to_i64(hold.units(), "units")? }, *fence));
             }
-            Ok::<_, StoreError>(answers)
+            let answers = self.apply_run(sku, &cmds).await?;
+            Ok::<_, StoreError>(run.iter().copied().zip(answers).collect::<Vec<_>>())
         }))
         .await?;
         let mut out: Vec<Option<Reservation>> = vec![None; holds.len()];
         for (i, answer) in answered.into_iter().flatten() {
-            out[i] = Some(answer);
+            match answer {
+                Answer::Reserve(r) => out[i] = Some(r),
+                other => return Err(unexpected(other)),
+            }
         }
         out.into_iter().map(|a| a.ok_or_else(|| corrupt("a hold of the batch went unanswered"))).collect()
     }
 
-    async fn end_reservation(&self, order: &OrderId, sku: &Sku, end: ReservationEnd) -> Result<ReservationEnd> {
+    async fn end_reservation(
+        &self,
+        order: &OrderId,
+        sku: &Sku,
+        end: ReservationEnd,
+        fence: Fence,
+    ) -> Result<ReservationEnd> {
         let line_end = match end {
             ReservationEnd::Released => LineEnd::Release,
             ReservationEnd::Committed => LineEnd::Commit,
             ReservationEnd::NothingHeld => return Ok(ReservationEnd::NothingHeld),
         };
-        let ended = self.end_line(order, sku, 0, line_end).await?;
-        Ok(if ended { end } else { ReservationEnd::NothingHeld })
+        match self.apply_one(sku, Cmd::End { order, end: line_end }, fence).await? {
+            Answer::End(true) => Ok(end),
+            Answer::End(false) => Ok(ReservationEnd::NothingHeld),
+            other => Err(unexpected(other)),
+        }
     }
 
     async fn movements(&self, sku: &Sku, limit: usize) -> Result<Vec<StockMovement>> {
@@ -645,31 +782,24 @@ impl InventoryStore for CqlStore {
         sku: &Sku,
         threshold: u64,
         key: Option<&str>,
+        fence: Fence,
     ) -> Result<LowStock, StockError> {
-        // A keyed change is recorded as a row of the SKU's stock partition once it is set: a repeat finds it.
-        let Some(key) = key else { return self.alerts_set_threshold(sku, threshold).await };
-        if self.read_op(sku, THRESHOLD, key, false).await?.op.is_some() {
-            return Ok(self.alerts_state(sku).await?);
-        }
-        let state = self.alerts_set_threshold(sku, threshold).await?;
-        let values = (sku.as_str(), key, to_i64(threshold, "threshold")?);
-        match self.lwt(&self.inventory.threshold_request, values).await? {
-            Lwt::Applied | Lwt::NotApplied => Ok(state),
-            // Unknown: a repeat sets the same threshold again before recording it, which is harmless.
-            Lwt::Unknown(e) => Err(StoreError::Unavailable(format!("recording threshold request {key}: {e}")).into()),
+        match self.apply_one(sku, Cmd::Threshold { threshold, key }, fence).await? {
+            Answer::Threshold(answer) => answer,
+            other => Err(unexpected(other).into()),
         }
     }
 
     async fn low_stock(&self, sku: &Sku) -> Result<LowStock> {
-        self.alerts_state(sku).await
+        Ok(self.sku_state(sku).await?.low)
     }
 
-    async fn settle_low_stock(&self, sku: &Sku) -> Result<Vec<StockAlert>> {
-        self.alerts_settle(sku).await
+    async fn settle_low_stock(&self, sku: &Sku, fence: Fence) -> Result<Vec<StockAlert>> {
+        self.alerts_unpublished(sku, fence).await
     }
 
-    async fn mark_alert_published(&self, sku: &Sku, seq: u64) -> Result<()> {
-        self.alerts_mark_published(sku, seq).await
+    async fn mark_alert_published(&self, sku: &Sku, seq: u64, fence: Fence) -> Result<()> {
+        self.alerts_mark_published(sku, seq, fence).await
     }
 
     async fn stock_alerts(&self, sku: Option<&Sku>, limit: usize) -> Result<Vec<StockAlert>> {

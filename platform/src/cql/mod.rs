@@ -33,7 +33,6 @@ pub mod schema;
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::TryStreamExt;
@@ -48,7 +47,7 @@ use scylla::serialize::row::SerializeRow;
 use scylla::statement::batch::Batch;
 use scylla::statement::prepared::PreparedStatement;
 use scylla::statement::{Consistency, SerialConsistency};
-use scylla::value::{CqlTimeuuid, Row};
+use scylla::value::Row;
 
 pub use schema::{DEFAULT_REPLICATION, migrate, migrate_with_replication, refuse_earlier_format};
 
@@ -79,11 +78,12 @@ pub struct CqlStore {
     payments: payments::Statements,
     fulfillment: fulfillment::Statements,
     fencing: fencing::Statements,
-    clock: TimeuuidClock,
     /// Where each stalled-order sweep starts next (see `OrderStore::stalled`).
     sweep_floors: crate::store::SweepFloors,
     /// The saga state this process last wrote of each order it owns (see [`orders::OwnerStates`]).
     owner_states: orders::OwnerStates,
+    /// SKUs whose alerts this process knows to be published (see [`alerts::CleanSkus`]).
+    clean_skus: alerts::CleanSkus,
 }
 
 impl fmt::Debug for CqlStore {
@@ -160,9 +160,9 @@ impl CqlStore {
             payments: payments::Statements::prepare(&session).await?,
             fulfillment: fulfillment::Statements::prepare(&session).await?,
             fencing: fencing::Statements::prepare(&session).await?,
-            clock: TimeuuidClock::new(),
             sweep_floors: crate::store::SweepFloors::default(),
             owner_states: orders::OwnerStates::new(crate::backend::DEFAULT_OWNED_ORDER_ENTRIES),
+            clean_skus: alerts::CleanSkus::new(),
             session,
         })
     }
@@ -227,11 +227,6 @@ impl CqlStore {
     /// Runs one lightweight transaction and reads its `[applied]` flag.
     async fn lwt(&self, stmt: &PreparedStatement, values: impl SerializeRow) -> Result<Lwt> {
         lwt_outcome(self.session.execute_unpaged(stmt, values).await)
-    }
-
-    /// Runs a conditional (single-partition) batch and reads its `[applied]` flag.
-    async fn lwt_batch(&self, batch: &Batch, values: impl BatchValues) -> Result<Lwt> {
-        lwt_outcome(self.session.batch(batch, values).await)
     }
 }
 
@@ -320,69 +315,4 @@ fn to_u64(v: i64, what: &str) -> Result<u64> {
 
 fn to_i64(v: u64, what: &str) -> Result<i64> {
     i64::try_from(v).map_err(|_| StoreError::Corrupt(format!("{what} is out of range ({v})")))
-}
-
-/// Hands out version-1 UUIDs (timeuuids) that increase strictly within this process: the time is the clock
-/// in 100 ns ticks, bumped when two calls fall in the same tick; the clock sequence and node are random per
-/// process, so two processes never make the same one.
-struct TimeuuidClock {
-    last_ticks: AtomicU64,
-    clock_seq_and_node: [u8; 8],
-}
-
-/// 100 ns intervals between 1582-10-15 (the UUID epoch) and 1970-01-01.
-const GREGORIAN_OFFSET_TICKS: u64 = 0x01B2_1DD2_1381_4000;
-
-impl TimeuuidClock {
-    fn new() -> Self {
-        let mut rand = *uuid::Uuid::new_v4().as_bytes();
-        rand[0] = (rand[0] & 0x3F) | 0x80; // RFC 4122 variant
-        rand[2] |= 0x01; // multicast bit: a random node id, not a MAC address
-        let mut clock_seq_and_node = [0u8; 8];
-        clock_seq_and_node.copy_from_slice(&rand[..8]);
-        Self { last_ticks: AtomicU64::new(0), clock_seq_and_node }
-    }
-
-    /// The next timeuuid and its time in milliseconds since the Unix epoch.
-    fn next(&self) -> (CqlTimeuuid, i64) {
-        let now_ticks = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| u64::try_from(d.as_nanos() / 100).unwrap_or(u64::MAX))
-            .unwrap_or(0)
-            .saturating_add(GREGORIAN_OFFSET_TICKS);
-        let prev = self
-            .last_ticks
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| Some(now_ticks.max(last + 1)))
-            .unwrap_or_else(|v| v);
-        let ticks = now_ticks.max(prev + 1);
-        let time_low = (ticks & 0xFFFF_FFFF) as u32;
-        let time_mid = ((ticks >> 32) & 0xFFFF) as u16;
-        let time_hi_and_version = (((ticks >> 48) & 0x0FFF) as u16) | 0x1000;
-        let uuid = uuid::Uuid::from_fields(time_low, time_mid, time_hi_and_version, &self.clock_seq_and_node);
-        let at_ms = i64::try_from((ticks - GREGORIAN_OFFSET_TICKS) / 10_000).unwrap_or(i64::MAX);
-        (CqlTimeuuid::from(uuid), at_ms)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn timeuuids_are_version_1_and_strictly_increasing() {
-        let clock = TimeuuidClock::new();
-        let mut prev: Option<(uuid::Uuid, u64)> = None;
-        for _ in 0..1000 {
-            let (t, at_ms) = clock.next();
-            let u = uuid::Uuid::from(t);
-            assert_eq!(u.get_version_num(), 1);
-            let (secs, nanos) = u.get_timestamp().map(|ts| ts.to_unix()).unwrap_or_default();
-            assert!((secs as i64 * 1000 + i64::from(nanos) / 1_000_000 - at_ms).abs() <= 1);
-            let ticks = u.get_timestamp().map(|ts| ts.to_gregorian().0).unwrap_or_default();
-            if let Some((_, prev_ticks)) = prev {
-                assert!(ticks > prev_ticks, "timeuuids must increase");
-            }
-            prev = Some((u, ticks));
-        }
-    }
 }

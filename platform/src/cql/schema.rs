@@ -53,16 +53,35 @@ pub async fn migrate_with_replication(session: &Session, replication: &str) -> R
     Ok(())
 }
 
-/// Tables of the stored format before partition-owned state (orders, payments and shipments written with
-/// lightweight transactions). Their rows cannot be carried over: the new tables are written with epoch
-/// timestamps, which rows written at wall-clock timestamps would always beat.
-const EARLIER_FORMAT_TABLES: [(&str, &str); 3] =
-    [("orderflow_orders", "orders"), ("orderflow_payments", "payments"), ("orderflow_fulfillment", "shipments")];
+/// Tables of stored formats this version cannot read, and why. Their rows cannot be carried over: the tables
+/// that replace them are written with epoch timestamps, which rows written at wall-clock timestamps (or with
+/// lightweight transactions) would always beat.
+const EARLIER_FORMAT_TABLES: [(&str, &str, &str); 4] = [
+    (
+        "orderflow_orders",
+        "orders",
+        "orders, payments and shipments are now partition-owned. Drop the keyspaces orderflow_orders, \
+         orderflow_payments and orderflow_fulfillment",
+    ),
+    ("orderflow_payments", "payments", "payments are now partition-owned. Drop the keyspace orderflow_payments"),
+    (
+        "orderflow_fulfillment",
+        "shipments",
+        "shipments are now partition-owned. Drop the keyspace orderflow_fulfillment",
+    ),
+    (
+        "orderflow_inventory",
+        "stock",
+        "stock is now owned by the SKU's partition and written without lightweight transactions. Note each \
+         SKU's stock (`SELECT DISTINCT sku, available, reserved FROM orderflow_inventory.stock`), drop the \
+         keyspace orderflow_inventory, run `orderflow migrate` and set the stock again with `adjustStock`",
+    ),
+];
 
-/// Refuses a cluster whose keyspaces were written by an orderflow from before partition-owned state, with
-/// what to do about it, instead of running on a mix of both formats.
+/// Refuses a cluster whose keyspaces were written by an earlier orderflow in a stored format this version
+/// cannot read, with what to do about it, instead of running on a mix of both formats.
 pub async fn refuse_earlier_format(session: &Session) -> Result<()> {
-    for (keyspace, table) in EARLIER_FORMAT_TABLES {
+    for (keyspace, table, what_to_do) in EARLIER_FORMAT_TABLES {
         let result = session
             .query_unpaged(
                 "SELECT table_name FROM system_schema.tables WHERE keyspace_name = ? AND table_name = ?",
@@ -74,9 +93,8 @@ pub async fn refuse_earlier_format(session: &Session) -> Result<()> {
         if rows.rows_num() > 0 {
             return Err(StoreError::Unavailable(format!(
                 "{keyspace}.{table} was written by an earlier orderflow whose stored format this version cannot \
-                 read (orders, payments and shipments are now partition-owned; see the README's \"Upgrading\"). \
-                 Drop the keyspaces orderflow_orders, orderflow_payments and orderflow_fulfillment (or use a new \
-                 cluster) and run `orderflow migrate` again"
+                 read (see the README's \"Upgrading\"): {what_to_do} (or use a new cluster), then run \
+                 `orderflow migrate` again"
             )));
         }
     }

@@ -298,6 +298,7 @@ impl InventoryStore for EmbeddedStore {
         delta: i64,
         reason: &str,
         key: Option<&str>,
+        _fence: Fence,
     ) -> Result<StockLevel, StockError> {
         let (sku, reason, key) = (sku.clone(), reason.to_owned(), key.map(str::to_owned));
         self.db
@@ -359,18 +360,24 @@ impl InventoryStore for EmbeddedStore {
         Ok(get_latest::<StoredAdjustment>(&self.db.stock, adjustment_key(sku, key))?.map(StoredAdjustment::adjustment))
     }
 
-    async fn reserve(&self, hold: &Hold) -> Result<Reservation> {
-        let mut out = self.reserve_many(std::slice::from_ref(hold)).await?;
+    async fn reserve(&self, hold: &Hold, fence: Fence) -> Result<Reservation> {
+        let mut out = self.reserve_many(&[(hold.clone(), fence)]).await?;
         out.pop().ok_or_else(|| StoreError::Corrupt("no reservation outcome".into()))
     }
 
-    async fn reserve_many(&self, holds: &[Hold]) -> Result<Vec<Reservation>> {
-        let holds = holds.to_vec();
+    async fn reserve_many(&self, holds: &[(Hold, Fence)]) -> Result<Vec<Reservation>> {
+        let holds: Vec<Hold> = holds.iter().map(|(hold, _)| hold.clone()).collect();
         // One transaction for all of them: later holds see the stock earlier ones took.
         self.db.write(move |db, tx| holds.iter().map(|hold| reserve_in_tx(db, tx, hold)).collect()).await
     }
 
-    async fn end_reservation(&self, order: &OrderId, sku: &Sku, end: ReservationEnd) -> Result<ReservationEnd> {
+    async fn end_reservation(
+        &self,
+        order: &OrderId,
+        sku: &Sku,
+        end: ReservationEnd,
+        _fence: Fence,
+    ) -> Result<ReservationEnd> {
         let (order, sku) = (order.clone(), sku.clone());
         self.db
             .write(move |db, tx| {
@@ -435,6 +442,7 @@ impl InventoryStore for EmbeddedStore {
         sku: &Sku,
         threshold: u64,
         key: Option<&str>,
+        _fence: Fence,
     ) -> Result<LowStock, StockError> {
         let (sku, key_row) = (sku.clone(), key.map(|k| threshold_request_key(sku, k)));
         self.db
@@ -460,7 +468,7 @@ impl InventoryStore for EmbeddedStore {
         Ok(get_latest(&self.db.stock_alerts, alert_state_key(sku))?.unwrap_or_default())
     }
 
-    async fn settle_low_stock(&self, sku: &Sku) -> Result<Vec<StockAlert>> {
+    async fn settle_low_stock(&self, sku: &Sku, _fence: Fence) -> Result<Vec<StockAlert>> {
         // The common case (no crossing, nothing unpublished) needs no write transaction: a look at the
         // latest committed rows settles it. A crossing is re-checked and recorded under the write lock.
         let level: Option<StockLevel> = get_latest(&self.db.stock, sku.as_str())?;
@@ -504,7 +512,7 @@ impl InventoryStore for EmbeddedStore {
             .await
     }
 
-    async fn mark_alert_published(&self, sku: &Sku, seq: u64) -> Result<()> {
+    async fn mark_alert_published(&self, sku: &Sku, seq: u64, _fence: Fence) -> Result<()> {
         let sku = sku.clone();
         self.db
             .write(move |db, tx| {
@@ -1025,7 +1033,7 @@ mod tests {
                 0,
             );
             assert!(store.create_product(&p).await.unwrap());
-            store.adjust_stock(sku, 5, "initial", None).await.unwrap();
+            store.adjust_stock(sku, 5, "initial", None, Fence::new(1, 0)).await.unwrap();
         }
         // What the earlier version left: order o holds 2 A + 3 B; order r was refused for B.
         let (o, r) = (OrderId::parse("o").unwrap(), OrderId::parse("r").unwrap());
@@ -1054,13 +1062,24 @@ mod tests {
         assert_eq!(upgrade_reservations(&db).unwrap(), 2);
         assert_eq!(upgrade_reservations(&db).unwrap(), 0, "split once");
         let hold = |order: &OrderId, sku: &Sku, n: i64| Hold::new(order.clone(), sku.clone(), [q(n)]).unwrap();
-        assert_eq!(store.reserve(&hold(&o, &a, 2)).await.unwrap(), Reservation::Reserved { units: 2 }, "first answer");
-        assert_eq!(store.end_reservation(&o, &b, ReservationEnd::Released).await.unwrap(), ReservationEnd::Released);
-        assert_eq!(store.end_reservation(&o, &a, ReservationEnd::Committed).await.unwrap(), ReservationEnd::Committed);
+        let f = |offset| Fence::new(1, offset);
+        assert_eq!(
+            store.reserve(&hold(&o, &a, 2), f(1)).await.unwrap(),
+            Reservation::Reserved { units: 2 },
+            "first answer"
+        );
+        assert_eq!(
+            store.end_reservation(&o, &b, ReservationEnd::Released, f(2)).await.unwrap(),
+            ReservationEnd::Released
+        );
+        assert_eq!(
+            store.end_reservation(&o, &a, ReservationEnd::Committed, f(3)).await.unwrap(),
+            ReservationEnd::Committed
+        );
         assert_eq!(store.stock(&a).await.unwrap().unwrap(), StockLevel { available: 3, reserved: 0, sold: 2 });
         assert_eq!(store.stock(&b).await.unwrap().unwrap(), StockLevel { available: 5, reserved: 0, sold: 0 });
         assert!(
-            matches!(store.reserve(&hold(&r, &a, 1)).await.unwrap(), Reservation::Rejected { .. }),
+            matches!(store.reserve(&hold(&r, &a, 1), f(4)).await.unwrap(), Reservation::Rejected { .. }),
             "a refusal refused every SKU it named"
         );
         assert_eq!(store.stock(&a).await.unwrap().unwrap().available, 3);

@@ -332,6 +332,12 @@ pub struct StockMovement {
     pub reference: String,
 }
 
+/// The store of stock. Every call that writes takes the [`Fence`] of the command it applies: stock is owned
+/// by the SKU's partition of the inventory topic, and only the consumer that owns that partition writes it,
+/// one command at a time, in log order, with fences that grow. The CQL adapter writes a SKU's level, its
+/// rows and its alerts in one fenced single-partition batch per run of commands, so that a zombie owner's
+/// late writes lose (see [`Fence`]); the embedded adapter, which cannot have zombies, ignores the fence.
+/// Two calls for one SKU must never share a fence (the second would tie with the first).
 #[async_trait]
 pub trait InventoryStore: Send + Sync {
     async fn stock(&self, sku: &Sku) -> Result<Option<StockLevel>>;
@@ -339,14 +345,16 @@ pub trait InventoryStore: Send + Sync {
     /// for a product that has none. With an idempotency `key` (a staff stock command's request key), the
     /// first answer is recorded under (SKU, key) and stands: a repeat returns the level as it now is (or
     /// the same refusal) and changes nothing, and the same key with another delta is
-    /// [`StockError::KeyReused`]. Keys are kept as long as the SKU's stock. Only the inventory processor
-    /// that owns the SKU's partition calls this (a staff change is a command on the inventory topic).
+    /// [`StockError::KeyReused`]. Keys are kept for at least the idempotency window (see the adapters).
+    /// Only the inventory processor that owns the SKU's partition calls this (a staff change is a command on
+    /// the inventory topic).
     async fn adjust_stock(
         &self,
         sku: &Sku,
         delta: i64,
         reason: &str,
         key: Option<&str>,
+        fence: Fence,
     ) -> Result<StockLevel, StockError>;
     /// The first answer recorded under an adjustment's `key`, if it has been handled.
     async fn adjustment(&self, sku: &Sku, key: &str) -> Result<Option<Adjustment>>;
@@ -354,14 +362,14 @@ pub trait InventoryStore: Send + Sync {
     /// returns the first result and changes nothing. Never lets `available` go below zero. (An order of
     /// several SKUs is several holds, one per SKU, each made by that SKU's partition; the saga collects
     /// the answers and gives back the others when one is refused.)
-    async fn reserve(&self, hold: &Hold) -> Result<Reservation>;
-    /// [`InventoryStore::reserve`] for several holds, answered in order, as if one after the other. An
-    /// adapter that can commit them together (one transaction for a batch of one SKU's reservations)
-    /// overrides this; the default reserves one by one.
-    async fn reserve_many(&self, holds: &[Hold]) -> Result<Vec<Reservation>> {
+    async fn reserve(&self, hold: &Hold, fence: Fence) -> Result<Reservation>;
+    /// [`InventoryStore::reserve`] for several holds, each with the fence of its command, answered in
+    /// order, as if one after the other. An adapter that can write them together (one transaction, or one
+    /// batch per SKU) overrides this; the default reserves one by one.
+    async fn reserve_many(&self, holds: &[(Hold, Fence)]) -> Result<Vec<Reservation>> {
         let mut out = Vec::with_capacity(holds.len());
-        for hold in holds {
-            out.push(self.reserve(hold).await?);
+        for (hold, fence) in holds {
+            out.push(self.reserve(hold, *fence).await?);
         }
         Ok(out)
     }
@@ -369,7 +377,13 @@ pub trait InventoryStore: Send + Sync {
     /// Idempotent. The answer is `end` if this call ended the hold, `NothingHeld` if nothing was held
     /// any more (ended before, or never reserved: then the pair is closed, and a later reservation of
     /// that SKU for the order is refused).
-    async fn end_reservation(&self, order: &OrderId, sku: &Sku, end: ReservationEnd) -> Result<ReservationEnd>;
+    async fn end_reservation(
+        &self,
+        order: &OrderId,
+        sku: &Sku,
+        end: ReservationEnd,
+        fence: Fence,
+    ) -> Result<ReservationEnd>;
     /// The most recent movements of a SKU, newest first.
     async fn movements(&self, sku: &Sku, limit: usize) -> Result<Vec<StockMovement>>;
 
@@ -381,17 +395,19 @@ pub trait InventoryStore: Send + Sync {
         sku: &Sku,
         threshold: u64,
         key: Option<&str>,
+        fence: Fence,
     ) -> Result<LowStock, StockError>;
     /// The SKU's threshold and whether it is currently flagged low (defaults for a SKU never set up).
     async fn low_stock(&self, sku: &Sku) -> Result<LowStock>;
-    /// Compares the SKU's available units with its threshold and, if that flips its low flag, records
-    /// the crossing as the SKU's next alert, fenced so that concurrent callers record it once. Returns
-    /// the SKU's alerts not yet marked published, oldest first (the new one included): the caller
-    /// publishes them and marks them. Every change of a SKU's level is followed by a call, so the flag
-    /// follows the level; a crossing is one alert, not one per order.
-    async fn settle_low_stock(&self, sku: &Sku) -> Result<Vec<StockAlert>>;
+    /// Makes sure a flip of the SKU's low flag by its level is recorded as the SKU's next alert (the CQL
+    /// adapter records it in the write that changed the level or the threshold; the embedded one compares
+    /// here), and returns the SKU's alerts not yet marked published, oldest first (a new one included):
+    /// the caller publishes them and marks them. Every change of a SKU's level is followed by a call, with
+    /// the fence of the last command applied, so the flag follows the level; a crossing is one alert, not
+    /// one per order.
+    async fn settle_low_stock(&self, sku: &Sku, fence: Fence) -> Result<Vec<StockAlert>>;
     /// Marks the SKU's alert `seq` as published. Idempotent.
-    async fn mark_alert_published(&self, sku: &Sku, seq: u64) -> Result<()>;
+    async fn mark_alert_published(&self, sku: &Sku, seq: u64, fence: Fence) -> Result<()>;
     /// Alerts newest first: of one SKU, or of every SKU over the last [`ALERT_LISTING_DAYS`] days.
     async fn stock_alerts(&self, sku: Option<&Sku>, limit: usize) -> Result<Vec<StockAlert>>;
 }
