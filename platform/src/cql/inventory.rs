@@ -187,6 +187,10 @@ fn hold_ref(order: &OrderId) -> String {
     format!("hold:{order}")
 }
 
+fn end_ref(order: &OrderId) -> String {
+    format!("end:{order}")
+}
+
 fn adjust_ref(key: &str) -> String {
     format!("adjust:key:{key}")
 }
@@ -213,13 +217,14 @@ enum Cmd<'a> {
 }
 
 impl Cmd<'_> {
-    /// The row that records the command at `fence` (a threshold without a key has none).
-    fn row_ref(&self, fence: Fence) -> Option<String> {
+    /// The rows the command's decision reads: an order's hold of the SKU and the end of it for a reservation,
+    /// release or commit; an adjustment's or a keyed threshold's own row.
+    fn row_refs(&self, fence: Fence) -> Vec<String> {
         match self {
-            Cmd::Reserve { order, .. } | Cmd::End { order, .. } => Some(hold_ref(order)),
-            Cmd::Adjust { key: Some(k), .. } => Some(adjust_ref(k)),
-            Cmd::Adjust { key: None, .. } => Some(format!("adjust:at:{}", fence.offset)),
-            Cmd::Threshold { key, .. } => key.map(threshold_ref),
+            Cmd::Reserve { order, .. } | Cmd::End { order, .. } => vec![hold_ref(order), end_ref(order)],
+            Cmd::Adjust { key: Some(k), .. } => vec![adjust_ref(k)],
+            Cmd::Adjust { key: None, .. } => vec![format!("adjust:at:{}", fence.offset)],
+            Cmd::Threshold { key, .. } => key.map(threshold_ref).into_iter().collect(),
         }
     }
 }
@@ -265,8 +270,10 @@ impl<'a> Writes<'a> {
         self.values.push(values);
     }
 
-    fn row(&mut self, r: &str, row: &OpRow, fence: Fence) -> Result<()> {
-        let ended = row.state != HELD;
+    /// Writes `row` as `r`, expiring after [`ENDED_ROW_TTL_SECS`] unless it is a hold still held (`expire`
+    /// says whether a held row expires too: when its hold ends).
+    fn row(&mut self, r: &str, row: &OpRow, expire: bool, fence: Fence) -> Result<()> {
+        let ended = expire || row.state != HELD;
         let values = vec![
             text(self.sku),
             text(r),
@@ -363,7 +370,7 @@ impl<'a> Run<'a> {
     /// Records `row` as the command's (at its fence) and notes that the statics move to that fence.
     fn write_row(&mut self, r: String, mut row: OpRow, fence: Fence) -> Result<()> {
         row.at = fence.offset;
-        self.writes.row(&r, &row, fence)?;
+        self.writes.row(&r, &row, false, fence)?;
         self.rows.insert(r, row);
         self.applied(fence)
     }
@@ -395,12 +402,12 @@ impl<'a> Run<'a> {
     /// already (a redelivery to this owner, or a zombie behind the SKU's owner), so it is answered from its
     /// row and writes nothing. (Its row is gone only after [`ENDED_ROW_TTL_SECS`].)
     fn applied_before(&self, cmd: &Cmd<'_>, fence: Fence) -> Result<Answer> {
-        let row = cmd.row_ref(fence).and_then(|r| self.rows.get(&r));
+        let row = cmd.row_refs(fence).first().and_then(|r| self.rows.get(r));
         Ok(match (*cmd, row) {
-            (Cmd::Reserve { order, .. }, Some(row)) => Answer::Reserve(hold_outcome(order, self.sku, row)?),
-            (Cmd::Reserve { .. }, None) => {
-                Answer::Reserve(Reservation::Rejected { reason: "expired".into(), sku: Some(self.sku.clone()) })
-            }
+            (Cmd::Reserve { order, .. }, _) => Answer::Reserve(
+                self.first_answer(order)?
+                    .unwrap_or_else(|| Reservation::Rejected { reason: "expired".into(), sku: Some(self.sku.clone()) }),
+            ),
             (Cmd::End { .. }, _) => Answer::End(false),
             (Cmd::Adjust { key: Some(k), delta, .. }, Some(row)) => Answer::Adjust(self.adjust_answer(k, delta, row)?),
             (Cmd::Adjust { .. }, _) => Answer::Adjust(self.state.level.map_or_else(
@@ -426,6 +433,18 @@ impl<'a> Run<'a> {
         Ok(Ok(self.level()?.to_stock_level()?))
     }
 
+    /// The first answer to the order's reservation of this SKU, if it has one: from its hold row, or a
+    /// refusal when the order gave the SKU up before it was held.
+    fn first_answer(&self, order: &OrderId) -> Result<Option<Reservation>> {
+        if let Some(hold) = self.rows.get(&hold_ref(order)) {
+            return hold_outcome(order, self.sku, hold).map(Some);
+        }
+        Ok(self
+            .rows
+            .contains_key(&end_ref(order))
+            .then(|| Reservation::Rejected { reason: "ended_before_reserved".into(), sku: Some(self.sku.clone()) }))
+    }
+
     async fn decide(&mut self, cmd: &Cmd<'_>, fence: Fence) -> Result<Answer> {
         let sku = self.sku;
         if self.state.applied_at.is_some_and(|applied| fence.offset <= applied) {
@@ -433,10 +452,10 @@ impl<'a> Run<'a> {
         }
         Ok(match *cmd {
             Cmd::Reserve { order, qty } => {
-                let r = hold_ref(order);
-                if let Some(row) = self.rows.get(&r) {
-                    return Ok(Answer::Reserve(hold_outcome(order, sku, row)?));
+                if let Some(answer) = self.first_answer(order)? {
+                    return Ok(Answer::Reserve(answer));
                 }
+                let r = hold_ref(order);
                 let refusal = match self.state.level {
                     None if self.store.product_exists(sku).await? => Some("out_of_stock"),
                     None => Some("unknown_sku"),
@@ -459,16 +478,19 @@ impl<'a> Run<'a> {
                 Answer::Reserve(answer)
             }
             Cmd::End { order, end } => {
-                let r = hold_ref(order);
-                let Some(row) = self.rows.get(&r).cloned() else {
+                // The end is a row of its own, so the hold row keeps what its reservation decided (a zombie's
+                // end written ahead of its successor never hides a hold the successor's level counts).
+                if self.rows.contains_key(&end_ref(order)) {
+                    return Ok(Answer::End(false));
+                }
+                let Some(row) = self.rows.get(&hold_ref(order)).cloned() else {
                     // Never held: void it, so a late or zombie attempt of this order can never hold it later.
                     let void = OpRow { at: 0, qty: 0, state: VOID.into() };
-                    self.write_row(r, void, fence)?;
+                    self.write_row(end_ref(order), void, fence)?;
                     return Ok(Answer::End(false));
                 };
                 match row.state.as_str() {
                     HELD => {}
-                    VOID | RELEASED | COMMITTED => return Ok(Answer::End(false)),
                     s if s.starts_with(REFUSED) => return Ok(Answer::End(false)),
                     other => return Err(corrupt(format!("{sku}: hold of {order} in state {other:?}"))),
                 }
@@ -490,7 +512,9 @@ impl<'a> Run<'a> {
                     }
                 };
                 self.state.level = Some(level);
-                self.write_row(r, OpRow { state: state.into(), ..row }, fence)?;
+                // The hold row as it was (same offset), now expiring with its end.
+                self.writes.row(&hold_ref(order), &row, true, fence)?;
+                self.write_row(end_ref(order), OpRow { at: 0, qty: row.qty, state: state.into() }, fence)?;
                 Answer::End(true)
             }
             Cmd::Adjust { delta, reason, key } => Answer::Adjust(self.adjust(delta, reason, key, fence).await?),
@@ -567,8 +591,7 @@ impl<'a> Run<'a> {
 /// The first answer to an order's reservation of a SKU, from its hold row.
 fn hold_outcome(order: &OrderId, sku: &Sku, row: &OpRow) -> Result<Reservation> {
     match row.state.as_str() {
-        HELD | RELEASED | COMMITTED => Ok(Reservation::Reserved { units: to_u64(row.qty, "held quantity")? }),
-        VOID => Ok(Reservation::Rejected { reason: "ended_before_reserved".into(), sku: Some(sku.clone()) }),
+        HELD => Ok(Reservation::Reserved { units: to_u64(row.qty, "held quantity")? }),
         state => match state.strip_prefix(REFUSED) {
             Some(reason) => Ok(Reservation::Rejected { reason: reason.to_owned(), sku: Some(sku.clone()) }),
             None => Err(StoreError::Corrupt(format!("{sku}: hold of {order} in state {state:?}"))),
@@ -622,7 +645,7 @@ impl CqlStore {
 
     /// Decides a run of commands of one SKU in order and writes every decision in one fenced batch.
     async fn apply_run(&self, sku: &Sku, cmds: &[(Cmd<'_>, Fence)]) -> Result<Vec<Answer>> {
-        let refs: Vec<String> = cmds.iter().filter_map(|(c, fence)| c.row_ref(*fence)).collect();
+        let refs: Vec<String> = cmds.iter().flat_map(|(c, fence)| c.row_refs(*fence)).collect();
         let (state, rows, ignored) = self.read_sku(sku, &refs).await?;
         let mut run = Run {
             store: self,
