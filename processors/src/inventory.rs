@@ -1,7 +1,7 @@
 //! The inventory processor, the one writer of stock: holds an order's units of one SKU (one command per
 //! SKU, on that SKU's partition), releases on cancel or failure, commits when the order leaves, and
 //! applies staff stock changes (adjustments, low-stock thresholds), which reach it as commands on the
-//! same partition. It is the one writer of a SKU's stock: every store write carries the fence of the
+//! same partition. Every store write carries the fence of the
 //! command (the partition's epoch, claimed once per assignment, and the record's offset), so a zombie
 //! instance's late writes lose (ADR 0001). The store makes each command idempotent per (order, SKU) or per
 //! request key, so a redelivered command returns the stored answer and never moves stock twice.

@@ -30,7 +30,7 @@ use crate::store::{
 /// How long the row of an ended command (a released, committed, voided or refused hold, a staff change) is
 /// kept: well past the log's retention plus the dead-letter topic's (7 + 7 days by default), so that a
 /// redelivered or retried command still finds its first answer.
-pub(super) const ENDED_ROW_TTL_SECS: i32 = 30 * 86_400;
+const ENDED_ROW_TTL_SECS: i32 = 30 * 86_400;
 
 pub(super) struct Statements {
     read: PreparedStatement,
@@ -129,10 +129,10 @@ impl Level {
 
 /// The static cells of a SKU's partition.
 #[derive(Debug, Clone, Copy, Default)]
-pub(super) struct SkuState {
+struct SkuState {
     /// None until the SKU is first stocked.
     level: Option<Level>,
-    pub(super) low: LowStock,
+    low: LowStock,
     /// The offset of the last command applied (None: nothing was ever written).
     applied_at: Option<u64>,
 }
@@ -283,7 +283,8 @@ impl<'a> Writes<'a> {
             Some(CqlValue::Int(if ended { ENDED_ROW_TTL_SECS } else { 0 })),
             big(fence.timestamp()),
         ];
-        self.add(&self.st.write_row.clone(), values);
+        let st = self.st;
+        self.add(&st.write_row, values);
         Ok(())
     }
 
@@ -298,14 +299,16 @@ impl<'a> Writes<'a> {
             text(reference),
             big(fence.timestamp()),
         ];
-        self.add(&self.st.line_insert.clone(), values);
+        let st = self.st;
+        self.add(&st.line_insert, values);
         Ok(())
     }
 
     /// Deletes the ledger line at `at` (one a zombie owner wrote for a decision this run made otherwise).
     fn unline(&mut self, at: u64, fence: Fence) -> Result<()> {
         let values = vec![big(fence.timestamp()), text(self.sku), offset(at)?];
-        self.add(&self.st.line_delete.clone(), values);
+        let st = self.st;
+        self.add(&st.line_delete, values);
         Ok(())
     }
 
@@ -320,7 +323,8 @@ impl<'a> Writes<'a> {
             big(alert.at_ms),
             big(fence.timestamp()),
         ];
-        self.add(&self.st.write_alert.clone(), values);
+        let st = self.st;
+        self.add(&st.write_alert, values);
         Ok(())
     }
 
@@ -337,7 +341,8 @@ impl<'a> Writes<'a> {
             offset(fence.offset)?,
             big(fence.timestamp()),
         ];
-        self.add(&self.st.write_statics.clone(), values);
+        let st = self.st;
+        self.add(&st.write_statics, values);
         Ok(())
     }
 }
@@ -456,8 +461,9 @@ impl<'a> Run<'a> {
                     return Ok(Answer::Reserve(answer));
                 }
                 let r = hold_ref(order);
+                let product = if self.state.level.is_none() { self.product_exists().await? } else { true };
                 let refusal = match self.state.level {
-                    None if self.store.product_exists(sku).await? => Some("out_of_stock"),
+                    None if product => Some("out_of_stock"),
                     None => Some("unknown_sku"),
                     Some(l) if l.available < qty => Some("out_of_stock"),
                     Some(_) => None,
@@ -601,7 +607,7 @@ fn hold_outcome(order: &OrderId, sku: &Sku, row: &OpRow) -> Result<Reservation> 
 
 impl CqlStore {
     /// The SKU's static cells (defaults for a SKU never written).
-    pub(super) async fn sku_state(&self, sku: &Sku) -> Result<SkuState> {
+    async fn sku_state(&self, sku: &Sku) -> Result<SkuState> {
         match self.first_row::<StaticsTuple>(&self.inventory.statics, (sku.as_str(),)).await? {
             Some(statics) => to_state(statics),
             None => Ok(SkuState::default()),
