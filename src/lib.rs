@@ -1,6 +1,7 @@
 //! The `orderflow` binary's library: assembling roles into a running process. `main.rs` only parses
 //! the command line; tests start the same [`App`] on port 0.
 
+pub mod backend;
 pub mod config;
 pub mod demo;
 pub mod health;
@@ -142,10 +143,15 @@ impl App {
         }
         // One process with every role applies the CQL schema itself; separate roles expect `orderflow migrate`.
         let options = BackendOptions { migrate_cql: roles == Roles::all(), ..settings.backend_options() };
-        let backends =
-            Backends::open_waiting(&settings.bus, &settings.store, &settings.data_dir, &options, settings.startup_wait)
-                .await
-                .with_context(|| format!("opening bus {} and store {}", settings.bus, settings.store))?;
+        let backends = crate::backend::open_waiting(
+            &settings.bus,
+            &settings.store,
+            &settings.data_dir,
+            &options,
+            settings.startup_wait,
+        )
+        .await
+        .with_context(|| format!("opening bus {} and store {}", settings.bus, settings.store))?;
         if settings.seed_catalog == Seed::Demo && roles.graphql {
             let n = demo::seed_if_empty(&backends).await.context("seeding the demo catalog")?;
             if n > 0 {

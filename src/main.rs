@@ -82,7 +82,7 @@ async fn main() -> anyhow::Result<()> {
     let roles = match cli.command {
         Command::Topics => return orderflow::tools::topics(&cli.settings).await,
         Command::Migrate => {
-            orderflow_platform::backend::migrate_cql(&cli.settings.store).await?;
+            orderflow::backend::migrate_cql(&cli.settings.store).await?;
             println!("CQL schema applied to {}", cli.settings.store);
             return Ok(());
         }

@@ -1,8 +1,8 @@
 //! Operator commands that are not long-running roles.
 
+use orderflow_kafka::{KafkaBus, KafkaOptions};
 use orderflow_platform::BackendUrl;
 use orderflow_platform::bus::BusRecord;
-use orderflow_platform::kafka::{KafkaBus, KafkaOptions};
 use orderflow_schemas::partner::{self, PartnerItem, PartnerOrder};
 use orderflow_schemas::{now_ms, topics};
 

@@ -154,7 +154,7 @@ async fn flash_sale_survives_kill_9_mid_burst() {
     .await;
     assert_eq!(stock["data"]["product"]["stock"], json!({"available": 0, "reserved": UNITS, "sold": 0}), "{stock}");
     assert!(server.terminate().success());
-    let backends = orderflow_platform::embedded::open(&data, &Default::default()).unwrap();
+    let backends = orderflow_embedded::open(&data, &Default::default()).unwrap();
     let moves = backends.stores.inventory.movements(&sku.parse().unwrap(), 10_000).await.unwrap();
     let held: i64 = moves.iter().filter(|m| m.kind == "reserve").map(|m| -m.available_delta).sum();
     let released: i64 = moves.iter().filter(|m| m.kind == "release").map(|m| m.available_delta).sum();
@@ -239,7 +239,7 @@ async fn flash_sale_on_kafka_and_cql_survives_inventory_processor_kill() {
     )
     .await;
     assert_eq!(stock["data"]["product"]["stock"], json!({"available": 0, "reserved": UNITS, "sold": 0}), "{stock}");
-    let backends = orderflow_platform::Backends::open(
+    let backends = orderflow::backend::open(
         &orderflow_platform::BackendUrl::Kafka(vec![kafka.clone()]),
         &orderflow_platform::BackendUrl::Scylla(vec![cql.clone()]),
         dir.path(),

@@ -33,7 +33,7 @@ async fn serve_probes(probes: Probes) -> String {
 }
 
 fn embedded(dir: &std::path::Path) -> Backends {
-    orderflow_platform::embedded::open(dir, &BackendOptions::default()).unwrap()
+    orderflow_embedded::open(dir, &BackendOptions::default()).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

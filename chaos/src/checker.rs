@@ -125,7 +125,7 @@ pub struct Checker {
 
 impl Checker {
     pub async fn connect(kafka: &str, cql: &str, run: &str, initial_stock: i64) -> anyhow::Result<Checker> {
-        let store = orderflow_platform::cql::connect(&[cql.to_owned()]).await.context("connecting to CQL")?;
+        let store = orderflow_cql::connect(&[cql.to_owned()]).await.context("connecting to CQL")?;
         Ok(Checker { stores: Arc::new(store).stores(), kafka: kafka.to_owned(), run: run.to_owned(), initial_stock })
     }
 

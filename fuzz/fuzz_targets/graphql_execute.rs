@@ -41,7 +41,7 @@ struct Server {
 static SERVER: LazyLock<Server> = LazyLock::new(|| {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let backends = orderflow_platform::embedded::open(dir.path(), &BackendOptions::default()).expect("the store");
+    let backends = orderflow_embedded::open(dir.path(), &BackendOptions::default()).expect("the store");
     let intake = Intake::new(backends.stores.clone(), Arc::clone(&backends.bus));
     let inventory = Arc::new(orderflow_processors::inventory::InventoryHandler {
         inventory: Arc::clone(&backends.stores.inventory),

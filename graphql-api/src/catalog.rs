@@ -582,8 +582,7 @@ mod tests {
     #[tokio::test]
     async fn an_invalidation_ahead_of_the_projection_caches_nothing_old() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let backends =
-            orderflow_platform::embedded::open(dir.path(), &Default::default()).unwrap_or_else(|e| panic!("{e}"));
+        let backends = orderflow_embedded::open(dir.path(), &Default::default()).unwrap_or_else(|e| panic!("{e}"));
         let view = Arc::clone(&backends.stores.catalog_view);
         let cache = CatalogCache::new(Arc::clone(&view));
         let sku = Sku::parse("S").unwrap_or_else(|e| panic!("{e}"));

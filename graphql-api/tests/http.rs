@@ -18,7 +18,7 @@ fn app(dir: &std::path::Path) -> Result<axum::Router> {
 /// The GraphQL routes over a fresh embedded store, with the catalog projector but no order saga: a staff
 /// order change waits for a saga that never comes.
 fn app_with(dir: &std::path::Path, options: HttpOptions) -> Result<axum::Router> {
-    let backends = orderflow_platform::embedded::open(dir, &BackendOptions::default())?;
+    let backends = orderflow_embedded::open(dir, &BackendOptions::default())?;
     let intake = Intake::new(backends.stores.clone(), backends.bus.clone());
     let state = ApiState::new(backends.stores.clone(), backends.bus.clone(), intake, Some(TOKEN.into()));
     // The catalog projector, as `orderflow serve` runs it, so catalog reads follow staff writes. It stops

@@ -1,20 +1,20 @@
-//! The plumbing of orderflow, kept apart from its domain logic:
+//! The ports of orderflow, kept apart from its domain logic and from any adapter:
 //!
 //! - [`bus`]: the bus port (append, consume by key partition, commit after processing) and the consumer
 //!   policy shared by every adapter (retry transient failures, dead-letter poison records).
 //! - [`store`]: the store port, one trait per service's tables, designed query-first.
-//! - [`embedded`]: the default adapters for both ports, on one fjall database in the data directory.
+//! - [`fencing`]: the partition epochs and the fence that makes a zombie owner's writes lose.
+//! - [`conformance`]: the suites every adapter runs (bus and store).
 //! - [`telemetry`]: tracing and the Prometheus recorder.
 //!
-//! Adapters are picked at run time from a URL-like setting ([`backend::BackendUrl`]).
+//! The adapters are crates of their own that depend on this one: `orderflow-embedded` (both ports on fjall,
+//! the default), `orderflow-kafka` (the bus) and `orderflow-cql` (the store). The binary picks them at run
+//! time from a URL-like setting ([`backend::BackendUrl`]).
 
 pub mod backend;
 pub mod bus;
 pub mod conformance;
-pub mod cql;
-pub mod embedded;
 pub mod fencing;
-pub mod kafka;
 pub mod store;
 pub mod telemetry;
 

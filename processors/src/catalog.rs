@@ -385,7 +385,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn writes_reach_the_read_model_and_a_lost_event_is_republished() {
         let dir = tempfile::tempdir().unwrap();
-        let backends = orderflow_platform::embedded::open(dir.path(), &Default::default()).unwrap();
+        let backends = orderflow_embedded::open(dir.path(), &Default::default()).unwrap();
         let stores = &backends.stores;
         let writer = CatalogWriter::new(Arc::clone(&stores.catalog), Arc::clone(&backends.bus));
         let sku = Sku::parse("SKU-1").unwrap();

@@ -353,7 +353,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_pending_sweep_leaves_a_lagging_sagas_backlog_alone_and_republishes_only_lost_events() {
         let dir = tempfile::tempdir().unwrap();
-        let backends = orderflow_platform::embedded::open(dir.path(), &Default::default()).unwrap();
+        let backends = orderflow_embedded::open(dir.path(), &Default::default()).unwrap();
         // An order PENDING for a minute whose OrderPlaced is in the log, not yet handled: a backlog.
         let mut order = pending("backlog-1");
         order.placed_at_ms = now_ms() - 60_000;

@@ -8,9 +8,9 @@
 
 use std::sync::Arc;
 
+use orderflow_embedded as embedded;
 use orderflow_platform::backend::BackendOptions;
 use orderflow_platform::bus::{Assignment, Delivery, Handler};
-use orderflow_platform::embedded;
 use orderflow_platform::fencing::PartitionFences;
 use orderflow_platform::store::{OwnedOrders, Stores};
 use orderflow_processors::saga::SagaHandler;

@@ -21,9 +21,9 @@ use std::collections::HashMap;
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use orderflow_embedded as embedded;
 use orderflow_platform::backend::BackendOptions;
 use orderflow_platform::conformance::store::next_fence;
-use orderflow_platform::embedded;
 use orderflow_platform::store::{
     Hold, INITIAL_STOCK_KEY, InventoryStore, Reservation, ReservationEnd, StockError, Stores,
 };

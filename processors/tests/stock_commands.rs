@@ -8,9 +8,9 @@
 
 use std::sync::{Arc, LazyLock};
 
-use orderflow_platform::backend::{BackendOptions, BackendUrl, Backends};
+use orderflow_embedded as embedded;
+use orderflow_platform::backend::{BackendOptions, Backends};
 use orderflow_platform::bus::{Assignment, Delivery, Handler};
-use orderflow_platform::embedded;
 use orderflow_platform::fencing::PartitionFences;
 use orderflow_platform::store::{Adjustment, StockRefusal, Stores};
 use orderflow_processors::inventory::{InventoryHandler, stock_command_record};
@@ -72,12 +72,11 @@ async fn inventory() -> (tempfile::TempDir, Stores, InventoryHandler) {
 /// The same on the CQL store (the embedded log as the bus), or None without a Cassandra.
 async fn inventory_on_cql() -> Option<(tempfile::TempDir, Stores, InventoryHandler)> {
     let cql = orderflow_platform::conformance::real_engine("ORDERFLOW_TEST_CQL")?;
-    let points = cql.split(',').map(|p| p.trim().to_owned()).collect();
-    let store = BackendUrl::Scylla(points);
-    orderflow_platform::backend::migrate_cql(&store).await.unwrap();
+    let points: Vec<String> = cql.split(',').map(|p| p.trim().to_owned()).collect();
+    let cql = Arc::new(orderflow_cql::connect_and_migrate(&points).await.unwrap());
     let dir = tempfile::tempdir().unwrap();
-    let backends = Backends::open(&BackendUrl::Embedded, &store, dir.path(), &Default::default()).await.unwrap();
-    Some(with_product(dir, backends).await)
+    let embedded = embedded::open(dir.path(), &BackendOptions::default()).unwrap();
+    Some(with_product(dir, Backends { bus: embedded.bus, stores: cql.stores() }).await)
 }
 
 async fn with_product(dir: tempfile::TempDir, backends: Backends) -> (tempfile::TempDir, Stores, InventoryHandler) {

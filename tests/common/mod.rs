@@ -202,7 +202,7 @@ pub async fn stock_of(http: &reqwest::Client, graphql_base: &str, sku: &str) -> 
 /// The simulated provider's own ledger (on the CQL store at `cql`): the entries under idempotency keys
 /// that start with `prefix`, sorted by key.
 pub async fn provider_entries(cql: &str, prefix: &str) -> Vec<(String, orderflow_platform::store::ProviderEntry)> {
-    let store = orderflow_platform::cql::connect(&[cql.to_owned()]).await.unwrap();
+    let store = orderflow_cql::connect(&[cql.to_owned()]).await.unwrap();
     let stores = std::sync::Arc::new(store).stores();
     let mut entries: Vec<_> =
         stores.payments.provider_entries().await.unwrap().into_iter().filter(|(k, _)| k.starts_with(prefix)).collect();

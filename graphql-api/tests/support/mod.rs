@@ -25,7 +25,7 @@ pub(crate) struct Embedded {
 /// of stock).
 pub(crate) fn embedded(admin_token: Option<&str>, inventory: bool) -> Result<Embedded> {
     let dir = tempfile::tempdir()?;
-    let backends = orderflow_platform::embedded::open(dir.path(), &BackendOptions::default())?;
+    let backends = orderflow_embedded::open(dir.path(), &BackendOptions::default())?;
     let state = ApiState::new(
         backends.stores.clone(),
         backends.bus.clone(),

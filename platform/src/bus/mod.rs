@@ -1,7 +1,7 @@
 //! The bus port: append records to key-partitioned topics; consume them in consumer groups with the
 //! position committed only after the handler's writes and outputs are durable (at-least-once).
 //!
-//! Adapters: [`crate::embedded::EmbeddedLog`] (default) and, next, Kafka. Both run the same
+//! Adapters: `orderflow_embedded::EmbeddedLog` (the default) and `orderflow_kafka::KafkaBus`. Both run the same
 //! [`policy`] around the handler, so retries and dead-lettering behave the same everywhere.
 
 pub mod limits;

@@ -1,0 +1,318 @@
+//! The CQL adapter of every store port, for ScyllaDB and Apache Cassandra, on the `scylla` driver.
+//!
+//! The tables are in `schemas/cql/*.cql` (one keyspace per service, a comment above each table saying which
+//! query it serves and why its key is what it is); [`migrate`] applies them. [`CqlStore::new`] prepares every
+//! statement once; the hot paths only ever run prepared statements.
+//!
+//! Consistency: plain reads and writes run at LOCAL_QUORUM; lightweight transactions (LWT) run their Paxos
+//! phase at SERIAL (linearizable across data centres, which is what "never oversell" needs) and commit at
+//! LOCAL_QUORUM; reads that decide what happened to an LWT run at SERIAL.
+//!
+//! LWT rules this module keeps (see the project's field notes):
+//! - every conditional write reads `[applied]`: "not applied" is a successful query, not an error;
+//! - no LWT statement is marked idempotent, so the driver never retries or speculates one;
+//! - an LWT that fails (timeout, lost connection) has an unknown outcome: it is settled with a SERIAL read of
+//!   a row that only that write could have written, before anything is decided or retried. The lost request
+//!   may still reach the cluster later, so every LWT is conditioned on a version, a state or a row that must
+//!   not exist: a late original and its retry can never both apply (adjust_stock, the one change without a
+//!   natural key, also looks up each of its unsettled attempts by its own row before every new attempt);
+//! - cells written by LWTs are never written by plain writes;
+//! - state owned by a partition (orders, payments, shipments) is written only by the partition's owner, with
+//!   plain writes stamped `USING TIMESTAMP` from its claimed epoch and the record's offset (see
+//!   [`orderflow_platform::store::Fence`]): one LWT per assignment (the epoch claim), none per record;
+//! - stock and money are never counters.
+
+mod alerts;
+mod catalog;
+mod fencing;
+mod fulfillment;
+mod inventory;
+mod orders;
+mod payments;
+pub mod schema;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::TryStreamExt;
+use scylla::client::execution_profile::ExecutionProfile;
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::deserialize::row::DeserializeRow;
+use scylla::errors::ExecutionError;
+use scylla::response::query_result::QueryResult;
+use scylla::serialize::batch::BatchValues;
+use scylla::serialize::row::SerializeRow;
+use scylla::statement::batch::Batch;
+use scylla::statement::prepared::PreparedStatement;
+use scylla::statement::{Consistency, SerialConsistency};
+use scylla::value::Row;
+
+pub use schema::{DEFAULT_REPLICATION, migrate, migrate_with_replication, refuse_earlier_format};
+
+use orderflow_platform::store::{Result, StoreError, Stores};
+
+/// How long the driver waits for one request before giving up (the outcome of an LWT is then unknown and is
+/// settled with a SERIAL read). Above Cassandra's own write and CAS-contention timeouts, so the server's
+/// answer normally arrives first.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(12);
+
+/// Bound on compare-and-set rounds for one contended row (each lost round means another writer won one).
+const MAX_CAS_ROUNDS: u32 = 96;
+
+/// Bound on re-running one uncontended LWT whose outcome stayed unknown.
+const MAX_UNKNOWN_RETRIES: u32 = 6;
+
+/// How long a readiness probe waits for the node it asks: far below [`REQUEST_TIMEOUT`], since a
+/// readiness check that hangs for 12 s is as bad as a wrong answer to the supervisor asking.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The CQL adapter: one driver session and every prepared statement.
+pub struct CqlStore {
+    session: Session,
+    catalog: catalog::Statements,
+    inventory: inventory::Statements,
+    alerts: alerts::Statements,
+    orders: orders::Statements,
+    payments: payments::Statements,
+    fulfillment: fulfillment::Statements,
+    fencing: fencing::Statements,
+    /// Where each stalled-order sweep starts next (see `OrderStore::stalled`).
+    sweep_floors: orderflow_platform::store::SweepFloors,
+    /// The saga state this process last wrote of each order it owns (see [`orders::OwnerStates`]).
+    owner_states: orders::OwnerStates,
+    /// SKUs whose alerts this process knows to be published (see [`alerts::CleanSkus`]).
+    clean_skus: alerts::CleanSkus,
+}
+
+impl fmt::Debug for CqlStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CqlStore").finish_non_exhaustive()
+    }
+}
+
+/// One read of the node-local `system.local` row: answered by the coordinator alone, whatever the
+/// keyspaces' replication, so it says the node is reachable and serving without touching user data.
+#[async_trait::async_trait]
+impl orderflow_platform::store::Readiness for CqlStore {
+    async fn ping(&self) -> Result<()> {
+        let mut probe = scylla::statement::unprepared::Statement::new("SELECT release_version FROM system.local");
+        probe.set_consistency(Consistency::One);
+        probe.set_request_timeout(Some(PING_TIMEOUT));
+        probe.set_is_idempotent(true);
+        self.session.query_unpaged(probe, &[]).await.map_err(unavailable)?;
+        Ok(())
+    }
+}
+
+/// Opens a driver session to the cluster (contact points are `host:port`).
+pub async fn session(contact_points: &[String]) -> Result<Session> {
+    if contact_points.is_empty() {
+        return Err(StoreError::Unavailable("no CQL contact points given".into()));
+    }
+    let profile = ExecutionProfile::builder()
+        .consistency(Consistency::LocalQuorum)
+        .serial_consistency(Some(SerialConsistency::Serial))
+        .request_timeout(Some(REQUEST_TIMEOUT))
+        .build();
+    SessionBuilder::new()
+        .known_nodes(contact_points)
+        .default_execution_profile_handle(profile.into_handle())
+        .build()
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("cannot connect to {}: {e}", contact_points.join(","))))
+}
+
+/// Connects and prepares every statement. The schema must exist: run [`migrate`] first (once per deploy),
+/// or use [`connect_and_migrate`].
+pub async fn connect(contact_points: &[String]) -> Result<CqlStore> {
+    CqlStore::new(session(contact_points).await?).await
+}
+
+/// Connects, applies the schema (idempotent) and prepares every statement.
+pub async fn connect_and_migrate(contact_points: &[String]) -> Result<CqlStore> {
+    connect_and_migrate_session(session(contact_points).await?).await
+}
+
+/// Applies the schema (idempotent) on an open session and prepares every statement.
+pub async fn connect_and_migrate_session(session: Session) -> Result<CqlStore> {
+    migrate(&session).await?;
+    CqlStore::new(session).await
+}
+
+impl CqlStore {
+    /// Keeps at most `entries` orders' saga state as this process last wrote it (0: every saga step reads
+    /// the order first). The default is [`orderflow_platform::backend::DEFAULT_OWNED_ORDER_ENTRIES`].
+    pub fn with_owned_order_entries(mut self, entries: u64) -> Self {
+        self.owner_states = orders::OwnerStates::new(entries);
+        self
+    }
+
+    /// Prepares every statement on `session` (whose cluster must already have the schema).
+    pub async fn new(session: Session) -> Result<CqlStore> {
+        refuse_earlier_format(&session).await?;
+        Ok(CqlStore {
+            catalog: catalog::Statements::prepare(&session).await?,
+            inventory: inventory::Statements::prepare(&session).await?,
+            alerts: alerts::Statements::prepare(&session).await?,
+            orders: orders::Statements::prepare(&session).await?,
+            payments: payments::Statements::prepare(&session).await?,
+            fulfillment: fulfillment::Statements::prepare(&session).await?,
+            fencing: fencing::Statements::prepare(&session).await?,
+            sweep_floors: orderflow_platform::store::SweepFloors::default(),
+            owner_states: orders::OwnerStates::new(orderflow_platform::backend::DEFAULT_OWNED_ORDER_ENTRIES),
+            clean_skus: alerts::CleanSkus::new(),
+            session,
+        })
+    }
+
+    /// The driver session, e.g. to run [`migrate`] or a health check.
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    /// The store handles of every port, all on this adapter.
+    pub fn stores(self: Arc<CqlStore>) -> Stores {
+        Stores {
+            catalog: self.clone(),
+            catalog_view: self.clone(),
+            inventory: self.clone(),
+            orders: self.clone(),
+            payments: self.clone(),
+            shipments: self.clone(),
+            epochs: self.clone(),
+            readiness: self,
+            owned_orders: Arc::new(orderflow_platform::store::OwnedOrders::off()),
+        }
+    }
+
+    /// Runs a read and returns every row (the statements that use this are bounded by a key or a LIMIT).
+    async fn rows<R>(&self, stmt: &PreparedStatement, values: impl SerializeRow) -> Result<Vec<R>>
+    where
+        R: for<'f> DeserializeRow<'f, 'f>,
+    {
+        let result = self.session.execute_unpaged(stmt, values).await.map_err(unavailable)?;
+        decode_rows(result)
+    }
+
+    async fn first_row<R>(&self, stmt: &PreparedStatement, values: impl SerializeRow) -> Result<Option<R>>
+    where
+        R: for<'f> DeserializeRow<'f, 'f>,
+    {
+        Ok(self.rows(stmt, values).await?.into_iter().next())
+    }
+
+    /// Every row of a paged query (for reads bounded by their partition).
+    async fn stream_rows<R>(&self, stmt: &PreparedStatement, values: impl SerializeRow) -> Result<Vec<R>>
+    where
+        R: for<'f, 'm> DeserializeRow<'f, 'm> + 'static,
+    {
+        let pager = self.session.execute_iter(stmt.clone(), values).await.map_err(unavailable)?;
+        pager.rows_stream::<R>().map_err(corrupt)?.map_err(unavailable).try_collect().await
+    }
+
+    /// A plain (idempotent) write.
+    async fn write(&self, stmt: &PreparedStatement, values: impl SerializeRow) -> Result<()> {
+        self.session.execute_unpaged(stmt, values).await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// A plain (idempotent) batch of writes.
+    async fn write_batch(&self, batch: &Batch, values: impl BatchValues) -> Result<()> {
+        self.session.batch(batch, values).await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Runs one lightweight transaction and reads its `[applied]` flag.
+    async fn lwt(&self, stmt: &PreparedStatement, values: impl SerializeRow) -> Result<Lwt> {
+        lwt_outcome(self.session.execute_unpaged(stmt, values).await)
+    }
+}
+
+/// What became of a lightweight transaction.
+#[derive(Debug)]
+enum Lwt {
+    Applied,
+    /// The condition did not hold; nothing was written.
+    NotApplied,
+    /// The request failed after it may have reached the cluster: it may or may not have applied, and a
+    /// proposal may still be in flight. Settle it with a SERIAL read before deciding anything.
+    Unknown(String),
+}
+
+fn lwt_outcome(result: std::result::Result<QueryResult, ExecutionError>) -> Result<Lwt> {
+    let result = match result {
+        Ok(r) => r,
+        // Refused by the driver before anything was sent: certainly not applied, and retrying will not help.
+        Err(e @ ExecutionError::BadQuery(_)) => return Err(unavailable(e)),
+        Err(e) => return Ok(Lwt::Unknown(e.to_string())),
+    };
+    let rows = result.into_rows_result().map_err(|e| corrupt(format!("LWT returned no [applied] row: {e}")))?;
+    let first = rows.rows::<Row>().map_err(corrupt)?.next().transpose().map_err(corrupt)?;
+    // Both Cassandra and ScyllaDB put `[applied]` first; the other columns (the current values) vary.
+    match first.as_ref().and_then(|r| r.columns.first()).and_then(|c| c.as_ref()).and_then(|v| v.as_boolean()) {
+        Some(true) => Ok(Lwt::Applied),
+        Some(false) => Ok(Lwt::NotApplied),
+        None => Err(corrupt("LWT result without a boolean [applied] column")),
+    }
+}
+
+fn decode_rows<R>(result: QueryResult) -> Result<Vec<R>>
+where
+    R: for<'f> DeserializeRow<'f, 'f>,
+{
+    let rows = result.into_rows_result().map_err(unavailable)?;
+    rows.rows::<R>().map_err(corrupt)?.map(|r| r.map_err(corrupt)).collect()
+}
+
+fn unavailable(e: impl fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn corrupt(e: impl fmt::Display) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
+/// Prepares a statement that runs at the session's default (LOCAL_QUORUM). `idempotent` only for reads and
+/// plain upserts/deletes, which the driver may then retry; never for an LWT.
+async fn prepare(session: &Session, cql: &str, idempotent: bool) -> Result<PreparedStatement> {
+    let mut stmt =
+        session.prepare(cql).await.map_err(|e| StoreError::Unavailable(format!("cannot prepare `{cql}`: {e}")))?;
+    stmt.set_is_idempotent(idempotent);
+    Ok(stmt)
+}
+
+/// The same prepared statement, read at SERIAL: it sees (and completes) every LWT accepted before it, so its
+/// answer settles whether an earlier LWT applied.
+fn serial(stmt: &PreparedStatement) -> PreparedStatement {
+    let mut s = stmt.clone();
+    s.set_consistency(Consistency::Serial);
+    s
+}
+
+/// A batch of prepared statements (conditional batches must stay in one partition).
+fn batch(kind: scylla::statement::batch::BatchType, stmts: &[&PreparedStatement], idempotent: bool) -> Batch {
+    let mut b = Batch::new(kind);
+    for s in stmts {
+        b.append_statement((*s).clone());
+    }
+    b.set_is_idempotent(idempotent);
+    b
+}
+
+/// A short randomised pause before the next compare-and-set round, growing with `round` (at most ~64 ms), so
+/// contending writers spread out instead of colliding again.
+async fn backoff(round: u32) {
+    let cap_ms = 1u64 << round.min(6);
+    let jitter = (uuid::Uuid::new_v4().as_u128() as u64) % (cap_ms + 1);
+    tokio::time::sleep(Duration::from_millis(jitter)).await;
+}
+
+fn to_u64(v: i64, what: &str) -> Result<u64> {
+    u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("{what} is negative ({v})")))
+}
+
+fn to_i64(v: u64, what: &str) -> Result<i64> {
+    i64::try_from(v).map_err(|_| StoreError::Corrupt(format!("{what} is out of range ({v})")))
+}

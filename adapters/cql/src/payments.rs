@@ -1,0 +1,178 @@
+//! Payments: `orderflow_payments.payments_v2` (one record per order, written by the owner of the order's
+//! payments partition, fenced by its epoch) and `provider_ledger` (the simulated provider's books, one entry
+//! per idempotency key, with lightweight transactions: it stands in for an external system).
+
+use async_trait::async_trait;
+use orderflow_schemas::{Money, OrderId};
+use scylla::client::session::Session;
+use scylla::statement::prepared::PreparedStatement;
+
+use super::{CqlStore, Lwt, MAX_UNKNOWN_RETRIES, corrupt, prepare, serial};
+use orderflow_platform::store::{Fence, PaymentRecord, PaymentStore, ProviderEntry, Result, StoreError};
+
+pub(super) struct Statements {
+    put: PreparedStatement,
+    get: PreparedStatement,
+    provider_insert: PreparedStatement,
+    provider_get_serial: PreparedStatement,
+    provider_all: PreparedStatement,
+}
+
+impl Statements {
+    pub(super) async fn prepare(s: &Session) -> Result<Self> {
+        let get = prepare(
+            s,
+            "SELECT kind, charge_id, refund_id, amount_cents, reason FROM orderflow_payments.payments_v2 \
+             WHERE order_id = ?",
+            true,
+        )
+        .await?;
+        let provider_get = prepare(
+            s,
+            "SELECT idempotency_key, kind, entry_id, amount_cents, at_ms FROM orderflow_payments.provider_ledger \
+             WHERE idempotency_key = ?",
+            true,
+        )
+        .await?;
+        let mut provider_all = prepare(
+            s,
+            "SELECT idempotency_key, kind, entry_id, amount_cents, at_ms FROM orderflow_payments.provider_ledger",
+            true,
+        )
+        .await?;
+        provider_all.set_page_size(1000);
+        Ok(Self {
+            put: prepare(
+                s,
+                "INSERT INTO orderflow_payments.payments_v2 (order_id, kind, charge_id, refund_id, amount_cents, reason) \
+                 VALUES (?, ?, ?, ?, ?, ?) USING TIMESTAMP ?",
+                true,
+            )
+            .await?,
+            get,
+            provider_insert: prepare(
+                s,
+                "INSERT INTO orderflow_payments.provider_ledger (idempotency_key, kind, entry_id, amount_cents, at_ms) \
+                 VALUES (?, ?, ?, ?, ?) IF NOT EXISTS",
+                false,
+            )
+            .await?,
+            provider_get_serial: serial(&provider_get),
+            provider_all,
+        })
+    }
+}
+
+/// A record as its columns: kind, charge id, refund id, amount in cents, reason ('' and 0 where absent, so
+/// that a compare-and-set on every column compares the whole record).
+type Columns<'a> = (&'a str, &'a str, &'a str, i64, &'a str);
+type RecordTuple = (Option<String>, Option<String>, Option<String>, Option<i64>, Option<String>);
+
+fn to_columns(r: &PaymentRecord) -> Columns<'_> {
+    match r {
+        PaymentRecord::Captured { charge_id, amount } => ("captured", charge_id, "", amount.cents(), ""),
+        PaymentRecord::Declined { reason } => ("declined", "", "", 0, reason),
+        PaymentRecord::Refunded { charge_id, refund_id, amount } => {
+            ("refunded", charge_id, refund_id, amount.cents(), "")
+        }
+    }
+}
+
+fn from_columns(order: &OrderId, row: RecordTuple) -> Result<PaymentRecord> {
+    let (kind, charge_id, refund_id, amount_cents, reason) = row;
+    let amount = || Money::from_cents(amount_cents.unwrap_or(0)).map_err(corrupt);
+    Ok(match kind.as_deref() {
+        Some("captured") => PaymentRecord::Captured { charge_id: charge_id.unwrap_or_default(), amount: amount()? },
+        Some("declined") => PaymentRecord::Declined { reason: reason.unwrap_or_default() },
+        Some("refunded") => PaymentRecord::Refunded {
+            charge_id: charge_id.unwrap_or_default(),
+            refund_id: refund_id.unwrap_or_default(),
+            amount: amount()?,
+        },
+        other => return Err(StoreError::Corrupt(format!("payment of {order}: unknown kind {other:?}"))),
+    })
+}
+
+type EntryTuple = (String, Option<String>, Option<String>, Option<i64>, Option<i64>);
+
+fn entry_from_row(row: EntryTuple) -> Result<(String, ProviderEntry)> {
+    let (key, kind, id, amount_cents, at_ms) = row;
+    Ok((
+        key,
+        ProviderEntry {
+            kind: kind.unwrap_or_default(),
+            id: id.unwrap_or_default(),
+            amount: Money::from_cents(amount_cents.unwrap_or(0)).map_err(corrupt)?,
+            at_ms: at_ms.unwrap_or(0),
+        },
+    ))
+}
+
+impl CqlStore {
+    async fn payment_write(&self, order: &OrderId, record: &PaymentRecord, fence: Fence) -> Result<()> {
+        let (kind, charge_id, refund_id, amount, reason) = to_columns(record);
+        let values = (order.as_str(), kind, charge_id, refund_id, amount, reason, fence.timestamp());
+        self.write(&self.payments.put, values).await
+    }
+}
+
+/// Only the owner of the order's payments partition writes its record (a zombie's late write carries an
+/// older epoch and loses), so reading and then writing is safe: no lightweight transaction needed.
+#[async_trait]
+impl PaymentStore for CqlStore {
+    async fn payment(&self, order: &OrderId) -> Result<Option<PaymentRecord>> {
+        self.first_row::<RecordTuple>(&self.payments.get, (order.as_str(),))
+            .await?
+            .map(|r| from_columns(order, r))
+            .transpose()
+    }
+
+    async fn record_new(&self, order: &OrderId, record: &PaymentRecord, fence: Fence) -> Result<()> {
+        self.payment_write(order, record, fence).await
+    }
+
+    async fn replace(
+        &self,
+        order: &OrderId,
+        from: &PaymentRecord,
+        to: &PaymentRecord,
+        fence: Fence,
+    ) -> Result<PaymentRecord> {
+        match self.payment(order).await? {
+            None => Err(StoreError::Corrupt(format!("no payment to replace for order {order}"))),
+            Some(current) if current == *from => {
+                self.payment_write(order, to, fence).await?;
+                Ok(to.clone())
+            }
+            Some(current) => Ok(current),
+        }
+    }
+
+    async fn provider_entry_once(&self, idempotency_key: &str, entry: &ProviderEntry) -> Result<ProviderEntry> {
+        let values = (idempotency_key, &entry.kind, &entry.id, entry.amount.cents(), entry.at_ms);
+        for _ in 0..MAX_UNKNOWN_RETRIES {
+            match self.lwt(&self.payments.provider_insert, values).await? {
+                Lwt::Applied => return Ok(entry.clone()),
+                Lwt::NotApplied => {}
+                Lwt::Unknown(e) => {
+                    tracing::warn!(key = idempotency_key, error = %e, "provider entry outcome unknown; settling with a SERIAL read");
+                }
+            }
+            if let Some(row) =
+                self.first_row::<EntryTuple>(&self.payments.provider_get_serial, (idempotency_key,)).await?
+            {
+                return Ok(entry_from_row(row)?.1);
+            }
+        }
+        Err(StoreError::Unavailable(format!("provider entry {idempotency_key}: outcome stayed unknown")))
+    }
+
+    async fn provider_entries(&self) -> Result<Vec<(String, ProviderEntry)>> {
+        // A full scan, in token order: for audits and tests (see payments.cql). Sorted by key like the
+        // embedded adapter's.
+        let rows: Vec<EntryTuple> = self.stream_rows(&self.payments.provider_all, ()).await?;
+        let mut entries = rows.into_iter().map(entry_from_row).collect::<Result<Vec<_>>>()?;
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(entries)
+    }
+}

@@ -1,0 +1,178 @@
+//! Applies `schemas/cql/*.cql` (embedded in the binary) to a cluster. Every statement in them is idempotent
+//! (`IF NOT EXISTS`, and `ALTER TABLE ... ADD` runs only for a column the table lacks), so this runs at every
+//! deploy; run it from one process (a deploy step or the first
+//! instance), not from every instance at once, since concurrent schema changes are what makes a cluster's
+//! schema disagree.
+
+use scylla::client::session::Session;
+
+use orderflow_platform::store::{Result, StoreError};
+
+/// The schema files, in the order they are applied.
+const FILES: [(&str, &str); 6] = [
+    ("catalog.cql", include_str!("../../../schemas/cql/catalog.cql")),
+    ("inventory.cql", include_str!("../../../schemas/cql/inventory.cql")),
+    ("orders.cql", include_str!("../../../schemas/cql/orders.cql")),
+    ("payments.cql", include_str!("../../../schemas/cql/payments.cql")),
+    ("fulfillment.cql", include_str!("../../../schemas/cql/fulfillment.cql")),
+    ("fencing.cql", include_str!("../../../schemas/cql/fencing.cql")),
+];
+
+/// The replication map every `CREATE KEYSPACE` in the files carries: right for one development node only.
+pub const DEFAULT_REPLICATION: &str = "{'class': 'SimpleStrategy', 'replication_factor': 1}";
+
+/// Creates the keyspaces (with [`DEFAULT_REPLICATION`]) and tables that do not exist yet, then waits until
+/// every node agrees on the schema.
+pub async fn migrate(session: &Session) -> Result<()> {
+    migrate_with_replication(session, DEFAULT_REPLICATION).await
+}
+
+/// Like [`migrate`], creating missing keyspaces with `replication` instead, e.g.
+/// `{'class': 'NetworkTopologyStrategy', 'dc1': 3}` for production. A keyspace that already exists keeps its
+/// replication: change it with `ALTER KEYSPACE ... WITH replication = ...` and then run a full repair.
+pub async fn migrate_with_replication(session: &Session, replication: &str) -> Result<()> {
+    refuse_earlier_format(session).await?;
+    for (file, text) in FILES {
+        for stmt in statements(text) {
+            let stmt = stmt.replace(DEFAULT_REPLICATION, replication);
+            if let Some((keyspace, table, column)) = added_column(&stmt)
+                && column_exists(session, keyspace, table, column).await?
+            {
+                continue;
+            }
+            session
+                .query_unpaged(stmt.as_str(), ())
+                .await
+                .map_err(|e| StoreError::Unavailable(format!("{file}: `{stmt}` failed: {e}")))?;
+        }
+    }
+    session
+        .await_schema_agreement()
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("schema agreement not reached: {e}")))?;
+    Ok(())
+}
+
+/// Tables of stored formats this version cannot read, and why. Their rows cannot be carried over: the tables
+/// that replace them are written with epoch timestamps, which rows written at wall-clock timestamps (or with
+/// lightweight transactions) would always beat.
+const EARLIER_FORMAT_TABLES: [(&str, &str, &str); 4] = [
+    (
+        "orderflow_orders",
+        "orders",
+        "orders, payments and shipments are now partition-owned. Drop the keyspaces orderflow_orders, \
+         orderflow_payments and orderflow_fulfillment",
+    ),
+    ("orderflow_payments", "payments", "payments are now partition-owned. Drop the keyspace orderflow_payments"),
+    (
+        "orderflow_fulfillment",
+        "shipments",
+        "shipments are now partition-owned. Drop the keyspace orderflow_fulfillment",
+    ),
+    (
+        "orderflow_inventory",
+        "stock",
+        "stock is now owned by the SKU's partition and written without lightweight transactions. Note each \
+         SKU's stock (`SELECT DISTINCT sku, available, reserved FROM orderflow_inventory.stock`), drop the \
+         keyspace orderflow_inventory, run `orderflow migrate` and set the stock again with `adjustStock`",
+    ),
+];
+
+/// Refuses a cluster whose keyspaces were written by an earlier orderflow in a stored format this version
+/// cannot read, with what to do about it, instead of running on a mix of both formats.
+pub async fn refuse_earlier_format(session: &Session) -> Result<()> {
+    for (keyspace, table, what_to_do) in EARLIER_FORMAT_TABLES {
+        let result = session
+            .query_unpaged(
+                "SELECT table_name FROM system_schema.tables WHERE keyspace_name = ? AND table_name = ?",
+                (keyspace, table),
+            )
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("reading the schema of {keyspace}: {e}")))?;
+        let rows = result.into_rows_result().map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        if rows.rows_num() > 0 {
+            return Err(StoreError::Unavailable(format!(
+                "{keyspace}.{table} was written by an earlier orderflow whose stored format this version cannot \
+                 read (see the README's \"Upgrading\"): {what_to_do} (or use a new cluster), then run \
+                 `orderflow migrate` again"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `ALTER TABLE <keyspace>.<table> ADD <column> <type>` as (keyspace, table, column). Such statements add a
+/// column to a table created by an earlier release; CQL has no portable `ADD IF NOT EXISTS` (ScyllaDB lacks
+/// it), so [`migrate`] runs them only when the column is missing.
+fn added_column(stmt: &str) -> Option<(&str, &str, &str)> {
+    let mut words = stmt.strip_prefix("ALTER TABLE ")?.split_whitespace();
+    let (keyspace, table) = words.next()?.split_once('.')?;
+    if words.next()? != "ADD" {
+        return None;
+    }
+    Some((keyspace, table, words.next()?))
+}
+
+async fn column_exists(session: &Session, keyspace: &str, table: &str, column: &str) -> Result<bool> {
+    let result = session
+        .query_unpaged(
+            "SELECT column_name FROM system_schema.columns WHERE keyspace_name = ? AND table_name = ? AND column_name = ?",
+            (keyspace, table, column),
+        )
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("reading the schema of {keyspace}.{table}: {e}")))?;
+    let rows = result.into_rows_result().map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    Ok(rows.rows_num() > 0)
+}
+
+/// The statements of a `.cql` file: `--` comment lines dropped, split at `;`. (The files keep `;` out of
+/// string literals and comments, which is all this needs.)
+fn statements(text: &str) -> Vec<String> {
+    let without_comments: String =
+        text.lines().filter(|l| !l.trim_start().starts_with("--")).map(|l| format!("{l}\n")).collect();
+    without_comments.split(';').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn added_columns_are_recognised() {
+        assert_eq!(
+            added_column("ALTER TABLE orderflow_catalog.products ADD version bigint"),
+            Some(("orderflow_catalog", "products", "version"))
+        );
+        assert_eq!(added_column("ALTER TABLE orderflow_catalog.products DROP version"), None);
+        assert_eq!(added_column("CREATE TABLE IF NOT EXISTS orderflow_x.t (k int PRIMARY KEY)"), None);
+    }
+
+    #[test]
+    fn every_file_splits_into_idempotent_statements() {
+        for (file, text) in FILES {
+            let stmts = statements(text);
+            assert!(stmts.len() >= 2, "{file}: a keyspace and at least one table");
+            assert!(stmts[0].starts_with("CREATE KEYSPACE IF NOT EXISTS"), "{file}: {}", stmts[0]);
+            assert!(stmts[0].contains(DEFAULT_REPLICATION), "{file}: the replication map is replaceable");
+            for s in &stmts[1..] {
+                let added = added_column(s).is_some_and(|(ks, _, _)| ks.starts_with("orderflow_"));
+                assert!(s.starts_with("CREATE TABLE IF NOT EXISTS orderflow_") || added, "{file}: {s}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_table_has_a_comment_saying_what_it_serves() {
+        for (file, text) in FILES {
+            let lines: Vec<&str> = text.lines().collect();
+            for (i, line) in lines.iter().enumerate() {
+                if line.starts_with("CREATE TABLE") {
+                    let comment_above = lines[..i].iter().rev().take_while(|l| l.starts_with("--")).count();
+                    assert!(comment_above > 0, "{file}: no comment above `{line}`");
+                    let block = lines[i - comment_above..i].join("\n");
+                    assert!(block.contains("Serves:") && block.contains("Key:"), "{file}: `{line}`");
+                }
+            }
+        }
+    }
+}

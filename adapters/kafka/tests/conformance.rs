@@ -1,0 +1,55 @@
+//! The bus conformance suite against a real Apache Kafka (`ORDERFLOW_TEST_KAFKA=host:port`; started by
+//! `scripts/test-env/up`, which the README test command runs).
+
+use std::sync::Arc;
+
+use orderflow_kafka::{KafkaBus, KafkaOptions};
+use orderflow_platform::Bus;
+use orderflow_platform::conformance::{bus, real_engine};
+
+async fn kafka() -> Option<Arc<dyn Bus>> {
+    let addr = real_engine("ORDERFLOW_TEST_KAFKA")?;
+    let bus = KafkaBus::connect(KafkaOptions { bootstrap: vec![addr], replication_factor: 1 }).expect("connect");
+    bus.ensure_topics().await.expect("Kafka answers and topics exist");
+    Some(Arc::new(bus))
+}
+
+macro_rules! checks {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let Some(bus) = kafka().await else { return };
+                bus::$name(bus).await;
+            }
+        )*
+    };
+}
+
+checks!(
+    preserves_per_key_order,
+    batches_keep_order_and_fall_back_to_single_records,
+    retries_transient_failures_in_place,
+    resumes_after_restart_without_loss,
+    dead_letters_poison_and_moves_on,
+    contains_a_panicking_handler_and_moves_on,
+    groups_are_independent,
+    refuses_unknown_topics,
+    reports_ready_quickly,
+);
+
+/// With no broker answering, the readiness probe says so within its timeout instead of hanging, and
+/// the next probes within the cache interval answer at once from the cached result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_fails_fast_when_no_broker_answers() {
+    // A port nothing listens on: bound, then closed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
+    let bus = KafkaBus::connect(KafkaOptions { bootstrap: vec![format!("127.0.0.1:{port}")], replication_factor: 1 })
+        .expect("connect");
+    let started = std::time::Instant::now();
+    assert!(bus.ready().await.is_err(), "no broker, yet ready");
+    assert!(started.elapsed() < std::time::Duration::from_secs(4), "took {:?}", started.elapsed());
+    let again = std::time::Instant::now();
+    assert!(bus.ready().await.is_err());
+    assert!(again.elapsed() < std::time::Duration::from_millis(500), "not cached: took {:?}", again.elapsed());
+}
