@@ -99,8 +99,10 @@ pub struct EmbeddedLog {
     db: Arc<Db>,
     /// Next offset per (topic, partition), loaded from the log on first use.
     next_offsets: Arc<Mutex<HashMap<(&'static str, u16), u64>>>,
-    /// Woken on every publish to a topic.
-    wakers: HashMap<&'static str, Arc<Notify>>,
+    /// Per topic, one per partition: woken on every publish to that partition. Only that partition's
+    /// consumers look again (a waker per topic woke all 32 partitions' consumers of every group for each
+    /// publish, and each read its cursor and opened a range over the log to find nothing).
+    wakers: HashMap<&'static str, Vec<Arc<Notify>>>,
     /// (group, topic) pairs consuming in this process: one consumer per group, like a Kafka group of one.
     active: Mutex<std::collections::HashSet<(String, String)>>,
     /// Per (topic, partition), the offset below which every record is already trimmed. Trimming starts
@@ -123,7 +125,10 @@ fn topic_named(name: &str) -> Result<Topic, BusError> {
 
 impl EmbeddedLog {
     pub(crate) fn new(db: Arc<Db>) -> Self {
-        let wakers = topics::ALL.iter().map(|t| (t.name, Arc::new(Notify::new()))).collect();
+        let wakers = topics::ALL
+            .iter()
+            .map(|t| (t.name, (0..t.partitions).map(|_| Arc::new(Notify::new())).collect()))
+            .collect();
         Self {
             db,
             next_offsets: Arc::new(Mutex::new(HashMap::new())),
@@ -134,8 +139,12 @@ impl EmbeddedLog {
         }
     }
 
-    fn waker(&self, topic: &str) -> Result<Arc<Notify>, BusError> {
-        self.wakers.get(topic).cloned().ok_or_else(|| BusError::UnknownTopic(topic.to_owned()))
+    fn waker(&self, topic: &str, partition: u16) -> Result<Arc<Notify>, BusError> {
+        self.wakers
+            .get(topic)
+            .and_then(|partitions| partitions.get(usize::from(partition)))
+            .cloned()
+            .ok_or_else(|| BusError::UnknownTopic(format!("{topic} partition {partition}")))
     }
 
     fn read_cursor(&self, group: &str, topic: &str, partition: u16) -> Result<u64, StoreError> {
@@ -269,7 +278,7 @@ impl EmbeddedLog {
         handler: Arc<dyn Handler>,
         shutdown: &CancellationToken,
     ) -> Result<(), BusError> {
-        let waker = self.waker(topic.name)?;
+        let waker = self.waker(topic.name, partition)?;
         // One process holds the data directory, so a partition is assigned to this consumer for as long as
         // it runs: one assignment, never revoked.
         let assignment = Assignment::new(CancellationToken::new());
@@ -355,7 +364,9 @@ impl Bus for EmbeddedLog {
             placed.push((topic, partition_for(&r.key, topic.partitions), value));
         }
         let count = placed.len() as u64;
-        let woken: Vec<&'static str> = placed.iter().map(|(t, _, _)| t.name).collect();
+        let mut woken: Vec<(&'static str, u16)> = placed.iter().map(|(t, p, _)| (t.name, *p)).collect();
+        woken.sort_unstable();
+        woken.dedup();
         let next_offsets = Arc::clone(&self.next_offsets);
         // Offsets are assigned under the write-transaction lock, so they are dense and in commit order.
         self.db
@@ -385,8 +396,8 @@ impl Bus for EmbeddedLog {
             })
             .await
             .map_err(|e| BusError::Unavailable(e.to_string()))?;
-        for name in woken {
-            if let Some(w) = self.wakers.get(name) {
+        for (name, partition) in woken {
+            if let Ok(w) = self.waker(name, partition) {
                 w.notify_waiters();
             }
         }
