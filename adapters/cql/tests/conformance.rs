@@ -29,7 +29,7 @@ fn cql_contact_points() -> Option<Vec<String>> {
         // say it where it is seen, straight on the process's stderr.
         let _ = writeln!(
             std::io::stderr(),
-            "\n*** SKIPPED: cql_conformance needs a real Cassandra/ScyllaDB: set ORDERFLOW_TEST_CQL=host:port \
+            "\n*** SKIPPED: the CQL conformance suite needs a real Cassandra/ScyllaDB: set ORDERFLOW_TEST_CQL=host:port \
              (scripts/test-env/up prints it) ***\n"
         );
         return None;
@@ -55,7 +55,7 @@ async fn cql_store_passes_every_conformance_check_in_sequence() {
     println!("connected to {contact_points:?}, migrated and prepared in {} ms", started.elapsed().as_millis());
     let stores = Arc::clone(&store).stores();
 
-    // The same list as embedded_conformance.rs.
+    // The same list as adapters/embedded/tests/conformance.rs.
     checks!(stores;
         catalog_creates_once_updates_existing_and_paginates,
         catalog_view_keeps_the_newest_version,

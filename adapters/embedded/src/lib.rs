@@ -51,8 +51,8 @@ pub(crate) struct Db {
 
 /// Write transactions handed to blocking threads at a time. fjall runs one at a time under its write lock,
 /// so a second one waiting on the lock keeps it busy; every further one parked a blocking thread on the
-/// lock (about 200 under 64 concurrent customers), each with its own stack and allocator pages: resident
-/// memory grew with concurrency. The rest wait as tasks, holding no thread.
+/// lock (under a backlog, up to tokio's 512), each with its own stack and allocator pages: resident memory
+/// grew with concurrency. The rest wait as tasks, holding no thread.
 const WRITERS_IN_HAND: usize = 2;
 
 impl std::fmt::Debug for Db {
