@@ -98,7 +98,10 @@ async fn cql_stores(points: &[String], options: &BackendOptions) -> Result<Store
         orderflow_cql::CqlStore::new(session).await
     };
     match opened {
-        Ok(store) => Ok(Arc::new(store.with_owned_order_entries(options.owned_order_entries)).stores()),
+        Ok(store) => Ok(Arc::new(
+            store.with_owned_order_entries(options.owned_order_entries).with_write_group(options.cql_write_group),
+        )
+        .stores()),
         // A server that went away between connecting and preparing is unreachable, not unmigrated: worth
         // waiting for (`--startup-wait`) rather than a schema hint and an exit.
         Err(e) if !cql_answers(points).await => {

@@ -98,6 +98,12 @@ pub struct Settings {
     #[arg(long, env = "ORDERFLOW_OWNED_ORDER_ENTRIES", default_value_t = orderflow_platform::backend::DEFAULT_OWNED_ORDER_ENTRIES, global = true)]
     pub owned_order_entries: u64,
 
+    /// On Kafka + CQL: the most statements of plain writes, made at the same time by any role of this
+    /// process, that go to the database as one request (an unlogged batch). Groups form only while the
+    /// database is behind, so this adds no wait; 1 sends every write on its own.
+    #[arg(long, env = "ORDERFLOW_CQL_WRITE_GROUP", default_value_t = orderflow_platform::backend::DEFAULT_CQL_WRITE_GROUP, value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u16).range(1..=1024), usize::from), global = true)]
+    pub cql_write_group: usize,
+
     /// Replication factor of the topics orderflow creates on Kafka (use 3 on a production cluster).
     #[arg(long, env = "ORDERFLOW_KAFKA_REPLICATION_FACTOR", default_value_t = 1, global = true)]
     pub kafka_replication_factor: i32,
@@ -243,6 +249,7 @@ impl Settings {
                 journal_mib: self.journal_mib,
             },
             owned_order_entries: self.owned_order_entries,
+            cql_write_group: self.cql_write_group,
             record_limits: RecordLimits {
                 default_bytes: self.max_record_bytes,
                 per_topic: self.topic_max_record_bytes.iter().cloned().collect(),

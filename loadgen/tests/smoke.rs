@@ -27,6 +27,7 @@ async fn start(dir: &std::path::Path) -> App {
         memtable_mib: 8,
         journal_mib: 128,
         owned_order_entries: 10_000,
+        cql_write_group: 64,
         kafka_replication_factor: 1,
         stalled_after_ms: 3000,
         stuck_order_timeout: std::time::Duration::from_secs(300),

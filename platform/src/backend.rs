@@ -102,6 +102,9 @@ pub struct BackendOptions {
     /// them without the store (see [`crate::store::OwnedOrders`]; on CQL also the saga's own state, see
     /// [`crate::cql::CqlStore::with_owned_order_entries`]); 0 turns it off.
     pub owned_order_entries: u64,
+    /// On CQL, the most statements of plain writes made at the same time that go to the database as one
+    /// request (one unlogged batch); 1 sends every write on its own.
+    pub cql_write_group: usize,
     /// The largest record consumers hand to their handlers, per topic; larger ones are dead-lettered.
     pub record_limits: crate::bus::limits::RecordLimits,
 }
@@ -124,6 +127,9 @@ impl Default for EmbeddedMemory {
     }
 }
 
+/// Default of [`BackendOptions::cql_write_group`].
+pub const DEFAULT_CQL_WRITE_GROUP: usize = 64;
+
 /// Default of [`BackendOptions::owned_order_entries`]: about 20 MB of orders at 2 KB each.
 pub const DEFAULT_OWNED_ORDER_ENTRIES: u64 = 10_000;
 
@@ -135,6 +141,7 @@ impl Default for BackendOptions {
             migrate_cql: false,
             embedded_memory: EmbeddedMemory::default(),
             owned_order_entries: DEFAULT_OWNED_ORDER_ENTRIES,
+            cql_write_group: DEFAULT_CQL_WRITE_GROUP,
             record_limits: crate::bus::limits::RecordLimits::default(),
         }
     }

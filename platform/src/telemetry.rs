@@ -29,6 +29,12 @@ pub fn prometheus() -> Option<PrometheusHandle> {
             PrometheusBuilder::new()
                 .set_buckets(&[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0])
                 .ok()?
+                // Statements per grouped CQL write request (a count, not seconds).
+                .set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full("orderflow_cql_write_group_statements".into()),
+                    &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0],
+                )
+                .ok()?
                 .install_recorder()
                 .ok()
         })

@@ -40,7 +40,9 @@ pub struct SimulatedRules {
 }
 
 /// A provider that takes no real money. It keeps its own ledger (as an external provider would) in the
-/// store, one entry per idempotency key.
+/// store, one entry per idempotency key. Its charge and refund ids are derived from the key, so two calls
+/// with one key (a redelivered command, or an owner and its zombie at the same moment) name the same
+/// movement of money.
 pub struct SimulatedProvider {
     pub rules: SimulatedRules,
     pub ledger: Arc<dyn PaymentStore>,
@@ -50,6 +52,13 @@ impl std::fmt::Debug for SimulatedProvider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SimulatedProvider").field("rules", &self.rules).finish_non_exhaustive()
     }
+}
+
+/// Namespace of the simulated provider's entry ids (name-based UUIDs of the idempotency key).
+const ENTRY_ID_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6f72_6465_7266_6c6f_7700_0000_0000_0002);
+
+fn entry_id(idempotency_key: &str) -> uuid::Uuid {
+    uuid::Uuid::new_v5(&ENTRY_ID_NAMESPACE, idempotency_key.as_bytes())
 }
 
 #[async_trait]
@@ -64,7 +73,7 @@ impl PaymentProvider for SimulatedProvider {
         }
         let entry = ProviderEntry {
             kind: "charge".into(),
-            id: format!("ch_{}", uuid::Uuid::new_v4().simple()),
+            id: format!("ch_{}", entry_id(key).simple()),
             amount,
             at_ms: now_ms(),
         };
@@ -76,7 +85,7 @@ impl PaymentProvider for SimulatedProvider {
         tokio::time::sleep(self.rules.latency).await;
         let entry = ProviderEntry {
             kind: "refund".into(),
-            id: format!("re_{}", uuid::Uuid::new_v4().simple()),
+            id: format!("re_{}", entry_id(key).simple()),
             amount,
             at_ms: now_ms(),
         };

@@ -31,6 +31,7 @@ pub fn settings(data_dir: &Path) -> Settings {
         memtable_mib: memory.memtable_mib,
         journal_mib: memory.journal_mib,
         owned_order_entries: 10_000,
+        cql_write_group: 64,
         kafka_replication_factor: 1,
         stalled_after_ms: 3000,
         stuck_order_timeout: std::time::Duration::from_secs(300),

@@ -30,6 +30,9 @@ mod inventory;
 mod orders;
 mod payments;
 pub mod schema;
+mod writes;
+
+pub use writes::WriteCounts;
 
 use std::fmt;
 use std::sync::Arc;
@@ -84,6 +87,8 @@ pub struct CqlStore {
     owner_states: orders::OwnerStates,
     /// SKUs whose alerts this process knows to be published (see [`alerts::CleanSkus`]).
     clean_skus: alerts::CleanSkus,
+    /// Plain writes made at the same time, sent as one request (see [`writes`]).
+    writes: writes::GroupedWrites,
 }
 
 impl fmt::Debug for CqlStore {
@@ -149,6 +154,13 @@ impl CqlStore {
         self
     }
 
+    /// Sends at most `statements` statements of plain writes made at the same time as one request (1: every
+    /// write on its own). The default is [`orderflow_platform::backend::DEFAULT_CQL_WRITE_GROUP`].
+    pub fn with_write_group(mut self, statements: usize) -> Self {
+        self.writes = writes::GroupedWrites::new(statements);
+        self
+    }
+
     /// Prepares every statement on `session` (whose cluster must already have the schema).
     pub async fn new(session: Session) -> Result<CqlStore> {
         refuse_earlier_format(&session).await?;
@@ -163,8 +175,14 @@ impl CqlStore {
             sweep_floors: orderflow_platform::store::SweepFloors::default(),
             owner_states: orders::OwnerStates::new(orderflow_platform::backend::DEFAULT_OWNED_ORDER_ENTRIES),
             clean_skus: alerts::CleanSkus::new(),
+            writes: writes::GroupedWrites::new(orderflow_platform::backend::DEFAULT_CQL_WRITE_GROUP),
             session,
         })
+    }
+
+    /// How many plain writes this adapter took, and in how many requests it sent them (see [`writes`]).
+    pub fn write_counts(&self) -> WriteCounts {
+        self.writes.counts()
     }
 
     /// The driver session, e.g. to run [`migrate`] or a health check.
@@ -212,16 +230,15 @@ impl CqlStore {
         pager.rows_stream::<R>().map_err(corrupt)?.map_err(unavailable).try_collect().await
     }
 
-    /// A plain (idempotent) write.
+    /// A plain (idempotent) write, sent with the other plain writes made at the same time.
     async fn write(&self, stmt: &PreparedStatement, values: impl SerializeRow) -> Result<()> {
-        self.session.execute_unpaged(stmt, values).await.map_err(unavailable)?;
-        Ok(())
+        self.writes.write(&self.session, stmt, values).await
     }
 
-    /// A plain (idempotent) batch of writes.
+    /// A plain (idempotent) batch of writes, kept together; an unlogged one is sent with the other plain
+    /// writes made at the same time.
     async fn write_batch(&self, batch: &Batch, values: impl BatchValues) -> Result<()> {
-        self.session.batch(batch, values).await.map_err(unavailable)?;
-        Ok(())
+        self.writes.write_batch(&self.session, batch, values).await
     }
 
     /// Runs one lightweight transaction and reads its `[applied]` flag.

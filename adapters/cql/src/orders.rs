@@ -14,7 +14,7 @@ use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::CqlValue;
 
-use super::{CqlStore, Lwt, MAX_UNKNOWN_RETRIES, batch, corrupt, prepare, serial, to_u64, unavailable};
+use super::{CqlStore, Lwt, MAX_UNKNOWN_RETRIES, corrupt, prepare, serial, to_u64, unavailable};
 use orderflow_platform::bus::BusRecord;
 use orderflow_platform::store::{
     Applied, Fence, Inserted, OrderFilter, OrderStats, OrderStore, Page, Result, Stalled, StoreError, Transition,
@@ -119,8 +119,10 @@ pub(super) struct Statements {
     insert: PreparedStatement,
     doc: PreparedStatement,
     doc_serial: PreparedStatement,
-    /// The saga's step: the state cells and the event's row, one unlogged single-partition batch.
-    step: Batch,
+    /// The saga's step: the state cells and the event's row (one unlogged single-partition batch with the
+    /// read-model rows the step moves).
+    set_state: PreparedStatement,
+    event_insert: PreparedStatement,
     effect: PreparedStatement,
     idx_bucket: PreparedStatement,
     idx_all: PreparedStatement,
@@ -174,7 +176,8 @@ impl Statements {
             doc,
             // Plain writes at a fixed timestamp: applying the same batch twice changes nothing, so the driver
             // may retry it.
-            step: batch(BatchType::Unlogged, &[&set_state, &event_insert], true),
+            set_state,
+            event_insert,
             effect: prepare(
                 s,
                 "SELECT outputs, WRITETIME(outputs) FROM orderflow_orders.orders_v2 WHERE order_id = ? AND event_id = ?",
@@ -271,8 +274,23 @@ impl Statements {
 type StoredRecord = (String, String, Vec<u8>, Option<Vec<(String, String)>>);
 type OutputsTuple = (Option<Vec<StoredRecord>>, Option<i64>);
 
-fn outputs_to_row(outputs: &[BusRecord]) -> Vec<StoredRecord> {
-    outputs.iter().map(|r| (r.topic.clone(), r.key.clone(), r.payload.clone(), Some(r.headers.clone()))).collect()
+/// The records a step published, as the `outputs` column's value.
+fn outputs_value(outputs: &[BusRecord]) -> CqlValue {
+    let text = |s: &str| Some(CqlValue::Text(s.to_owned()));
+    CqlValue::List(
+        outputs
+            .iter()
+            .map(|r| {
+                let headers = r.headers.iter().map(|(k, v)| CqlValue::Tuple(vec![text(k), text(v)])).collect();
+                CqlValue::Tuple(vec![
+                    text(&r.topic),
+                    text(&r.key),
+                    Some(CqlValue::Blob(r.payload.clone())),
+                    Some(CqlValue::List(headers)),
+                ])
+            })
+            .collect(),
+    )
 }
 
 /// The outputs stored with an applied event, if `fence` is for the record that applied it (its offset is
@@ -354,8 +372,10 @@ impl CqlStore {
     }
 
     /// Writes one saga step: the order's state cells (all of them, so they always come from one writer) and
-    /// the event's row, stamped with the fence. Remembers what was written for the order's next step under
-    /// the same epoch, or forgets it when the write failed (it may or may not have been applied).
+    /// the event's row, stamped with the fence, and, when the step changed the order's status from `from`,
+    /// the read-model rows that change moves (see [`Self::status_change_rows`]), all in one request.
+    /// Remembers what was written for the order's next step under the same epoch, or forgets it when the
+    /// write failed (it may or may not have been applied).
     async fn write_step(
         &self,
         order: &Order,
@@ -363,13 +383,35 @@ impl CqlStore {
         event: EventId,
         outputs: &[BusRecord],
         fence: Fence,
+        from: Option<OrderStatus>,
     ) -> Result<()> {
+        let st = &self.orders;
         let id = order.id.as_str();
         let ts = fence.timestamp();
         let doc = doc_to_row(order)?;
-        let values =
-            ((ts, order.status.as_str(), &doc, applied, id), (id, event.0, outputs_to_row(outputs), now_ms(), ts));
-        let written = self.write_batch(&self.orders.step, values).await;
+        let mut b = Batch::new(BatchType::Unlogged);
+        let mut values: Vec<Vec<CqlValue>> = Vec::new();
+        b.append_statement(st.set_state.clone());
+        values.push(vec![
+            CqlValue::BigInt(ts),
+            CqlValue::Text(order.status.as_str().to_owned()),
+            CqlValue::Text(doc),
+            CqlValue::List(applied.iter().map(|u| CqlValue::Uuid(*u)).collect()),
+            CqlValue::Text(id.to_owned()),
+        ]);
+        b.append_statement(st.event_insert.clone());
+        values.push(vec![
+            CqlValue::Text(id.to_owned()),
+            CqlValue::Uuid(event.0),
+            outputs_value(outputs),
+            CqlValue::BigInt(now_ms()),
+            CqlValue::BigInt(ts),
+        ]);
+        if let Some(from) = from.filter(|f| *f != order.status) {
+            self.status_change_rows(order, from, &mut b, &mut values);
+        }
+        b.set_is_idempotent(true);
+        let written = self.write_batch(&b, values).await;
         match &written {
             Ok(()) => self.owner_states.put(fence.epoch, order, applied),
             Err(_) => self.owner_states.forget(id),
@@ -377,9 +419,9 @@ impl CqlStore {
         written
     }
 
-    /// Writes the read-model rows of `order` in one logged batch: the bucket, the all-orders and per-user
-    /// rows, the row for its current status, the processing time once processed, and deletes the status rows
-    /// of `stale` statuses (those it moved away from). Every write is idempotent.
+    /// Writes the read-model rows of `order` in one unlogged batch (one write): the bucket, the all-orders
+    /// and per-user rows, the row for its current status, the processing time once processed, and deletes the
+    /// status rows of `stale` statuses (those it moved away from). Every write is idempotent.
     async fn write_indexes(&self, order: &Order, stale: &[OrderStatus]) -> Result<()> {
         self.write_index_rows(order, stale, true).await
     }
@@ -387,14 +429,12 @@ impl CqlStore {
     /// The read-model rows a status change moves: the row for the new status, the old status's row
     /// deleted, the processing time once processed. The bucket, all-orders and per-user rows never change
     /// after intake wrote them ahead of the order (a redelivered step rewrites every row anyway).
-    async fn write_status_change(&self, order: &Order, from: OrderStatus) -> Result<()> {
+    fn status_change_rows(&self, order: &Order, from: OrderStatus, b: &mut Batch, values: &mut Vec<Vec<CqlValue>>) {
         let st = &self.orders;
         let bucket = CqlValue::BigInt(bucket_of(order.placed_at_ms));
         let at = CqlValue::BigInt(order.placed_at_ms);
         let id = || CqlValue::Text(order.id.as_str().to_owned());
         let status = |s: OrderStatus| CqlValue::Text(s.as_str().to_owned());
-        let mut b = Batch::new(BatchType::Unlogged);
-        let mut values: Vec<Vec<CqlValue>> = Vec::new();
         b.append_statement(st.idx_status.clone());
         values.push(vec![status(order.status), bucket.clone(), at.clone(), id()]);
         b.append_statement(st.idx_status_delete.clone());
@@ -403,8 +443,6 @@ impl CqlStore {
             b.append_statement(st.idx_processing.clone());
             values.push(vec![bucket, id(), CqlValue::BigInt((done - order.placed_at_ms).max(0))]);
         }
-        b.set_is_idempotent(true);
-        self.write_batch(&b, values).await
     }
 
     async fn write_index_rows(&self, order: &Order, stale: &[OrderStatus], processing: bool) -> Result<()> {
@@ -603,10 +641,7 @@ impl OrderStore for CqlStore {
             return Ok(Applied::Conflict);
         }
         applied.push(t.event_id.0);
-        self.write_step(&t.order, &applied, t.event_id, &t.outputs, t.fence).await?;
-        if t.order.status != t.expected {
-            self.write_status_change(&t.order, t.expected).await?;
-        }
+        self.write_step(&t.order, &applied, t.event_id, &t.outputs, t.fence, Some(t.expected)).await?;
         Ok(Applied::Applied)
     }
 
@@ -623,7 +658,7 @@ impl OrderStore for CqlStore {
             return Ok(Some(self.effect_read(id, event, fence).await?));
         }
         applied.push(event.0);
-        self.write_step(&current, &applied, event, &[], fence).await?;
+        self.write_step(&current, &applied, event, &[], fence, None).await?;
         Ok(None)
     }
 

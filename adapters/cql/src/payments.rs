@@ -1,20 +1,20 @@
 //! Payments: `orderflow_payments.payments_v2` (one record per order, written by the owner of the order's
 //! payments partition, fenced by its epoch) and `provider_ledger` (the simulated provider's books, one entry
-//! per idempotency key, with lightweight transactions: it stands in for an external system).
+//! per idempotency key: it stands in for an external system).
 
 use async_trait::async_trait;
 use orderflow_schemas::{Money, OrderId};
 use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
 
-use super::{CqlStore, Lwt, MAX_UNKNOWN_RETRIES, corrupt, prepare, serial};
+use super::{CqlStore, corrupt, prepare};
 use orderflow_platform::store::{Fence, PaymentRecord, PaymentStore, ProviderEntry, Result, StoreError};
 
 pub(super) struct Statements {
     put: PreparedStatement,
     get: PreparedStatement,
-    provider_insert: PreparedStatement,
-    provider_get_serial: PreparedStatement,
+    provider_put: PreparedStatement,
+    provider_get: PreparedStatement,
     provider_all: PreparedStatement,
 }
 
@@ -50,14 +50,14 @@ impl Statements {
             )
             .await?,
             get,
-            provider_insert: prepare(
+            provider_put: prepare(
                 s,
                 "INSERT INTO orderflow_payments.provider_ledger (idempotency_key, kind, entry_id, amount_cents, at_ms) \
-                 VALUES (?, ?, ?, ?, ?) IF NOT EXISTS",
-                false,
+                 VALUES (?, ?, ?, ?, ?)",
+                true,
             )
             .await?,
-            provider_get_serial: serial(&provider_get),
+            provider_get,
             provider_all,
         })
     }
@@ -148,23 +148,16 @@ impl PaymentStore for CqlStore {
         }
     }
 
+    /// A read, then a plain write when the key has no entry. Two calls with one key at the same moment (an
+    /// owner and its zombie) may both write: the simulated provider derives its entry ids from the key, so
+    /// they write the same entry and the books show one movement of money either way.
     async fn provider_entry_once(&self, idempotency_key: &str, entry: &ProviderEntry) -> Result<ProviderEntry> {
-        let values = (idempotency_key, &entry.kind, &entry.id, entry.amount.cents(), entry.at_ms);
-        for _ in 0..MAX_UNKNOWN_RETRIES {
-            match self.lwt(&self.payments.provider_insert, values).await? {
-                Lwt::Applied => return Ok(entry.clone()),
-                Lwt::NotApplied => {}
-                Lwt::Unknown(e) => {
-                    tracing::warn!(key = idempotency_key, error = %e, "provider entry outcome unknown; settling with a SERIAL read");
-                }
-            }
-            if let Some(row) =
-                self.first_row::<EntryTuple>(&self.payments.provider_get_serial, (idempotency_key,)).await?
-            {
-                return Ok(entry_from_row(row)?.1);
-            }
+        if let Some(row) = self.first_row::<EntryTuple>(&self.payments.provider_get, (idempotency_key,)).await? {
+            return Ok(entry_from_row(row)?.1);
         }
-        Err(StoreError::Unavailable(format!("provider entry {idempotency_key}: outcome stayed unknown")))
+        let values = (idempotency_key, &entry.kind, &entry.id, entry.amount.cents(), entry.at_ms);
+        self.write(&self.payments.provider_put, values).await?;
+        Ok(entry.clone())
     }
 
     async fn provider_entries(&self) -> Result<Vec<(String, ProviderEntry)>> {

@@ -93,7 +93,56 @@ async fn cql_store_passes_every_conformance_check_in_sequence() {
     let t = Instant::now();
     product_rows_from_before_versions_update_once(&store, &stores).await;
     println!("ok  {:<55} {:>6} ms", "product_rows_from_before_versions_update_once", t.elapsed().as_millis());
+    let t = Instant::now();
+    writes_made_together_go_out_in_few_requests(&store, &stores).await;
+    println!("ok  {:<55} {:>6} ms", "writes_made_together_go_out_in_few_requests", t.elapsed().as_millis());
     println!("cql conformance: all checks passed in {} ms", started.elapsed().as_millis());
+}
+
+/// Plain writes made at the same time go to the database grouped (`writes.rs`): every one of them lands
+/// and reads back, in far fewer requests than writes; a group of large rows stays under Cassandra's batch
+/// size limit (50 KiB by default: 64 of these 1.5 KB records in one batch would be refused); a write made
+/// alone goes out alone.
+async fn writes_made_together_go_out_in_few_requests(store: &CqlStore, stores: &Stores) {
+    use futures::future::join_all;
+    use orderflow_schemas::Money;
+    const WRITES: u64 = 300;
+    let id = run_id("grouped");
+    let fence = Fence::new(1, 1);
+    let order = |i: u64| OrderId::parse(format!("{id}-{i}")).expect("order id");
+    let small = |i: u64| PaymentRecord::Captured {
+        charge_id: format!("ch_{i}"),
+        amount: Money::from_cents(100).expect("amount"),
+    };
+    let large = |i: u64| PaymentRecord::Declined { reason: format!("{i}:{}", "x".repeat(1500)) };
+    for (what, records) in
+        [("small", (0..WRITES).map(small).collect::<Vec<_>>()), ("large", (0..WRITES).map(large).collect())]
+    {
+        let first = if what == "small" { 0 } else { WRITES };
+        let before = store.write_counts();
+        let written = join_all(records.iter().enumerate().map(|(i, r)| {
+            let o = order(first + i as u64);
+            async move { stores.payments.record_new(&o, r, fence).await }
+        }))
+        .await;
+        assert!(
+            written.iter().all(Result::is_ok),
+            "every {what} write succeeded: {:?}",
+            written.iter().find(|r| r.is_err())
+        );
+        let after = store.write_counts();
+        let (writes, requests) = (after.writes - before.writes, after.requests - before.requests);
+        assert_eq!(writes, WRITES, "each {what} payment record is one write");
+        assert!(requests * 4 <= writes, "{writes} {what} writes made together went out in {requests} requests");
+        for (i, r) in records.iter().enumerate().step_by(37) {
+            assert_eq!(stores.payments.payment(&order(first + i as u64)).await.expect("read").as_ref(), Some(r));
+        }
+    }
+    let alone = store.write_counts();
+    let record = PaymentRecord::Declined { reason: "alone".into() };
+    stores.payments.record_new(&order(2 * WRITES), &record, fence).await.expect("write");
+    let after = store.write_counts();
+    assert_eq!((after.writes - alone.writes, after.requests - alone.requests), (1, 1), "a lone write goes alone");
 }
 
 /// A product row written by a release before categories and versions (those columns null) reads as
