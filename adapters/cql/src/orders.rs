@@ -119,8 +119,8 @@ pub(super) struct Statements {
     insert: PreparedStatement,
     doc: PreparedStatement,
     doc_serial: PreparedStatement,
-    /// The saga's step: the state cells and the event's row (one unlogged single-partition batch with the
-    /// read-model rows the step moves).
+    /// The saga's step: the state cells and the event's row, written as one unlogged batch together with
+    /// the read-model rows the step moves (the order's partition is applied as one mutation).
     set_state: PreparedStatement,
     event_insert: PreparedStatement,
     effect: PreparedStatement,
