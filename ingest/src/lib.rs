@@ -129,6 +129,18 @@ impl Intake {
         Self { stores, bus }
     }
 
+    /// When the saga of this process holds the partition of a just-inserted order, gives the order to it
+    /// as its state (before the `OrderPlaced` is published, never over what it holds): polls of the order
+    /// and the saga's first step then skip the store. Elsewhere (another process owns the partition, or
+    /// none does yet) nothing happens and they read the store.
+    fn hand_to_owner(&self, order: &Order) {
+        let Some(partition) = self.bus.partition_of(topics::ORDERS, order.id.as_str()) else { return };
+        if let Some(epoch) = self.stores.owned_orders.placed(order, partition) {
+            self.stores.orders.placed_under(order, epoch);
+            metrics::counter!("orderflow_orders_handed_to_owner_total").increment(1);
+        }
+    }
+
     /// Validates, prices, stores and publishes an order. Safe to repeat: the same `order_id` (or the
     /// same user with the same `Idempotency-Key`) returns the first order instead of a second one.
     #[tracing::instrument(skip_all, fields(user = %req.user_id, channel = %req.channel))]
@@ -183,7 +195,10 @@ impl Intake {
             timeline: vec![TimelineEntry { at_ms: now, kind: "placed".into(), detail: format!("total {total}") }],
         };
         let (order, replayed) = match self.stores.orders.insert_new(&order).await? {
-            Inserted::New => (order, false),
+            Inserted::New => {
+                self.hand_to_owner(&order);
+                (order, false)
+            }
             Inserted::Existing(first) if first.same_request_as(&order) => (*first, true),
             Inserted::Existing(_) => return Err(IntakeError::IdempotencyConflict(id)),
         };

@@ -327,6 +327,14 @@ impl SagaHandler {
         Ok(env)
     }
 
+    /// The fence for `delivery`'s writes; notes that this process holds its partition under the fence's
+    /// epoch, so that intake here can hand the owner the orders it places on that partition.
+    async fn fence(&self, delivery: &Delivery) -> Result<Fence, HandlerError> {
+        let fence = self.fences.fence(delivery).await?;
+        self.owned.holding(delivery.partition, &delivery.assignment, fence.epoch);
+        Ok(fence)
+    }
+
     /// What follows a step that applied: this process remembers the order as its owner, and the move is
     /// counted and logged.
     fn applied(&self, delivery: &Delivery, from: OrderStatus, written: &Order, event: &str) {
@@ -399,7 +407,7 @@ impl Handler for SagaHandler {
             if run.iter().any(|d| d.decision.order.id == env.order_id) {
                 self.apply_run(std::mem::take(&mut run)).await?;
             }
-            let fence = self.fences.fence(delivery).await?;
+            let fence = self.fence(delivery).await?;
             let order = self.orders.order_for_step(&env.order_id, fence).await?;
             match order.and_then(|o| decide(&o, &env, orderflow_schemas::now_ms()).map(|d| (o.status, d))) {
                 Some((from, decision)) => run.push(Decided {
@@ -421,7 +429,7 @@ impl Handler for SagaHandler {
 
     async fn handle(&self, delivery: &Delivery) -> Result<(), HandlerError> {
         let env = Self::decode(delivery)?;
-        let fence = self.fences.fence(delivery).await?;
+        let fence = self.fence(delivery).await?;
         for _ in 0..MAX_CONFLICTS {
             let Some(order) = self.orders.order_for_step(&env.order_id, fence).await? else {
                 return Err(HandlerError::Poison(format!("no order {}", env.order_id)));

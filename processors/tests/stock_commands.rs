@@ -179,6 +179,9 @@ impl orderflow_platform::bus::Bus for Published {
     ) -> Result<Vec<orderflow_platform::bus::PartitionProgress>, orderflow_platform::bus::BusError> {
         Ok(Vec::new())
     }
+    fn partition_of(&self, _: topics::Topic, _: &str) -> Option<u32> {
+        None
+    }
 }
 
 /// A `ReserveStock` naming several SKUs was written before per-SKU reservations, keyed by its order: it is

@@ -89,6 +89,16 @@ impl OwnerStates {
             cache.invalidate(id);
         }
     }
+
+    /// Takes an order intake just inserted (nothing applied to it) as the state under `epoch`, the epoch
+    /// this process's saga holds the order's partition under; never replaces an entry.
+    fn placed(&self, epoch: u64, order: &Order) {
+        if let Some(cache) = &self.cache {
+            cache.entry(order.id.as_str().to_owned()).or_insert_with(|| {
+                std::sync::Arc::new(OwnerState { epoch, order: order.clone(), applied: Vec::new() })
+            });
+        }
+    }
 }
 
 /// An index walk: newest first from the start (`head`), or after a position: the rest of the same
@@ -611,6 +621,11 @@ impl OrderStore for CqlStore {
             }
         }
         Err(StoreError::Unavailable(format!("inserting order {}: outcome stayed unknown", order.id)))
+    }
+
+    /// What a read of the order would give right after the insert: the document as placed, no event applied.
+    fn placed_under(&self, order: &Order, epoch: u64) {
+        self.owner_states.placed(epoch, order);
     }
 
     async fn order(&self, id: &OrderId) -> Result<Option<Order>> {

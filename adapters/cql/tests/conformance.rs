@@ -82,6 +82,13 @@ async fn cql_store_passes_every_conformance_check_in_sequence() {
     an_owners_remembered_state_serves_only_its_epoch(&store, &stores).await;
     println!("ok  {:<55} {:>6} ms", "an_owners_remembered_state_serves_only_its_epoch", t.elapsed().as_millis());
     let t = Instant::now();
+    a_placed_order_given_to_its_owner_is_its_state_under_that_epoch_only(&stores).await;
+    println!(
+        "ok  {:<55} {:>6} ms",
+        "a_placed_order_given_to_its_owner_is_its_state_under_that_epoch_only",
+        t.elapsed().as_millis()
+    );
+    let t = Instant::now();
     a_zombie_owners_stock_writes_lose_to_its_successors(&stores).await;
     println!("ok  {:<55} {:>6} ms", "a_zombie_owners_stock_writes_lose_to_its_successors", t.elapsed().as_millis());
     let t = Instant::now();
@@ -374,6 +381,35 @@ async fn an_owners_remembered_state_serves_only_its_epoch(store: &CqlStore, stor
     assert!(matches!(os.apply(back).await.expect("owner, epoch 9"), Applied::Conflict), "read, not remembered");
     let seen = os.order_for_step(&order.id, Fence::new(9, 6)).await.expect("read").expect("order");
     assert_eq!(seen.status, OrderStatus::Cancelled);
+}
+
+/// An order intake gives the owner (`OrderStore::placed_under`, the saga of the same process holding the
+/// order's partition under an epoch) is the owner's state under that epoch, without a read, and under no
+/// other epoch; it never replaces what the owner already holds of the order.
+async fn a_placed_order_given_to_its_owner_is_its_state_under_that_epoch_only(stores: &Stores) {
+    let id = run_id("placed-under");
+    let os = &stores.orders;
+    let step = |order: &Order, expected, to, fence| {
+        let mut next = order.clone();
+        next.status = to;
+        Transition { event_id: EventId::random(), expected, order: next, outputs: vec![], fence }
+    };
+    // Given, never inserted: a read would find nothing, so a step that applies was answered from memory.
+    let given = store::order(&format!("{id}-1"), &format!("{id}-u"), now_ms());
+    os.placed_under(&given, 11);
+    let first = step(&given, OrderStatus::Pending, OrderStatus::Processing, Fence::new(11, 1));
+    assert!(matches!(os.apply(first).await.expect("epoch 11"), Applied::Applied), "answered from what was given");
+    // Under another epoch the store is read: no such order.
+    let other = store::order(&format!("{id}-2"), &format!("{id}-u"), now_ms());
+    os.placed_under(&other, 11);
+    let moved = step(&other, OrderStatus::Pending, OrderStatus::Processing, Fence::new(12, 1));
+    assert!(matches!(os.apply(moved).await.expect("epoch 12"), Applied::Conflict), "read, not given");
+    // Given again after the owner moved it on: what the owner wrote stands.
+    os.placed_under(&given, 11);
+    let next = step(&given, OrderStatus::Processing, OrderStatus::Confirmed, Fence::new(11, 2));
+    assert!(matches!(os.apply(next).await.expect("epoch 11"), Applied::Applied), "the owner's state was kept");
+    let stale = step(&given, OrderStatus::Pending, OrderStatus::Processing, Fence::new(11, 3));
+    assert!(matches!(os.apply(stale).await.expect("epoch 11"), Applied::Conflict));
 }
 
 /// A zombie (an instance that lost its partition but still runs) writes late, with its older epoch: whatever

@@ -18,7 +18,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::{Db, from_row, to_row, unavailable};
-use orderflow_platform::bus::{Assignment, Bus, BusError, BusRecord, Delivery, Handler, policy};
+use orderflow_platform::bus::{Assignment, Bus, BusError, BusRecord, Delivery, Handler, key_partition, policy};
 use orderflow_platform::store::StoreError;
 
 /// Records read per scan of a partition.
@@ -34,9 +34,10 @@ struct StoredMeta {
     headers: Vec<(String, String)>,
 }
 
-/// The partition of `key` in a topic with `partitions` partitions. Stable across versions and machines.
+/// The partition of `key` in a topic with `partitions` partitions (see [`key_partition`]).
 pub(crate) fn partition_for(key: &str, partitions: u16) -> u16 {
-    (crc32fast::hash(key.as_bytes()) % u32::from(partitions.max(1))) as u16
+    // The result is below `partitions`, so it fits.
+    key_partition(key, u32::from(partitions)) as u16
 }
 
 fn partition_prefix(topic: &str, partition: u16) -> Vec<u8> {
@@ -351,6 +352,10 @@ impl Bus for EmbeddedLog {
             out.push(orderflow_platform::bus::PartitionProgress { partition, committed, end });
         }
         Ok(out)
+    }
+
+    fn partition_of(&self, topic: Topic, key: &str) -> Option<u32> {
+        Some(u32::from(partition_for(key, topic.partitions)))
     }
 
     async fn publish(&self, records: Vec<BusRecord>) -> Result<(), BusError> {

@@ -43,6 +43,7 @@ checks!(bus:
     groups_are_independent,
     refuses_unknown_topics,
     reports_ready_quickly,
+    knows_the_partition_of_a_key,
 );
 
 checks!(store:

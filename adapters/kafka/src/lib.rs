@@ -59,6 +59,9 @@ pub struct KafkaBus {
     /// One client per group asked about in [`Bus::progress`] (made on first use, never subscribed: it
     /// reads the group's committed offsets and the partitions' ends, it does not join the group).
     progress_clients: Arc<std::sync::Mutex<HashMap<String, Arc<BaseConsumer<QuietLogs>>>>>,
+    /// The partition count of each topic this process consumes, read from the cluster's metadata when
+    /// consuming starts (see [`Bus::partition_of`]).
+    partition_counts: Arc<std::sync::RwLock<HashMap<&'static str, u32>>>,
 }
 
 /// How long one [`Bus::progress`] request may wait for the cluster.
@@ -148,10 +151,18 @@ impl KafkaBus {
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "2")
+            // librdkafka's default, pinned: `Bus::partition_of` computes the same (CRC-32 of the key).
+            .set("partitioner", "consistent_random")
             .set("message.timeout.ms", PUBLISH_TIMEOUT.as_millis().to_string())
             .create_with_context(QuietLogs::default())
             .map_err(unavailable)?;
-        Ok(Self { options, producer, readiness: Arc::default(), progress_clients: Arc::default() })
+        Ok(Self {
+            options,
+            producer,
+            readiness: Arc::default(),
+            progress_clients: Arc::default(),
+            partition_counts: Arc::default(),
+        })
     }
 
     /// Creates every topic of [`topics::ALL`] that does not exist yet; returns the names created.
@@ -180,6 +191,38 @@ impl KafkaBus {
             tracing::info!(topics = ?created, "created Kafka topics");
         }
         Ok(created)
+    }
+
+    /// Reads `topic`'s partition count from the cluster (one metadata request) for [`Bus::partition_of`].
+    /// Without an answer, keys of the topic have no known partition: nothing breaks, owners just read more.
+    async fn learn_partition_count(&self, topic: Topic) {
+        let producer = self.producer.clone();
+        // `fetch_metadata` blocks its thread until the broker answers or the timeout passes.
+        let metadata = tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(Some(topic.name), Timeout::After(PROGRESS_TIMEOUT))
+                .map(|m| m.topics().iter().find(|t| t.name() == topic.name).map(|t| t.partitions().len()))
+        })
+        .await;
+        match metadata {
+            Ok(Ok(Some(n))) if n > 0 => {
+                if n != usize::from(topic.partitions) {
+                    tracing::warn!(
+                        topic = topic.name,
+                        partitions = n,
+                        expected = topic.partitions,
+                        "topic has an unexpected partition count"
+                    );
+                }
+                if let (Ok(n), Ok(mut counts)) = (u32::try_from(n), self.partition_counts.write()) {
+                    counts.insert(topic.name, n);
+                }
+            }
+            other => {
+                tracing::warn!(topic = topic.name, outcome = ?other.map(|r| r.map_err(|e| e.to_string())), "partition count unknown")
+            }
+        }
     }
 
     /// The client that answers [`Bus::progress`] about `group`.
@@ -409,6 +452,13 @@ impl Bus for KafkaBus {
         .map_err(unavailable)?
     }
 
+    /// CRC-32 of the key modulo the topic's partition count, as the producer's `consistent_random`
+    /// partitioner places it; known once this process consumes the topic.
+    fn partition_of(&self, topic: Topic, key: &str) -> Option<u32> {
+        let count = *self.partition_counts.read().ok()?.get(topic.name)?;
+        Some(orderflow_platform::bus::key_partition(key, count))
+    }
+
     async fn publish(&self, records: Vec<BusRecord>) -> Result<(), BusError> {
         let mut pending = Vec::with_capacity(records.len());
         for r in &records {
@@ -442,6 +492,7 @@ impl Bus for KafkaBus {
     ) -> Result<(), BusError> {
         let consumer = Arc::new(self.consumer(group, Assignments::new(shutdown.clone()))?);
         consumer.subscribe(&[topic.name]).map_err(unavailable)?;
+        self.learn_partition_count(topic).await;
         // One worker per partition and assignment: a partition assigned again gets a fresh worker.
         let mut workers: HashMap<i32, (u64, mpsc::Sender<OwnedMessage>)> = HashMap::new();
         let mut tasks = tokio::task::JoinSet::new();

@@ -36,6 +36,7 @@ checks!(
     groups_are_independent,
     refuses_unknown_topics,
     reports_ready_quickly,
+    knows_the_partition_of_a_key,
 );
 
 /// With no broker answering, the readiness probe says so within its timeout instead of hanging, and

@@ -90,6 +90,10 @@ impl Bus for LimitedBus {
     async fn progress(&self, group: &str, topic: Topic) -> Result<Vec<super::PartitionProgress>, BusError> {
         self.inner.progress(group, topic).await
     }
+
+    fn partition_of(&self, topic: Topic, key: &str) -> Option<u32> {
+        self.inner.partition_of(topic, key)
+    }
 }
 
 struct SizeChecked {

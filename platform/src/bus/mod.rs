@@ -149,6 +149,18 @@ pub trait Bus: Send + Sync + fmt::Debug {
     /// stalled-order sweep waits for that instead of taking a backlog for lost records). A few small
     /// requests, never a read of records.
     async fn progress(&self, group: &str, topic: Topic) -> Result<Vec<PartitionProgress>, BusError>;
+
+    /// The partition of `topic` that records keyed `key` go to, if the adapter knows the topic's partition
+    /// count now (the Kafka adapter learns it when this process starts consuming the topic). Only used to
+    /// find this process's own holder of a key's partition; records are always routed by the adapter.
+    fn partition_of(&self, topic: Topic, key: &str) -> Option<u32>;
+}
+
+/// The partition of `key` among `partitions`: CRC-32 (IEEE) of the key modulo the count, which is what
+/// librdkafka's default partitioner (`consistent_random`) does for a non-empty key and what the embedded
+/// log does for every key. Stable across versions and machines.
+pub fn key_partition(key: &str, partitions: u32) -> u32 {
+    crc32fast::hash(key.as_bytes()) % partitions.max(1)
 }
 
 /// How far a consumer group has got in one partition.

@@ -345,6 +345,47 @@ pub async fn reports_ready_quickly(bus: Arc<dyn Bus>) {
     }
 }
 
+/// Records what partition each key arrived on.
+struct Placements {
+    prefix: String,
+    seen: Mutex<HashMap<String, u32>>,
+}
+
+#[async_trait]
+impl Handler for Placements {
+    async fn handle(&self, d: &Delivery) -> Result<(), HandlerError> {
+        if d.key.starts_with(&self.prefix) {
+            self.seen.lock().unwrap().insert(d.key.clone(), d.partition);
+        }
+        Ok(())
+    }
+}
+
+/// Once this process consumes a topic, [`Bus::partition_of`] names the partition each key's records
+/// arrive on (owners in the same process are found by it).
+pub async fn knows_the_partition_of_a_key(bus: Arc<dyn Bus>) {
+    let prefix = run_id("where");
+    let keys: Vec<String> = (0..64).map(|k| format!("{prefix}-{k}")).collect();
+    let placements = Arc::new(Placements { prefix: prefix.clone(), seen: Mutex::default() });
+    let token = CancellationToken::new();
+    let task = spawn_consumer(bus.clone(), prefix.clone(), placements.clone(), token.clone());
+    bus.publish(keys.iter().map(|k| BusRecord::new(TOPIC, k.clone(), b"x".to_vec())).collect()).await.unwrap();
+    assert!(
+        wait_until(Duration::from_secs(60), || placements.seen.lock().unwrap().len() >= keys.len()).await,
+        "only {} of {} arrived",
+        placements.seen.lock().unwrap().len(),
+        keys.len()
+    );
+    token.cancel();
+    task.await.unwrap();
+    let seen = placements.seen.lock().unwrap().clone();
+    let partitions: std::collections::HashSet<u32> = seen.values().copied().collect();
+    assert!(partitions.len() > 1, "64 keys all landed on one partition: {partitions:?}");
+    for key in &keys {
+        assert_eq!(bus.partition_of(TOPIC, key), Some(seen[key]), "key {key}");
+    }
+}
+
 /// Runs every bus check against buses made by `make` (one fresh bus per check where the adapter
 /// needs it; a shared one is fine since the checks use fresh keys and groups).
 pub async fn run_all<F, Fut>(make: F)
@@ -361,4 +402,5 @@ where
     groups_are_independent(make().await).await;
     refuses_unknown_topics(make().await).await;
     reports_ready_quickly(make().await).await;
+    knows_the_partition_of_a_key(make().await).await;
 }

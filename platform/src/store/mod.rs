@@ -584,6 +584,14 @@ pub enum Applied {
 pub trait OrderStore: Send + Sync {
     /// Inserts a new order if the id is free.
     async fn insert_new(&self, order: &Order) -> Result<Inserted>;
+    /// Told by intake, right after [`OrderStore::insert_new`] inserted `order` (new, no event applied to
+    /// it) and before its `OrderPlaced` is published, that this process's saga holds the order's partition
+    /// under `epoch`: an adapter that keeps the owner's state in memory per epoch may take `order` as that
+    /// state, so the saga's first step needs no read. Never replaces what the adapter already holds of the
+    /// order. Nothing by default.
+    fn placed_under(&self, order: &Order, epoch: u64) {
+        let _ = (order, epoch);
+    }
     async fn order(&self, id: &OrderId) -> Result<Option<Order>>;
     /// The order as the saga reads it before a step it will write under `fence`: [`OrderStore::order`],
     /// which an adapter may answer from what it read or wrote of the order under the same epoch (only the

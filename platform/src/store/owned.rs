@@ -9,11 +9,17 @@
 //! again, since the new owner may have moved the order on. A process that owns no partition of the
 //! orders topic (an ingest-only or GraphQL-only process) never fills it and always reads the store.
 //!
+//! Seeded at placement: intake puts a new order here (never over an entry) before it publishes the
+//! order's `OrderPlaced`, when the saga of this process holds the order's partition (see
+//! [`OwnedOrders::holding`], [`OwnedOrders::placed`]), so that customers polling the order before the
+//! saga's first step, and that step itself, skip the store.
+//!
 //! Staleness: between the moment a partition is taken away and the moment this process hears of it (at
 //! most the consumer's session timeout for a frozen process), an entry may be older than the store. A
 //! reader sees the order as its previous owner left it, never a state that was not written.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -30,6 +36,9 @@ const IDLE: Duration = Duration::from_secs(600);
 /// The bounded map of orders this process wrote as their partition's owner.
 pub struct OwnedOrders {
     cache: Option<moka::sync::Cache<OrderId, Arc<Owned>>>,
+    /// Per partition of the orders topic, the assignment this process's saga last handled it under and
+    /// the epoch it claimed for it.
+    holders: Mutex<HashMap<u32, (Assignment, u64)>>,
 }
 
 struct Owned {
@@ -48,12 +57,41 @@ impl OwnedOrders {
     pub fn new(entries: u64) -> Self {
         let cache =
             (entries > 0).then(|| moka::sync::Cache::builder().max_capacity(entries).time_to_idle(IDLE).build());
-        Self { cache }
+        Self { cache, holders: Mutex::default() }
     }
 
     /// Never holds anything.
     pub fn off() -> Self {
-        Self { cache: None }
+        Self { cache: None, holders: Mutex::default() }
+    }
+
+    /// Notes that this process's saga handles `partition` of the orders topic under `assignment`, with
+    /// `epoch` claimed for it (called per record; cheap when nothing changed).
+    pub fn holding(&self, partition: u32, assignment: &Assignment, epoch: u64) {
+        if self.cache.is_none() {
+            return;
+        }
+        if let Ok(mut holders) = self.holders.lock()
+            && holders.get(&partition).is_none_or(|(a, e)| a.id != assignment.id || *e != epoch)
+        {
+            holders.insert(partition, (assignment.clone(), epoch));
+        }
+    }
+
+    /// Takes `order`, just inserted by intake and not yet published, as the state its owner holds, if this
+    /// process's saga holds `partition` (the order's partition of the orders topic) now and nothing is held
+    /// of the order yet. Returns the epoch it is held under, for the store's own view
+    /// ([`OrderStore::placed_under`]); `None` when another process (or none yet) owns the partition.
+    pub fn placed(&self, order: &Order, partition: u32) -> Option<u64> {
+        let cache = self.cache.as_ref()?;
+        let (assignment, epoch) = self.holders.lock().ok()?.get(&partition).cloned()?;
+        if assignment.revoked.is_cancelled() {
+            return None;
+        }
+        cache
+            .entry(order.id.clone())
+            .or_insert_with(|| Arc::new(Owned { order: order.clone(), revoked: assignment.revoked.clone() }));
+        Some(epoch)
     }
 
     /// Records `order` as just written by the owner of its partition under `assignment`.
@@ -117,6 +155,10 @@ impl OwnerReadOrders {
 impl OrderStore for OwnerReadOrders {
     async fn insert_new(&self, order: &Order) -> Result<super::Inserted> {
         self.store.insert_new(order).await
+    }
+
+    fn placed_under(&self, order: &Order, epoch: u64) {
+        self.store.placed_under(order, epoch);
     }
 
     async fn order(&self, id: &OrderId) -> Result<Option<Order>> {
@@ -203,6 +245,28 @@ mod tests {
         assert_eq!(owned.get(&o.id), None, "a revoked partition's orders are read from the store");
         owned.remember(&o, &assignment);
         assert_eq!(owned.get(&o.id), None, "nothing is remembered under a revoked assignment");
+    }
+
+    #[test]
+    fn a_placed_order_is_held_only_where_its_partition_is_held_and_never_over_an_entry() {
+        let owned = OwnedOrders::new(16);
+        let pending = order(OrderStatus::Pending);
+        assert_eq!(owned.placed(&pending, 3), None, "partition 3 is held by nobody here yet");
+        assert_eq!(owned.get(&pending.id), None);
+        let assignment = Assignment::new(CancellationToken::new());
+        owned.holding(3, &assignment, 7);
+        assert_eq!(owned.placed(&pending, 4), None, "another partition");
+        assert_eq!(owned.placed(&pending, 3), Some(7));
+        assert_eq!(owned.get(&pending.id), Some(pending.clone()));
+        let moved = order(OrderStatus::Processing);
+        owned.remember(&moved, &assignment);
+        assert_eq!(owned.placed(&pending, 3), Some(7));
+        assert_eq!(owned.get(&pending.id), Some(moved), "what the saga wrote stays");
+        assignment.revoked.cancel();
+        let other = Order { id: OrderId::parse("o-2").unwrap(), ..pending };
+        assert_eq!(owned.placed(&other, 3), None, "the partition was revoked");
+        assert_eq!(owned.get(&other.id), None);
+        assert_eq!(OwnedOrders::off().placed(&other, 3), None);
     }
 
     #[test]
