@@ -89,6 +89,8 @@ pub struct CqlStore {
     clean_skus: alerts::CleanSkus,
     /// Plain writes made at the same time, sent as one request (see [`writes`]).
     writes: writes::GroupedWrites,
+    /// The newest index bucket whose `order_buckets` row this process has written (see `orders.rs`).
+    bucket_listed: std::sync::atomic::AtomicI64,
 }
 
 impl fmt::Debug for CqlStore {
@@ -176,6 +178,7 @@ impl CqlStore {
             owner_states: orders::OwnerStates::new(orderflow_platform::backend::DEFAULT_OWNED_ORDER_ENTRIES),
             clean_skus: alerts::CleanSkus::new(),
             writes: writes::GroupedWrites::new(orderflow_platform::backend::DEFAULT_CQL_WRITE_GROUP),
+            bucket_listed: std::sync::atomic::AtomicI64::new(i64::MIN),
             session,
         })
     }

@@ -466,7 +466,12 @@ impl CqlStore {
             b.append_statement(stmt.clone());
             values.push(v);
         };
-        add(&st.idx_bucket, vec![CqlValue::Int(BUCKETS_SHARD), CqlValue::BigInt(bucket)]);
+        // The bucket's row in `order_buckets` (one partition every order would rewrite) once per process and
+        // bucket: rows are never deleted, so once written it stays.
+        let list_bucket = self.bucket_listed.load(std::sync::atomic::Ordering::Relaxed) != bucket;
+        if list_bucket {
+            add(&st.idx_bucket, vec![CqlValue::Int(BUCKETS_SHARD), CqlValue::BigInt(bucket)]);
+        }
         add(&st.idx_all, vec![CqlValue::BigInt(bucket), at.clone(), id()]);
         add(&st.idx_user, vec![CqlValue::Text(order.user_id.as_str().to_owned()), at.clone(), id()]);
         add(
@@ -484,7 +489,11 @@ impl CqlStore {
             add(&st.idx_processing, vec![CqlValue::BigInt(bucket), id(), CqlValue::BigInt(ms)]);
         }
         b.set_is_idempotent(true);
-        self.write_batch(&b, values).await
+        self.write_batch(&b, values).await?;
+        if list_bucket {
+            self.bucket_listed.fetch_max(bucket, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     /// Removes the index rows that insert_new wrote ahead for `ours` when the order turned out to exist

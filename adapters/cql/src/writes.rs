@@ -67,27 +67,32 @@ struct Cells {
 }
 
 impl Cells {
-    fn of(statement: &PreparedStatement, values: &impl SerializeRow) -> std::result::Result<Self, SerializationError> {
+    /// Runs `write` with a writer of a row for `statement`'s bind markers; returns what it returned and the
+    /// row it wrote.
+    fn writing<R>(
+        statement: &PreparedStatement,
+        write: impl FnOnce(&RowSerializationContext<'_>, &mut RowWriter) -> R,
+    ) -> (R, Self) {
         let specs = statement.get_variable_col_specs();
         let ctx = RowSerializationContext::from_specs(specs.as_slice());
         let mut bytes = Vec::new();
         let mut writer = RowWriter::new(&mut bytes);
-        values.serialize(&ctx, &mut writer)?;
+        let written = write(&ctx, &mut writer);
         let count = writer.value_count();
-        Ok(Self { bytes, count })
+        (written, Self { bytes, count })
+    }
+
+    fn of(statement: &PreparedStatement, values: &impl SerializeRow) -> std::result::Result<Self, SerializationError> {
+        let (written, cells) = Self::writing(statement, |ctx, writer| values.serialize(ctx, writer));
+        written.map(|()| cells)
     }
 
     fn next_of<'v>(
         statement: &PreparedStatement,
         values: &mut impl BatchValuesIterator<'v>,
     ) -> Option<std::result::Result<Self, SerializationError>> {
-        let specs = statement.get_variable_col_specs();
-        let ctx = RowSerializationContext::from_specs(specs.as_slice());
-        let mut bytes = Vec::new();
-        let mut writer = RowWriter::new(&mut bytes);
-        let written = values.serialize_next(&ctx, &mut writer)?;
-        let count = writer.value_count();
-        Some(written.map(|()| Self { bytes, count }))
+        let (written, cells) = Self::writing(statement, |ctx, writer| values.serialize_next(ctx, writer));
+        Some(written?.map(|()| cells))
     }
 }
 
@@ -163,6 +168,18 @@ struct Counts {
     requests: AtomicU64,
 }
 
+impl Counts {
+    /// Counts `writes` callers' writes going out as one request of `statements` statements, in
+    /// [`GroupedWrites::counts`] and in the metrics alike (every path that sends comes through here).
+    fn sent(&self, writes: usize, statements: usize) {
+        self.writes.fetch_add(writes as u64, Ordering::Relaxed);
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        metrics::histogram!("orderflow_cql_write_group_statements").record(statements as f64);
+        metrics::counter!("orderflow_cql_write_requests_total").increment(1);
+        metrics::counter!("orderflow_cql_writes_total").increment(writes as u64);
+    }
+}
+
 /// How many plain writes the adapter took and in how many requests it sent them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WriteCounts {
@@ -213,8 +230,7 @@ impl GroupedWrites {
                 self.submit(session, statements, batch.get_is_idempotent()).await
             }
             None => {
-                self.counts.writes.fetch_add(1, Ordering::Relaxed);
-                self.counts.requests.fetch_add(1, Ordering::Relaxed);
+                self.counts.sent(1, batch.statements.len());
                 session.batch(batch, values).await.map_err(super::unavailable)?;
                 Ok(())
             }
@@ -225,8 +241,7 @@ impl GroupedWrites {
         if self.max_statements == 1 {
             // Grouping off: every write is its own request, as many in flight as callers make.
             let (done, result) = oneshot::channel();
-            self.counts.writes.fetch_add(1, Ordering::Relaxed);
-            self.counts.requests.fetch_add(1, Ordering::Relaxed);
+            self.counts.sent(1, statements.len());
             send(session, vec![Queued { statements, bytes: 0, idempotent, done }]).await;
             return settle(result.await);
         }
@@ -245,8 +260,7 @@ impl GroupedWrites {
                         drop(permit);
                         return settle(result.await);
                     }
-                    self.counts.writes.fetch_add(group.len() as u64, Ordering::Relaxed);
-                    self.counts.requests.fetch_add(1, Ordering::Relaxed);
+                    self.counts.sent(group.len(), group.iter().map(|q| q.statements.len()).sum());
                     send(session, group).await;
                     drop(permit);
                 }
@@ -311,9 +325,6 @@ fn settle(r: std::result::Result<std::result::Result<(), String>, oneshot::error
 /// Sends a group as one unlogged batch (or a lone statement as itself) and hands each caller the outcome.
 async fn send(session: &Session, group: Vec<Queued>) {
     let statements: usize = group.iter().map(|q| q.statements.len()).sum();
-    metrics::histogram!("orderflow_cql_write_group_statements").record(statements as f64);
-    metrics::counter!("orderflow_cql_write_requests_total").increment(1);
-    metrics::counter!("orderflow_cql_writes_total").increment(group.len() as u64);
     let outcome = if let [Queued { statements: only, .. }] = group.as_slice()
         && let [one] = only.as_slice()
     {

@@ -24,27 +24,28 @@ pub struct Step {
     pub reads: u32,
 }
 
-/// One order through the pipeline on Kafka + CQL (happy path, one line). Totals: 7 records produced,
-/// 9 plain writes holding 23 rows, 1 LWT, 6 reads. A plain write is counted as a request of its own, as
+/// One order through the pipeline on Kafka + CQL (happy path, one line), as `orderflow serve` runs it (every
+/// role in one process). Totals: 7 records produced, 9 plain writes holding 22 rows, 1 LWT, 5 reads. A plain write is counted as a request of its own, as
 /// it goes out when nothing else is being written; under load the adapter sends the plain writes made at
 /// the same time as one request (`adapters/cql/src/writes.rs`), so fewer go out. Offsets are committed
 /// by librdkafka once a second per consumer, not per record, so they are not counted. Not counted either: the claim of a
 /// partition's epoch (one LWT per assignment, not per order) and customers' reads of their order.
 pub const DISTRIBUTED_ORDER_PLAN: &[Step] = &[
     // ingest/src/lib.rs `place` + cql/orders.rs `insert_new`: the product's price (1 read); the index rows
-    // written ahead (bucket, all orders, by user, by status PENDING: one LOGGED batch); the order
-    // `INSERT ... IF NOT EXISTS`; then OrderPlaced.
-    Step { step: "intake: POST /v1/orders", produced: &[topics::ORDERS.name], plain_writes: &[4], lwts: 1, reads: 1 },
-    // saga on OrderPlaced: the order and its applied events, in one read (from the store: intake wrote it,
-    // not this process's saga; `order_for_step` keeps it for the step's write); the fenced step (state
-    // cells + event row) with the status change of the read model (PROCESSING row, PENDING row deleted) in
-    // one unlogged batch; then ReserveStock.
+    // written ahead (all orders, by user, by status PENDING: one unlogged batch; the week's `order_buckets`
+    // row only once per process and week); the order `INSERT ... IF NOT EXISTS`; the order handed to the saga
+    // of this process that holds its partition (`Intake::hand_to_owner`, memory only); then OrderPlaced.
+    Step { step: "intake: POST /v1/orders", produced: &[topics::ORDERS.name], plain_writes: &[3], lwts: 1, reads: 1 },
+    // saga on OrderPlaced: the order and its applied events as intake handed them over (no read; where
+    // intake runs in another process than the partition's saga, one read); the fenced step (state cells +
+    // event row) with the status change of the read model (PROCESSING row, PENDING row deleted) in one
+    // unlogged batch; then ReserveStock.
     Step {
         step: "order saga: OrderPlaced",
         produced: &[topics::INVENTORY.name],
         plain_writes: &[4],
         lwts: 0,
-        reads: 1,
+        reads: 0,
     },
     // inventory `reserve` (cql/inventory.rs `apply_run`, the owner of the SKU's partition): one read of the
     // SKU's statics and the order's hold row (`ref IN ('', 'hold:<order>')`); one fenced single-partition
@@ -154,9 +155,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn one_order_is_7_records_23_plain_rows_in_9_writes_1_lwt_and_6_reads() {
+    fn one_order_is_7_records_22_plain_rows_in_9_writes_1_lwt_and_5_reads() {
         let t = totals(DISTRIBUTED_ORDER_PLAN);
-        assert_eq!(t, PlanTotals { messages: 7, plain_requests: 9, plain_rows: 23, lwts: 1, reads: 6 });
+        assert_eq!(t, PlanTotals { messages: 7, plain_requests: 9, plain_rows: 22, lwts: 1, reads: 5 });
         // Four of the seven records are replies to the order saga; one goes to each command topic.
         let to_orders = DISTRIBUTED_ORDER_PLAN.iter().flat_map(|s| s.produced).filter(|t| **t == topics::ORDERS.name);
         assert_eq!(to_orders.count(), 4);
@@ -166,8 +167,8 @@ mod tests {
     fn the_baseline_is_the_slower_of_bus_and_store() {
         let t = totals(DISTRIBUTED_ORDER_PLAN);
         assert!((kafka_orders_per_s(7000.0, &t) - 1000.0).abs() < 1e-9);
-        // 23 rows at 23,000/s = 1 ms, 1 LWT at 1,000/s = 1 ms: 2 ms per order.
-        let cql = cql_orders_per_s(23_000.0, 1_000.0, &t);
+        // 22 rows at 22,000/s = 1 ms, 1 LWT at 1,000/s = 1 ms: 2 ms per order.
+        let cql = cql_orders_per_s(22_000.0, 1_000.0, &t);
         assert!((cql - 1000.0 / 2.0).abs() < 1e-9, "{cql}");
         assert!((orders_per_s(1000.0, cql) - cql).abs() < 1e-12);
         assert_eq!(orders_per_s(50.0, cql), 50.0);
