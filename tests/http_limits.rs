@@ -331,7 +331,8 @@ async fn graphql_caps_root_fields_aliases_and_mutations() {
     let v = app.gql(&format!("mutation {{ {mutations} }}"), serde_json::json!({}), false).await;
     assert_eq!(error_code(&v), "too_many_mutations", "{v}");
     assert!(v["data"].is_null(), "none ran: {v}");
-    // Within the caps, the same shapes run.
+    // Within the caps, the same shapes run (once the demo catalog is projected).
+    app.wait_product("SKU-PIZZA").await;
     let aliases = (0..16).map(|i| format!("a{i}: sku")).collect::<Vec<_>>().join(" ");
     let v = app.gql(&format!("{{ product(sku: \"SKU-PIZZA\") {{ {aliases} }} }}"), serde_json::json!({}), false).await;
     assert_eq!(v["data"]["product"]["a15"], "SKU-PIZZA", "{v}");

@@ -106,6 +106,21 @@ impl TestApp {
         gql_stock_change(&self.http, &self.base, query, variables).await
     }
 
+    /// Waits until the catalog's read model shows `sku` (the demo catalog is projected after start), up to
+    /// 10 s.
+    pub async fn wait_product(&self, sku: &str) {
+        let query = format!("{{ product(sku: \"{sku}\") {{ sku }} }}");
+        let started = Instant::now();
+        loop {
+            let v = self.gql(&query, json!({}), false).await;
+            if v["data"]["product"]["sku"] == sku {
+                return;
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "{sku} not in the catalog after 10 s: {v}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Waits until the order has `status` (or any terminal/processed status if `None`), up to 10 s.
     pub async fn wait_status(&self, id: &str, want: &[&str]) -> Value {
         wait_status(&self.http, &self.base, id, want, Duration::from_secs(10)).await
