@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
+use orderflow_identity::http::Authenticator;
+use orderflow_identity::{AdminToken, AuthMode, JwtConfig, JwtVerifier, Secret};
 use orderflow_ingest::rate_limit::{OrderRateLimit, RateLimitKey};
 use orderflow_platform::BackendUrl;
 use orderflow_platform::backend::{BackendOptions, EmbeddedMemory};
@@ -21,6 +23,13 @@ pub enum Seed {
     Demo,
     /// Nothing: staff create products with `createProduct`.
     None,
+}
+
+/// See [`Settings::auth`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuthModeArg {
+    Open,
+    Required,
 }
 
 /// What the order rate limit counts by.
@@ -53,9 +62,42 @@ pub struct Settings {
     #[arg(long, env = "ORDERFLOW_STORE", default_value = "embedded", global = true)]
     pub store: BackendUrl,
 
-    /// Bearer token for staff operations over GraphQL. Unset: staff operations are disabled.
-    #[arg(long, env = "ORDERFLOW_ADMIN_TOKEN", hide_env_values = true, global = true)]
-    pub admin_token: Option<String>,
+    /// The admin token (carries the admin role; at least 32 bytes), from the environment only
+    /// (`ORDERFLOW_ADMIN_TOKEN`), never a flag, so it does not show in `ps` or shell history.
+    #[arg(skip = std::env::var("ORDERFLOW_ADMIN_TOKEN").ok().filter(|t| !t.is_empty()).map(Secret::new))]
+    pub admin_token: Option<Secret>,
+
+    /// A file holding the admin token (a mounted secret), instead of `ORDERFLOW_ADMIN_TOKEN`.
+    #[arg(long, env = "ORDERFLOW_ADMIN_TOKEN_FILE", global = true)]
+    pub admin_token_file: Option<PathBuf>,
+
+    /// `open`: anyone may place an order and read an order by its id (the quick start); `required`:
+    /// placing and reading orders needs a customer (or staff) identity.
+    #[arg(long, env = "ORDERFLOW_AUTH", value_enum, default_value_t = AuthModeArg::Open, global = true)]
+    pub auth: AuthModeArg,
+
+    /// Customer and staff JWTs: the identity provider's public keys, a JWKS file (what its `jwks_uri`
+    /// serves) or a PEM public key. Unset: no customer identities.
+    #[arg(long, env = "ORDERFLOW_AUTH_JWKS", global = true)]
+    pub auth_jwks: Option<PathBuf>,
+
+    /// The `iss` a JWT must carry. Unset: not checked.
+    #[arg(long, env = "ORDERFLOW_AUTH_ISSUER", global = true)]
+    pub auth_issuer: Option<String>,
+
+    /// The `aud` a JWT must carry. Unset: not checked.
+    #[arg(long, env = "ORDERFLOW_AUTH_AUDIENCE", global = true)]
+    pub auth_audience: Option<String>,
+
+    /// The JWT signature algorithms accepted, comma-separated: RS256, RS384, RS512, PS256, PS384, PS512,
+    /// ES256, EdDSA.
+    #[arg(long, env = "ORDERFLOW_AUTH_ALGORITHMS", default_value = "RS256", global = true)]
+    pub auth_algorithms: String,
+
+    /// The JWT claim with the caller's roles (`customer`, `staff`, `admin`); a dotted path reaches into
+    /// objects (Keycloak: `realm_access.roles`).
+    #[arg(long, env = "ORDERFLOW_AUTH_ROLES_CLAIM", default_value = "roles", global = true)]
+    pub auth_roles_claim: String,
 
     /// Latency of each call to the simulated payment provider, in milliseconds.
     #[arg(long, env = "ORDERFLOW_PAYMENT_LATENCY_MS", default_value_t = 20, global = true)]
@@ -238,6 +280,31 @@ fn parse_user(s: &str) -> Result<UserId, String> {
 }
 
 impl Settings {
+    /// Who may do what, from the auth settings; an error names the setting to fix.
+    pub fn authenticator(&self) -> anyhow::Result<Authenticator> {
+        let admin =
+            AdminToken::from_settings(self.admin_token.as_ref().map(Secret::expose), self.admin_token_file.as_deref())?;
+        let jwt = match &self.auth_jwks {
+            None => None,
+            Some(keys) => {
+                let algorithms = orderflow_identity::jwt::parse_algorithms(&self.auth_algorithms)
+                    .map_err(|e| anyhow::anyhow!("ORDERFLOW_AUTH_ALGORITHMS: {e}"))?;
+                Some(JwtVerifier::new(JwtConfig {
+                    keys: keys.clone(),
+                    issuer: self.auth_issuer.clone().filter(|s| !s.is_empty()),
+                    audience: self.auth_audience.clone().filter(|s| !s.is_empty()),
+                    algorithms,
+                    roles_claim: self.auth_roles_claim.clone(),
+                })?)
+            }
+        };
+        let mode = match self.auth {
+            AuthModeArg::Open => AuthMode::Open,
+            AuthModeArg::Required => AuthMode::Required,
+        };
+        Ok(Authenticator { mode, admin, jwt })
+    }
+
     pub fn backend_options(&self) -> BackendOptions {
         BackendOptions {
             sync_writes: self.sync_writes,

@@ -19,6 +19,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use orderflow_graphql::ApiState;
 use orderflow_graphql::catalog::{CacheInvalidator, CatalogCache, invalidation_group};
+use orderflow_identity::http::Authenticator;
 use orderflow_ingest::Intake;
 use orderflow_ingest::http::{ApiError, OrdersApi};
 use orderflow_ingest::rate_limit::{OrderRateLimiter, SWEEP_INTERVAL};
@@ -31,7 +32,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tower_http::classify::ServerErrorsFailureClass;
 
-pub use config::{Seed, Settings};
+pub use config::{AuthModeArg, Seed, Settings};
 use health::{Probes, RoleHealth, supervise};
 
 /// What one process runs.
@@ -79,6 +80,7 @@ fn router(
     catalog: &Arc<CatalogCache>,
     health: &RoleHealth,
     rate_limit: Option<&Arc<OrderRateLimiter>>,
+    auth: &Arc<Authenticator>,
 ) -> Router {
     let rate_limit = rate_limit.cloned();
     let intake = Intake::new(backends.stores.clone(), Arc::clone(&backends.bus));
@@ -88,6 +90,7 @@ fn router(
             intake: intake.clone(),
             stores: backends.stores.clone(),
             rate_limit: rate_limit.clone(),
+            auth_mode: auth.mode,
         }));
     }
     if roles.graphql {
@@ -96,11 +99,13 @@ fn router(
             catalog: Arc::clone(catalog),
             bus: Arc::clone(&backends.bus),
             intake,
-            admin_token: settings.admin_token.clone().filter(|t| !t.is_empty()),
+            auth_mode: auth.mode,
         };
         let options = orderflow_graphql::HttpOptions { timeout: settings.graphql_timeout, rate_limit };
         api = api.merge(orderflow_graphql::router_with(state, options));
     }
+    // Every API request is authenticated once, here, into a `Caller` (a bad token: 401 before any handler).
+    let api = api.layer(axum::middleware::from_fn_with_state(Arc::clone(auth), orderflow_identity::http::authenticate));
     let mut api = server::limit_api(api, &settings.http_limits());
     // Outside the limits, so their 503s (and the 429s and 413s inside) carry the CORS headers a
     // browser needs to let the page read them.
@@ -135,6 +140,10 @@ impl App {
     /// `listener`.
     pub async fn start(settings: &Settings, roles: Roles, listener: TcpListener) -> anyhow::Result<App> {
         let _ = orderflow_platform::telemetry::prometheus();
+        let auth = Arc::new(settings.authenticator().context("checking the auth settings")?);
+        if roles.ingest || roles.graphql {
+            tracing::info!("access: {}", auth.describe());
+        }
         if roles != Roles::all() && (settings.bus == BackendUrl::Embedded || settings.store == BackendUrl::Embedded) {
             anyhow::bail!(
                 "the embedded bus and store live inside one process: run `orderflow serve`, or give every role \
@@ -213,7 +222,7 @@ impl App {
         }
         let addr = listener.local_addr()?;
         if roles.ingest || roles.graphql || !roles.processors.is_empty() {
-            let app = router(&roles, &backends, settings, &catalog_cache, &health, rate_limit.as_ref());
+            let app = router(&roles, &backends, settings, &catalog_cache, &health, rate_limit.as_ref(), &auth);
             let server = server::serve(listener, app, settings.header_read_timeout, shutdown.clone());
             supervise_role(&mut tasks, &health, &shutdown, &mut fault, "http server", |t| {
                 t.spawn(server);

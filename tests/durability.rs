@@ -54,7 +54,7 @@ async fn orders_accepted_before_kill_9_are_processed_after_restart() {
         wait_status(&http, &third.base, &format!("crash-{i}"), &["CONFIRMED"], Duration::from_secs(30)).await;
     }
     let stock =
-        gql(&http, &third.base, "{ product(sku: \"SKU-COFFEE\") { stock { available reserved } } }", json!({}), false)
+        gql(&http, &third.base, "{ product(sku: \"SKU-COFFEE\") { stock { available reserved } } }", json!({}), true)
             .await;
     assert_eq!(
         stock["data"]["product"]["stock"],

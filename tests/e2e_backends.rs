@@ -7,8 +7,9 @@
 
 mod common;
 
-use common::TestApp;
 use common::scenarios::{self, DECLINED_USER};
+use common::{TestApp, authz};
+use orderflow::AuthModeArg;
 use orderflow_platform::BackendUrl;
 use orderflow_platform::conformance::real_engine;
 use orderflow_schemas::UserId;
@@ -24,11 +25,18 @@ async fn scenarios_on_kafka_and_cql() {
     let (Some(kafka), Some(cql)) = (real_engine("ORDERFLOW_TEST_KAFKA"), real_engine("ORDERFLOW_TEST_CQL")) else {
         return;
     };
+    let keys = tempfile::tempdir().unwrap();
+    let mut tokens = None;
     let app = TestApp::start_with(|s| {
         s.payment_decline_users = vec![UserId::parse(DECLINED_USER).unwrap()];
         s.bus = BackendUrl::Kafka(vec![kafka]);
         s.store = BackendUrl::Scylla(vec![cql]);
+        tokens = Some(authz::with_jwt(s, keys.path(), AuthModeArg::Open));
     })
     .await;
     scenarios::run_all(&app).await;
+    // The role table, on the same app (one app on Kafka at a time; see above).
+    let tokens = tokens.unwrap();
+    let order = authz::prepare(&app, &tokens).await;
+    authz::walk(&app, &tokens, AuthModeArg::Open, &order).await;
 }

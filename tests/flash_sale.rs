@@ -149,7 +149,7 @@ async fn flash_sale_survives_kill_9_mid_burst() {
         &server.base,
         "query($s: String!){ product(sku: $s){ stock { available reserved sold } } }",
         json!({"s": sku}),
-        false,
+        true,
     )
     .await;
     assert_eq!(stock["data"]["product"]["stock"], json!({"available": 0, "reserved": UNITS, "sold": 0}), "{stock}");
@@ -213,7 +213,7 @@ async fn flash_sale_on_kafka_and_cql_survives_inventory_processor_kill() {
                 &graphql.base,
                 "query($s: String!){ product(sku: $s){ stock { reserved } } }",
                 json!({"s": sku}),
-                false,
+                true,
             )
             .await;
             if v["data"]["product"]["stock"]["reserved"].as_i64().unwrap_or(0) >= 10 {
@@ -235,7 +235,7 @@ async fn flash_sale_on_kafka_and_cql_survives_inventory_processor_kill() {
         &graphql.base,
         "query($s: String!){ product(sku: $s){ stock { available reserved sold } } }",
         json!({"s": sku}),
-        false,
+        true,
     )
     .await;
     assert_eq!(stock["data"]["product"]["stock"], json!({"available": 0, "reserved": UNITS, "sold": 0}), "{stock}");

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 /// The staff token the role processes accept (the workload's cancels and restocks use it).
-pub const ADMIN_TOKEN: &str = "chaos-admin-token";
+pub const ADMIN_TOKEN: &str = "chaos-admin-token-0123456789abcdef0123";
 
 /// A role process: `orderflow <args>` on its own port and data directory.
 #[derive(Debug)]

@@ -29,7 +29,7 @@ use orderflow_platform::backend::BackendOptions;
 use orderflow_schemas::topics;
 use tower::ServiceExt as _;
 
-const TOKEN: &str = "fuzz-staff-token";
+const TOKEN: &str = "fuzz-staff-token-0123456789abcdef0123";
 
 /// The runtime, the routes and the directory the store lives in (kept for the life of the process).
 struct Server {
@@ -56,12 +56,20 @@ static SERVER: LazyLock<Server> = LazyLock::new(|| {
         let never = tokio_util::sync::CancellationToken::new();
         bus.consume(topics::groups::INVENTORY, topics::INVENTORY, inventory, never).await
     });
-    let state = ApiState::new(backends.stores, backends.bus, intake, Some(TOKEN.into()));
+    let state = ApiState::new(backends.stores, backends.bus, intake, orderflow_graphql::AuthMode::Open);
     // Generous, so that it is exercised (`placeOrder` counts against it) without refusing most inputs.
     let per_second = NonZeroU32::new(1_000).expect("non-zero");
     let limiter = OrderRateLimiter::new(OrderRateLimit { per_second, burst: per_second, key: RateLimitKey::User });
     let options = HttpOptions { timeout: Duration::from_millis(200), rate_limit: Some(Arc::new(limiter)) };
-    let routes = runtime.block_on(async { orderflow_graphql::router_with(state, options) });
+    // Authenticated as the binary does it: the token is the admin's.
+    let auth = Arc::new(orderflow_identity::http::Authenticator {
+        admin: Some(orderflow_identity::AdminToken::parse(TOKEN).expect("a valid admin token")),
+        ..Default::default()
+    });
+    let routes = runtime.block_on(async {
+        orderflow_graphql::router_with(state, options)
+            .layer(axum::middleware::from_fn_with_state(auth, orderflow_identity::http::authenticate))
+    });
     Server { runtime, routes, _dir: dir }
 });
 

@@ -1,85 +1,39 @@
-//! Staff authentication: a bearer token compared in constant time, and the guard on staff fields.
+//! The guards on staff fields, over the request's [`Caller`] (put in the request data by the HTTP layer
+//! from the `orderflow_identity` middleware; tests and in-process callers add one themselves).
 
 use async_graphql::{Context, Guard};
+use orderflow_identity::{AuthMode, Caller};
 
-use crate::ApiState;
 use crate::error::ApiError;
 
-/// Whether the request carried the staff bearer token. The HTTP layer puts it in the request data;
-/// tests and in-process callers may add `Staff(true)` themselves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Staff(pub bool);
-
-impl Staff {
-    /// Checks an `Authorization` header value (`Bearer <token>`, scheme case-insensitive) against the
-    /// configured token. No token configured (or an empty one) never matches.
-    pub fn from_authorization(header: Option<&str>, admin_token: Option<&str>) -> Staff {
-        let Some(expected) = admin_token.filter(|t| !t.is_empty()) else {
-            return Staff(false);
-        };
-        let Some(sent) = header.and_then(bearer_token) else {
-            return Staff(false);
-        };
-        Staff(constant_time_eq(sent.as_bytes(), expected.as_bytes()))
-    }
+/// The request's caller; anonymous when none was given.
+pub(crate) fn caller<'a>(ctx: &Context<'a>) -> &'a Caller {
+    static ANONYMOUS: Caller = Caller::Anonymous;
+    ctx.data_opt::<Caller>().unwrap_or(&ANONYMOUS)
 }
 
-fn bearer_token(header: &str) -> Option<&str> {
-    let (scheme, token) = header.trim().split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+/// Whether anonymous callers may place and read orders (open mode when not given).
+pub(crate) fn mode(ctx: &Context<'_>) -> AuthMode {
+    ctx.data_opt::<crate::ApiState>().map(|s| s.auth_mode).unwrap_or_default()
 }
 
-/// Compares without an early exit, so the time taken does not tell how many leading bytes matched.
-/// (The length is not secret: a length mismatch returns at once.)
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    std::hint::black_box(diff) == 0
-}
-
-/// Admits the field only for requests with [`Staff`]`(true)`; the error says whether the token is
-/// missing or wrong, or staff operations are disabled. Runs before the resolver, so a refused call
-/// changes nothing.
+/// Admits the field only for staff and admins. Runs before the resolver, so a refused call changes
+/// nothing. Without credentials: `unauthorized`; with a customer's: `forbidden`.
 pub(crate) struct StaffGuard;
 
 impl Guard for StaffGuard {
     async fn check(&self, ctx: &Context<'_>) -> async_graphql::Result<()> {
-        if ctx.data_opt::<Staff>().is_some_and(|s| s.0) {
-            return Ok(());
-        }
-        let enabled = ctx.data_opt::<ApiState>().is_some_and(|s| s.staff_token().is_some());
-        let why = if enabled {
-            "this operation is for staff: send `Authorization: Bearer <admin token>`"
-        } else {
-            "staff operations are disabled on this server: no admin token is configured"
-        };
-        Err(ApiError::Unauthorized(why).into())
+        Ok(require_staff(ctx)?)
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bearer_token_must_match_exactly() {
-        let admin = Some("s3cret");
-        assert_eq!(Staff::from_authorization(Some("Bearer s3cret"), admin), Staff(true));
-        assert_eq!(Staff::from_authorization(Some("bearer  s3cret "), admin), Staff(true));
-        assert_eq!(Staff::from_authorization(Some("Bearer s3cre"), admin), Staff(false));
-        assert_eq!(Staff::from_authorization(Some("Bearer s3cret!"), admin), Staff(false));
-        assert_eq!(Staff::from_authorization(Some("Basic s3cret"), admin), Staff(false));
-        assert_eq!(Staff::from_authorization(Some("s3cret"), admin), Staff(false));
-        assert_eq!(Staff::from_authorization(None, admin), Staff(false));
-    }
-
-    #[test]
-    fn no_configured_token_disables_staff() {
-        assert_eq!(Staff::from_authorization(Some("Bearer x"), None), Staff(false));
-        assert_eq!(Staff::from_authorization(Some("Bearer "), Some("")), Staff(false));
-        assert_eq!(Staff::from_authorization(Some("Bearer"), Some("")), Staff(false));
+/// `Ok` for staff and admins; otherwise `unauthorized` (no credentials) or `forbidden` (a customer's).
+pub(crate) fn require_staff(ctx: &Context<'_>) -> Result<(), ApiError> {
+    match caller(ctx) {
+        c if c.is_staff() => Ok(()),
+        Caller::Anonymous => {
+            Err(ApiError::Unauthorized("this is for staff: send `Authorization: Bearer <staff JWT or admin token>`"))
+        }
+        _ => Err(ApiError::Forbidden("this is for staff; your identity is a customer's")),
     }
 }

@@ -38,7 +38,6 @@ use orderflow_processors::catalog::{CatalogObserver, decode_delivery};
 use orderflow_schemas::{Category, Product, ProductSummary, Sku};
 use serde::{Deserialize, Serialize};
 
-use crate::auth::Staff;
 use crate::error::{ApiError, ApiResult};
 use crate::query::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, parse_sku};
 use crate::scalars::Decimal;
@@ -440,10 +439,8 @@ pub(crate) fn products_query_cost(filter: Option<&ProductFilter>, sort: Option<&
 
 fn query_key(ctx: &Context<'_>, filter: ProductFilter, sort: ProductSort) -> ApiResult<QueryKey> {
     let include_archived = filter.include_archived.unwrap_or(false);
-    if include_archived && !ctx.data_opt::<Staff>().is_some_and(|s| s.0) {
-        return Err(ApiError::Unauthorized(
-            "filter.includeArchived is for staff: send `Authorization: Bearer <admin token>`",
-        ));
+    if include_archived {
+        crate::auth::require_staff(ctx)?;
     }
     let category =
         filter.category.map(|c| Category::parse(&c).map_err(|e| ApiError::value("filter.category", e))).transpose()?;

@@ -16,8 +16,13 @@ pub mod codes {
     pub const INVALID_CURSOR: &str = "invalid_cursor";
     /// The document was refused before execution: syntax, validation, depth or complexity limit.
     pub const INVALID_QUERY: &str = "invalid_query";
-    /// A staff operation without a valid bearer token, or with staff operations disabled.
+    /// No credentials where the operation needs an identity, or a bearer token that is not valid (the
+    /// latter answered with HTTP 401 before the query runs).
     pub const UNAUTHORIZED: &str = "unauthorized";
+    /// Credentials of a role that may not do this (a customer asking for a staff field).
+    pub const FORBIDDEN: &str = "forbidden";
+    /// A customer's `placeOrder` named another user as `userId`.
+    pub const USER_MISMATCH: &str = "user_mismatch";
     pub const UNKNOWN_SKU: &str = "unknown_sku";
     pub const SKU_EXISTS: &str = "sku_exists";
     /// `updateProduct` with an `expectedVersion` that is no longer the product's version (another edit
@@ -66,6 +71,8 @@ pub(crate) enum ApiError {
     },
     InvalidCursor,
     Unauthorized(&'static str),
+    Forbidden(&'static str),
+    UserMismatch(String),
     UnknownSku(String),
     SkuExists(String),
     VersionConflict {
@@ -112,6 +119,8 @@ impl ApiError {
             Self::InvalidInput { .. } => codes::INVALID_INPUT,
             Self::InvalidCursor => codes::INVALID_CURSOR,
             Self::Unauthorized(_) => codes::UNAUTHORIZED,
+            Self::Forbidden(_) => codes::FORBIDDEN,
+            Self::UserMismatch(_) => codes::USER_MISMATCH,
             Self::UnknownSku(_) => codes::UNKNOWN_SKU,
             Self::SkuExists(_) => codes::SKU_EXISTS,
             Self::VersionConflict { .. } => codes::VERSION_CONFLICT,
@@ -133,7 +142,8 @@ impl ApiError {
                  from an earlier page of the same field"
                     .into()
             }
-            Self::Unauthorized(why) => (*why).into(),
+            Self::Unauthorized(why) | Self::Forbidden(why) => (*why).into(),
+            Self::UserMismatch(why) => why.clone(),
             Self::UnknownSku(sku) => format!("no product with SKU {sku}"),
             Self::SkuExists(sku) => format!("a product with SKU {sku} already exists; use updateProduct"),
             Self::VersionConflict { sku, expected, current } => format!(

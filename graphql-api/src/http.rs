@@ -9,16 +9,16 @@ use async_graphql_axum::GraphQLResponse;
 use axum::Extension;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::map_response;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use tower_http::limit::RequestBodyLimitLayer;
 
-use orderflow_ingest::rate_limit::{AuthenticatedUser, OrderRateLimiter};
+use orderflow_identity::Caller;
+use orderflow_ingest::rate_limit::OrderRateLimiter;
 
-use crate::auth::Staff;
 use crate::error::codes;
 use crate::limits::Peer;
 use crate::{ApiState, OrderflowSchema};
@@ -52,22 +52,20 @@ struct HttpState {
     schema: OrderflowSchema,
     /// Serves requests that ask for nothing but introspection (see [`crate::introspection_schema`]).
     introspection: OrderflowSchema,
-    admin_token: Option<Arc<str>>,
     timeout: Duration,
 }
 
 /// The GraphQL routes. `POST /graphql` takes exactly one request as a JSON object
 /// (`Content-Type: application/json`); batches (a JSON array) and multipart uploads are refused with
-/// `bad_request`, and bodies over [`MAX_BODY_BYTES`] with 413 `payload_too_large`. An
-/// `Authorization: Bearer <token>` header equal to [`ApiState::admin_token`] unlocks staff
-/// operations. `GET /graphql` serves the GraphiQL explorer. Served with the default [`HttpOptions`].
+/// `bad_request`, and bodies over [`MAX_BODY_BYTES`] with 413 `payload_too_large`. Who the
+/// caller is comes from the request's [`orderflow_identity::Caller`] extension (anonymous without one),
+/// which the `orderflow_identity::http::authenticate` middleware puts there. `GET /graphql` serves the GraphiQL explorer. Served with the default [`HttpOptions`].
 pub fn router(state: ApiState) -> Router {
     router_with(state, HttpOptions::default())
 }
 
 /// [`router`] with `options`.
 pub fn router_with(state: ApiState, options: HttpOptions) -> Router {
-    let admin_token = state.staff_token().map(Arc::from);
     let introspection = crate::introspection_schema(state.clone());
     let schema = crate::schema_with(state, options.rate_limit);
     let routes = Router::new()
@@ -76,7 +74,7 @@ pub fn router_with(state: ApiState, options: HttpOptions) -> Router {
         // Outside the limit layer, so its plain-text 413 (sent when Content-Length is too large) is
         // seen and reshaped too.
         .layer(map_response(too_large_in_graphql_shape))
-        .with_state(HttpState { schema, introspection, admin_token, timeout: options.timeout });
+        .with_state(HttpState { schema, introspection, timeout: options.timeout });
     // Outermost: reads (and discards) the rest of an oversized body before answering, so a client that
     // sends its whole body before reading sees the 413 instead of a reset connection.
     orderflow_ingest::body_limit::limit_body(routes, MAX_BODY_BYTES, too_large)
@@ -85,21 +83,16 @@ pub fn router_with(state: ApiState, options: HttpOptions) -> Router {
 async fn execute(
     State(st): State<HttpState>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
-    authenticated: Option<Extension<AuthenticatedUser>>,
-    headers: HeaderMap,
+    caller: Option<Extension<Caller>>,
     body: Result<Json<async_graphql::Request>, JsonRejection>,
 ) -> Response {
     let mut request = match body {
         Ok(Json(request)) => request,
         Err(rejection) => return refused(&rejection),
     };
-    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    request = request.data(Staff::from_authorization(authorization, st.admin_token.as_deref()));
+    request = request.data(caller.map(|Extension(c)| c).unwrap_or_default());
     if let Some(Extension(ConnectInfo(addr))) = peer {
         request = request.data(Peer(addr));
-    }
-    if let Some(Extension(user)) = authenticated {
-        request = request.data(user);
     }
     let schema = if crate::is_introspection_only(&request.query) { &st.introspection } else { &st.schema };
     // Dropping the execution at the deadline stops it at its next await; a mutation stopped that way may

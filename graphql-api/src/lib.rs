@@ -1,5 +1,6 @@
 //! The GraphQL API of orderflow: the catalog, order placement and tracking for customers, and staff
-//! administration (products, stock, order status) behind a bearer token.
+//! administration (products, stock, order status) for staff, by the request's `Caller` (see
+//! `orderflow_identity`).
 //!
 //! - [`schema`] builds the executable schema over an [`ApiState`]; [`router`] serves it over HTTP.
 //! - Every error a resolver raises carries a stable `extensions.code` (see [`codes`]); errors the
@@ -27,10 +28,10 @@ use orderflow_platform::{Bus, Stores};
 
 use crate::catalog::CatalogCache;
 
-pub use auth::Staff;
 pub use error::codes;
 pub use http::{DEFAULT_TIMEOUT, HttpOptions, MAX_BODY_BYTES, router, router_with};
 pub use mutation::Mutation;
+pub use orderflow_identity::{AuthMode, Caller, Principal};
 pub use query::Query;
 pub use scalars::Decimal;
 
@@ -62,20 +63,15 @@ pub struct ApiState {
     pub catalog: Arc<CatalogCache>,
     pub bus: Arc<dyn Bus>,
     pub intake: Intake,
-    /// The bearer token that unlocks staff operations. `None` (or empty) disables them.
-    pub admin_token: Option<String>,
+    /// Whether anonymous callers may place and read orders.
+    pub auth_mode: AuthMode,
 }
 
 impl ApiState {
     /// The state with a fresh catalog cache over `stores.catalog_view`.
-    pub fn new(stores: Stores, bus: Arc<dyn Bus>, intake: Intake, admin_token: Option<String>) -> Self {
+    pub fn new(stores: Stores, bus: Arc<dyn Bus>, intake: Intake, auth_mode: AuthMode) -> Self {
         let catalog = Arc::new(CatalogCache::new(Arc::clone(&stores.catalog_view)));
-        Self { stores, catalog, bus, intake, admin_token }
-    }
-
-    /// The configured staff token, if staff operations are enabled.
-    pub(crate) fn staff_token(&self) -> Option<&str> {
-        self.admin_token.as_deref().filter(|t| !t.is_empty())
+        Self { stores, catalog, bus, intake, auth_mode }
     }
 }
 
@@ -85,7 +81,7 @@ impl fmt::Debug for ApiState {
             .field("stores", &self.stores)
             .field("bus", &self.bus)
             .field("intake", &self.intake)
-            .field("admin_token", &self.staff_token().map(|_| "<redacted>"))
+            .field("auth_mode", &self.auth_mode)
             .finish()
     }
 }

@@ -18,7 +18,8 @@ use std::sync::Arc;
 use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextParseQuery};
 use async_graphql::parser::types::{ExecutableDocument, Field, OperationType, Selection, SelectionSet};
 use async_graphql::{ErrorExtensionValues, Name, ServerError, ServerResult, Value, Variables};
-use orderflow_ingest::rate_limit::{AuthenticatedUser, Caller, OrderRateLimiter, RateLimited};
+use orderflow_identity::Caller;
+use orderflow_ingest::rate_limit::{OrderRateLimiter, Placer, RateLimited};
 use orderflow_schemas::UserId;
 
 use crate::codes;
@@ -91,7 +92,7 @@ impl Extension for RequestLimitsExtension {
         check_caps(&doc)?;
         if let Some(limiter) = &self.rate_limit {
             let peer = ctx.data_opt::<Peer>().map(|p| p.0.ip());
-            let authenticated = ctx.data_opt::<AuthenticatedUser>().map(|a| &a.0);
+            let authenticated = ctx.data_opt::<Caller>().and_then(Caller::customer);
             check_orders(&doc, variables, limiter, peer, authenticated)?;
         }
         Ok(doc)
@@ -199,9 +200,10 @@ fn check_orders(
             }
         });
     }
-    for claimed in placements.iter().flatten() {
-        let caller = Caller { authenticated, claimed, peer };
-        if let Err(limited) = limiter.check(&caller) {
+    // A signed-in customer may leave `userId` out: the order is theirs.
+    for claimed in placements.iter().filter_map(|claimed| claimed.as_ref().or(authenticated)) {
+        let placer = Placer { authenticated, claimed, peer };
+        if let Err(limited) = limiter.check(&placer) {
             return Err(rate_limited(&limited));
         }
     }

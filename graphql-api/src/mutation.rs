@@ -14,6 +14,8 @@ use orderflow_schemas::{
     UserId, codec, topics,
 };
 
+use orderflow_identity::PlaceAsError;
+
 use crate::ApiState;
 use crate::auth::StaffGuard;
 use crate::error::{ApiError, ApiResult};
@@ -36,7 +38,8 @@ pub struct Mutation;
 pub(crate) struct PlaceOrderInput {
     /// Client-chosen id (1-64 of `[A-Za-z0-9._:-]`); placing the same id again returns the first order.
     order_id: Option<ID>,
-    user_id: ID,
+    /// Required from anonymous and staff callers; a signed-in customer may leave it out (it is theirs).
+    user_id: Option<ID>,
     items: Vec<OrderItemInput>,
     /// The total the client expects; refused with `total_mismatch` if the catalog prices differ.
     total_amount: Option<Decimal>,
@@ -132,10 +135,18 @@ fn check_reason(field: &str, reason: Option<String>, default: &str) -> ApiResult
     Ok(reason)
 }
 
-fn parse_place_order(input: PlaceOrderInput) -> ApiResult<PlaceOrder> {
+fn parse_place_order(ctx: &Context<'_>, input: PlaceOrderInput) -> ApiResult<PlaceOrder> {
     let order_id =
         input.order_id.map(|id| OrderId::parse(id.0).map_err(|e| ApiError::value("input.orderId", e))).transpose()?;
-    let user_id = UserId::parse(input.user_id.0).map_err(|e| ApiError::value("input.userId", e))?;
+    let claimed =
+        input.user_id.map(|u| UserId::parse(u.0).map_err(|e| ApiError::value("input.userId", e))).transpose()?;
+    let user_id = crate::auth::caller(ctx).place_as(claimed, crate::auth::mode(ctx)).map_err(|e| match e {
+        PlaceAsError::Unauthenticated => ApiError::Unauthorized(
+            "placing an order needs a signed-in customer on this server: send `Authorization: Bearer <token>`",
+        ),
+        PlaceAsError::NotYou { .. } => ApiError::UserMismatch(e.to_string()),
+        PlaceAsError::MissingUserId => ApiError::invalid("input.userId", "is required"),
+    })?;
     let idempotency_key = input
         .idempotency_key
         .map(|k| IdempotencyKey::parse(k).map_err(|e| ApiError::value("input.idempotencyKey", e)))
@@ -165,7 +176,7 @@ fn check_idempotency_key(field: &'static str, key: Option<String>) -> ApiResult<
     key.map(|k| RequestKey::parse(field, k).map_err(|e| ApiError::value(field, e))).transpose()
 }
 
-async fn create_product(st: &ApiState, input: CreateProductInput) -> ApiResult<Product> {
+async fn create_product(st: &ApiState, input: CreateProductInput, actor: &str) -> ApiResult<Product> {
     let sku = parse_sku("input.sku", &input.sku)?;
     let name = check_name("input.name", input.name)?;
     let description = check_description("input.description", input.description.unwrap_or_default())?;
@@ -183,7 +194,7 @@ async fn create_product(st: &ApiState, input: CreateProductInput) -> ApiResult<P
     if stock > 0 {
         let key = RequestKey::parse("input.stock", orderflow_platform::store::INITIAL_STOCK_KEY)
             .map_err(|e| ApiError::value("input.stock", e))?;
-        stock_change::adjust(st, &product.sku, i64::from(stock), "initial stock", key, "staff").await?;
+        stock_change::adjust(st, &product.sku, i64::from(stock), "initial stock", key, actor).await?;
     }
     Ok(product)
 }
@@ -247,7 +258,7 @@ impl Mutation {
     /// Places an order, priced from the catalog. Safe to retry with the same `orderId` or
     /// `idempotencyKey`. Errors carry the intake codes (`unknown_sku`, `total_mismatch`, ...).
     async fn place_order(&self, ctx: &Context<'_>, input: PlaceOrderInput) -> async_graphql::Result<PlaceOrderPayload> {
-        let req = parse_place_order(input)?;
+        let req = parse_place_order(ctx, input)?;
         let placed = state(ctx)?.intake.place(req).await.map_err(ApiError::from)?;
         Ok(PlaceOrderPayload { order: OrderObject(placed.order), replayed: placed.replayed })
     }
@@ -261,7 +272,8 @@ impl Mutation {
         ctx: &Context<'_>,
         input: CreateProductInput,
     ) -> async_graphql::Result<ProductObject> {
-        Ok(ProductObject(create_product(state(ctx)?, input).await?))
+        let actor = crate::auth::caller(ctx).audit_name();
+        Ok(ProductObject(create_product(state(ctx)?, input, &actor).await?))
     }
 
     /// Staff: takes a product out of the catalog: `products` no longer lists it and orders for it are
@@ -309,7 +321,8 @@ impl Mutation {
         let reason = check_reason("reason", reason, "staff adjustment")?;
         let key = check_idempotency_key("idempotencyKey", idempotency_key)?;
         let key = key.unwrap_or_else(RequestKey::random);
-        let level = stock_change::adjust(state(ctx)?, &sku, i64::from(delta), &reason, key, "staff").await?;
+        let actor = crate::auth::caller(ctx).audit_name();
+        let level = stock_change::adjust(state(ctx)?, &sku, i64::from(delta), &reason, key, &actor).await?;
         Ok(level.into())
     }
 
@@ -327,7 +340,8 @@ impl Mutation {
         let sku = parse_sku("sku", &sku)?;
         let threshold = u64::try_from(threshold)
             .map_err(|_| ApiError::invalid("threshold", format!("must not be negative (got {threshold})")))?;
-        Ok(LowStockObject(stock_change::set_low_stock_threshold(state(ctx)?, &sku, threshold).await?))
+        let actor = crate::auth::caller(ctx).audit_name();
+        Ok(LowStockObject(stock_change::set_low_stock_threshold(state(ctx)?, &sku, threshold, &actor).await?))
     }
 
     /// Staff: moves an order one step along its life (e.g. CONFIRMED to PREPARING). The order saga
@@ -342,11 +356,12 @@ impl Mutation {
     ) -> async_graphql::Result<OrderObject> {
         let id = parse_order_id("id", &id)?;
         let to = OrderStatus::from(status);
+        let actor = crate::auth::caller(ctx).audit_name();
         // Cancelling has its own request, which makes the saga release stock and refund payment.
         let body: Event = if to == OrderStatus::Cancelled {
-            CancelRequested { cancel_reason: "cancelled by staff".into(), requested_by: "staff".into() }.into()
+            CancelRequested { cancel_reason: "cancelled by staff".into(), requested_by: actor }.into()
         } else {
-            StatusChangeRequested { status: to, changed_by: "staff".into() }.into()
+            StatusChangeRequested { status: to, changed_by: actor }.into()
         };
         Ok(OrderObject(request_order_change(state(ctx)?, id, to, body).await?))
     }
@@ -362,7 +377,7 @@ impl Mutation {
     ) -> async_graphql::Result<OrderObject> {
         let id = parse_order_id("id", &id)?;
         let cancel_reason = check_reason("reason", reason, "cancelled by staff")?;
-        let body = CancelRequested { cancel_reason, requested_by: "staff".into() }.into();
+        let body = CancelRequested { cancel_reason, requested_by: crate::auth::caller(ctx).audit_name() }.into();
         Ok(OrderObject(request_order_change(state(ctx)?, id, OrderStatus::Cancelled, body).await?))
     }
 }

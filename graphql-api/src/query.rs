@@ -5,6 +5,9 @@ use async_graphql::{Context, ID, Object};
 use orderflow_platform::store::OrderFilter;
 use orderflow_schemas::{OrderId, OrderStatus, Sku, UserId};
 
+use orderflow_identity::{AuthMode, Caller, ListScope};
+
+use crate::auth;
 use crate::error::{ApiError, ApiResult};
 use crate::limits::cost;
 use crate::types::{GqlOrderStatus, Metrics, OrderObject, PageCursor, ProductObject, StatusCount, gql_int, state};
@@ -44,15 +47,24 @@ pub(crate) fn parse_sku(field: &str, sku: &str) -> ApiResult<Sku> {
 
 #[Object]
 impl Query {
-    /// One order by id; null if there is none.
+    /// One order by id; null if there is none, or it is another customer's (a customer sees only their
+    /// own; staff see any; anonymous callers any in open mode, none when the server requires sign-in).
     async fn order(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<OrderObject>> {
         let id = parse_order_id("id", &id)?;
+        let (caller, mode) = (auth::caller(ctx), auth::mode(ctx));
+        if *caller == Caller::Anonymous && mode == AuthMode::Required {
+            return Err(ApiError::Unauthorized(
+                "reading an order needs a signed-in customer on this server: send `Authorization: Bearer <token>`",
+            )
+            .into());
+        }
         let order = state(ctx)?.stores.orders.order(&id).await.map_err(ApiError::from)?;
-        Ok(order.map(OrderObject))
+        Ok(order.filter(|o| caller.may_read_order(&o.user_id, mode)).map(OrderObject))
     }
 
-    /// Orders, newest first, optionally of one customer and/or in one status. `first`: 1 to 100,
-    /// default 20; `after`: the `endCursor` of the previous page.
+    /// Orders, newest first, optionally of one customer and/or in one status. A customer lists only
+    /// their own (`userId` of anyone else gives an empty list); staff list anyone's; anonymous callers
+    /// may not list. `first`: 1 to 100, default 20; `after`: the `endCursor` of the previous page.
     #[graphql(complexity = "cost::list(cost::LIST_QUERY, first.unwrap_or(DEFAULT_PAGE_SIZE), child_complexity)")]
     async fn orders(
         &self,
@@ -64,6 +76,18 @@ impl Query {
     ) -> async_graphql::Result<Connection<PageCursor, OrderObject>> {
         let (limit, after) = page_args(PageCursor::ORDERS, first, after.as_deref())?;
         let user = user_id.map(|u| UserId::parse(u.as_str()).map_err(|e| ApiError::value("userId", e))).transpose()?;
+        let user = match auth::caller(ctx).listable_user(user) {
+            Ok(ListScope::All) => None,
+            Ok(ListScope::User(user)) => Some(user),
+            Ok(ListScope::Nothing) => return Ok(Connection::new(false, false)),
+            Err(_) => {
+                return Err(ApiError::Unauthorized(
+                    "listing orders needs a signed-in customer (their own orders) or staff: send \
+                     `Authorization: Bearer <token>`",
+                )
+                .into());
+            }
+        };
         let filter = OrderFilter { user, status: status.map(OrderStatus::from) };
         let page = state(ctx)?.stores.orders.list(&filter, after.as_deref(), limit).await.map_err(ApiError::from)?;
         let mut connection = Connection::new(after.is_some(), page.has_next);
@@ -120,8 +144,8 @@ impl Query {
         crate::types::stock_alerts(ctx, None, first).await
     }
 
-    /// Order counters over every order in the store.
-    #[graphql(complexity = "cost::METRICS + child_complexity")]
+    /// Staff: order counters over every order in the store.
+    #[graphql(guard = "crate::auth::StaffGuard", complexity = "cost::METRICS + child_complexity")]
     async fn metrics(&self, ctx: &Context<'_>) -> async_graphql::Result<Metrics> {
         let stats = state(ctx)?.stores.orders.stats().await.map_err(ApiError::from)?;
         let average_processing_time_ms =

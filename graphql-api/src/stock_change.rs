@@ -48,10 +48,15 @@ pub(crate) async fn adjust(
 }
 
 /// Sets the low-stock threshold of `sku` and answers its low-stock state once the change is applied.
-pub(crate) async fn set_low_stock_threshold(st: &ApiState, sku: &Sku, threshold: u64) -> ApiResult<LowStock> {
+pub(crate) async fn set_low_stock_threshold(
+    st: &ApiState,
+    sku: &Sku,
+    threshold: u64,
+    actor: &str,
+) -> ApiResult<LowStock> {
     known_product(st, sku).await?;
     let change = StockChange::SetLowStockThreshold { threshold };
-    publish(st, sku, &RequestKey::random(), "staff", change).await?;
+    publish(st, sku, &RequestKey::random(), actor, change).await?;
     let inventory = &st.stores.inventory;
     let set = wait(|| async {
         let now = inventory.low_stock(sku).await?;

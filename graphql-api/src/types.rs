@@ -169,7 +169,20 @@ impl ProductObject {
         rfc3339_ms(self.0.updated_at_ms)
     }
 
-    /// Units on the shelf; 0/0 for a product that never had stock.
+    /// Whether the product can be ordered now: `OUT` with no unit available, `LOW` at or below its
+    /// low-stock threshold, `IN_STOCK` otherwise. Public; the counts are in `stock`, for staff.
+    async fn availability(&self, ctx: &Context<'_>) -> async_graphql::Result<Availability> {
+        let inventory = &state(ctx)?.stores.inventory;
+        let level = inventory.stock(&self.0.sku).await.map_err(ApiError::from)?.unwrap_or_default();
+        if level.available == 0 {
+            return Ok(Availability::Out);
+        }
+        let low = inventory.low_stock(&self.0.sku).await.map_err(ApiError::from)?;
+        Ok(if low.low || level.available <= low.threshold { Availability::Low } else { Availability::InStock })
+    }
+
+    /// Staff: units on the shelf; 0/0 for a product that never had stock.
+    #[graphql(guard = "crate::auth::StaffGuard")]
     async fn stock(&self, ctx: &Context<'_>) -> async_graphql::Result<Stock> {
         let level = state(ctx)?.stores.inventory.stock(&self.0.sku).await.map_err(ApiError::from)?;
         Ok(level.unwrap_or_default().into())
@@ -242,6 +255,14 @@ impl StockMovementObject {
     async fn reference(&self) -> &str {
         &self.0.reference
     }
+}
+
+/// What customers see of a product's stock (see `Product.availability`).
+#[derive(Enum, Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Availability {
+    InStock,
+    Low,
+    Out,
 }
 
 /// Units of one SKU on the shelf.

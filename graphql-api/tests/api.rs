@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, anyhow};
 use async_graphql::{Request, Variables};
 use async_trait::async_trait;
-use orderflow_graphql::{ApiState, OrderflowSchema, Staff, schema};
+use orderflow_graphql::{ApiState, OrderflowSchema, schema};
 use orderflow_platform::store::{Applied, Fence, Transition};
 use orderflow_platform::{Backends, Delivery, Handler, HandlerError, Stores};
 use orderflow_schemas::{Event, OrderStatus, TimelineEntry, codec, now_ms, topics};
@@ -16,8 +16,6 @@ use tokio_util::sync::CancellationToken;
 
 mod support;
 
-const TOKEN: &str = "staff-s3cret";
-
 struct Api {
     _dir: TempDir,
     backends: Backends,
@@ -26,8 +24,8 @@ struct Api {
     _processors: tokio_util::sync::DropGuard,
 }
 
-fn api_with_token(admin_token: Option<&str>) -> Result<Api> {
-    let e = support::embedded(admin_token, true)?;
+fn api() -> Result<Api> {
+    let e = support::embedded(true)?;
     Ok(Api {
         _dir: e.dir,
         schema: schema(e.state.clone()),
@@ -37,13 +35,9 @@ fn api_with_token(admin_token: Option<&str>) -> Result<Api> {
     })
 }
 
-fn api() -> Result<Api> {
-    api_with_token(Some(TOKEN))
-}
-
 impl Api {
     async fn run(&self, query: &str, variables: Value, staff: bool) -> Result<Value> {
-        let request = Request::new(query).variables(Variables::from_json(variables)).data(Staff(staff));
+        let request = Request::new(query).variables(Variables::from_json(variables)).data(support::caller(staff));
         Ok(serde_json::to_value(self.schema.execute(request).await)?)
     }
 
@@ -219,11 +213,14 @@ async fn staff_mutations_without_the_token_change_nothing() -> Result<()> {
     assert_eq!(api.ok(PRODUCT, json!({"s": "SKU-1"})).await?, before);
     assert_eq!(api.ok(PRODUCT, json!({"s": "SKU-9"})).await?["product"], Value::Null);
 
-    // Without a configured token staff operations are off, and the error says so.
-    let disabled = api_with_token(None)?;
-    let resp = disabled.run(attempts[0], json!({}), false).await?;
-    assert_eq!(code(&resp), "unauthorized");
-    assert!(message(&resp).contains("disabled"), "{resp}");
+    // A customer's identity is not staff's: refused as forbidden, and nothing changes either.
+    let customer = orderflow_graphql::Caller::Customer(orderflow_schemas::UserId::parse("alice")?);
+    for query in attempts {
+        let request = async_graphql::Request::new(query).data(customer.clone());
+        let resp = serde_json::to_value(api.schema.execute(request).await)?;
+        assert_eq!(code(&resp), "forbidden", "{query}: {resp}");
+    }
+    assert_eq!(api.ok(PRODUCT, json!({"s": "SKU-1"})).await?, before);
     Ok(())
 }
 
@@ -271,8 +268,7 @@ async fn a_keyed_adjustment_answers_its_first_answer_again() -> Result<()> {
 #[tokio::test]
 async fn a_stock_change_nobody_applies_is_pending_with_its_key() -> Result<()> {
     // The API alone, without the inventory processor (as when it is down or far behind).
-    let support::Embedded { backends, state, dir: _dir, processors: _processors } =
-        support::embedded(Some(TOKEN), false)?;
+    let support::Embedded { backends, state, dir: _dir, processors: _processors } = support::embedded(false)?;
     let p = orderflow_schemas::Product::new(
         orderflow_schemas::Sku::parse("SKU-1")?,
         "x".into(),
@@ -283,7 +279,7 @@ async fn a_stock_change_nobody_applies_is_pending_with_its_key() -> Result<()> {
     assert!(backends.stores.catalog.create_product(&p).await?);
     let request =
         Request::new("mutation { adjustStock(sku: \"SKU-1\", delta: 2, idempotencyKey: \"k-9\") { available } }")
-            .data(Staff(true));
+            .data(support::caller(true));
     let resp = serde_json::to_value(schema(state).execute(request).await)?;
     assert_eq!(code(&resp), "stock_change_pending", "{resp}");
     assert_eq!(resp["errors"][0]["extensions"]["idempotencyKey"], "k-9", "{resp}");
@@ -595,10 +591,10 @@ async fn complexity_limit_refuses_aliased_full_pages() -> Result<()> {
     let api = api()?;
     let page = "orders(first: 100) { edges { cursor node { id status userId totalAmount reason placedAt \
                 items { sku quantity unitPrice } timeline { at type detail } } } pageInfo { hasNextPage endCursor } }";
-    let one = api.run(&format!("{{ a: {page} }}"), json!({}), false).await?;
+    let one = api.run(&format!("{{ a: {page} }}"), json!({}), true).await?;
     assert!(one.get("errors").is_none(), "one full page is allowed: {one}");
     let many: String = (0..10).map(|i| format!("a{i}: {page} ")).collect();
-    let resp = api.run(&format!("{{ {many} }}"), json!({}), false).await?;
+    let resp = api.run(&format!("{{ {many} }}"), json!({}), true).await?;
     assert_eq!(code(&resp), "invalid_query", "{resp}");
     assert!(message(&resp).to_lowercase().contains("complex"), "{resp}");
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow};
 use async_graphql::{Request, Variables};
-use orderflow_graphql::{ApiState, OrderflowSchema, Staff, schema};
+use orderflow_graphql::{ApiState, OrderflowSchema, schema};
 use orderflow_platform::Backends;
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -22,7 +22,7 @@ struct Api {
 }
 
 fn api() -> Result<Api> {
-    let e = support::embedded(Some("t"), true)?;
+    let e = support::embedded(true)?;
     Ok(Api {
         _dir: e.dir,
         schema: schema(e.state.clone()),
@@ -34,7 +34,7 @@ fn api() -> Result<Api> {
 
 impl Api {
     async fn run(&self, query: &str, variables: Value, staff: bool) -> Result<Value> {
-        let request = Request::new(query).variables(Variables::from_json(variables)).data(Staff(staff));
+        let request = Request::new(query).variables(Variables::from_json(variables)).data(support::caller(staff));
         Ok(serde_json::to_value(self.schema.execute(request).await)?)
     }
 
@@ -278,7 +278,7 @@ async fn a_retried_create_returns_the_product_and_adds_stock_once() -> Result<()
         .await?;
     assert_eq!(code(&resp), "sku_exists", "{resp}");
     api.settle().await?;
-    let read = api.ok("{ product(sku: \"S-1\") { name stock { available } } }", json!({}), false).await?;
+    let read = api.ok("{ product(sku: \"S-1\") { name stock { available } } }", json!({}), true).await?;
     assert_eq!(read["product"], json!({"name": "Mug", "stock": {"available": 4}}));
     Ok(())
 }

@@ -9,7 +9,7 @@ use orderflow_platform::backend::BackendOptions;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-const TOKEN: &str = "http-s3cret";
+const TOKEN: &str = "http-s3cret-0123456789abcdef0123456789";
 
 fn app(dir: &std::path::Path) -> Result<axum::Router> {
     app_with(dir, HttpOptions::default())
@@ -20,7 +20,7 @@ fn app(dir: &std::path::Path) -> Result<axum::Router> {
 fn app_with(dir: &std::path::Path, options: HttpOptions) -> Result<axum::Router> {
     let backends = orderflow_embedded::open(dir, &BackendOptions::default())?;
     let intake = Intake::new(backends.stores.clone(), backends.bus.clone());
-    let state = ApiState::new(backends.stores.clone(), backends.bus.clone(), intake, Some(TOKEN.into()));
+    let state = ApiState::new(backends.stores.clone(), backends.bus.clone(), intake, orderflow_graphql::AuthMode::Open);
     // The catalog projector, as `orderflow serve` runs it, so catalog reads follow staff writes. It stops
     // when the test's runtime does.
     let projector = std::sync::Arc::new(orderflow_processors::catalog::CatalogProjector {
@@ -32,7 +32,13 @@ fn app_with(dir: &std::path::Path, options: HttpOptions) -> Result<axum::Router>
         let (group, topic) = (orderflow_schemas::topics::groups::CATALOG_PROJECTOR, orderflow_schemas::topics::CATALOG);
         bus.consume(group, topic, projector, tokio_util::sync::CancellationToken::new()).await
     });
-    Ok(router_with(state, options))
+    // Authenticated as the binary does it (see `orderflow_identity::http`).
+    let auth = std::sync::Arc::new(orderflow_identity::http::Authenticator {
+        admin: Some(orderflow_identity::AdminToken::parse(TOKEN)?),
+        ..Default::default()
+    });
+    Ok(router_with(state, options)
+        .layer(axum::middleware::from_fn_with_state(auth, orderflow_identity::http::authenticate)))
 }
 
 async fn post(app: &axum::Router, body: Vec<u8>, auth: Option<&str>) -> Result<(StatusCode, Value)> {
@@ -56,9 +62,14 @@ const CREATE: &str = "mutation { createProduct(input: {sku: \"SKU-1\", name: \"M
 async fn bearer_token_unlocks_staff_mutations() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let app = app(dir.path())?;
-    for auth in [None, Some("Bearer wrong"), Some("Basic http-s3cret"), Some("http-s3cret")] {
-        let (status, body) = post(&app, gql(CREATE), auth).await?;
-        assert_eq!(status, StatusCode::OK);
+    // No credentials: a GraphQL error from the guard.
+    let (status, body) = post(&app, gql(CREATE), None).await?;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["errors"][0]["extensions"]["code"], "unauthorized", "{body}");
+    // Bad credentials: 401 before the query runs, in the GraphQL error shape.
+    for auth in ["Bearer wrong", "Basic http-s3cret", "http-s3cret"] {
+        let (status, body) = post(&app, gql(CREATE), Some(auth)).await?;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{auth}");
         assert_eq!(body["errors"][0]["extensions"]["code"], "unauthorized", "{auth:?}: {body}");
     }
     let (_, body) = post(&app, gql("{ product(sku: \"SKU-1\") { sku } }"), None).await?;
@@ -106,7 +117,7 @@ async fn batches_and_oversized_bodies_are_refused() -> Result<()> {
     let body: Value = serde_json::from_slice(&axum::body::to_bytes(resp.into_body(), 1 << 20).await?)?;
     assert_eq!(body["errors"][0]["extensions"]["code"], "payload_too_large", "{body}");
 
-    let (status, body) = post(&app, gql("{ metrics { ordersProcessed } }"), None).await?;
+    let (status, body) = post(&app, gql("{ metrics { ordersProcessed } }"), Some(&format!("Bearer {TOKEN}"))).await?;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["data"]["metrics"]["ordersProcessed"], 0);
     Ok(())

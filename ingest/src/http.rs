@@ -14,11 +14,12 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use orderflow_platform::store::Stores;
 use orderflow_schemas::order_request::PlaceOrderBody;
-use orderflow_schemas::{IdempotencyKey, Order, OrderId, ValueError};
+use orderflow_schemas::{IdempotencyKey, Order, OrderId, UserId, ValueError};
 use serde::{Deserialize, Serialize};
 
-use crate::rate_limit::{AuthenticatedUser, Caller, OrderRateLimiter, RateLimited};
+use crate::rate_limit::{OrderRateLimiter, Placer, RateLimited};
 use crate::{Intake, IntakeError, PlaceOrder};
+use orderflow_identity::{AuthMode, Caller, PlaceAsError};
 
 /// The largest request body accepted on the JSON API.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -213,16 +214,32 @@ pub struct OrdersApi {
     pub stores: Stores,
     /// The order rate limit (see [`crate::rate_limit`]); `None`: off.
     pub rate_limit: Option<Arc<OrderRateLimiter>>,
+    /// Whether anonymous callers may place and read orders.
+    pub auth_mode: AuthMode,
+}
+
+impl From<PlaceAsError> for ApiError {
+    fn from(e: PlaceAsError) -> Self {
+        let (status, code) = match e {
+            PlaceAsError::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            PlaceAsError::NotYou { .. } => (StatusCode::FORBIDDEN, "user_mismatch"),
+            PlaceAsError::MissingUserId => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_user_id"),
+        };
+        Self::new(status, code, e.to_string())
+    }
 }
 
 async fn place_order(
     State(api): State<OrdersApi>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
-    authenticated: Option<Extension<AuthenticatedUser>>,
+    caller: Option<Extension<Caller>>,
     headers: HeaderMap,
     body: Result<ApiJson<PlaceOrderBody>, ApiError>,
 ) -> Result<Response, ApiError> {
-    let ApiJson(body) = body?;
+    let caller = caller.map(|Extension(c)| c).unwrap_or_default();
+    let ApiJson(mut body) = body?;
+    let claimed = body.user_id.take().map(UserId::parse).transpose()?;
+    body.user_id = Some(caller.place_as(claimed, api.auth_mode)?.to_string());
     let key = match headers.get("idempotency-key") {
         None => None,
         Some(v) => Some(IdempotencyKey::parse(
@@ -231,12 +248,12 @@ async fn place_order(
     };
     let request = body.parse()?;
     if let Some(limiter) = &api.rate_limit {
-        let caller = Caller {
-            authenticated: authenticated.as_ref().map(|Extension(AuthenticatedUser(user))| user),
+        let placer = Placer {
+            authenticated: caller.customer(),
             claimed: &request.user_id,
             peer: peer.map(|Extension(ConnectInfo(addr))| addr.ip()),
         };
-        if let Err(limited) = limiter.check(&caller) {
+        if let Err(limited) = limiter.check(&placer) {
             return Ok(ApiError::rate_limited(&limited));
         }
     }
@@ -254,11 +271,23 @@ async fn place_order(
     Ok(response)
 }
 
-async fn get_order(State(api): State<OrdersApi>, Path(id): Path<String>) -> Result<Json<OrderBody>, ApiError> {
+/// One order. Someone else's order answers exactly as a missing one (404), so ids cannot be probed; an
+/// anonymous caller on a server that requires sign-in gets 401.
+async fn get_order(
+    State(api): State<OrdersApi>,
+    caller: Option<Extension<Caller>>,
+    Path(id): Path<String>,
+) -> Result<Json<OrderBody>, ApiError> {
+    let caller = caller.map(|Extension(c)| c).unwrap_or_default();
+    if caller == Caller::Anonymous && api.auth_mode == AuthMode::Required {
+        let why = "reading an order needs a signed-in customer on this server: send `Authorization: Bearer <token>`";
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", why));
+    }
     let not_found = || ApiError::new(StatusCode::NOT_FOUND, "order_not_found", format!("no order with id {id:?}"));
     let Ok(order_id) = OrderId::parse(id.clone()) else { return Err(not_found()) };
     match api.stores.orders.order(&order_id).await {
-        Ok(Some(order)) => Ok(Json(OrderBody::from(&order))),
+        Ok(Some(order)) if caller.may_read_order(&order.user_id, api.auth_mode) => Ok(Json(OrderBody::from(&order))),
+        Ok(Some(_)) => Err(not_found()),
         Ok(None) => Err(not_found()),
         Err(e) => {
             tracing::error!(error = %e, "reading order failed");

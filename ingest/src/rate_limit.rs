@@ -2,10 +2,9 @@
 //! `429 rate_limited` with `Retry-After` past it (GCRA from `governor`, one bucket per key).
 //!
 //! **Who is a caller.** By [`RateLimitKey::User`] the key is the authenticated user where the request
-//! carries one ([`AuthenticatedUser`], which an authentication layer puts in the request's extensions;
-//! customers have no identity yet, see issue 11), and otherwise the `user_id` the request claims. A
-//! claimed `user_id` is whatever the body says, so keyed that way the limit stops a runaway client, not
-//! an adversary: that is why the limit is off by default. By [`RateLimitKey::Ip`] the key is the TCP
+//! carries one (a signed-in customer, see `orderflow_identity`), and otherwise the `user_id` the request
+//! claims. A claimed `user_id` is whatever the body says, so keyed that way the limit stops a runaway
+//! anonymous client, not an adversary: that is why the limit is off by default. By [`RateLimitKey::Ip`] the key is the TCP
 //! peer's address (an IPv6 address by its /64, which one host usually holds whole); behind a reverse
 //! proxy every client then shares the proxy's address, so use it only where clients connect directly.
 //!
@@ -62,15 +61,9 @@ pub struct OrderRateLimit {
     pub key: RateLimitKey,
 }
 
-/// The user an authentication layer vouched for. Nothing inserts it yet (customers are anonymous until
-/// issue 11 adds tokens); when something does, the order rate limit keys by it instead of the claimed
-/// `user_id`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuthenticatedUser(pub UserId);
-
 /// What the server knows of who is placing an order.
 #[derive(Debug, Clone, Copy)]
-pub struct Caller<'a> {
+pub struct Placer<'a> {
     pub authenticated: Option<&'a UserId>,
     /// The `user_id` in the order.
     pub claimed: &'a UserId,
@@ -151,7 +144,7 @@ impl OrderRateLimiter {
     }
 
     /// Counts one order of `caller`; `Err` if its key is over the limit.
-    pub fn check(&self, caller: &Caller<'_>) -> Result<(), RateLimited> {
+    pub fn check(&self, caller: &Placer<'_>) -> Result<(), RateLimited> {
         let mut key = match self.config.key {
             RateLimitKey::User => Key::User(caller.authenticated.unwrap_or(caller.claimed).clone()),
             RateLimitKey::Ip => caller.peer.map_or(Key::UnknownPeer, |ip| Key::Ip(prefix(ip))),
@@ -222,7 +215,7 @@ mod tests {
     fn each_user_gets_its_own_burst_and_an_authenticated_identity_wins() {
         let limiter = OrderRateLimiter::new(limit(1, 2, RateLimitKey::User));
         let (alice, bob) = (user("alice"), user("bob"));
-        let caller = |claimed| Caller { authenticated: None, claimed, peer: None };
+        let caller = |claimed| Placer { authenticated: None, claimed, peer: None };
         assert!(limiter.check(&caller(&alice)).is_ok());
         assert!(limiter.check(&caller(&alice)).is_ok());
         let refused = limiter.check(&caller(&alice)).unwrap_err();
@@ -230,7 +223,7 @@ mod tests {
         assert!(refused.message().contains("user"), "{}", refused.message());
         assert!(limiter.check(&caller(&bob)).is_ok(), "bob has his own bucket");
         // Claiming to be someone else does not help once the caller is authenticated as alice.
-        let as_alice = Caller { authenticated: Some(&alice), claimed: &bob, peer: None };
+        let as_alice = Placer { authenticated: Some(&alice), claimed: &bob, peer: None };
         assert!(limiter.check(&as_alice).is_err());
     }
 
@@ -238,7 +231,7 @@ mod tests {
     fn by_address_an_ipv6_host_is_its_64_prefix() {
         let limiter = OrderRateLimiter::new(limit(1, 1, RateLimitKey::Ip));
         let (a, b) = (user("a"), user("b"));
-        let from = |claimed, ip: &str| Caller { authenticated: None, claimed, peer: Some(ip.parse().unwrap()) };
+        let from = |claimed, ip: &str| Placer { authenticated: None, claimed, peer: Some(ip.parse().unwrap()) };
         assert!(limiter.check(&from(&a, "2001:db8::1")).is_ok());
         assert!(limiter.check(&from(&b, "2001:db8::2")).is_err(), "same /64, another user id");
         assert!(limiter.check(&from(&a, "2001:db8:0:1::1")).is_ok(), "another /64");
@@ -250,20 +243,20 @@ mod tests {
     fn the_table_is_bounded_and_idle_keys_are_swept() {
         let limiter = OrderRateLimiter::with_max_keys(limit(1000, 1, RateLimitKey::User), 3);
         for name in ["u1", "u2", "u3"] {
-            assert!(limiter.check(&Caller { authenticated: None, claimed: &user(name), peer: None }).is_ok());
+            assert!(limiter.check(&Placer { authenticated: None, claimed: &user(name), peer: None }).is_ok());
         }
         assert_eq!(limiter.tracked_keys(), 3);
         // Full, and every key was used within the last millisecond: new keys share the overflow bucket.
         let u4 = user("u4");
         let u5 = user("u5");
-        let first = limiter.check(&Caller { authenticated: None, claimed: &u4, peer: None });
-        let second = limiter.check(&Caller { authenticated: None, claimed: &u5, peer: None });
+        let first = limiter.check(&Placer { authenticated: None, claimed: &u4, peer: None });
+        let second = limiter.check(&Placer { authenticated: None, claimed: &u5, peer: None });
         assert!(first.is_ok() && second.is_err(), "{first:?} {second:?}");
         assert!(limiter.tracked_keys() <= 4, "{}", limiter.tracked_keys());
         // At 1000/s a burst of 1 is back in a millisecond: a sweep then forgets every key.
         std::thread::sleep(Duration::from_millis(20));
         limiter.sweep();
         assert_eq!(limiter.tracked_keys(), 0);
-        assert!(limiter.check(&Caller { authenticated: None, claimed: &u5, peer: None }).is_ok());
+        assert!(limiter.check(&Placer { authenticated: None, claimed: &u5, peer: None }).is_ok());
     }
 }

@@ -49,20 +49,14 @@ async fn place(Json(order): Json<BareOrder>) -> impl IntoResponse {
     (StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(json!({"order_id": id, "status": "PENDING"})))
 }
 
-/// The product as the catalog's GraphQL `product(sku){ sku name price stock { available reserved } }`
-/// answers it, for the plain-JSON product read.
+/// The product as the catalog's GraphQL `product(sku){ sku name price availability }` answers it, for
+/// the plain-JSON product read.
 #[derive(Debug, Clone, Serialize)]
 struct BareProduct {
     sku: String,
     name: String,
     price: String,
-    stock: BareStock,
-}
-
-#[derive(Debug, Clone, Copy, Serialize)]
-struct BareStock {
-    available: u64,
-    reserved: u64,
+    availability: &'static str,
 }
 
 /// The plain-axum product read: a lookup in an in-memory map and a JSON answer. A SKU is added on its
@@ -81,7 +75,7 @@ async fn product(
                 name: format!("Product {sku}"),
                 sku: sku.clone(),
                 price: "4.00".into(),
-                stock: BareStock { available: 1_000_000_000, reserved: 0 },
+                availability: "IN_STOCK",
             };
             if let Ok(mut m) = products.write() {
                 m.insert(sku, p.clone());

@@ -149,7 +149,7 @@ impl Api {
 
     /// Orders processed so far (CONFIRMED or REJECTED), from the GraphQL `metrics` query.
     pub async fn orders_processed(&self) -> Option<u64> {
-        let v = self.graphql("{ metrics { ordersProcessed } }", json!({}), false).await.ok()?;
+        let v = self.graphql("{ metrics { ordersProcessed } }", json!({}), true).await.ok()?;
         v.pointer("/data/metrics/ordersProcessed").and_then(Value::as_u64)
     }
 }

@@ -524,7 +524,7 @@ impl Shared {
                 let v = self
                     .api
                     .graphql(
-                        "query($s: String!){ product(sku: $s){ sku name price stock { available reserved } } }",
+                        "query($s: String!){ product(sku: $s){ sku name price availability } }",
                         json!({"s": sku}),
                         false,
                     )
@@ -546,7 +546,7 @@ impl Shared {
                 let v = self
                     .api
                     .graphql(
-                        "{ products(first: 20) { edges { cursor node { sku name price stock { available } } } pageInfo { hasNextPage endCursor } } }",
+                        "{ products(first: 20) { edges { cursor node { sku name price availability } } pageInfo { hasNextPage endCursor } } }",
                         json!({}),
                         false,
                     )
@@ -585,7 +585,9 @@ impl Shared {
 /// Creates the run's own products (unique SKUs) through the staff `createProduct` mutation.
 async fn seed_catalog(api: &Api, cfg: &RunConfig, run_id: &str) -> anyhow::Result<Vec<String>> {
     if cfg.admin_token.is_none() {
-        bail!("seeding the catalog needs --admin-token (or ORDERFLOW_ADMIN_TOKEN): createProduct is a staff operation");
+        bail!(
+            "seeding the catalog needs the server's admin token in ORDERFLOW_ADMIN_TOKEN: createProduct is a staff operation"
+        );
     }
     let (count, stock) = match cfg.scenario {
         Scenario::Flash => (1, i64::from(cfg.flash_stock)),

@@ -130,8 +130,9 @@ struct RunArgs {
     load: LoadArgs,
     #[arg(long, value_enum, default_value = "place")]
     scenario: Scenario,
-    /// Staff token for seeding the catalog (createProduct).
-    #[arg(long, env = "ORDERFLOW_ADMIN_TOKEN", hide_env_values = true)]
+    /// The server's admin token, for seeding the catalog (createProduct) and reading `metrics`: from
+    /// `ORDERFLOW_ADMIN_TOKEN` only, as the server takes it (never a flag: it would show in `ps`).
+    #[arg(skip = std::env::var("ORDERFLOW_ADMIN_TOKEN").ok().filter(|t| !t.is_empty()))]
     admin_token: Option<String>,
     /// Products to create (unique SKUs) before the run; `flash` creates one.
     #[arg(long, default_value_t = 50)]

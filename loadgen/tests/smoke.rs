@@ -8,7 +8,7 @@ use orderflow::{App, Roles, Seed, Settings};
 use orderflow_loadgen::{Comparison, Load, RunConfig, Scenario, baseline, chart, run};
 use orderflow_platform::BackendUrl;
 
-const TOKEN: &str = "smoke-admin-token";
+const TOKEN: &str = "smoke-admin-token-0123456789abcdef0123";
 
 async fn start(dir: &std::path::Path) -> App {
     orderflow_platform::telemetry::init_logging("warn");
@@ -18,6 +18,13 @@ async fn start(dir: &std::path::Path) -> App {
         bus: BackendUrl::Embedded,
         store: BackendUrl::Embedded,
         admin_token: Some(TOKEN.into()),
+        admin_token_file: None,
+        auth: orderflow::AuthModeArg::Open,
+        auth_jwks: None,
+        auth_issuer: None,
+        auth_audience: None,
+        auth_algorithms: "RS256".into(),
+        auth_roles_claim: "roles".into(),
         payment_latency_ms: 1,
         payment_decline_above: None,
         payment_decline_users: vec![],

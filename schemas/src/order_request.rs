@@ -22,7 +22,9 @@ pub struct OrderRequest {
 #[serde(deny_unknown_fields)]
 pub struct PlaceOrderBody {
     pub order_id: Option<String>,
-    pub user_id: String,
+    /// Required from anonymous and staff callers; a signed-in customer may leave it out (it is theirs).
+    #[serde(default)]
+    pub user_id: Option<String>,
     pub items: Vec<ItemBody>,
     /// A decimal string; any other JSON type is refused with a message saying so.
     pub total_amount: Option<serde_json::Value>,
@@ -50,7 +52,7 @@ impl PlaceOrderBody {
         };
         Ok(OrderRequest {
             order_id: self.order_id.map(OrderId::parse).transpose()?,
-            user_id: UserId::parse(self.user_id)?,
+            user_id: UserId::parse(self.user_id.ok_or_else(|| ValueError::new("user_id", "is required"))?)?,
             items: self
                 .items
                 .into_iter()
@@ -66,7 +68,7 @@ impl OrderRequest {
     pub fn to_body(&self) -> PlaceOrderBody {
         PlaceOrderBody {
             order_id: self.order_id.as_ref().map(|id| id.to_string()),
-            user_id: self.user_id.to_string(),
+            user_id: Some(self.user_id.to_string()),
             items: self
                 .items
                 .iter()

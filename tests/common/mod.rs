@@ -6,13 +6,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod authz;
 pub mod scenarios;
 
 use orderflow::{App, Roles, Seed, Settings};
 use orderflow_platform::BackendUrl;
 use serde_json::{Value, json};
 
-pub const ADMIN_TOKEN: &str = "test-admin-token";
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef0123";
 
 pub fn settings(data_dir: &Path) -> Settings {
     let memory = orderflow_platform::backend::EmbeddedMemory::default();
@@ -22,6 +23,13 @@ pub fn settings(data_dir: &Path) -> Settings {
         bus: BackendUrl::Embedded,
         store: BackendUrl::Embedded,
         admin_token: Some(ADMIN_TOKEN.into()),
+        admin_token_file: None,
+        auth: orderflow::AuthModeArg::Open,
+        auth_jwks: None,
+        auth_issuer: None,
+        auth_audience: None,
+        auth_algorithms: "RS256".into(),
+        auth_roles_claim: "roles".into(),
         payment_latency_ms: 1,
         payment_decline_above: None,
         payment_decline_users: vec![],
@@ -179,7 +187,7 @@ pub async fn stock(app: &TestApp, sku: &str) -> (i64, i64) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let v = app
-            .gql("query($s: String!){ product(sku: $s){ stock { available reserved } } }", json!({"s": sku}), false)
+            .gql("query($s: String!){ product(sku: $s){ stock { available reserved } } }", json!({"s": sku}), true)
             .await;
         let s = &v["data"]["product"]["stock"];
         if let (Some(available), Some(reserved)) = (s["available"].as_i64(), s["reserved"].as_i64()) {

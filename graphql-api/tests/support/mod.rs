@@ -23,14 +23,14 @@ pub(crate) struct Embedded {
 /// The API with the catalog projector (catalog reads see staff writes moments after them) and, when
 /// `inventory` is set, the inventory processor, which applies staff stock changes (it is the one writer
 /// of stock).
-pub(crate) fn embedded(admin_token: Option<&str>, inventory: bool) -> Result<Embedded> {
+pub(crate) fn embedded(inventory: bool) -> Result<Embedded> {
     let dir = tempfile::tempdir()?;
     let backends = orderflow_embedded::open(dir.path(), &BackendOptions::default())?;
     let state = ApiState::new(
         backends.stores.clone(),
         backends.bus.clone(),
         Intake::new(backends.stores.clone(), backends.bus.clone()),
-        admin_token.map(str::to_owned),
+        orderflow_graphql::AuthMode::Open,
     );
     let projector = Arc::new(orderflow_processors::catalog::CatalogProjector {
         view: backends.stores.catalog_view.clone(),
@@ -52,4 +52,13 @@ pub(crate) fn embedded(admin_token: Option<&str>, inventory: bool) -> Result<Emb
         tokio::spawn(async move { bus.consume(topics::groups::INVENTORY, topics::INVENTORY, handler, t).await });
     }
     Ok(Embedded { dir, backends, state, processors: token.drop_guard() })
+}
+
+/// The caller of a test request: an admin (the admin token's role) or nobody.
+pub(crate) fn caller(staff: bool) -> orderflow_graphql::Caller {
+    if staff {
+        orderflow_graphql::Caller::Admin(orderflow_graphql::Principal::new("test"))
+    } else {
+        orderflow_graphql::Caller::Anonymous
+    }
 }
