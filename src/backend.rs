@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use orderflow_platform::backend::{BackendError, BackendOptions, BackendUrl, Backends};
+use orderflow_platform::backend::{BackendError, BackendOptions, BackendUrl, Backends, CqlReplication};
 use orderflow_platform::bus::limits::LimitedBus;
 use orderflow_platform::store::Stores;
 
@@ -74,7 +74,7 @@ pub async fn open_waiting(
 }
 
 /// Applies the CQL schema (keyspaces and tables) idempotently: `orderflow migrate`.
-pub async fn migrate_cql(store: &BackendUrl) -> Result<(), BackendError> {
+pub async fn migrate_cql(store: &BackendUrl, replication: &CqlReplication) -> Result<(), BackendError> {
     let BackendUrl::Scylla(points) = store else {
         return Err(BackendError::WrongRole {
             what: "this store",
@@ -83,7 +83,9 @@ pub async fn migrate_cql(store: &BackendUrl) -> Result<(), BackendError> {
         });
     };
     let session = orderflow_cql::session(points).await.map_err(|e| BackendError::Cql(e.to_string()))?;
-    orderflow_cql::schema::migrate(&session).await.map_err(|e| BackendError::Cql(e.to_string()))
+    orderflow_cql::schema::migrate_with_replication(&session, &replication.to_cql())
+        .await
+        .map_err(|e| BackendError::Cql(e.to_string()))
 }
 
 async fn cql_stores(points: &[String], options: &BackendOptions) -> Result<Stores, BackendError> {
@@ -93,7 +95,7 @@ async fn cql_stores(points: &[String], options: &BackendOptions) -> Result<Store
         reason: e.to_string(),
     })?;
     let opened = if options.migrate_cql {
-        orderflow_cql::connect_and_migrate_session(session).await
+        orderflow_cql::connect_and_migrate_session(session, &options.cql_replication.to_cql()).await
     } else {
         orderflow_cql::CqlStore::new(session).await
     };
@@ -123,6 +125,7 @@ async fn kafka_bus(hosts: &[String], options: &BackendOptions) -> Result<orderfl
     let bus = orderflow_kafka::KafkaBus::connect(orderflow_kafka::KafkaOptions {
         bootstrap: hosts.to_vec(),
         replication_factor: options.kafka_replication_factor,
+        min_insync_replicas: options.kafka_min_insync_replicas,
     })
     .map_err(|e| BackendError::Kafka(e.to_string()))?;
     bus.ensure_topics().await.map_err(|e| BackendError::Unreachable {

@@ -10,7 +10,7 @@ use orderflow_identity::http::Authenticator;
 use orderflow_identity::{AdminToken, AuthMode, JwtConfig, JwtVerifier, Secret};
 use orderflow_ingest::rate_limit::{OrderRateLimit, RateLimitKey};
 use orderflow_platform::BackendUrl;
-use orderflow_platform::backend::{BackendOptions, EmbeddedMemory};
+use orderflow_platform::backend::{BackendOptions, CqlReplication, EmbeddedMemory};
 use orderflow_platform::bus::limits::{DEFAULT_MAX_RECORD_BYTES, RecordLimits};
 use orderflow_processors::payment::SimulatedRules;
 use orderflow_processors::runtime::ProcessorSettings;
@@ -23,6 +23,13 @@ pub enum Seed {
     Demo,
     /// Nothing: staff create products with `createProduct`.
     None,
+}
+
+/// See [`Settings::environment`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Environment {
+    Development,
+    Production,
 }
 
 /// See [`Settings::auth`].
@@ -71,10 +78,41 @@ pub struct Settings {
     #[arg(long, env = "ORDERFLOW_ADMIN_TOKEN_FILE", global = true)]
     pub admin_token_file: Option<PathBuf>,
 
+    /// `development` (the default) or `production`: production requires sign-in for orders, turns off
+    /// GraphiQL, introspection and field suggestions unless `--graphql-introspection true`, serves
+    /// `/metrics` only on `--admin-listen`, and refuses replication below 3 unless
+    /// `--allow-low-replication`.
+    #[arg(long = "env", env = "ORDERFLOW_ENV", value_enum, default_value_t = Environment::Development, global = true)]
+    pub environment: Environment,
+
     /// `open`: anyone may place an order and read an order by its id (the quick start); `required`:
-    /// placing and reading orders needs a customer (or staff) identity.
-    #[arg(long, env = "ORDERFLOW_AUTH", value_enum, default_value_t = AuthModeArg::Open, global = true)]
-    pub auth: AuthModeArg,
+    /// placing and reading orders needs a customer (or staff) identity. Default: `open`, `required` in
+    /// production.
+    #[arg(long, env = "ORDERFLOW_AUTH", value_enum, global = true)]
+    pub auth: Option<AuthModeArg>,
+
+    /// GraphQL introspection and the GraphiQL explorer (`true`/`false`). Default: on, off in production.
+    #[arg(long, env = "ORDERFLOW_GRAPHQL_INTROSPECTION", action = clap::ArgAction::Set, global = true)]
+    pub graphql_introspection: Option<bool>,
+
+    /// A second listener for operators: `/metrics`, `/healthz` and `/readyz`. In production `/metrics` is
+    /// served only here.
+    #[arg(long, env = "ORDERFLOW_ADMIN_LISTEN", global = true)]
+    pub admin_listen: Option<SocketAddr>,
+
+    /// How the CQL keyspaces are replicated when `migrate` (or a single-process `serve`) creates them:
+    /// a factor (`3`, SimpleStrategy) or `NetworkTopologyStrategy:dc1=3,dc2=3`.
+    #[arg(long, env = "ORDERFLOW_CQL_REPLICATION", default_value = "1", value_parser = CqlReplication::parse, global = true)]
+    pub cql_replication: CqlReplication,
+
+    /// `min.insync.replicas` of the Kafka topics orderflow creates (2 with 3 replicas). Unset: the
+    /// broker's default.
+    #[arg(long, env = "ORDERFLOW_KAFKA_MIN_INSYNC_REPLICAS", global = true)]
+    pub kafka_min_insync_replicas: Option<i32>,
+
+    /// In production, accept Kafka topics or CQL keyspaces with fewer than 3 replicas.
+    #[arg(long, env = "ORDERFLOW_ALLOW_LOW_REPLICATION", global = true)]
+    pub allow_low_replication: bool,
 
     /// Customer and staff JWTs: the identity provider's public keys, a JWKS file (what its `jwks_uri`
     /// serves) or a PEM public key. Unset: no customer identities.
@@ -280,6 +318,57 @@ fn parse_user(s: &str) -> Result<UserId, String> {
 }
 
 impl Settings {
+    fn production(&self) -> bool {
+        self.environment == Environment::Production
+    }
+
+    /// `--auth`, or its default for `--env`; production refuses `open`.
+    pub fn auth_mode(&self) -> anyhow::Result<AuthModeArg> {
+        match (self.auth, self.production()) {
+            (Some(AuthModeArg::Open), true) => {
+                anyhow::bail!("--env production refuses --auth open (ORDERFLOW_AUTH): orders need a signed-in customer")
+            }
+            (Some(mode), _) => Ok(mode),
+            (None, true) => Ok(AuthModeArg::Required),
+            (None, false) => Ok(AuthModeArg::Open),
+        }
+    }
+
+    /// Whether GraphQL introspection and GraphiQL are on: `--graphql-introspection`, else on outside
+    /// production.
+    pub fn graphql_introspection(&self) -> bool {
+        self.graphql_introspection.unwrap_or(!self.production())
+    }
+
+    /// Whether the main listener serves `/metrics` (not in production: there only `--admin-listen` does).
+    pub fn metrics_on_main_listener(&self) -> bool {
+        !self.production()
+    }
+
+    /// The checks of `--env production` on replication: Kafka topics and CQL keyspaces with fewer than 3
+    /// replicas are refused unless `--allow-low-replication`. Nothing is checked in development.
+    pub fn check_replication(&self) -> anyhow::Result<()> {
+        if !self.production() || self.allow_low_replication {
+            return Ok(());
+        }
+        if matches!(self.bus, BackendUrl::Kafka(_)) && self.kafka_replication_factor < 3 {
+            anyhow::bail!(
+                "--env production: Kafka topics with {} replica(s) lose acknowledged orders with a broker; set \
+                 --kafka-replication-factor 3 (ORDERFLOW_KAFKA_REPLICATION_FACTOR), or --allow-low-replication",
+                self.kafka_replication_factor
+            );
+        }
+        if matches!(self.store, BackendUrl::Scylla(_)) && self.cql_replication.min_factor() < 3 {
+            anyhow::bail!(
+                "--env production: CQL keyspaces with replication {} lose orders with a node; set \
+                 --cql-replication 3 or NetworkTopologyStrategy:DC=3 (ORDERFLOW_CQL_REPLICATION), or \
+                 --allow-low-replication",
+                self.cql_replication
+            );
+        }
+        Ok(())
+    }
+
     /// Who may do what, from the auth settings; an error names the setting to fix.
     pub fn authenticator(&self) -> anyhow::Result<Authenticator> {
         let admin =
@@ -298,7 +387,7 @@ impl Settings {
                 })?)
             }
         };
-        let mode = match self.auth {
+        let mode = match self.auth_mode()? {
             AuthModeArg::Open => AuthMode::Open,
             AuthModeArg::Required => AuthMode::Required,
         };
@@ -309,6 +398,8 @@ impl Settings {
         BackendOptions {
             sync_writes: self.sync_writes,
             kafka_replication_factor: self.kafka_replication_factor,
+            kafka_min_insync_replicas: self.kafka_min_insync_replicas,
+            cql_replication: self.cql_replication.clone(),
             migrate_cql: false,
             embedded_memory: EmbeddedMemory {
                 cache_mib: self.cache_mib,

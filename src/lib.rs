@@ -32,7 +32,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tower_http::classify::ServerErrorsFailureClass;
 
-pub use config::{AuthModeArg, Seed, Settings};
+pub use config::{AuthModeArg, Environment, Seed, Settings};
 use health::{Probes, RoleHealth, supervise};
 
 /// What one process runs.
@@ -101,7 +101,11 @@ fn router(
             intake,
             auth_mode: auth.mode,
         };
-        let options = orderflow_graphql::HttpOptions { timeout: settings.graphql_timeout, rate_limit };
+        let options = orderflow_graphql::HttpOptions {
+            timeout: settings.graphql_timeout,
+            rate_limit,
+            introspection: settings.graphql_introspection(),
+        };
         api = api.merge(orderflow_graphql::router_with(state, options));
     }
     // Every API request is authenticated once, here, into a `Caller` (a bad token: 401 before any handler).
@@ -114,9 +118,11 @@ fn router(
     }
     // Health and metrics stay outside the limits: a liveness probe shed under load would have a
     // supervisor restart a process that is merely busy.
-    let app = health::router(Probes { backends: backends.clone(), health: health.clone() })
-        .route("/metrics", get(metrics))
-        .merge(api);
+    let mut app = health::router(Probes { backends: backends.clone(), health: health.clone() });
+    if settings.metrics_on_main_listener() {
+        app = app.route("/metrics", get(metrics));
+    }
+    let app = app.merge(api);
     app.fallback(|| async { ApiError::not_found() })
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; it has been logged")
@@ -140,6 +146,7 @@ impl App {
     /// `listener`.
     pub async fn start(settings: &Settings, roles: Roles, listener: TcpListener) -> anyhow::Result<App> {
         let _ = orderflow_platform::telemetry::prometheus();
+        settings.check_replication()?;
         let auth = Arc::new(settings.authenticator().context("checking the auth settings")?);
         if roles.ingest || roles.graphql {
             tracing::info!("access: {}", auth.describe());
@@ -221,6 +228,21 @@ impl App {
             });
         }
         let addr = listener.local_addr()?;
+        if let Some(admin_addr) = settings.admin_listen {
+            let admin = TcpListener::bind(admin_addr)
+                .await
+                .with_context(|| format!("cannot listen on {admin_addr} (--admin-listen, ORDERFLOW_ADMIN_LISTEN)"))?;
+            let app = health::router(Probes { backends: backends.clone(), health: health.clone() })
+                .route("/metrics", get(metrics))
+                .fallback(|| async { ApiError::not_found() });
+            let server = server::serve(admin, app, settings.header_read_timeout, shutdown.clone());
+            supervise_role(&mut tasks, &health, &shutdown, &mut fault, "admin http server", |t| {
+                t.spawn(server);
+            });
+            tracing::info!(%admin_addr, "operators' listener: /metrics, /healthz, /readyz");
+        } else if !settings.metrics_on_main_listener() {
+            tracing::warn!("--env production serves /metrics only on --admin-listen, which is not set: no metrics");
+        }
         if roles.ingest || roles.graphql || !roles.processors.is_empty() {
             let app = router(&roles, &backends, settings, &catalog_cache, &health, rate_limit.as_ref(), &auth);
             let server = server::serve(listener, app, settings.header_read_timeout, shutdown.clone());

@@ -82,8 +82,12 @@ async fn main() -> anyhow::Result<()> {
     let roles = match cli.command {
         Command::Topics => return orderflow::tools::topics(&cli.settings).await,
         Command::Migrate => {
-            orderflow::backend::migrate_cql(&cli.settings.store).await?;
-            println!("CQL schema applied to {}", cli.settings.store);
+            cli.settings.check_replication()?;
+            orderflow::backend::migrate_cql(&cli.settings.store, &cli.settings.cql_replication).await?;
+            println!(
+                "CQL schema applied to {} (new keyspaces replicated: {})",
+                cli.settings.store, cli.settings.cql_replication
+            );
             return Ok(());
         }
         Command::PartnerOrder { partner_id, external_order_id, user_id, items, total_amount } => {

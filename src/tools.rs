@@ -15,6 +15,7 @@ fn kafka(settings: &Settings) -> anyhow::Result<KafkaBus> {
     Ok(KafkaBus::connect(KafkaOptions {
         bootstrap: hosts.clone(),
         replication_factor: settings.kafka_replication_factor,
+        min_insync_replicas: settings.kafka_min_insync_replicas,
     })?)
 }
 

@@ -14,8 +14,8 @@ async fn walk(mode: AuthModeArg) {
     let mut tokens = None;
     let app = TestApp::start_with(|s| tokens = Some(authz::with_jwt(s, keys.path(), mode))).await;
     let tokens = tokens.unwrap();
-    let order = authz::prepare(&app, &tokens).await;
-    authz::walk(&app, &tokens, mode, &order).await;
+    let prepared = authz::prepare(&app, &tokens).await;
+    authz::walk(&app, &tokens, mode, &prepared).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

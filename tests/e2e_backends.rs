@@ -37,6 +37,6 @@ async fn scenarios_on_kafka_and_cql() {
     scenarios::run_all(&app).await;
     // The role table, on the same app (one app on Kafka at a time; see above).
     let tokens = tokens.unwrap();
-    let order = authz::prepare(&app, &tokens).await;
-    authz::walk(&app, &tokens, AuthModeArg::Open, &order).await;
+    let prepared = authz::prepare(&app, &tokens).await;
+    authz::walk(&app, &tokens, AuthModeArg::Open, &prepared).await;
 }

@@ -60,7 +60,8 @@ static SERVER: LazyLock<Server> = LazyLock::new(|| {
     // Generous, so that it is exercised (`placeOrder` counts against it) without refusing most inputs.
     let per_second = NonZeroU32::new(1_000).expect("non-zero");
     let limiter = OrderRateLimiter::new(OrderRateLimit { per_second, burst: per_second, key: RateLimitKey::User });
-    let options = HttpOptions { timeout: Duration::from_millis(200), rate_limit: Some(Arc::new(limiter)) };
+    let options =
+        HttpOptions { timeout: Duration::from_millis(200), rate_limit: Some(Arc::new(limiter)), introspection: true };
     // Authenticated as the binary does it: the token is the admin's.
     let auth = Arc::new(orderflow_identity::http::Authenticator {
         admin: Some(orderflow_identity::AdminToken::parse(TOKEN).expect("a valid admin token")),

@@ -39,19 +39,22 @@ pub struct HttpOptions {
     pub timeout: Duration,
     /// The order rate limit `placeOrder` counts against (see [`crate::limits`]); `None`: off.
     pub rate_limit: Option<Arc<OrderRateLimiter>>,
+    /// Introspection and the GraphiQL explorer on `GET /graphql` (off in production).
+    pub introspection: bool,
 }
 
 impl Default for HttpOptions {
     fn default() -> Self {
-        Self { timeout: DEFAULT_TIMEOUT, rate_limit: None }
+        Self { timeout: DEFAULT_TIMEOUT, rate_limit: None, introspection: true }
     }
 }
 
 #[derive(Clone)]
 struct HttpState {
     schema: OrderflowSchema,
-    /// Serves requests that ask for nothing but introspection (see [`crate::introspection_schema`]).
-    introspection: OrderflowSchema,
+    /// Serves requests that ask for nothing but introspection (see [`crate::introspection_schema`]);
+    /// `None` with introspection off (they go to `schema`, which refuses them).
+    introspection: Option<OrderflowSchema>,
     timeout: Duration,
 }
 
@@ -66,10 +69,14 @@ pub fn router(state: ApiState) -> Router {
 
 /// [`router`] with `options`.
 pub fn router_with(state: ApiState, options: HttpOptions) -> Router {
-    let introspection = crate::introspection_schema(state.clone());
-    let schema = crate::schema_with(state, options.rate_limit);
-    let routes = Router::new()
-        .route("/graphql", post(execute).get(graphiql))
+    let introspection = if options.introspection { Some(crate::introspection_schema(state.clone())) } else { None };
+    let schema = crate::schema_with(state, options.rate_limit, options.introspection);
+    let routes = if options.introspection {
+        Router::new().route("/graphql", post(execute).get(graphiql))
+    } else {
+        Router::new().route("/graphql", post(execute))
+    };
+    let routes = routes
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
         // Outside the limit layer, so its plain-text 413 (sent when Content-Length is too large) is
         // seen and reshaped too.
@@ -94,7 +101,10 @@ async fn execute(
     if let Some(Extension(ConnectInfo(addr))) = peer {
         request = request.data(Peer(addr));
     }
-    let schema = if crate::is_introspection_only(&request.query) { &st.introspection } else { &st.schema };
+    let schema = match &st.introspection {
+        Some(introspection) if crate::is_introspection_only(&request.query) => introspection,
+        _ => &st.schema,
+    };
     // Dropping the execution at the deadline stops it at its next await; a mutation stopped that way may
     // or may not have taken effect, as with any lost response, and every mutation is safe to retry.
     let Ok(response) = tokio::time::timeout(st.timeout, schema.execute(request)).await else {

@@ -90,22 +90,26 @@ impl fmt::Debug for ApiState {
 /// [`MAX_RECURSIVE_DEPTH`] and the caps of [`limits`]. Introspection stays on (GraphiQL needs it; the
 /// schema is public anyway). Batched requests are refused by [`router`], not here.
 pub fn schema(state: ApiState) -> OrderflowSchema {
-    schema_with(state, None)
+    schema_with(state, None, true)
 }
 
-/// [`schema`], with `placeOrder` held to the order rate limit `rate_limit`.
+/// [`schema`], with `placeOrder` held to the order rate limit `rate_limit`; with `introspection` off,
+/// also without introspection and without "did you mean" suggestions in validation errors (production:
+/// the schema is then not discoverable by probing).
 pub fn schema_with(
     state: ApiState,
     rate_limit: Option<Arc<orderflow_ingest::rate_limit::OrderRateLimiter>>,
+    introspection: bool,
 ) -> OrderflowSchema {
-    Schema::build(Query, Mutation, EmptySubscription)
+    let builder = Schema::build(Query, Mutation, EmptySubscription)
         .data(state)
         .limit_depth(MAX_DEPTH)
         .limit_complexity(MAX_COMPLEXITY)
         .limit_recursive_depth(MAX_RECURSIVE_DEPTH)
         .extension(error::ErrorCodes)
-        .extension(limits::RequestLimits { rate_limit })
-        .finish()
+        .extension(limits::RequestLimits { rate_limit });
+    let builder = if introspection { builder } else { builder.disable_introspection().disable_suggestions() };
+    builder.finish()
 }
 
 /// The schema for introspection-only requests (see [`is_introspection_only`]): no depth or complexity

@@ -90,6 +90,10 @@ pub struct Backends {
 pub struct BackendOptions {
     /// Replication factor of topics orderflow creates on Kafka (3 on a production cluster).
     pub kafka_replication_factor: i32,
+    /// `min.insync.replicas` of the topics orderflow creates; `None`: the broker's default.
+    pub kafka_min_insync_replicas: Option<i32>,
+    /// How the keyspaces the CQL migration creates are replicated.
+    pub cql_replication: CqlReplication,
     /// fsync every write (survives power loss, slower). Off: every write reaches the OS before it is
     /// acknowledged, which survives a crash or `kill -9` of the process, and the journal is synced in
     /// the background.
@@ -133,10 +137,88 @@ pub const DEFAULT_CQL_WRITE_GROUP: usize = 64;
 /// Default of [`BackendOptions::owned_order_entries`]: about 20 MB of orders at 2 KB each.
 pub const DEFAULT_OWNED_ORDER_ENTRIES: u64 = 10_000;
 
+/// How CQL keyspaces are replicated when the migration creates them (an existing keyspace keeps its
+/// replication: change it with `ALTER KEYSPACE` and a repair).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CqlReplication {
+    /// `SimpleStrategy` with this many replicas: one data centre.
+    Simple(u32),
+    /// `NetworkTopologyStrategy` with replicas per data centre.
+    NetworkTopology(Vec<(String, u32)>),
+}
+
+impl Default for CqlReplication {
+    fn default() -> Self {
+        Self::Simple(1)
+    }
+}
+
+impl CqlReplication {
+    /// `3` (SimpleStrategy) or `NetworkTopologyStrategy:dc1=3,dc2=3`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let factor = |v: &str| match v.trim().parse::<u32>() {
+            Ok(n) if n >= 1 => Ok(n),
+            _ => Err(format!("{v:?} is not a replication factor (a whole number from 1)")),
+        };
+        let s = s.trim();
+        let Some(dcs) = s.strip_prefix("NetworkTopologyStrategy:") else {
+            return factor(s.strip_prefix("SimpleStrategy:").unwrap_or(s))
+                .map(Self::Simple)
+                .map_err(|e| format!("{e}; use a factor such as `3` or `NetworkTopologyStrategy:dc1=3,dc2=3`"));
+        };
+        let mut out = Vec::new();
+        for dc in dcs.split(',').filter(|d| !d.trim().is_empty()) {
+            let (name, n) = dc.split_once('=').ok_or_else(|| format!("{dc:?}: write DATACENTRE=FACTOR"))?;
+            let name = name.trim();
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+                return Err(format!("{name:?} is not a data centre name"));
+            }
+            out.push((name.to_owned(), factor(n)?));
+        }
+        if out.is_empty() {
+            return Err("NetworkTopologyStrategy needs at least one DATACENTRE=FACTOR".into());
+        }
+        Ok(Self::NetworkTopology(out))
+    }
+
+    /// The CQL replication map.
+    pub fn to_cql(&self) -> String {
+        match self {
+            Self::Simple(n) => format!("{{'class': 'SimpleStrategy', 'replication_factor': {n}}}"),
+            Self::NetworkTopology(dcs) => {
+                let dcs: Vec<String> = dcs.iter().map(|(dc, n)| format!("'{dc}': {n}")).collect();
+                format!("{{'class': 'NetworkTopologyStrategy', {}}}", dcs.join(", "))
+            }
+        }
+    }
+
+    /// The fewest replicas any data centre keeps.
+    pub fn min_factor(&self) -> u32 {
+        match self {
+            Self::Simple(n) => *n,
+            Self::NetworkTopology(dcs) => dcs.iter().map(|(_, n)| *n).min().unwrap_or(0),
+        }
+    }
+}
+
+impl std::fmt::Display for CqlReplication {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Simple(n) => write!(f, "{n}"),
+            Self::NetworkTopology(dcs) => {
+                let dcs: Vec<String> = dcs.iter().map(|(dc, n)| format!("{dc}={n}")).collect();
+                write!(f, "NetworkTopologyStrategy:{}", dcs.join(","))
+            }
+        }
+    }
+}
+
 impl Default for BackendOptions {
     fn default() -> Self {
         Self {
             kafka_replication_factor: 1,
+            kafka_min_insync_replicas: None,
+            cql_replication: CqlReplication::default(),
             sync_writes: false,
             migrate_cql: false,
             embedded_memory: EmbeddedMemory::default(),
@@ -149,6 +231,25 @@ impl Default for BackendOptions {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn replication_settings_parse_into_cql_maps() {
+        use super::CqlReplication;
+        assert_eq!(CqlReplication::parse("3"), Ok(CqlReplication::Simple(3)));
+        assert_eq!(
+            CqlReplication::parse("3").map(|r| r.to_cql()),
+            Ok("{'class': 'SimpleStrategy', 'replication_factor': 3}".into())
+        );
+        let nts = CqlReplication::parse("NetworkTopologyStrategy:dc1=3, dc2=2").unwrap_or_default();
+        assert_eq!(nts.to_cql(), "{'class': 'NetworkTopologyStrategy', 'dc1': 3, 'dc2': 2}");
+        assert_eq!(nts.min_factor(), 2);
+        assert_eq!(nts.to_string(), "NetworkTopologyStrategy:dc1=3,dc2=2");
+        for bad in
+            ["0", "x", "NetworkTopologyStrategy:", "NetworkTopologyStrategy:dc1", "NetworkTopologyStrategy:d'c=3"]
+        {
+            assert!(CqlReplication::parse(bad).is_err(), "{bad}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -52,7 +52,7 @@ pub fn with_jwt(settings: &mut Settings, dir: &Path, mode: AuthModeArg) -> Token
     settings.auth_algorithms = "EdDSA".into();
     settings.auth_issuer = Some(ISSUER.into());
     settings.auth_audience = Some(AUDIENCE.into());
-    settings.auth = mode;
+    settings.auth = Some(mode);
     Tokens { keys }
 }
 
@@ -109,22 +109,33 @@ fn rest_outcome(status: u16) -> Got {
     }
 }
 
+/// What the walk works on: products of this run (the CQL store outlives a run) and an order of `alice`.
+pub struct Prepared {
+    /// The two customers (names of this run: the CQL store outlives a run, and with it their orders).
+    pub alice: String,
+    pub bob: String,
+    pub sku: String,
+    pub archivable_sku: String,
+    pub alice_order: String,
+}
+
 /// Walks every operation for every caller and compares with the role table; `mode` is the server's.
-/// `alice_order` is an order of customer `alice`.
-pub async fn walk(app: &TestApp, tokens: &Tokens, mode: AuthModeArg, alice_order: &str) {
+pub async fn walk(app: &TestApp, tokens: &Tokens, mode: AuthModeArg, prepared: &Prepared) {
+    let alice_order = prepared.alice_order.as_str();
+    let (alice, bob) = (prepared.alice.as_str(), prepared.bob.as_str());
     let open = mode == AuthModeArg::Open;
     // In open mode anonymous callers may place orders and read one by id; in required mode not.
     let anon_orders = if open { A } else { U };
     let auth: [Option<String>; 6] = [
         None,
-        Some(tokens.customer("alice")),
-        Some(tokens.customer("bob")),
+        Some(tokens.customer(alice)),
+        Some(tokens.customer(bob)),
         Some(tokens.staff()),
         Some(tokens.admin()),
         Some(ADMIN_TOKEN.to_owned()),
     ];
     let staff_only = [U, F, F, A, A, A];
-    let p = "SKU-AUTHZ";
+    let p = prepared.sku.as_str();
     // (name, query, the data path that must be non-null, expected per caller)
     let graphql: Vec<GraphqlRow<'_>> = vec![
         (
@@ -141,7 +152,7 @@ pub async fn walk(app: &TestApp, tokens: &Tokens, mode: AuthModeArg, alice_order
         ),
         (
             "orders(userId: alice)",
-            "{ orders(userId: \"alice\") { edges { node { id } } } }".into(),
+            format!("{{ orders(userId: \"{alice}\") {{ edges {{ node {{ id }} }} }} }}"),
             "/data/orders/edges",
             [U, A, H, A, A, A],
         ),
@@ -215,7 +226,12 @@ pub async fn walk(app: &TestApp, tokens: &Tokens, mode: AuthModeArg, alice_order
             "/data/setLowStockThreshold",
             staff_only,
         ),
-        ("archiveProduct", "mutation { archiveProduct(sku: \"SKU-AUTHZ-OLD\") { sku } }".into(), "/data", staff_only),
+        (
+            "archiveProduct",
+            format!("mutation {{ archiveProduct(sku: \"{}\") {{ sku }} }}", prepared.archivable_sku),
+            "/data",
+            staff_only,
+        ),
         (
             "updateOrderStatus",
             "mutation { updateOrderStatus(id: \"no-such-order\", status: CANCELLED) { id } }".into(),
@@ -226,7 +242,7 @@ pub async fn walk(app: &TestApp, tokens: &Tokens, mode: AuthModeArg, alice_order
         (
             "placeOrder as alice",
             format!(
-                "mutation {{ placeOrder(input: {{userId: \"alice\", items: [{{sku: \"{p}\", quantity: 1}}]}}) {{ order {{ id }} }} }}"
+                "mutation {{ placeOrder(input: {{userId: \"{alice}\", items: [{{sku: \"{p}\", quantity: 1}}]}}) {{ order {{ id }} }} }}"
             ),
             "/data/placeOrder",
             [anon_orders, A, M, A, A, A],
@@ -262,7 +278,7 @@ pub async fn walk(app: &TestApp, tokens: &Tokens, mode: AuthModeArg, alice_order
         }
     }
     // Listings show a customer only their own orders.
-    for (i, user) in [(1, "alice"), (2, "bob")] {
+    for (i, user) in [(1, alice), (2, bob)] {
         let v = app
             .http
             .post(format!("{}/graphql", app.base))
@@ -286,7 +302,7 @@ pub async fn walk(app: &TestApp, tokens: &Tokens, mode: AuthModeArg, alice_order
     }
 
     // REST.
-    let body_alice = json!({"user_id": "alice", "items": [{"sku": p, "quantity": 1}]});
+    let body_alice = json!({"user_id": alice, "items": [{"sku": p, "quantity": 1}]});
     let body_nobody = json!({"items": [{"sku": p, "quantity": 1}]});
     let rest: Vec<RestRow<'_>> = vec![
         ("POST /v1/orders as alice", "POST", "/v1/orders".into(), Some(body_alice), [anon_orders, A, M, A, A, A]),
@@ -342,10 +358,18 @@ pub async fn walk(app: &TestApp, tokens: &Tokens, mode: AuthModeArg, alice_order
     assert!(wrong.is_empty(), "the API does not follow the role table:\n{}", wrong.join("\n"));
 }
 
-/// Creates the products the walk uses (as the admin token) and places an order as customer `alice`;
-/// returns its id once it is CONFIRMED.
-pub async fn prepare(app: &TestApp, tokens: &Tokens) -> String {
-    for (sku, stock) in [("SKU-AUTHZ", 1000), ("SKU-AUTHZ-OLD", 0)] {
+/// Creates the products the walk uses (as the admin token) and places an order as customer `alice`,
+/// and waits until it is CONFIRMED.
+pub async fn prepare(app: &TestApp, tokens: &Tokens) -> Prepared {
+    let run = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    let prepared = Prepared {
+        alice: format!("alice-{run}"),
+        bob: format!("bob-{run}"),
+        sku: format!("SKU-AUTHZ-{run}"),
+        archivable_sku: format!("SKU-AUTHZ-OLD-{run}"),
+        alice_order: String::new(),
+    };
+    for (sku, stock) in [(prepared.sku.as_str(), 1000), (prepared.archivable_sku.as_str(), 0)] {
         let v = app
             .gql_stock_change(
                 "mutation($s: String!, $n: Int!){ createProduct(input: {sku: $s, name: \"Authz\", price: \"1.00\", stock: $n}){ sku } }",
@@ -355,12 +379,12 @@ pub async fn prepare(app: &TestApp, tokens: &Tokens) -> String {
         assert_eq!(v["data"]["createProduct"]["sku"], sku, "{v}");
         app.wait_product(sku).await;
     }
-    let alice = tokens.customer("alice");
+    let alice = tokens.customer(&prepared.alice);
     let resp = app
         .http
         .post(format!("{}/v1/orders", app.base))
         .bearer_auth(&alice)
-        .json(&json!({"items": [{"sku": "SKU-AUTHZ", "quantity": 1}]}))
+        .json(&json!({"items": [{"sku": prepared.sku, "quantity": 1}]}))
         .send()
         .await
         .unwrap();
@@ -379,8 +403,8 @@ pub async fn prepare(app: &TestApp, tokens: &Tokens) -> String {
             .await
             .unwrap();
         if v["status"] == "CONFIRMED" {
-            assert_eq!(v["user_id"], "alice", "placed without user_id: the order is the signed-in customer's");
-            return id;
+            assert_eq!(v["user_id"], prepared.alice, "placed without user_id: the order is the signed-in customer's");
+            return Prepared { alice_order: id, ..prepared };
         }
         assert!(started.elapsed() < std::time::Duration::from_secs(60), "alice's order never confirmed: {v}");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;

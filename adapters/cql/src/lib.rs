@@ -139,12 +139,13 @@ pub async fn connect(contact_points: &[String]) -> Result<CqlStore> {
 
 /// Connects, applies the schema (idempotent) and prepares every statement.
 pub async fn connect_and_migrate(contact_points: &[String]) -> Result<CqlStore> {
-    connect_and_migrate_session(session(contact_points).await?).await
+    connect_and_migrate_session(session(contact_points).await?, schema::DEFAULT_REPLICATION).await
 }
 
-/// Applies the schema (idempotent) on an open session and prepares every statement.
-pub async fn connect_and_migrate_session(session: Session) -> Result<CqlStore> {
-    migrate(&session).await?;
+/// Applies the schema (idempotent) on an open session, creating missing keyspaces with `replication` (a
+/// CQL replication map), and prepares every statement.
+pub async fn connect_and_migrate_session(session: Session, replication: &str) -> Result<CqlStore> {
+    schema::migrate_with_replication(&session, replication).await?;
     CqlStore::new(session).await
 }
 

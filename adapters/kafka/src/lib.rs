@@ -46,6 +46,9 @@ pub struct KafkaOptions {
     pub bootstrap: Vec<String>,
     /// Replication factor of the topics orderflow creates (use 3 on a real cluster).
     pub replication_factor: i32,
+    /// `min.insync.replicas` of the topics orderflow creates (2 with 3 replicas, so that an
+    /// acknowledged record survives one broker's loss); `None`: the broker's default.
+    pub min_insync_replicas: Option<i32>,
 }
 
 /// The Kafka adapter of the bus port.
@@ -171,10 +174,19 @@ impl KafkaBus {
             .set("bootstrap.servers", self.options.bootstrap.join(","))
             .create()
             .map_err(unavailable)?;
+        let min_insync = self.options.min_insync_replicas.map(|n| n.to_string());
         let new: Vec<NewTopic<'_>> = topics::ALL
             .iter()
             .map(|t| {
-                NewTopic::new(t.name, i32::from(t.partitions), TopicReplication::Fixed(self.options.replication_factor))
+                let topic = NewTopic::new(
+                    t.name,
+                    i32::from(t.partitions),
+                    TopicReplication::Fixed(self.options.replication_factor),
+                );
+                match &min_insync {
+                    Some(n) => topic.set("min.insync.replicas", n),
+                    None => topic,
+                }
             })
             .collect();
         let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));

@@ -9,7 +9,9 @@ use orderflow_platform::conformance::{bus, real_engine};
 
 async fn kafka() -> Option<Arc<dyn Bus>> {
     let addr = real_engine("ORDERFLOW_TEST_KAFKA")?;
-    let bus = KafkaBus::connect(KafkaOptions { bootstrap: vec![addr], replication_factor: 1 }).expect("connect");
+    let bus =
+        KafkaBus::connect(KafkaOptions { bootstrap: vec![addr], replication_factor: 1, min_insync_replicas: None })
+            .expect("connect");
     bus.ensure_topics().await.expect("Kafka answers and topics exist");
     Some(Arc::new(bus))
 }
@@ -45,8 +47,12 @@ checks!(
 async fn readiness_fails_fast_when_no_broker_answers() {
     // A port nothing listens on: bound, then closed.
     let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
-    let bus = KafkaBus::connect(KafkaOptions { bootstrap: vec![format!("127.0.0.1:{port}")], replication_factor: 1 })
-        .expect("connect");
+    let bus = KafkaBus::connect(KafkaOptions {
+        bootstrap: vec![format!("127.0.0.1:{port}")],
+        replication_factor: 1,
+        min_insync_replicas: None,
+    })
+    .expect("connect");
     let started = std::time::Instant::now();
     assert!(bus.ready().await.is_err(), "no broker, yet ready");
     assert!(started.elapsed() < std::time::Duration::from_secs(4), "took {:?}", started.elapsed());
