@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use orderflow_platform::backend::{BackendError, BackendOptions, BackendUrl, Backends, CqlReplication};
+use orderflow_platform::backend::{BackendError, BackendOptions, BackendUrl, Backends, CqlReplication, Namespace};
 use orderflow_platform::bus::limits::LimitedBus;
 use orderflow_platform::store::Stores;
 
@@ -74,7 +74,11 @@ pub async fn open_waiting(
 }
 
 /// Applies the CQL schema (keyspaces and tables) idempotently: `orderflow migrate`.
-pub async fn migrate_cql(store: &BackendUrl, replication: &CqlReplication) -> Result<(), BackendError> {
+pub async fn migrate_cql(
+    store: &BackendUrl,
+    replication: &CqlReplication,
+    namespace: Option<&Namespace>,
+) -> Result<(), BackendError> {
     let BackendUrl::Scylla(points) = store else {
         return Err(BackendError::WrongRole {
             what: "this store",
@@ -83,7 +87,8 @@ pub async fn migrate_cql(store: &BackendUrl, replication: &CqlReplication) -> Re
         });
     };
     let session = orderflow_cql::session(points).await.map_err(|e| BackendError::Cql(e.to_string()))?;
-    orderflow_cql::schema::migrate_with_replication(&session, &replication.to_cql())
+    let keyspaces = orderflow_cql::keyspaces::Keyspaces::new(namespace.map(Namespace::as_str));
+    orderflow_cql::schema::migrate_in(&session, &replication.to_cql(), &keyspaces)
         .await
         .map_err(|e| BackendError::Cql(e.to_string()))
 }
@@ -94,10 +99,11 @@ async fn cql_stores(points: &[String], options: &BackendOptions) -> Result<Store
         url: points.join(","),
         reason: e.to_string(),
     })?;
+    let keyspaces = orderflow_cql::keyspaces::Keyspaces::new(options.namespace.as_ref().map(Namespace::as_str));
     let opened = if options.migrate_cql {
-        orderflow_cql::connect_and_migrate_session(session, &options.cql_replication.to_cql()).await
+        orderflow_cql::connect_and_migrate_in(session, &options.cql_replication.to_cql(), keyspaces).await
     } else {
-        orderflow_cql::CqlStore::new(session).await
+        orderflow_cql::CqlStore::new_in(session, keyspaces).await
     };
     match opened {
         Ok(store) => Ok(Arc::new(
@@ -126,6 +132,7 @@ async fn kafka_bus(hosts: &[String], options: &BackendOptions) -> Result<orderfl
         bootstrap: hosts.to_vec(),
         replication_factor: options.kafka_replication_factor,
         min_insync_replicas: options.kafka_min_insync_replicas,
+        namespace: options.namespace.as_ref().map(|n| n.as_str().to_owned()),
     })
     .map_err(|e| BackendError::Kafka(e.to_string()))?;
     bus.ensure_topics().await.map_err(|e| BackendError::Unreachable {

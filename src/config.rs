@@ -10,7 +10,7 @@ use orderflow_identity::http::Authenticator;
 use orderflow_identity::{AdminToken, AuthMode, JwtConfig, JwtVerifier, Secret};
 use orderflow_ingest::rate_limit::{OrderRateLimit, RateLimitKey};
 use orderflow_platform::BackendUrl;
-use orderflow_platform::backend::{BackendOptions, CqlReplication, EmbeddedMemory};
+use orderflow_platform::backend::{BackendOptions, CqlReplication, EmbeddedMemory, Namespace};
 use orderflow_platform::bus::limits::{DEFAULT_MAX_RECORD_BYTES, RecordLimits};
 use orderflow_processors::payment::SimulatedRules;
 use orderflow_processors::runtime::ProcessorSettings;
@@ -109,6 +109,11 @@ pub struct Settings {
     /// broker's default.
     #[arg(long, env = "ORDERFLOW_KAFKA_MIN_INSYNC_REPLICAS", global = true)]
     pub kafka_min_insync_replicas: Option<i32>,
+
+    /// This deployment's namespace on a shared Kafka and CQL cluster (1-16 of `a-z0-9_`): topics and
+    /// consumer groups become `<namespace>.<name>`, keyspaces `<namespace>_<name>`. Unset: the plain names.
+    #[arg(long, env = "ORDERFLOW_NAMESPACE", value_parser = Namespace::parse, global = true)]
+    pub namespace: Option<Namespace>,
 
     /// In production, accept Kafka topics or CQL keyspaces with fewer than 3 replicas.
     #[arg(long, env = "ORDERFLOW_ALLOW_LOW_REPLICATION", global = true)]
@@ -400,6 +405,7 @@ impl Settings {
             kafka_replication_factor: self.kafka_replication_factor,
             kafka_min_insync_replicas: self.kafka_min_insync_replicas,
             cql_replication: self.cql_replication.clone(),
+            namespace: self.namespace.clone(),
             migrate_cql: false,
             embedded_memory: EmbeddedMemory {
                 cache_mib: self.cache_mib,

@@ -83,7 +83,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Topics => return orderflow::tools::topics(&cli.settings).await,
         Command::Migrate => {
             cli.settings.check_replication()?;
-            orderflow::backend::migrate_cql(&cli.settings.store, &cli.settings.cql_replication).await?;
+            let s = &cli.settings;
+            orderflow::backend::migrate_cql(&s.store, &s.cql_replication, s.namespace.as_ref()).await?;
             println!(
                 "CQL schema applied to {} (new keyspaces replicated: {})",
                 cli.settings.store, cli.settings.cql_replication

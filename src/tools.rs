@@ -16,15 +16,18 @@ fn kafka(settings: &Settings) -> anyhow::Result<KafkaBus> {
         bootstrap: hosts.clone(),
         replication_factor: settings.kafka_replication_factor,
         min_insync_replicas: settings.kafka_min_insync_replicas,
+        namespace: settings.namespace.as_ref().map(|n| n.as_str().to_owned()),
     })?)
 }
 
 /// `orderflow topics`: creates missing topics and prints every topic with its partitions and key.
 pub async fn topics(settings: &Settings) -> anyhow::Result<()> {
-    let created = kafka(settings)?.ensure_topics().await?;
+    let bus = kafka(settings)?;
+    let created = bus.ensure_topics().await?;
     for t in topics::ALL {
-        let mark = if created.iter().any(|c| c == t.name) { "created" } else { "exists" };
-        println!("{:<32} partitions={:<3} key={:<18} {mark}", t.name, t.partitions, t.key);
+        let name = bus.options().physical(t.name);
+        let mark = if created.contains(&name) { "created" } else { "exists" };
+        println!("{name:<32} partitions={:<3} key={:<18} {mark}", t.partitions, t.key);
     }
     Ok(())
 }

@@ -26,6 +26,7 @@ async fn start(dir: &std::path::Path) -> App {
         cql_replication: Default::default(),
         kafka_min_insync_replicas: None,
         allow_low_replication: false,
+        namespace: None,
         auth_jwks: None,
         auth_issuer: None,
         auth_audience: None,

@@ -94,6 +94,8 @@ pub struct BackendOptions {
     pub kafka_min_insync_replicas: Option<i32>,
     /// How the keyspaces the CQL migration creates are replicated.
     pub cql_replication: CqlReplication,
+    /// The deployment's namespace on a shared Kafka and CQL cluster (`None`: the plain names).
+    pub namespace: Option<Namespace>,
     /// fsync every write (survives power loss, slower). Off: every write reaches the OS before it is
     /// acknowledged, which survives a crash or `kill -9` of the process, and the journal is synced in
     /// the background.
@@ -136,6 +138,31 @@ pub const DEFAULT_CQL_WRITE_GROUP: usize = 64;
 
 /// Default of [`BackendOptions::owned_order_entries`]: about 20 MB of orders at 2 KB each.
 pub const DEFAULT_OWNED_ORDER_ENTRIES: u64 = 10_000;
+
+/// A deployment's namespace (`--namespace`): 1-16 of `[a-z0-9_]`. On Kafka every topic and consumer group
+/// is `<namespace>.<name>`, on CQL every keyspace `<namespace>_<name>`, so that several deployments
+/// (staging, production, tenants) share one cluster without taking each other's records or rows. The
+/// embedded backends need none: a deployment is its data directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Namespace(String);
+
+impl Namespace {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let ok =
+            (1..=16).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if ok { Ok(Self(s.to_owned())) } else { Err(format!("{s:?}: a namespace is 1-16 of a-z, 0-9 and _")) }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Namespace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
 
 /// How CQL keyspaces are replicated when the migration creates them (an existing keyspace keeps its
 /// replication: change it with `ALTER KEYSPACE` and a repair).
@@ -219,6 +246,7 @@ impl Default for BackendOptions {
             kafka_replication_factor: 1,
             kafka_min_insync_replicas: None,
             cql_replication: CqlReplication::default(),
+            namespace: None,
             sync_writes: false,
             migrate_cql: false,
             embedded_memory: EmbeddedMemory::default(),

@@ -31,6 +31,7 @@ pub fn settings(data_dir: &Path) -> Settings {
         cql_replication: Default::default(),
         kafka_min_insync_replicas: None,
         allow_low_replication: false,
+        namespace: None,
         auth_jwks: None,
         auth_issuer: None,
         auth_audience: None,

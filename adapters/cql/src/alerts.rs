@@ -3,10 +3,9 @@
 //! (the all-SKU feed). See inventory.cql for the layout.
 
 use orderflow_schemas::{Sku, StockAlert, StockAlertKind, now_ms};
-use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
 
-use super::{CqlStore, corrupt, prepare, to_i64, to_u64};
+use super::{CqlStore, Scope, corrupt, prepare, to_i64, to_u64};
 use orderflow_platform::store::{ALERT_LISTING_DAYS, Fence, Result};
 
 /// Newest alert rows read per SKU when looking for unpublished ones: alerts are published right after they
@@ -24,7 +23,7 @@ pub(super) struct Statements {
 }
 
 impl Statements {
-    pub(super) async fn prepare(s: &Session) -> Result<Self> {
+    pub(super) async fn prepare(s: &Scope<'_>) -> Result<Self> {
         Ok(Self {
             recent: prepare(
                 s,

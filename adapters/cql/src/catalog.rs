@@ -8,11 +8,10 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use futures::future::try_join_all;
 use orderflow_schemas::{Attributes, Category, Money, Product, ProductSummary, Sku};
-use scylla::client::session::Session;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 
-use super::{CqlStore, Lwt, MAX_UNKNOWN_RETRIES, batch, corrupt, prepare, serial, to_i64, to_u64};
+use super::{CqlStore, Lwt, MAX_UNKNOWN_RETRIES, Scope, batch, corrupt, prepare, serial, to_i64, to_u64};
 use orderflow_platform::store::{CatalogStore, CatalogViewStore, Page, ProductWrite, Projected, Result, StoreError};
 
 /// The listing's only shard (see catalog.cql).
@@ -40,7 +39,7 @@ pub(super) struct Statements {
 }
 
 impl Statements {
-    pub(super) async fn prepare(s: &Session) -> Result<Self> {
+    pub(super) async fn prepare(s: &Scope<'_>) -> Result<Self> {
         let get = prepare(s, &format!("SELECT {PRODUCT_COLUMNS} FROM orderflow_catalog.products WHERE sku = ?"), true)
             .await?;
         let set = "SET name = ?, description = ?, price_cents = ?, category = ?, attributes = ?, archived = ?, \

@@ -3,10 +3,9 @@
 
 use async_trait::async_trait;
 use orderflow_schemas::now_ms;
-use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
 
-use super::{CqlStore, Lwt, MAX_CAS_ROUNDS, backoff, prepare, serial, to_i64, to_u64};
+use super::{CqlStore, Lwt, MAX_CAS_ROUNDS, Scope, backoff, prepare, serial, to_i64, to_u64};
 use orderflow_platform::store::{EpochStore, Result, StoreError};
 
 pub(super) struct Statements {
@@ -16,7 +15,7 @@ pub(super) struct Statements {
 }
 
 impl Statements {
-    pub(super) async fn prepare(s: &Session) -> Result<Self> {
+    pub(super) async fn prepare(s: &Scope<'_>) -> Result<Self> {
         let get = prepare(
             s,
             "SELECT epoch, owner FROM orderflow_fencing.partition_epochs \

@@ -3,10 +3,9 @@
 
 use async_trait::async_trait;
 use orderflow_schemas::{OrderId, Quantity, Sku, UserId};
-use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
 
-use super::{CqlStore, corrupt, prepare};
+use super::{CqlStore, Scope, corrupt, prepare};
 use orderflow_platform::store::{Fence, Result, Shipment, ShipmentStore};
 
 pub(super) struct Statements {
@@ -15,7 +14,7 @@ pub(super) struct Statements {
 }
 
 impl Statements {
-    pub(super) async fn prepare(s: &Session) -> Result<Self> {
+    pub(super) async fn prepare(s: &Scope<'_>) -> Result<Self> {
         let get = prepare(
             s,
             "SELECT order_id, shipment_id, user_id, lines, created_at_ms FROM orderflow_fulfillment.shipments_v2 \

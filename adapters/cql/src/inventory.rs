@@ -16,12 +16,11 @@ use std::collections::{HashMap, HashSet};
 use async_trait::async_trait;
 use futures::future::try_join_all;
 use orderflow_schemas::{OrderId, Sku, StockAlert, StockLevel, now_ms};
-use scylla::client::session::Session;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::CqlValue;
 
-use super::{CqlStore, corrupt, prepare, to_i64, to_u64};
+use super::{CqlStore, Scope, corrupt, prepare, to_i64, to_u64};
 use orderflow_platform::store::{
     Adjustment, Fence, Hold, InventoryStore, LowStock, Reservation, ReservationEnd, Result, StockError, StockMovement,
     StockRefusal, StoreError,
@@ -46,7 +45,7 @@ pub(super) struct Statements {
 const STATICS: &str = "available, reserved, sold, threshold, low, crossings, applied_at";
 
 impl Statements {
-    pub(super) async fn prepare(s: &Session) -> Result<Self> {
+    pub(super) async fn prepare(s: &Scope<'_>) -> Result<Self> {
         Ok(Self {
             read: prepare(
                 s,

@@ -27,6 +27,7 @@ mod catalog;
 mod fencing;
 mod fulfillment;
 mod inventory;
+pub mod keyspaces;
 mod orders;
 mod payments;
 pub mod schema;
@@ -145,8 +146,17 @@ pub async fn connect_and_migrate(contact_points: &[String]) -> Result<CqlStore> 
 /// Applies the schema (idempotent) on an open session, creating missing keyspaces with `replication` (a
 /// CQL replication map), and prepares every statement.
 pub async fn connect_and_migrate_session(session: Session, replication: &str) -> Result<CqlStore> {
-    schema::migrate_with_replication(&session, replication).await?;
-    CqlStore::new(session).await
+    connect_and_migrate_in(session, replication, keyspaces::Keyspaces::default()).await
+}
+
+/// [`connect_and_migrate_session`] for the keyspaces of a namespace.
+pub async fn connect_and_migrate_in(
+    session: Session,
+    replication: &str,
+    keyspaces: keyspaces::Keyspaces,
+) -> Result<CqlStore> {
+    schema::migrate_in(&session, replication, &keyspaces).await?;
+    CqlStore::new_in(session, keyspaces).await
 }
 
 impl CqlStore {
@@ -166,15 +176,21 @@ impl CqlStore {
 
     /// Prepares every statement on `session` (whose cluster must already have the schema).
     pub async fn new(session: Session) -> Result<CqlStore> {
-        refuse_earlier_format(&session).await?;
+        Self::new_in(session, keyspaces::Keyspaces::default()).await
+    }
+
+    /// [`CqlStore::new`] on the keyspaces of a namespace.
+    pub async fn new_in(session: Session, keyspaces: keyspaces::Keyspaces) -> Result<CqlStore> {
+        schema::refuse_earlier_format_in(&session, &keyspaces).await?;
+        let scope = Scope { session: &session, keyspaces: &keyspaces };
         Ok(CqlStore {
-            catalog: catalog::Statements::prepare(&session).await?,
-            inventory: inventory::Statements::prepare(&session).await?,
-            alerts: alerts::Statements::prepare(&session).await?,
-            orders: orders::Statements::prepare(&session).await?,
-            payments: payments::Statements::prepare(&session).await?,
-            fulfillment: fulfillment::Statements::prepare(&session).await?,
-            fencing: fencing::Statements::prepare(&session).await?,
+            catalog: catalog::Statements::prepare(&scope).await?,
+            inventory: inventory::Statements::prepare(&scope).await?,
+            alerts: alerts::Statements::prepare(&scope).await?,
+            orders: orders::Statements::prepare(&scope).await?,
+            payments: payments::Statements::prepare(&scope).await?,
+            fulfillment: fulfillment::Statements::prepare(&scope).await?,
+            fencing: fencing::Statements::prepare(&scope).await?,
             sweep_floors: orderflow_platform::store::SweepFloors::default(),
             owner_states: orders::OwnerStates::new(orderflow_platform::backend::DEFAULT_OWNED_ORDER_ENTRIES),
             clean_skus: alerts::CleanSkus::new(),
@@ -295,11 +311,21 @@ fn corrupt(e: impl fmt::Display) -> StoreError {
     StoreError::Corrupt(e.to_string())
 }
 
+/// Where statements are prepared: the session, and the deployment's keyspace names.
+struct Scope<'a> {
+    session: &'a Session,
+    keyspaces: &'a keyspaces::Keyspaces,
+}
+
 /// Prepares a statement that runs at the session's default (LOCAL_QUORUM). `idempotent` only for reads and
 /// plain upserts/deletes, which the driver may then retry; never for an LWT.
-async fn prepare(session: &Session, cql: &str, idempotent: bool) -> Result<PreparedStatement> {
-    let mut stmt =
-        session.prepare(cql).await.map_err(|e| StoreError::Unavailable(format!("cannot prepare `{cql}`: {e}")))?;
+async fn prepare(scope: &Scope<'_>, cql: &str, idempotent: bool) -> Result<PreparedStatement> {
+    let cql = scope.keyspaces.qualify(cql);
+    let mut stmt = scope
+        .session
+        .prepare(cql.as_str())
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("cannot prepare `{cql}`: {e}")))?;
     stmt.set_is_idempotent(idempotent);
     Ok(stmt)
 }

@@ -9,12 +9,11 @@ use async_trait::async_trait;
 use futures::future::try_join_all;
 use futures::{StreamExt, TryStreamExt, stream};
 use orderflow_schemas::{EventId, Order, OrderId, OrderStatus, now_ms};
-use scylla::client::session::Session;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::CqlValue;
 
-use super::{CqlStore, Lwt, MAX_UNKNOWN_RETRIES, corrupt, prepare, serial, to_u64, unavailable};
+use super::{CqlStore, Lwt, MAX_UNKNOWN_RETRIES, Scope, corrupt, prepare, serial, to_u64, unavailable};
 use orderflow_platform::bus::BusRecord;
 use orderflow_platform::store::{
     Applied, Fence, Inserted, OrderFilter, OrderStats, OrderStore, Page, Result, Stalled, StoreError, Transition,
@@ -110,7 +109,7 @@ struct IndexQueries {
 }
 
 impl IndexQueries {
-    async fn prepare(s: &Session, table: &str, partition: &str) -> Result<Self> {
+    async fn prepare(s: &Scope<'_>, table: &str, partition: &str) -> Result<Self> {
         let base = format!("SELECT placed_at_ms, order_id FROM orderflow_orders.{table} WHERE {partition}");
         Ok(Self {
             head: paged(prepare(s, &base, true).await?),
@@ -153,7 +152,7 @@ pub(super) struct Statements {
 }
 
 impl Statements {
-    pub(super) async fn prepare(s: &Session) -> Result<Self> {
+    pub(super) async fn prepare(s: &Scope<'_>) -> Result<Self> {
         let doc = prepare(
             s,
             // DISTINCT: only the partition's static cells (the order), not its first event row and outputs.

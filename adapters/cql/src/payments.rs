@@ -4,10 +4,9 @@
 
 use async_trait::async_trait;
 use orderflow_schemas::{Money, OrderId};
-use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
 
-use super::{CqlStore, corrupt, prepare};
+use super::{CqlStore, Scope, corrupt, prepare};
 use orderflow_platform::store::{Fence, PaymentRecord, PaymentStore, ProviderEntry, Result, StoreError};
 
 pub(super) struct Statements {
@@ -19,7 +18,7 @@ pub(super) struct Statements {
 }
 
 impl Statements {
-    pub(super) async fn prepare(s: &Session) -> Result<Self> {
+    pub(super) async fn prepare(s: &Scope<'_>) -> Result<Self> {
         let get = prepare(
             s,
             "SELECT kind, charge_id, refund_id, amount_cents, reason FROM orderflow_payments.payments_v2 \

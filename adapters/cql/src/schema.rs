@@ -4,6 +4,7 @@
 //! instance), not from every instance at once, since concurrent schema changes are what makes a cluster's
 //! schema disagree.
 
+use crate::keyspaces::Keyspaces;
 use scylla::client::session::Session;
 
 use orderflow_platform::store::{Result, StoreError};
@@ -31,10 +32,15 @@ pub async fn migrate(session: &Session) -> Result<()> {
 /// `{'class': 'NetworkTopologyStrategy', 'dc1': 3}` for production. A keyspace that already exists keeps its
 /// replication: change it with `ALTER KEYSPACE ... WITH replication = ...` and then run a full repair.
 pub async fn migrate_with_replication(session: &Session, replication: &str) -> Result<()> {
-    refuse_earlier_format(session).await?;
+    migrate_in(session, replication, &Keyspaces::default()).await
+}
+
+/// [`migrate_with_replication`] for the keyspaces of a namespace (see [`Keyspaces`]).
+pub async fn migrate_in(session: &Session, replication: &str, keyspaces: &Keyspaces) -> Result<()> {
+    refuse_earlier_format_in(session, keyspaces).await?;
     for (file, text) in FILES {
         for stmt in statements(text) {
-            let stmt = stmt.replace(DEFAULT_REPLICATION, replication);
+            let stmt = keyspaces.qualify(&stmt.replace(DEFAULT_REPLICATION, replication));
             if let Some((keyspace, table, column)) = added_column(&stmt)
                 && column_exists(session, keyspace, table, column).await?
             {
@@ -81,7 +87,14 @@ const EARLIER_FORMAT_TABLES: [(&str, &str, &str); 4] = [
 /// Refuses a cluster whose keyspaces were written by an earlier orderflow in a stored format this version
 /// cannot read, with what to do about it, instead of running on a mix of both formats.
 pub async fn refuse_earlier_format(session: &Session) -> Result<()> {
+    refuse_earlier_format_in(session, &Keyspaces::default()).await
+}
+
+/// [`refuse_earlier_format`] for the keyspaces of a namespace.
+pub async fn refuse_earlier_format_in(session: &Session, keyspaces: &Keyspaces) -> Result<()> {
     for (keyspace, table, what_to_do) in EARLIER_FORMAT_TABLES {
+        let keyspace = keyspaces.name(keyspace);
+        let keyspace = keyspace.as_str();
         let result = session
             .query_unpaged(
                 "SELECT table_name FROM system_schema.tables WHERE keyspace_name = ? AND table_name = ?",

@@ -49,6 +49,28 @@ pub struct KafkaOptions {
     /// `min.insync.replicas` of the topics orderflow creates (2 with 3 replicas, so that an
     /// acknowledged record survives one broker's loss); `None`: the broker's default.
     pub min_insync_replicas: Option<i32>,
+    /// The deployment's namespace: every topic and consumer group on the cluster is `<namespace>.<name>`,
+    /// so that several deployments share one cluster without taking each other's records. The rest of
+    /// orderflow speaks the names of [`topics`]; this adapter alone adds and strips the prefix.
+    pub namespace: Option<String>,
+}
+
+impl KafkaOptions {
+    /// The name on the cluster of the topic or group `name`.
+    pub fn physical(&self, name: &str) -> String {
+        match &self.namespace {
+            Some(ns) => format!("{ns}.{name}"),
+            None => name.to_owned(),
+        }
+    }
+
+    /// The orderflow name of the cluster's topic `physical` (the namespace taken off).
+    fn logical<'a>(&self, physical: &'a str) -> &'a str {
+        match &self.namespace {
+            Some(ns) => physical.strip_prefix(ns.as_str()).and_then(|t| t.strip_prefix('.')).unwrap_or(physical),
+            None => physical,
+        }
+    }
 }
 
 /// The Kafka adapter of the bus port.
@@ -168,18 +190,25 @@ impl KafkaBus {
         })
     }
 
-    /// Creates every topic of [`topics::ALL`] that does not exist yet; returns the names created.
+    /// The settings it was made with.
+    pub fn options(&self) -> &KafkaOptions {
+        &self.options
+    }
+
+    /// Creates every topic of [`topics::ALL`] that does not exist yet; returns the names created (as
+    /// the cluster names them: with the namespace).
     pub async fn ensure_topics(&self) -> Result<Vec<String>, BusError> {
         let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
             .set("bootstrap.servers", self.options.bootstrap.join(","))
             .create()
             .map_err(unavailable)?;
         let min_insync = self.options.min_insync_replicas.map(|n| n.to_string());
-        let new: Vec<NewTopic<'_>> = topics::ALL
+        let names: Vec<(String, Topic)> = topics::ALL.iter().map(|t| (self.options.physical(t.name), *t)).collect();
+        let new: Vec<NewTopic<'_>> = names
             .iter()
-            .map(|t| {
+            .map(|(name, t)| {
                 let topic = NewTopic::new(
-                    t.name,
+                    name,
                     i32::from(t.partitions),
                     TopicReplication::Fixed(self.options.replication_factor),
                 );
@@ -209,12 +238,13 @@ impl KafkaBus {
     /// Without an answer, keys of the topic have no known partition: nothing breaks, owners just read more.
     async fn learn_partition_count(&self, topic: Topic) {
         let producer = self.producer.clone();
+        let physical = self.options.physical(topic.name);
         // `fetch_metadata` blocks its thread until the broker answers or the timeout passes.
         let metadata = tokio::task::spawn_blocking(move || {
             producer
                 .client()
-                .fetch_metadata(Some(topic.name), Timeout::After(PROGRESS_TIMEOUT))
-                .map(|m| m.topics().iter().find(|t| t.name() == topic.name).map(|t| t.partitions().len()))
+                .fetch_metadata(Some(&physical), Timeout::After(PROGRESS_TIMEOUT))
+                .map(|m| m.topics().iter().find(|t| t.name() == physical).map(|t| t.partitions().len()))
         })
         .await;
         match metadata {
@@ -245,7 +275,7 @@ impl KafkaBus {
         }
         let client: BaseConsumer<QuietLogs> = ClientConfig::new()
             .set("bootstrap.servers", self.options.bootstrap.join(","))
-            .set("group.id", group)
+            .set("group.id", self.options.physical(group))
             .set("enable.auto.commit", "false")
             .create_with_context(QuietLogs::default())
             .map_err(unavailable)?;
@@ -257,7 +287,7 @@ impl KafkaBus {
     fn consumer(&self, group: &str, context: Assignments) -> Result<GroupConsumer, BusError> {
         ClientConfig::new()
             .set("bootstrap.servers", self.options.bootstrap.join(","))
-            .set("group.id", group)
+            .set("group.id", self.options.physical(group))
             .set("enable.auto.commit", "true")
             .set("auto.commit.interval.ms", "1000")
             // Offsets are stored by the worker after the handler returned, never before.
@@ -327,7 +357,7 @@ impl ConsumerContext for Assignments {
     }
 }
 
-fn delivery_of(msg: &OwnedMessage, assignment: &Assignment) -> Delivery {
+fn delivery_of(msg: &OwnedMessage, assignment: &Assignment, options: &KafkaOptions) -> Delivery {
     let headers = msg
         .headers()
         .map(|h| {
@@ -339,7 +369,7 @@ fn delivery_of(msg: &OwnedMessage, assignment: &Assignment) -> Delivery {
         })
         .unwrap_or_default();
     Delivery {
-        topic: msg.topic().to_owned(),
+        topic: options.logical(msg.topic()).to_owned(),
         partition: u32::try_from(msg.partition()).unwrap_or(0),
         offset: u64::try_from(msg.offset()).unwrap_or(0),
         key: String::from_utf8_lossy(msg.key().unwrap_or_default()).into_owned(),
@@ -380,7 +410,7 @@ async fn partition_worker(
         if stop.is_cancelled() {
             return;
         }
-        let batch: Vec<Delivery> = msgs.iter().map(|m| delivery_of(m, &assignment)).collect();
+        let batch: Vec<Delivery> = msgs.iter().map(|m| delivery_of(m, &assignment, &bus.options)).collect();
         match policy::handle_batch_with_policy(&bus, &group, handler.as_ref(), &batch, stop).await {
             Ok(()) => {
                 // rdkafka's `store_offset` calls librdkafka's legacy `rd_kafka_offset_store`, which
@@ -413,9 +443,10 @@ impl Bus for KafkaBus {
             return answer.clone().map_err(BusError::Unavailable);
         }
         let producer = self.producer.clone();
+        let orders = self.options.physical(topics::ORDERS.name);
         // `fetch_metadata` blocks its thread until the broker answers or the timeout passes.
         let probe = tokio::task::spawn_blocking(move || {
-            producer.client().fetch_metadata(Some(topics::ORDERS.name), Timeout::After(READY_TIMEOUT))
+            producer.client().fetch_metadata(Some(&orders), Timeout::After(READY_TIMEOUT))
         })
         .await;
         let answer = match probe {
@@ -434,18 +465,19 @@ impl Bus for KafkaBus {
         topic: Topic,
     ) -> Result<Vec<orderflow_platform::bus::PartitionProgress>, BusError> {
         let client = self.progress_client(group)?;
+        let name = self.options.physical(topic.name);
         tokio::task::spawn_blocking(move || {
             let mut wanted = TopicPartitionList::new();
             for p in 0..topic.partitions {
-                wanted.add_partition(topic.name, i32::from(p));
+                wanted.add_partition(&name, i32::from(p));
             }
             let committed = client.committed_offsets(wanted, Timeout::After(PROGRESS_TIMEOUT)).map_err(unavailable)?;
             let mut out = Vec::with_capacity(usize::from(topic.partitions));
             for partition in 0..topic.partitions {
                 let (_, high) = client
-                    .fetch_watermarks(topic.name, i32::from(partition), Timeout::After(PROGRESS_TIMEOUT))
+                    .fetch_watermarks(&name, i32::from(partition), Timeout::After(PROGRESS_TIMEOUT))
                     .map_err(unavailable)?;
-                let at = committed.find_partition(topic.name, i32::from(partition)).map(|e| e.offset());
+                let at = committed.find_partition(&name, i32::from(partition)).map(|e| e.offset());
                 let committed = match at {
                     Some(Offset::Offset(o)) => u64::try_from(o).unwrap_or(0),
                     _ => 0,
@@ -472,8 +504,10 @@ impl Bus for KafkaBus {
     }
 
     async fn publish(&self, records: Vec<BusRecord>) -> Result<(), BusError> {
+        // The cluster's names, declared first: the sends below borrow them until they complete.
+        let names: Vec<String> = records.iter().map(|r| self.options.physical(&r.topic)).collect();
         let mut pending = Vec::with_capacity(records.len());
-        for r in &records {
+        for (r, name) in records.iter().zip(&names) {
             if !topics::ALL.iter().any(|t| t.name == r.topic) {
                 return Err(BusError::UnknownTopic(r.topic.clone()));
             }
@@ -481,7 +515,7 @@ impl Bus for KafkaBus {
             for (k, v) in &r.headers {
                 headers = headers.insert(Header { key: k, value: Some(v.as_bytes()) });
             }
-            let record = FutureRecord::to(&r.topic).key(&r.key).payload(&r.payload).headers(headers);
+            let record = FutureRecord::to(name).key(&r.key).payload(&r.payload).headers(headers);
             pending.push(self.producer.send(record, Timeout::After(PUBLISH_TIMEOUT)));
         }
         for outcome in futures::future::join_all(pending).await {
@@ -503,7 +537,7 @@ impl Bus for KafkaBus {
         shutdown: CancellationToken,
     ) -> Result<(), BusError> {
         let consumer = Arc::new(self.consumer(group, Assignments::new(shutdown.clone()))?);
-        consumer.subscribe(&[topic.name]).map_err(unavailable)?;
+        consumer.subscribe(&[&self.options.physical(topic.name)]).map_err(unavailable)?;
         self.learn_partition_count(topic).await;
         // One worker per partition and assignment: a partition assigned again gets a fresh worker.
         let mut workers: HashMap<i32, (u64, mpsc::Sender<OwnedMessage>)> = HashMap::new();

@@ -9,9 +9,13 @@ use orderflow_platform::conformance::{bus, real_engine};
 
 async fn kafka() -> Option<Arc<dyn Bus>> {
     let addr = real_engine("ORDERFLOW_TEST_KAFKA")?;
-    let bus =
-        KafkaBus::connect(KafkaOptions { bootstrap: vec![addr], replication_factor: 1, min_insync_replicas: None })
-            .expect("connect");
+    let bus = KafkaBus::connect(KafkaOptions {
+        bootstrap: vec![addr],
+        replication_factor: 1,
+        min_insync_replicas: None,
+        namespace: None,
+    })
+    .expect("connect");
     bus.ensure_topics().await.expect("Kafka answers and topics exist");
     Some(Arc::new(bus))
 }
@@ -51,6 +55,7 @@ async fn readiness_fails_fast_when_no_broker_answers() {
         bootstrap: vec![format!("127.0.0.1:{port}")],
         replication_factor: 1,
         min_insync_replicas: None,
+        namespace: None,
     })
     .expect("connect");
     let started = std::time::Instant::now();
