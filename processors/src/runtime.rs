@@ -104,6 +104,7 @@ fn handler(role: Role, backends: &Backends, settings: &ProcessorSettings) -> Arc
             bus,
             fences: fences(),
             owned: Arc::clone(&s.owned_orders),
+            payments: Arc::clone(&s.payments),
         }),
         Role::Inventory => Arc::new(InventoryHandler { inventory: Arc::clone(&s.inventory), bus, fences: fences() }),
         Role::Payment => Arc::new(PaymentHandler {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use orderflow_platform::bus::{Bus, Delivery, Handler, HandlerError};
 use orderflow_platform::fencing::PartitionFences;
-use orderflow_platform::store::{Applied, Fence, OrderStore, OwnedOrders, Transition};
+use orderflow_platform::store::{Applied, Fence, OrderStore, OwnedOrders, PaymentRecord, PaymentStore, Transition};
 use orderflow_schemas::events::*;
 use orderflow_schemas::topics::{self, Topic};
 use orderflow_schemas::{Envelope, Event, EventId, Order, OrderStatus, Sku, TimelineEntry};
@@ -293,6 +293,8 @@ pub struct SagaHandler {
     pub fences: PartitionFences,
     /// Where the state this instance writes as an order's owner is kept for reads in this process.
     pub owned: Arc<OwnedOrders>,
+    /// The payments' store of record, which a capture is checked against before it confirms an order.
+    pub payments: Arc<dyn PaymentStore>,
 }
 
 impl std::fmt::Debug for SagaHandler {
@@ -319,6 +321,35 @@ struct Decided<'a> {
 }
 
 impl SagaHandler {
+    /// Whether `env` may be applied to `order`. An event that moves money is checked against the store
+    /// of record, not trusted because it is on the topic: a `PaymentCaptured` that would confirm an order
+    /// must name the charge the payments store holds for it, with the same amount. Anything else (a
+    /// record forged by whoever can write to the topic, or one for an order whose payment was declined)
+    /// is refused: logged, counted, and not applied; the order waits for its real outcome (and ends
+    /// `timed_out` if none comes).
+    async fn vouched(&self, order: &Order, env: &Envelope) -> Result<bool, HandlerError> {
+        let Event::PaymentCaptured(captured) = &env.body else { return Ok(true) };
+        if order.status != OrderStatus::Processing {
+            return Ok(true); // `decide` moves nothing on it, or pays it back (after a cancellation)
+        }
+        let vouched = match self.payments.payment(&order.id).await? {
+            Some(PaymentRecord::Captured { charge_id, amount } | PaymentRecord::Refunded { charge_id, amount, .. }) => {
+                charge_id == captured.charge_id && amount.cents() == captured.captured_cents
+            }
+            Some(PaymentRecord::Declined { .. }) | None => false,
+        };
+        if !vouched {
+            metrics::counter!("orderflow_events_refused_total", "event" => "PaymentCaptured").increment(1);
+            tracing::warn!(
+                order = %order.id,
+                charge = %captured.charge_id,
+                event_id = %env.event_id,
+                "a PaymentCaptured the payments store does not hold was refused (a forged or stray record)"
+            );
+        }
+        Ok(vouched)
+    }
+
     fn decode(delivery: &Delivery) -> Result<Envelope, HandlerError> {
         let env = crate::decode(&delivery.payload)?;
         if !belongs_on_orders_topic(&env.body) {
@@ -409,6 +440,11 @@ impl Handler for SagaHandler {
             }
             let fence = self.fence(delivery).await?;
             let order = self.orders.order_for_step(&env.order_id, fence).await?;
+            if let Some(o) = &order
+                && !self.vouched(o, &env).await?
+            {
+                continue;
+            }
             match order.and_then(|o| decide(&o, &env, orderflow_schemas::now_ms()).map(|d| (o.status, d))) {
                 Some((from, decision)) => run.push(Decided {
                     delivery,
@@ -434,6 +470,9 @@ impl Handler for SagaHandler {
             let Some(order) = self.orders.order_for_step(&env.order_id, fence).await? else {
                 return Err(HandlerError::Poison(format!("no order {}", env.order_id)));
             };
+            if !self.vouched(&order, &env).await? {
+                return Ok(());
+            }
             let Some(decision) = decide(&order, &env, orderflow_schemas::now_ms()) else {
                 tracing::debug!(order = %order.id, event = env.body.name(), status = %order.status, "event changes nothing");
                 if let Some(previous) = self.orders.seen(&order.id, env.event_id, fence).await? {

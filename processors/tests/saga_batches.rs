@@ -67,6 +67,7 @@ async fn saga(orders: &[Order]) -> (tempfile::TempDir, Stores, SagaHandler) {
         bus: Arc::clone(&backends.bus),
         fences: PartitionFences::new(Arc::clone(&backends.stores.epochs), "saga-batches"),
         owned: Arc::new(OwnedOrders::off()),
+        payments: Arc::clone(&backends.stores.payments),
     };
     (dir, backends.stores, handler)
 }

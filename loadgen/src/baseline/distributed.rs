@@ -25,7 +25,7 @@ pub struct Step {
 }
 
 /// One order through the pipeline on Kafka + CQL (happy path, one line), as `orderflow serve` runs it (every
-/// role in one process). Totals: 7 records produced, 9 plain writes holding 22 rows, 1 LWT, 5 reads. A plain write is counted as a request of its own, as
+/// role in one process). Totals: 7 records produced, 9 plain writes holding 22 rows, 1 LWT, 6 reads. A plain write is counted as a request of its own, as
 /// it goes out when nothing else is being written; under load the adapter sends the plain writes made at
 /// the same time as one request (`adapters/cql/src/writes.rs`), so fewer go out. Offsets are committed
 /// by librdkafka once a second per consumer, not per record, so they are not counted. Not counted either: the claim of a
@@ -74,14 +74,16 @@ pub const DISTRIBUTED_ORDER_PLAN: &[Step] = &[
         lwts: 0,
         reads: 2,
     },
-    // saga on PaymentCaptured: state from its own last write (no read); the fenced step with the status
-    // change CONFIRMED (row, PROCESSING deleted, processing time) in one batch of 5 rows; then CreateShipment.
+    // saga on PaymentCaptured: state from its own last write; the capture checked against the payments
+    // store of record (1 read: a record on the topic is not trusted, `SagaHandler::vouched`); the fenced
+    // step with the status change CONFIRMED (row, PROCESSING deleted, processing time) in one batch of 5
+    // rows; then CreateShipment.
     Step {
         step: "order saga: PaymentCaptured",
         produced: &[topics::FULFILLMENT.name],
         plain_writes: &[5],
         lwts: 0,
-        reads: 0,
+        reads: 1,
     },
     // fulfillment: read the shipment (none yet); the fenced shipment row; then ShipmentCreated.
     Step {
@@ -155,9 +157,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn one_order_is_7_records_22_plain_rows_in_9_writes_1_lwt_and_5_reads() {
+    fn one_order_is_7_records_22_plain_rows_in_9_writes_1_lwt_and_6_reads() {
         let t = totals(DISTRIBUTED_ORDER_PLAN);
-        assert_eq!(t, PlanTotals { messages: 7, plain_requests: 9, plain_rows: 22, lwts: 1, reads: 5 });
+        assert_eq!(t, PlanTotals { messages: 7, plain_requests: 9, plain_rows: 22, lwts: 1, reads: 6 });
         // Four of the seven records are replies to the order saga; one goes to each command topic.
         let to_orders = DISTRIBUTED_ORDER_PLAN.iter().flat_map(|s| s.produced).filter(|t| **t == topics::ORDERS.name);
         assert_eq!(to_orders.count(), 4);

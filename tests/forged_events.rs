@@ -1,0 +1,74 @@
+//! Events that move money are checked against the store of record, not trusted because they are on
+//! the topic: a forged `PaymentCaptured` (anyone who can write to the orders topic could send one)
+//! confirms nothing, neither while the order waits for its payment nor after the payment was declined.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::TestApp;
+use orderflow_platform::BusRecord;
+use orderflow_schemas::events::PaymentCaptured;
+use orderflow_schemas::{Envelope, EventId, OrderId, UserId, codec, topics};
+use serde_json::json;
+
+async fn forge_capture(app: &TestApp, order: &str, cents: i64) {
+    let env = Envelope::new(
+        EventId::random(),
+        OrderId::parse(order).unwrap(),
+        PaymentCaptured { charge_id: "ch_forged".into(), captured_cents: cents },
+    );
+    let record = BusRecord::new(topics::ORDERS, order, codec::encode(&env).unwrap());
+    app.app().backends.bus.publish(vec![record]).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_capture_confirms_nothing() {
+    // The payment takes 1.5 s and is declined for this user: time to forge a capture before it answers.
+    let app = TestApp::start_with(|s| {
+        s.payment_latency_ms = 1500;
+        s.payment_decline_users = vec![UserId::parse("mallory").unwrap()];
+    })
+    .await;
+    app.wait_product("SKU-PIZZA").await;
+    let id = format!("forged-{}", uuid::Uuid::new_v4().simple());
+    let (status, body) = app
+        .post_order(json!({"order_id": id, "user_id": "mallory", "items": [{"sku": "SKU-PIZZA", "quantity": 1}]}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    app.wait_status(&id, &["PROCESSING"]).await;
+
+    // While the real payment is pending.
+    forge_capture(&app, &id, 1250).await;
+    let started = Instant::now();
+    let mut seen = Vec::new();
+    let last = loop {
+        let (_, order) = app.get_order(&id).await;
+        let status = order["status"].as_str().unwrap_or_default().to_owned();
+        if seen.last() != Some(&status) {
+            seen.push(status.clone());
+        }
+        if status == "REJECTED" || status == "CONFIRMED" {
+            break order;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "no outcome: {order}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(last["status"], "REJECTED", "went {seen:?}: {last}");
+    assert!(last["reason"].as_str().unwrap_or_default().starts_with("payment_declined"), "{last}");
+
+    // After the decline.
+    forge_capture(&app, &id, 1250).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, order) = app.get_order(&id).await;
+    assert_eq!(order["status"], "REJECTED", "{order}");
+    assert!(!order["timeline"].to_string().contains("ch_forged"), "the forged charge reached the timeline: {order}");
+
+    let metrics = app.http.get(format!("{}/metrics", app.base)).send().await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.lines().any(|l| l.starts_with("orderflow_events_refused_total") && !l.ends_with(" 0")),
+        "the refusal was not counted"
+    );
+}
