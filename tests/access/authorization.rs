@@ -1,12 +1,8 @@
 //! The role table (README, "Who may do what") on the embedded default, in open and in required mode.
 //! The same walk runs on Kafka + CQL in `e2e_backends.rs`.
 
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
-use common::TestApp;
-use common::authz;
+use crate::common::TestApp;
+use crate::common::authz;
 use orderflow::AuthModeArg;
 
 async fn walk(mode: AuthModeArg) {

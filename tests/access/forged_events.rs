@@ -2,13 +2,9 @@
 //! the topic: a forged `PaymentCaptured` (anyone who can write to the orders topic could send one)
 //! confirms nothing, neither while the order waits for its payment nor after the payment was declined.
 
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::TestApp;
+use crate::common::TestApp;
 use orderflow_platform::BusRecord;
 use orderflow_schemas::events::PaymentCaptured;
 use orderflow_schemas::{Envelope, EventId, OrderId, UserId, codec, topics};

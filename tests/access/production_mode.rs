@@ -1,11 +1,7 @@
 //! `--env production`: sign-in required for orders, no GraphiQL, introspection or suggestions, metrics
 //! only on the operators' listener, and no under-replicated Kafka topics or CQL keyspaces.
 
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
-use common::{TestApp, free_port};
+use crate::common::{TestApp, free_port};
 use orderflow::{App, AuthModeArg, Environment, Roles};
 use orderflow_platform::BackendUrl;
 use serde_json::json;
@@ -67,7 +63,7 @@ async fn production_refuses_open_access_and_low_replication() {
         ("cql-replication", Box::new(|s| s.store = BackendUrl::Scylla(vec!["127.0.0.1:1".into()]))),
     ];
     for (expected, tweak) in cases {
-        let mut s = common::settings(dir.path());
+        let mut s = crate::common::settings(dir.path());
         s.environment = Environment::Production;
         tweak(&mut s);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
