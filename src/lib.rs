@@ -73,6 +73,12 @@ async fn metrics() -> impl IntoResponse {
     }
 }
 
+/// What operators and their tools read: `/healthz`, `/readyz` and `/metrics`. On the main listener
+/// outside production, and on `--admin-listen` when it is set.
+fn operator_routes(backends: &Backends, health: &RoleHealth) -> Router {
+    health::router(Probes { backends: backends.clone(), health: health.clone() }).route("/metrics", get(metrics))
+}
+
 fn router(
     roles: &Roles,
     backends: &Backends,
@@ -118,10 +124,11 @@ fn router(
     }
     // Health and metrics stay outside the limits: a liveness probe shed under load would have a
     // supervisor restart a process that is merely busy.
-    let mut app = health::router(Probes { backends: backends.clone(), health: health.clone() });
-    if settings.metrics_on_main_listener() {
-        app = app.route("/metrics", get(metrics));
-    }
+    let app = if settings.metrics_on_main_listener() {
+        operator_routes(backends, health)
+    } else {
+        health::router(Probes { backends: backends.clone(), health: health.clone() })
+    };
     let app = app.merge(api);
     app.fallback(|| async { ApiError::not_found() })
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
@@ -232,9 +239,7 @@ impl App {
             let admin = TcpListener::bind(admin_addr)
                 .await
                 .with_context(|| format!("cannot listen on {admin_addr} (--admin-listen, ORDERFLOW_ADMIN_LISTEN)"))?;
-            let app = health::router(Probes { backends: backends.clone(), health: health.clone() })
-                .route("/metrics", get(metrics))
-                .fallback(|| async { ApiError::not_found() });
+            let app = operator_routes(&backends, &health).fallback(|| async { ApiError::not_found() });
             let server = server::serve(admin, app, settings.header_read_timeout, shutdown.clone());
             supervise_role(&mut tasks, &health, &shutdown, &mut fault, "admin http server", |t| {
                 t.spawn(server);

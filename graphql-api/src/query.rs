@@ -5,7 +5,7 @@ use async_graphql::{Context, ID, Object};
 use orderflow_platform::store::OrderFilter;
 use orderflow_schemas::{OrderId, OrderStatus, Sku, UserId};
 
-use orderflow_identity::{AuthMode, Caller, ListScope};
+use orderflow_identity::ListScope;
 
 use crate::auth;
 use crate::error::{ApiError, ApiResult};
@@ -52,7 +52,7 @@ impl Query {
     async fn order(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<OrderObject>> {
         let id = parse_order_id("id", &id)?;
         let (caller, mode) = (auth::caller(ctx), auth::mode(ctx));
-        if *caller == Caller::Anonymous && mode == AuthMode::Required {
+        if caller.signed_in_if_required(mode).is_err() {
             return Err(ApiError::Unauthorized(
                 "reading an order needs a signed-in customer on this server: send `Authorization: Bearer <token>`",
             )

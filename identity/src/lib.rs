@@ -179,15 +179,21 @@ impl Caller {
         }
     }
 
+    /// Whether the caller may place or read orders at all on a server in `mode`: anonymous callers not
+    /// when sign-in is required. (Which orders, and as whom: [`Caller::may_read_order`], [`Caller::place_as`].)
+    pub fn signed_in_if_required(&self, mode: AuthMode) -> Result<(), NotSignedIn> {
+        if *self == Caller::Anonymous && mode == AuthMode::Required { Err(NotSignedIn) } else { Ok(()) }
+    }
+
     /// The user an order is placed for: a customer places as themselves (`claimed` must be absent or
     /// their own id); staff may place for any user (an order taken by phone); anonymous callers only in
     /// open mode, and must name the user.
     pub fn place_as(&self, claimed: Option<UserId>, mode: AuthMode) -> Result<UserId, PlaceAsError> {
+        self.signed_in_if_required(mode).map_err(|_| PlaceAsError::Unauthenticated)?;
         match (self, claimed) {
             (Caller::Customer(me), None) => Ok(me.clone()),
             (Caller::Customer(me), Some(claimed)) if &claimed == me => Ok(claimed),
             (Caller::Customer(_), Some(claimed)) => Err(PlaceAsError::NotYou { claimed }),
-            (Caller::Anonymous, _) if mode == AuthMode::Required => Err(PlaceAsError::Unauthenticated),
             (_, Some(claimed)) => Ok(claimed),
             (_, None) => Err(PlaceAsError::MissingUserId),
         }
@@ -246,6 +252,9 @@ mod tests {
         assert!(Caller::Staff(Principal::new("s")).may_read_order(&bob, AuthMode::Required));
         assert!(Caller::Anonymous.may_read_order(&bob, AuthMode::Open));
         assert!(!Caller::Anonymous.may_read_order(&bob, AuthMode::Required));
+        assert_eq!(Caller::Anonymous.signed_in_if_required(AuthMode::Required), Err(NotSignedIn));
+        assert_eq!(Caller::Anonymous.signed_in_if_required(AuthMode::Open), Ok(()));
+        assert_eq!(customer.signed_in_if_required(AuthMode::Required), Ok(()));
     }
 
     #[test]

@@ -279,7 +279,7 @@ async fn get_order(
     Path(id): Path<String>,
 ) -> Result<Json<OrderBody>, ApiError> {
     let caller = caller.map(|Extension(c)| c).unwrap_or_default();
-    if caller == Caller::Anonymous && api.auth_mode == AuthMode::Required {
+    if caller.signed_in_if_required(api.auth_mode).is_err() {
         let why = "reading an order needs a signed-in customer on this server: send `Authorization: Bearer <token>`";
         return Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", why));
     }
