@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use orderflow_platform::backend::{BackendError, BackendOptions, BackendUrl, Backends, CqlReplication, Namespace};
 use orderflow_platform::bus::limits::LimitedBus;
+use orderflow_platform::connection::CqlSecurity;
 use orderflow_platform::store::Stores;
 
 /// Opens the adapters named by `bus` and `store`; `data_dir` holds whatever is embedded. For Kafka this
@@ -78,6 +79,7 @@ pub async fn migrate_cql(
     store: &BackendUrl,
     replication: &CqlReplication,
     namespace: Option<&Namespace>,
+    security: &CqlSecurity,
 ) -> Result<(), BackendError> {
     let BackendUrl::Scylla(points) = store else {
         return Err(BackendError::WrongRole {
@@ -86,7 +88,7 @@ pub async fn migrate_cql(
             role: "CQL store to migrate",
         });
     };
-    let session = orderflow_cql::session(points).await.map_err(|e| BackendError::Cql(e.to_string()))?;
+    let session = orderflow_cql::session(points, security).await.map_err(|e| BackendError::Cql(e.to_string()))?;
     let keyspaces = orderflow_cql::keyspaces::Keyspaces::new(namespace.map(Namespace::as_str));
     orderflow_cql::schema::migrate_in(&session, &replication.to_cql(), &keyspaces)
         .await
@@ -94,10 +96,8 @@ pub async fn migrate_cql(
 }
 
 async fn cql_stores(points: &[String], options: &BackendOptions) -> Result<Stores, BackendError> {
-    let session = orderflow_cql::session(points).await.map_err(|e| BackendError::Unreachable {
-        what: "the CQL store",
-        url: points.join(","),
-        reason: e.to_string(),
+    let session = orderflow_cql::session(points, &options.cql_security).await.map_err(|e| {
+        BackendError::Unreachable { what: "the CQL store", url: points.join(","), reason: e.to_string() }
     })?;
     let keyspaces = orderflow_cql::keyspaces::Keyspaces::new(options.namespace.as_ref().map(Namespace::as_str));
     let opened = if options.migrate_cql {
@@ -112,7 +112,7 @@ async fn cql_stores(points: &[String], options: &BackendOptions) -> Result<Store
         .stores()),
         // A server that went away between connecting and preparing is unreachable, not unmigrated: worth
         // waiting for (`--startup-wait`) rather than a schema hint and an exit.
-        Err(e) if !cql_answers(points).await => {
+        Err(e) if !cql_answers(points, &options.cql_security).await => {
             Err(BackendError::Unreachable { what: "the CQL store", url: points.join(","), reason: e.to_string() })
         }
         Err(e) => Err(BackendError::Cql(format!("{e} (has the schema been applied? run `orderflow migrate`)"))),
@@ -120,25 +120,31 @@ async fn cql_stores(points: &[String], options: &BackendOptions) -> Result<Store
 }
 
 /// Whether a CQL server at `points` answers a trivial query now.
-async fn cql_answers(points: &[String]) -> bool {
-    match orderflow_cql::session(points).await {
+async fn cql_answers(points: &[String], security: &CqlSecurity) -> bool {
+    match orderflow_cql::session(points, security).await {
         Ok(session) => session.query_unpaged("SELECT release_version FROM system.local", ()).await.is_ok(),
         Err(_) => false,
     }
 }
 
 async fn kafka_bus(hosts: &[String], options: &BackendOptions) -> Result<orderflow_kafka::KafkaBus, BackendError> {
-    let bus = orderflow_kafka::KafkaBus::connect(orderflow_kafka::KafkaOptions {
-        bootstrap: hosts.to_vec(),
-        replication_factor: options.kafka_replication_factor,
-        min_insync_replicas: options.kafka_min_insync_replicas,
-        namespace: options.namespace.as_ref().map(|n| n.as_str().to_owned()),
-    })
-    .map_err(|e| BackendError::Kafka(e.to_string()))?;
+    let bus = orderflow_kafka::KafkaBus::connect(kafka_options(hosts, options))
+        .map_err(|e| BackendError::Kafka(e.to_string()))?;
     bus.ensure_topics().await.map_err(|e| BackendError::Unreachable {
         what: "Kafka",
         url: hosts.join(","),
         reason: e.to_string(),
     })?;
     Ok(bus)
+}
+
+/// The Kafka adapter's options for the brokers `hosts`.
+pub fn kafka_options(hosts: &[String], options: &BackendOptions) -> orderflow_kafka::KafkaOptions {
+    orderflow_kafka::KafkaOptions {
+        bootstrap: hosts.to_vec(),
+        replication_factor: options.kafka_replication_factor,
+        min_insync_replicas: options.kafka_min_insync_replicas,
+        namespace: options.namespace.as_ref().map(|n| n.as_str().to_owned()),
+        security: options.kafka_security.clone(),
+    }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use orderflow_identity::http::Authenticator;
+use orderflow_identity::jwt::KeySource;
 use orderflow_identity::{AdminToken, AuthMode, JwtConfig, JwtVerifier, Secret};
 use orderflow_ingest::rate_limit::{OrderRateLimit, RateLimitKey};
 use orderflow_platform::BackendUrl;
@@ -74,6 +75,10 @@ pub struct Settings {
     #[arg(skip = std::env::var("ORDERFLOW_ADMIN_TOKEN").ok().filter(|t| !t.is_empty()).map(Secret::new))]
     pub admin_token: Option<Secret>,
 
+    /// How orderflow logs in to Kafka and the CQL database.
+    #[command(flatten)]
+    pub connections: orderflow_platform::connection::Connections,
+
     /// A file holding the admin token (a mounted secret), instead of `ORDERFLOW_ADMIN_TOKEN`.
     #[arg(long, env = "ORDERFLOW_ADMIN_TOKEN_FILE", global = true)]
     pub admin_token_file: Option<PathBuf>,
@@ -119,10 +124,10 @@ pub struct Settings {
     #[arg(long, env = "ORDERFLOW_ALLOW_LOW_REPLICATION", global = true)]
     pub allow_low_replication: bool,
 
-    /// Customer and staff JWTs: the identity provider's public keys, a JWKS file (what its `jwks_uri`
-    /// serves) or a PEM public key. Unset: no customer identities.
-    #[arg(long, env = "ORDERFLOW_AUTH_JWKS", global = true)]
-    pub auth_jwks: Option<PathBuf>,
+    /// Customer and staff JWTs: the identity provider's public keys, its JWKS URL (`jwks_uri`, https), a
+    /// JWKS file or a PEM public key. Unset: no customer identities.
+    #[arg(long, env = "ORDERFLOW_AUTH_JWKS", value_parser = KeySource::parse, global = true)]
+    pub auth_jwks: Option<KeySource>,
 
     /// The `iss` a JWT must carry. Unset: not checked.
     #[arg(long, env = "ORDERFLOW_AUTH_ISSUER", global = true)]
@@ -375,7 +380,7 @@ impl Settings {
     }
 
     /// Who may do what, from the auth settings; an error names the setting to fix.
-    pub fn authenticator(&self) -> anyhow::Result<Authenticator> {
+    pub async fn authenticator(&self) -> anyhow::Result<Authenticator> {
         let admin =
             AdminToken::from_settings(self.admin_token.as_ref().map(Secret::expose), self.admin_token_file.as_deref())?;
         let jwt = match &self.auth_jwks {
@@ -383,13 +388,16 @@ impl Settings {
             Some(keys) => {
                 let algorithms = orderflow_identity::jwt::parse_algorithms(&self.auth_algorithms)
                     .map_err(|e| anyhow::anyhow!("ORDERFLOW_AUTH_ALGORITHMS: {e}"))?;
-                Some(JwtVerifier::new(JwtConfig {
-                    keys: keys.clone(),
-                    issuer: self.auth_issuer.clone().filter(|s| !s.is_empty()),
-                    audience: self.auth_audience.clone().filter(|s| !s.is_empty()),
-                    algorithms,
-                    roles_claim: self.auth_roles_claim.clone(),
-                })?)
+                Some(
+                    JwtVerifier::new(JwtConfig {
+                        keys: keys.clone(),
+                        issuer: self.auth_issuer.clone().filter(|s| !s.is_empty()),
+                        audience: self.auth_audience.clone().filter(|s| !s.is_empty()),
+                        algorithms,
+                        roles_claim: self.auth_roles_claim.clone(),
+                    })
+                    .await?,
+                )
             }
         };
         let mode = match self.auth_mode()? {
@@ -399,8 +407,11 @@ impl Settings {
         Ok(Authenticator { mode, admin, jwt })
     }
 
-    pub fn backend_options(&self) -> BackendOptions {
-        BackendOptions {
+    /// The adapters' options; an error names the connection setting to fix.
+    pub fn backend_options(&self) -> anyhow::Result<BackendOptions> {
+        Ok(BackendOptions {
+            kafka_security: self.connections.kafka_security().map_err(anyhow::Error::msg)?,
+            cql_security: self.connections.cql_security().map_err(anyhow::Error::msg)?,
             sync_writes: self.sync_writes,
             kafka_replication_factor: self.kafka_replication_factor,
             kafka_min_insync_replicas: self.kafka_min_insync_replicas,
@@ -418,7 +429,7 @@ impl Settings {
                 default_bytes: self.max_record_bytes,
                 per_topic: self.topic_max_record_bytes.iter().cloned().collect(),
             },
-        }
+        })
     }
 
     pub fn http_limits(&self) -> crate::server::HttpLimits {

@@ -154,7 +154,7 @@ impl App {
     pub async fn start(settings: &Settings, roles: Roles, listener: TcpListener) -> anyhow::Result<App> {
         let _ = orderflow_platform::telemetry::prometheus();
         settings.check_replication()?;
-        let auth = Arc::new(settings.authenticator().context("checking the auth settings")?);
+        let auth = Arc::new(settings.authenticator().await.context("checking the auth settings")?);
         if roles.ingest || roles.graphql {
             tracing::info!("access: {}", auth.describe());
         }
@@ -165,7 +165,7 @@ impl App {
             );
         }
         // One process with every role applies the CQL schema itself; separate roles expect `orderflow migrate`.
-        let options = BackendOptions { migrate_cql: roles == Roles::all(), ..settings.backend_options() };
+        let options = BackendOptions { migrate_cql: roles == Roles::all(), ..settings.backend_options()? };
         let backends = crate::backend::open_waiting(
             &settings.bus,
             &settings.store,

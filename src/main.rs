@@ -84,7 +84,13 @@ async fn main() -> anyhow::Result<()> {
         Command::Migrate => {
             cli.settings.check_replication()?;
             let s = &cli.settings;
-            orderflow::backend::migrate_cql(&s.store, &s.cql_replication, s.namespace.as_ref()).await?;
+            orderflow::backend::migrate_cql(
+                &s.store,
+                &s.cql_replication,
+                s.namespace.as_ref(),
+                &s.connections.cql_security().map_err(anyhow::Error::msg)?,
+            )
+            .await?;
             println!(
                 "CQL schema applied to {} (new keyspaces replicated: {})",
                 cli.settings.store, cli.settings.cql_replication

@@ -1,6 +1,6 @@
 //! Operator commands that are not long-running roles.
 
-use orderflow_kafka::{KafkaBus, KafkaOptions};
+use orderflow_kafka::KafkaBus;
 use orderflow_platform::BackendUrl;
 use orderflow_platform::bus::BusRecord;
 use orderflow_schemas::partner::{self, PartnerItem, PartnerOrder};
@@ -12,12 +12,7 @@ fn kafka(settings: &Settings) -> anyhow::Result<KafkaBus> {
     let BackendUrl::Kafka(hosts) = &settings.bus else {
         anyhow::bail!("this command talks to Kafka: pass --bus kafka://HOST:PORT (or set ORDERFLOW_BUS)");
     };
-    Ok(KafkaBus::connect(KafkaOptions {
-        bootstrap: hosts.clone(),
-        replication_factor: settings.kafka_replication_factor,
-        min_insync_replicas: settings.kafka_min_insync_replicas,
-        namespace: settings.namespace.as_ref().map(|n| n.as_str().to_owned()),
-    })?)
+    Ok(KafkaBus::connect(crate::backend::kafka_options(hosts, &settings.backend_options()?))?)
 }
 
 /// `orderflow topics`: creates missing topics and prints every topic with its partitions and key.

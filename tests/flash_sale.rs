@@ -243,7 +243,11 @@ async fn flash_sale_on_kafka_and_cql_survives_inventory_processor_kill() {
         &orderflow_platform::BackendUrl::Kafka(vec![kafka.clone()]),
         &orderflow_platform::BackendUrl::Scylla(vec![cql.clone()]),
         dir.path(),
-        &Default::default(),
+        &orderflow_platform::backend::BackendOptions {
+            kafka_security: orderflow_platform::conformance::test_kafka_security(),
+            cql_security: orderflow_platform::conformance::test_cql_security(),
+            ..Default::default()
+        },
     )
     .await
     .unwrap();

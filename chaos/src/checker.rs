@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use futures::StreamExt;
 use orderflow_platform::Stores;
+use orderflow_platform::conformance::{test_cql_security, test_kafka_security};
 use orderflow_schemas::{Order, OrderId, OrderStatus, Sku};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -125,7 +126,8 @@ pub struct Checker {
 
 impl Checker {
     pub async fn connect(kafka: &str, cql: &str, run: &str, initial_stock: i64) -> anyhow::Result<Checker> {
-        let store = orderflow_cql::connect(&[cql.to_owned()]).await.context("connecting to CQL")?;
+        let store =
+            orderflow_cql::connect(&[cql.to_owned()], &test_cql_security()).await.context("connecting to CQL")?;
         Ok(Checker { stores: Arc::new(store).stores(), kafka: kafka.to_owned(), run: run.to_owned(), initial_stock })
     }
 
@@ -316,11 +318,13 @@ impl Checker {
     async fn dead_letter_keys(&self) -> anyhow::Result<HashSet<String>> {
         let kafka = self.kafka.clone();
         tokio::task::spawn_blocking(move || {
-            let consumer: BaseConsumer = ClientConfig::new()
-                .set("bootstrap.servers", &kafka)
-                .set("group.id", "orderflow-chaos-checker")
-                .set("enable.auto.commit", "false")
-                .create()?;
+            let consumer: BaseConsumer = orderflow_kafka::apply_security(
+                ClientConfig::new().set("bootstrap.servers", &kafka),
+                &test_kafka_security(),
+            )
+            .set("group.id", "orderflow-chaos-checker")
+            .set("enable.auto.commit", "false")
+            .create()?;
             let topic = orderflow_schemas::topics::DEAD_LETTER.name;
             let mut keys = HashSet::new();
             let (low, high) = consumer.fetch_watermarks(topic, 0, Duration::from_secs(30))?;

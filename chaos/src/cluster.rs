@@ -93,6 +93,7 @@ impl Cluster {
     pub fn migrate(&self) -> anyhow::Result<()> {
         let out = Command::new(&self.config.orderflow)
             .args(["--store", &format!("scylla://{}", self.config.cql), "migrate"])
+            .envs(orderflow_platform::conformance::test_engine_env())
             .output()
             .context("running orderflow migrate")?;
         if !out.status.success() {
@@ -115,6 +116,7 @@ impl Cluster {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(p.dir.join("orderflow.log"))?;
         let mut cmd = Command::new(&c.orderflow);
         cmd.args(&p.args)
+            .envs(orderflow_platform::conformance::test_engine_env())
             .env("ORDERFLOW_BUS", format!("kafka://{}", c.kafka))
             .env("ORDERFLOW_STORE", format!("scylla://{}", c.cql))
             .env("ORDERFLOW_LISTEN", format!("127.0.0.1:{}", p.port))

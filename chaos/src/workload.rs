@@ -91,13 +91,15 @@ fn pick<T: Clone>(items: &[T]) -> T {
 
 impl Workload {
     pub fn new(config: WorkloadConfig) -> anyhow::Result<Arc<Workload>> {
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", &config.kafka)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("message.timeout.ms", "120000")
-            .create()
-            .context("creating the partner producer")?;
+        let producer: FutureProducer = orderflow_kafka::apply_security(
+            ClientConfig::new().set("bootstrap.servers", &config.kafka),
+            &orderflow_platform::conformance::test_kafka_security(),
+        )
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("message.timeout.ms", "120000")
+        .create()
+        .context("creating the partner producer")?;
         let http = reqwest::Client::builder().timeout(Duration::from_secs(15)).build()?;
         Ok(Arc::new(Workload { config, record: Mutex::new(Record::default()), http, producer }))
     }

@@ -29,7 +29,7 @@ pub struct Authenticator {
 
 impl Authenticator {
     /// The caller an `Authorization` header value names, or why it names none.
-    pub fn caller(&self, authorization: Option<&str>) -> Result<Caller, String> {
+    pub async fn caller(&self, authorization: Option<&str>) -> Result<Caller, String> {
         let Some(value) = authorization else { return Ok(Caller::Anonymous) };
         let Some(token) = bearer_token(value) else {
             return Err("send credentials as `Authorization: Bearer <token>`".into());
@@ -40,7 +40,7 @@ impl Authenticator {
             return Ok(Caller::Admin(Principal::new(format!("admin-token:{}", admin.id()))));
         }
         match &self.jwt {
-            Some(jwt) if token.split('.').count() == 3 => jwt.verify(token).map_err(|e| e.to_string()),
+            Some(jwt) if token.split('.').count() == 3 => jwt.verify(token).await.map_err(|e| e.to_string()),
             Some(_) => Err("the bearer token is neither the admin token nor a JWT".into()),
             None if self.admin.is_some() => Err("the bearer token is not the admin token (and this server is \
                                                  configured with no JWT keys, see ORDERFLOW_AUTH_JWKS)"
@@ -76,8 +76,8 @@ fn bearer_token(header: &str) -> Option<&str> {
 /// axum middleware: puts the request's [`Caller`] in its extensions, or answers 401 (in the GraphQL
 /// error shape on `/graphql`, in the REST one elsewhere).
 pub async fn authenticate(State(auth): State<Arc<Authenticator>>, mut request: Request, next: Next) -> Response {
-    let authorization = request.headers().get(header::AUTHORIZATION).map(|v| v.to_str().unwrap_or("\u{0}"));
-    match auth.caller(authorization) {
+    let authorization = request.headers().get(header::AUTHORIZATION).map(|v| v.to_str().unwrap_or("\u{0}").to_owned());
+    match auth.caller(authorization.as_deref()).await {
         Ok(caller) => {
             request.extensions_mut().insert(caller);
             next.run(request).await
@@ -103,15 +103,15 @@ mod tests {
 
     const TOKEN: &str = "0123456789abcdef0123456789abcdef";
 
-    #[test]
-    fn headers_become_callers_or_refusals() {
+    #[tokio::test]
+    async fn headers_become_callers_or_refusals() {
         let auth = Authenticator { admin: AdminToken::parse(TOKEN).ok(), ..Default::default() };
-        assert_eq!(auth.caller(None), Ok(Caller::Anonymous));
-        assert!(auth.caller(Some(&format!("Bearer {TOKEN}"))).is_ok_and(|c| c.is_admin()));
-        assert!(auth.caller(Some(&format!("bearer  {TOKEN} "))).is_ok_and(|c| c.is_admin()));
-        assert!(auth.caller(Some(&format!("Bearer {TOKEN}x"))).is_err());
-        assert!(auth.caller(Some(&format!("Basic {TOKEN}"))).is_err());
-        assert!(auth.caller(Some("Bearer a.b.c")).is_err());
-        assert!(Authenticator::default().caller(Some("Bearer x")).is_err());
+        assert_eq!(auth.caller(None).await, Ok(Caller::Anonymous));
+        assert!(auth.caller(Some(&format!("Bearer {TOKEN}"))).await.is_ok_and(|c| c.is_admin()));
+        assert!(auth.caller(Some(&format!("bearer  {TOKEN} "))).await.is_ok_and(|c| c.is_admin()));
+        assert!(auth.caller(Some(&format!("Bearer {TOKEN}x"))).await.is_err());
+        assert!(auth.caller(Some(&format!("Basic {TOKEN}"))).await.is_err());
+        assert!(auth.caller(Some("Bearer a.b.c")).await.is_err());
+        assert!(Authenticator::default().caller(Some("Bearer x")).await.is_err());
     }
 }

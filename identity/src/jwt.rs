@@ -1,14 +1,16 @@
 //! Bearer JWTs from an identity provider (Auth0, Keycloak, Cognito, Entra ID, ...), verified offline
-//! against the provider's public keys: a JWKS file (what the provider serves at its `jwks_uri`) or one
-//! PEM public key. Nothing is fetched per request.
+//! against the provider's public keys: its JWKS URL (`jwks_uri`), a JWKS file, or one PEM public key.
+//! Nothing is fetched per request: the keys are cached.
 //!
 //! - The algorithms are pinned by configuration (`ORDERFLOW_AUTH_ALGORITHMS`); a token signed with any
 //!   other (`none`, `HS256` with a public key as the secret) is refused before its signature is looked at.
 //! - `exp` and `sub` are required; `nbf` is checked when present; `iss` and `aud` when configured; all
 //!   with [`LEEWAY_SECS`] of clock skew.
-//! - Rotation: a token naming a key id (`kid`) the file does not have makes the verifier read the file
-//!   again (at most once per [`RELOAD_AT_MOST_EVERY`]), so a provider's new key is picked up when
-//!   whatever keeps the file current (a sidecar, a cron job, a mounted secret) has written it.
+//! - Rotation: a token naming a key id (`kid`) the cached keys do not have makes the verifier fetch the
+//!   URL (or read the file) again, at most once per [`RELOAD_AT_MOST_EVERY`], so a provider's new key is
+//!   picked up as soon as it signs with it; and keys older than [`REFRESH_EVERY`] are fetched again before
+//!   the next token is checked, so a key the provider withdrew stops being accepted. A failed fetch keeps
+//!   the keys already loaded.
 //! - Roles come from a claim (`ORDERFLOW_AUTH_ROLES_CLAIM`, default `roles`; a dotted path such as
 //!   Keycloak's `realm_access.roles` reaches into objects), a list of strings or one space-separated
 //!   string; `admin` beats `staff`, which beats `customer`, and a token with none of them is a customer's.
@@ -26,8 +28,51 @@ use crate::{Caller, Principal};
 
 /// Clock skew allowed on `exp` and `nbf`.
 pub const LEEWAY_SECS: u64 = 30;
-/// How often at most an unknown `kid` makes the verifier read the key file again.
+/// How often at most an unknown `kid` makes the verifier fetch the keys again.
 pub const RELOAD_AT_MOST_EVERY: Duration = Duration::from_secs(10);
+/// Keys older than this are fetched again before the next token is checked.
+pub const REFRESH_EVERY: Duration = Duration::from_secs(300);
+/// The largest JWKS document fetched (providers serve a few KB).
+const MAX_JWKS_BYTES: usize = 1 << 20;
+/// How long one fetch of a JWKS URL may take.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where the identity provider's public keys come from (`ORDERFLOW_AUTH_JWKS`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// A JWKS or PEM file (kept current by a sidecar, a cron job or a mounted secret).
+    File(PathBuf),
+    /// The provider's `jwks_uri`: `https`, or `http` on a loopback address for development.
+    Url(reqwest::Url),
+}
+
+impl KeySource {
+    /// A URL (`https://...`, or `http://` to a loopback address) or else a file path.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if !(s.starts_with("https://") || s.starts_with("http://")) {
+            return Ok(Self::File(PathBuf::from(s)));
+        }
+        let url = reqwest::Url::parse(s).map_err(|e| format!("{s:?} is not a URL: {e}"))?;
+        let host = url.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
+        let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        if url.scheme() == "http" && !loopback {
+            return Err(format!(
+                "{s}: a JWKS URL must be https (plain http only to a loopback address, for development)"
+            ));
+        }
+        Ok(Self::Url(url))
+    }
+}
+
+impl std::fmt::Display for KeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::File(path) => write!(f, "{}", path.display()),
+            Self::Url(url) => write!(f, "{url}"),
+        }
+    }
+}
 
 /// The asymmetric algorithms accepted in `ORDERFLOW_AUTH_ALGORITHMS`. Shared-secret ones (HS256, ...)
 /// are not: a secret shared with the identity provider is not "verified offline against its public keys".
@@ -45,8 +90,8 @@ pub const SUPPORTED: [Algorithm; 8] = [
 /// How customer and staff tokens are verified.
 #[derive(Debug, Clone)]
 pub struct JwtConfig {
-    /// A JWKS (JSON) or PEM public-key file.
-    pub keys: PathBuf,
+    /// The JWKS URL, or a JWKS (JSON) or PEM public-key file.
+    pub keys: KeySource,
     pub issuer: Option<String>,
     pub audience: Option<String>,
     pub algorithms: Vec<Algorithm>,
@@ -98,6 +143,8 @@ struct Key {
 struct Keys {
     keys: Vec<Key>,
     loaded_at: Instant,
+    /// Bumped at every successful load.
+    generation: u64,
 }
 
 /// Verifies bearer JWTs into [`Caller`]s.
@@ -105,6 +152,9 @@ pub struct JwtVerifier {
     config: JwtConfig,
     validation: Validation,
     keys: RwLock<Keys>,
+    http: reqwest::Client,
+    /// Held while the keys are fetched again: one fetch at a time, the other requests wait for it.
+    reloading: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for JwtVerifier {
@@ -114,9 +164,14 @@ impl std::fmt::Debug for JwtVerifier {
 }
 
 impl JwtVerifier {
-    /// Reads the keys; fails when the file cannot be read or holds no usable key.
-    pub fn new(config: JwtConfig) -> Result<Self, KeysError> {
-        let keys = load(&config)?;
+    /// Fetches or reads the keys; fails when they cannot be had or none is usable.
+    pub async fn new(config: JwtConfig) -> Result<Self, KeysError> {
+        let http = reqwest::Client::builder()
+            .timeout(FETCH_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::limited(3))
+            .build()
+            .map_err(|e| KeysError { path: config.keys.to_string(), reason: format!("HTTP client: {e}") })?;
+        let keys = load(&config, &http).await?;
         let mut validation = Validation::new(config.algorithms[0]);
         validation.algorithms = config.algorithms.clone();
         validation.leeway = LEEWAY_SECS;
@@ -134,7 +189,13 @@ impl JwtVerifier {
             None => validation.validate_aud = false,
         }
         validation.set_required_spec_claims(&required);
-        Ok(Self { config, validation, keys: RwLock::new(Keys { keys, loaded_at: Instant::now() }) })
+        Ok(Self {
+            config,
+            validation,
+            keys: RwLock::new(Keys { keys, loaded_at: Instant::now(), generation: 0 }),
+            http,
+            reloading: tokio::sync::Mutex::new(()),
+        })
     }
 
     /// How many keys are loaded (for the start-up line).
@@ -143,13 +204,18 @@ impl JwtVerifier {
     }
 
     /// The caller a token names, if its signature and claims hold.
-    pub fn verify(&self, token: &str) -> Result<Caller, JwtError> {
+    pub async fn verify(&self, token: &str) -> Result<Caller, JwtError> {
         let header = jsonwebtoken::decode_header(token).map_err(|e| JwtError::Invalid(describe(&e)))?;
         if !self.config.algorithms.contains(&header.alg) {
             return Err(JwtError::Invalid(format!("algorithm {:?} is not accepted here", header.alg)));
         }
+        if self.age() >= REFRESH_EVERY {
+            self.reload_if_older_than(REFRESH_EVERY).await;
+        }
         let claims = match self.decode(token, header.kid.as_deref()) {
-            Err(Unknown) if self.reload_if_due() => self.decode(token, header.kid.as_deref()),
+            Err(Unknown) if self.reload_if_older_than(RELOAD_AT_MOST_EVERY).await => {
+                self.decode(token, header.kid.as_deref())
+            }
             other => other,
         };
         let claims = match claims {
@@ -181,23 +247,40 @@ impl JwtVerifier {
         }
     }
 
-    /// Reads the key file again unless that was done less than [`RELOAD_AT_MOST_EVERY`] ago; whether
-    /// it did. A file that became unreadable keeps the keys already loaded.
-    fn reload_if_due(&self) -> bool {
-        let due = self.keys.read().is_ok_and(|k| k.loaded_at.elapsed() >= RELOAD_AT_MOST_EVERY);
-        if !due {
+    fn age(&self) -> Duration {
+        self.keys.read().map_or(Duration::MAX, |k| k.loaded_at.elapsed())
+    }
+
+    fn generation(&self) -> u64 {
+        self.keys.read().map_or(0, |k| k.generation)
+    }
+
+    /// Fetches the keys again unless that was done less than `min_age` ago; whether there are keys newer
+    /// than when it was called (loaded here, or by a request it waited for). A failed fetch keeps the keys
+    /// already loaded, and is tried again only after `min_age`.
+    async fn reload_if_older_than(&self, min_age: Duration) -> bool {
+        let seen = self.generation();
+        let _one_at_a_time = self.reloading.lock().await;
+        if self.generation() != seen {
+            return true;
+        }
+        if self.age() < min_age {
             return false;
         }
-        let Ok(mut keys) = self.keys.write() else { return false };
-        keys.loaded_at = Instant::now();
-        match load(&self.config) {
+        if let Ok(mut keys) = self.keys.write() {
+            keys.loaded_at = Instant::now();
+        }
+        match load(&self.config, &self.http).await {
             Ok(fresh) => {
-                tracing::info!(keys = fresh.len(), path = %self.config.keys.display(), "JWT keys read again");
-                keys.keys = fresh;
+                tracing::info!(keys = fresh.len(), from = %self.config.keys, "JWT keys loaded again");
+                if let Ok(mut keys) = self.keys.write() {
+                    keys.keys = fresh;
+                    keys.generation += 1;
+                }
                 true
             }
             Err(e) => {
-                tracing::warn!(error = %e, "reading the JWT keys again failed; keeping the ones loaded");
+                tracing::warn!(error = %e, "loading the JWT keys again failed; keeping the ones loaded");
                 false
             }
         }
@@ -245,9 +328,28 @@ fn describe(e: &jsonwebtoken::errors::Error) -> String {
     }
 }
 
-fn load(config: &JwtConfig) -> Result<Vec<Key>, KeysError> {
-    let err = |reason: String| KeysError { path: config.keys.display().to_string(), reason };
-    let text = std::fs::read_to_string(&config.keys).map_err(|e| err(e.to_string()))?;
+/// The text of the JWKS URL's answer.
+async fn fetch(http: &reqwest::Client, url: &reqwest::Url) -> Result<String, String> {
+    let mut response = http.get(url.clone()).send().await.map_err(|e| format!("fetching failed: {e}"))?;
+    if !response.status().is_success() {
+        return Err(format!("the server answered HTTP {}", response.status()));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| format!("reading the answer failed: {e}"))? {
+        if body.len() + chunk.len() > MAX_JWKS_BYTES {
+            return Err(format!("the answer is larger than {MAX_JWKS_BYTES} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    String::from_utf8(body).map_err(|_| "the answer is not UTF-8 text".into())
+}
+
+async fn load(config: &JwtConfig, http: &reqwest::Client) -> Result<Vec<Key>, KeysError> {
+    let err = |reason: String| KeysError { path: config.keys.to_string(), reason };
+    let text = match &config.keys {
+        KeySource::File(path) => tokio::fs::read_to_string(path).await.map_err(|e| err(e.to_string()))?,
+        KeySource::Url(url) => fetch(http, url).await.map_err(err)?,
+    };
     let keys = if text.trim_start().starts_with("-----BEGIN") {
         let pem = text.as_bytes();
         let key = config
@@ -287,17 +389,26 @@ mod tests {
 
     use crate::testing::now;
 
-    fn verifier(dir: &tempfile::TempDir, keys: &TestKeys) -> JwtVerifier {
-        let path = dir.path().join("jwks.json");
-        std::fs::write(&path, &keys.jwks).unwrap_or_else(|e| panic!("{e}"));
-        JwtVerifier::new(JwtConfig {
-            keys: path,
+    fn config(keys: KeySource) -> JwtConfig {
+        JwtConfig {
+            keys,
             issuer: Some("https://id.example".into()),
             audience: Some("orderflow".into()),
             algorithms: vec![Algorithm::EdDSA],
             roles_claim: "realm_access.roles".into(),
-        })
-        .unwrap_or_else(|e| panic!("{e}"))
+        }
+    }
+
+    async fn verifier(dir: &tempfile::TempDir, keys: &TestKeys) -> JwtVerifier {
+        let path = dir.path().join("jwks.json");
+        std::fs::write(&path, &keys.jwks).unwrap_or_else(|e| panic!("{e}"));
+        JwtVerifier::new(config(KeySource::File(path))).await.unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn age_keys(v: &JwtVerifier, by: Duration) {
+        if let Ok(mut keys) = v.keys.write() {
+            keys.loaded_at = Instant::now() - by;
+        }
     }
 
     fn claims(sub: &str, roles: &[&str]) -> serde_json::Value {
@@ -305,28 +416,28 @@ mod tests {
                            "realm_access": {"roles": roles}})
     }
 
-    #[test]
-    fn a_valid_token_names_its_subject_with_its_highest_role() {
+    #[tokio::test]
+    async fn a_valid_token_names_its_subject_with_its_highest_role() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let keys = test_keys(7, "k1");
-        let v = verifier(&dir, &keys);
+        let v = verifier(&dir, &keys).await;
         let alice = UserId::parse("alice").unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(v.verify(&sign(&keys, claims("alice", &[]))).ok(), Some(Caller::Customer(alice)));
+        assert_eq!(v.verify(&sign(&keys, claims("alice", &[]))).await.ok(), Some(Caller::Customer(alice)));
         assert_eq!(
-            v.verify(&sign(&keys, claims("sam", &["customer", "staff"]))).ok(),
+            v.verify(&sign(&keys, claims("sam", &["customer", "staff"]))).await.ok(),
             Some(Caller::Staff(Principal::new("sam")))
         );
         assert_eq!(
-            v.verify(&sign(&keys, claims("ann", &["staff", "admin"]))).ok(),
+            v.verify(&sign(&keys, claims("ann", &["staff", "admin"]))).await.ok(),
             Some(Caller::Admin(Principal::new("ann")))
         );
     }
 
-    #[test]
-    fn expired_foreign_misaddressed_and_unsigned_tokens_are_refused() {
+    #[tokio::test]
+    async fn expired_foreign_misaddressed_and_unsigned_tokens_are_refused() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let keys = test_keys(7, "k1");
-        let v = verifier(&dir, &keys);
+        let v = verifier(&dir, &keys).await;
         let mut expired = claims("alice", &[]);
         expired["exp"] = serde_json::json!(now() - 3600);
         let mut other_aud = claims("alice", &[]);
@@ -344,27 +455,84 @@ mod tests {
             ("unknown kid", sign(&test_keys(8, "k9"), claims("alice", &[]))),
             ("garbage", "not.a.jwt".into()),
         ] {
-            assert!(v.verify(&token).is_err(), "{what} was accepted");
+            assert!(v.verify(&token).await.is_err(), "{what} was accepted");
         }
         // alg=none: the header names an algorithm that is not configured.
         let header = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
         let body = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(claims("alice", &[]).to_string());
-        assert!(v.verify(&format!("{header}.{body}.")).is_err());
+        assert!(v.verify(&format!("{header}.{body}.")).await.is_err());
     }
 
-    #[test]
-    fn a_rotated_key_is_picked_up_from_the_file() {
+    #[tokio::test]
+    async fn a_rotated_key_is_picked_up_from_the_file() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let old = test_keys(7, "k1");
-        let v = verifier(&dir, &old);
+        let v = verifier(&dir, &old).await;
         let new = test_keys(9, "k2");
         std::fs::write(dir.path().join("jwks.json"), &new.jwks).unwrap_or_else(|e| panic!("{e}"));
         // Loaded just now: not read again yet.
-        assert!(v.verify(&sign(&new, claims("alice", &[]))).is_err());
-        if let Ok(mut keys) = v.keys.write() {
-            keys.loaded_at = Instant::now() - RELOAD_AT_MOST_EVERY;
+        assert!(v.verify(&sign(&new, claims("alice", &[]))).await.is_err());
+        age_keys(&v, RELOAD_AT_MOST_EVERY);
+        assert!(v.verify(&sign(&new, claims("alice", &[]))).await.is_ok());
+        // The old key was withdrawn: once the keys are stale, tokens it signed are refused.
+        assert!(v.verify(&sign(&old, claims("alice", &[]))).await.is_err());
+    }
+
+    /// The keys from the provider's JWKS URL, served here over a real socket: cached, fetched again for
+    /// a new key id, and a withdrawn key stops being accepted once the cache is stale.
+    #[tokio::test]
+    async fn keys_come_from_a_jwks_url_cached_and_rotated() {
+        let served = std::sync::Arc::new(std::sync::Mutex::new(test_keys(7, "k1").jwks));
+        let fetches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let app = axum::Router::new().route(
+            "/.well-known/jwks.json",
+            axum::routing::get({
+                let (served, fetches) = (served.clone(), fetches.clone());
+                move || async move {
+                    fetches.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    served.lock().map(|s| s.clone()).unwrap_or_default()
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let url = format!("http://{addr}/.well-known/jwks.json");
+        let v = JwtVerifier::new(config(KeySource::parse(&url).unwrap_or_else(|e| panic!("{e}"))))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let old = test_keys(7, "k1");
+        for _ in 0..3 {
+            assert!(v.verify(&sign(&old, claims("alice", &[]))).await.is_ok());
         }
-        assert!(v.verify(&sign(&new, claims("alice", &[]))).is_ok());
+        assert_eq!(fetches.load(std::sync::atomic::Ordering::SeqCst), 1, "cached, not fetched per token");
+        // The provider rotates: k2 is published and signs.
+        let new = test_keys(9, "k2");
+        if let Ok(mut s) = served.lock() {
+            *s = new.jwks.clone();
+        }
+        age_keys(&v, RELOAD_AT_MOST_EVERY);
+        assert!(v.verify(&sign(&new, claims("bob", &[]))).await.is_ok(), "the new key was fetched");
+        assert_eq!(fetches.load(std::sync::atomic::Ordering::SeqCst), 2);
+        // k1 is gone from the provider's set: refused once the cache is stale.
+        age_keys(&v, REFRESH_EVERY);
+        assert!(v.verify(&sign(&old, claims("alice", &[]))).await.is_err());
+        // An unreachable provider keeps the keys already loaded.
+        if let Ok(mut s) = served.lock() {
+            *s = "not json".into();
+        }
+        age_keys(&v, REFRESH_EVERY);
+        assert!(v.verify(&sign(&new, claims("bob", &[]))).await.is_ok());
+    }
+
+    #[test]
+    fn a_jwks_url_is_https_or_loopback() {
+        assert!(matches!(KeySource::parse("https://id.example/jwks"), Ok(KeySource::Url(_))));
+        assert!(matches!(KeySource::parse("http://127.0.0.1:8080/jwks"), Ok(KeySource::Url(_))));
+        assert!(matches!(KeySource::parse("http://[::1]:8080/jwks"), Ok(KeySource::Url(_))));
+        assert!(matches!(KeySource::parse("http://localhost/jwks"), Ok(KeySource::Url(_))));
+        assert!(KeySource::parse("http://id.example/jwks").is_err());
+        assert_eq!(KeySource::parse("/etc/jwks.json"), Ok(KeySource::File("/etc/jwks.json".into())));
     }
 
     #[test]

@@ -26,31 +26,7 @@ use orderflow_schemas::UserId;
 pub use admin_token::{AdminToken, AdminTokenError};
 pub use jwt::{JwtConfig, JwtError, JwtVerifier};
 
-/// A configured secret: never shown by `Debug`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl From<&str> for Secret {
-    fn from(value: &str) -> Self {
-        Self::new(value)
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
+pub use orderflow_platform::secret::Secret;
 
 /// Whether a caller without credentials may place orders and read an order by its id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -58,6 +58,9 @@ enum Command {
         /// Replication factor of the throwaway topic.
         #[arg(long, default_value_t = 1)]
         replication_factor: i32,
+        /// The product's Kafka login settings (`ORDERFLOW_KAFKA_USERNAME`, ...).
+        #[command(flatten)]
+        connections: orderflow_platform::connection::Connections,
         #[arg(long)]
         json: Option<PathBuf>,
     },
@@ -80,6 +83,9 @@ enum Command {
         /// about 1 KB and small reservation, payment and shipment rows).
         #[arg(long, default_value_t = 600)]
         lwt_bytes: usize,
+        /// The product's CQL login settings (`ORDERFLOW_CQL_USERNAME`, ...).
+        #[command(flatten)]
+        connections: orderflow_platform::connection::Connections,
         #[arg(long)]
         json: Option<PathBuf>,
     },
@@ -348,9 +354,11 @@ async fn main_async(cli: Cli) -> anyhow::Result<()> {
             );
             write_json(json.as_ref(), &r)
         }
-        Command::BaselineKafka { bootstrap, duration, in_flight, replication_factor, json } => {
+        Command::BaselineKafka { bootstrap, duration, in_flight, replication_factor, connections, json } => {
             let hosts = loopback_hosts(&bootstrap)?;
-            let r = baseline::kafka::run_kafka(&hosts.join(","), in_flight, duration, replication_factor).await?;
+            let security = connections.kafka_security().map_err(anyhow::Error::msg)?;
+            let r = baseline::kafka::run_kafka(&hosts.join(","), &security, in_flight, duration, replication_factor)
+                .await?;
             println!(
                 "raw Kafka produce, {} partitions, {} in flight, {:.0} B records: {:.0} messages/s ({:.0} B/s, {} failed) \
                  over {:.1} s = {:.0} orders/s at {} records per order",
@@ -366,9 +374,10 @@ async fn main_async(cli: Cli) -> anyhow::Result<()> {
             );
             write_json(json.as_ref(), &r)
         }
-        Command::BaselineCql { contact, duration, concurrency, plain_bytes, lwt_bytes, json } => {
+        Command::BaselineCql { contact, duration, concurrency, plain_bytes, lwt_bytes, connections, json } => {
             let hosts = loopback_hosts(&contact)?;
-            let r = baseline::cql::run_cql(&hosts, concurrency, duration, plain_bytes, lwt_bytes).await?;
+            let security = connections.cql_security().map_err(anyhow::Error::msg)?;
+            let r = baseline::cql::run_cql(&hosts, &security, concurrency, duration, plain_bytes, lwt_bytes).await?;
             println!(
                 "raw CQL, {} in flight: {:.0} INSERTs/s ({} errors), {:.0} LWTs/s ({} errors, {} not applied) \
                  = {:.0} orders/s at {} plain rows + {} LWTs per order",

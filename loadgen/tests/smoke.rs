@@ -19,6 +19,7 @@ async fn start(dir: &std::path::Path) -> App {
         store: BackendUrl::Embedded,
         admin_token: Some(TOKEN.into()),
         admin_token_file: None,
+        connections: Default::default(),
         environment: orderflow::Environment::Development,
         auth: None,
         graphql_introspection: None,

@@ -96,6 +96,10 @@ pub struct BackendOptions {
     pub cql_replication: CqlReplication,
     /// The deployment's namespace on a shared Kafka and CQL cluster (`None`: the plain names).
     pub namespace: Option<Namespace>,
+    /// How the Kafka clients log in and check the brokers (SASL, TLS).
+    pub kafka_security: crate::connection::KafkaSecurity,
+    /// How the CQL driver logs in and checks the nodes (password, TLS).
+    pub cql_security: crate::connection::CqlSecurity,
     /// fsync every write (survives power loss, slower). Off: every write reaches the OS before it is
     /// acknowledged, which survives a crash or `kill -9` of the process, and the journal is synced in
     /// the background.
@@ -247,6 +251,8 @@ impl Default for BackendOptions {
             kafka_min_insync_replicas: None,
             cql_replication: CqlReplication::default(),
             namespace: None,
+            kafka_security: Default::default(),
+            cql_security: Default::default(),
             sync_writes: false,
             migrate_cql: false,
             embedded_memory: EmbeddedMemory::default(),

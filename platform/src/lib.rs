@@ -6,6 +6,7 @@
 //! - [`fencing`]: the partition epochs and the fence that makes a zombie owner's writes lose.
 //! - [`conformance`]: the suites every adapter runs (bus and store).
 //! - [`telemetry`]: tracing and the Prometheus recorder.
+//! - [`connection`]: how the adapters log in to Kafka and the CQL database (SASL, passwords, TLS).
 //!
 //! The adapters are crates of their own that depend on this one: `orderflow-embedded` (both ports on fjall,
 //! the default), `orderflow-kafka` (the bus) and `orderflow-cql` (the store). The binary picks them at run
@@ -14,7 +15,9 @@
 pub mod backend;
 pub mod bus;
 pub mod conformance;
+pub mod connection;
 pub mod fencing;
+pub mod secret;
 pub mod store;
 pub mod telemetry;
 

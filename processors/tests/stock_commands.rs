@@ -73,7 +73,11 @@ async fn inventory() -> (tempfile::TempDir, Stores, InventoryHandler) {
 async fn inventory_on_cql() -> Option<(tempfile::TempDir, Stores, InventoryHandler)> {
     let cql = orderflow_platform::conformance::real_engine("ORDERFLOW_TEST_CQL")?;
     let points: Vec<String> = cql.split(',').map(|p| p.trim().to_owned()).collect();
-    let cql = Arc::new(orderflow_cql::connect_and_migrate(&points).await.unwrap());
+    let cql = Arc::new(
+        orderflow_cql::connect_and_migrate(&points, &orderflow_platform::conformance::test_cql_security())
+            .await
+            .unwrap(),
+    );
     let dir = tempfile::tempdir().unwrap();
     let embedded = embedded::open(dir.path(), &BackendOptions::default()).unwrap();
     Some(with_product(dir, Backends { bus: embedded.bus, stores: cql.stores() }).await)

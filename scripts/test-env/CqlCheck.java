@@ -1,6 +1,6 @@
 // Used by scripts/test-env/smoke: a CQL round trip with the DataStax Java driver 3.x that ships (shaded)
 // among cassandra-all's dependencies, so no cqlsh/Python is needed. Run as a single-file source program:
-//   java -cp "$ORDERFLOW_CACHE/cassandra-<v>/jars/*" CqlCheck.java HOST PORT
+//   java -cp "$ORDERFLOW_CACHE/cassandra-<v>/jars/*" CqlCheck.java HOST PORT [USER PASSWORD]
 import com.datastax.driver.core.Cluster;
 import com.datastax.driver.core.Row;
 import com.datastax.driver.core.Session;
@@ -10,8 +10,11 @@ public class CqlCheck {
     String host = args[0];
     int port = Integer.parseInt(args[1]);
     String value = "smoke-" + System.nanoTime();
-    try (Cluster cluster = Cluster.builder().addContactPoint(host).withPort(port)
-             .withoutJMXReporting().withoutMetrics().build();
+    Cluster.Builder builder = Cluster.builder().addContactPoint(host).withPort(port).withoutJMXReporting().withoutMetrics();
+    if (args.length >= 4) {
+      builder = builder.withCredentials(args[2], args[3]);
+    }
+    try (Cluster cluster = builder.build();
          Session s = cluster.connect()) {
       Row v = s.execute("SELECT release_version FROM system.local").one();
       System.out.println("cassandra release_version=" + v.getString("release_version"));

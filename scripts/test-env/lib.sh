@@ -40,6 +40,11 @@ te_elapsed() { # te_elapsed START -> "12.3"
   awk -v a="$1" -v b="$(te_now)" 'BEGIN { printf "%.1f", b - a }'
 }
 
+# te_password: a fresh random password (32 hex digits) for a test server's user.
+te_password() {
+  od -An -N16 -tx1 /dev/urandom | tr -d ' \n'
+}
+
 # te_port_open HOST PORT: true if something accepts TCP connections there.
 te_port_open() {
   timeout 2 bash -c 'exec 3<>"/dev/tcp/$1/$2"' _ "$1" "$2" 2>/dev/null

@@ -48,7 +48,7 @@ pub fn with_jwt(settings: &mut Settings, dir: &Path, mode: AuthModeArg) -> Token
     let keys = test_keys(42, "test-key-1");
     let path = dir.join("jwks.json");
     std::fs::write(&path, &keys.jwks).unwrap();
-    settings.auth_jwks = Some(path);
+    settings.auth_jwks = Some(orderflow_identity::jwt::KeySource::File(path));
     settings.auth_algorithms = "EdDSA".into();
     settings.auth_issuer = Some(ISSUER.into());
     settings.auth_audience = Some(AUDIENCE.into());

@@ -24,6 +24,7 @@ pub fn settings(data_dir: &Path) -> Settings {
         store: BackendUrl::Embedded,
         admin_token: Some(ADMIN_TOKEN.into()),
         admin_token_file: None,
+        connections: test_connections(),
         environment: orderflow::Environment::Development,
         auth: None,
         graphql_introspection: None,
@@ -63,6 +64,21 @@ pub fn settings(data_dir: &Path) -> Settings {
         cors_allow_origin: vec![],
         graphql_timeout: std::time::Duration::from_secs(10),
         fault_end_role: None,
+    }
+}
+
+/// The test servers' logins (`scripts/test-env/up` prints them as `ORDERFLOW_TEST_KAFKA_USERNAME`, ...), as
+/// the connection settings of an in-process app; unused on the embedded backends.
+pub fn test_connections() -> orderflow_platform::connection::Connections {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    orderflow_platform::connection::Connections {
+        kafka_sasl_mechanism: var("ORDERFLOW_TEST_KAFKA_SASL_MECHANISM")
+            .map(|m| orderflow_platform::connection::SaslMechanism::parse(&m).unwrap()),
+        kafka_username: var("ORDERFLOW_TEST_KAFKA_USERNAME"),
+        kafka_password: var("ORDERFLOW_TEST_KAFKA_PASSWORD").map(orderflow_identity::Secret::new),
+        cql_username: var("ORDERFLOW_TEST_CQL_USERNAME"),
+        cql_password: var("ORDERFLOW_TEST_CQL_PASSWORD").map(orderflow_identity::Secret::new),
+        ..Default::default()
     }
 }
 
@@ -233,7 +249,8 @@ pub async fn stock_of(http: &reqwest::Client, graphql_base: &str, sku: &str) -> 
 /// The simulated provider's own ledger (on the CQL store at `cql`): the entries under idempotency keys
 /// that start with `prefix`, sorted by key.
 pub async fn provider_entries(cql: &str, prefix: &str) -> Vec<(String, orderflow_platform::store::ProviderEntry)> {
-    let store = orderflow_cql::connect(&[cql.to_owned()]).await.unwrap();
+    let security = orderflow_platform::conformance::test_cql_security();
+    let store = orderflow_cql::connect(&[cql.to_owned()], &security).await.unwrap();
     let stores = std::sync::Arc::new(store).stores();
     let mut entries: Vec<_> =
         stores.payments.provider_entries().await.unwrap().into_iter().filter(|(k, _)| k.starts_with(prefix)).collect();
@@ -265,6 +282,7 @@ pub struct Proc {
 pub fn migrate_cql(cql: &str) {
     let out = Command::new(env!("CARGO_BIN_EXE_orderflow"))
         .args(["--store", &format!("scylla://{cql}"), "migrate"])
+        .envs(orderflow_platform::conformance::test_engine_env())
         .output()
         .unwrap();
     assert!(out.status.success(), "orderflow migrate failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -301,6 +319,7 @@ impl Proc {
             .env("ORDERFLOW_DATA_DIR", data_dir)
             .env("ORDERFLOW_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("ORDERFLOW_LOG", "info")
+            .envs(orderflow_platform::conformance::test_engine_env())
             .stdout(Stdio::null())
             .stderr(out.try_clone().unwrap());
         for (k, v) in extra_env {

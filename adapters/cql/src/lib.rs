@@ -43,6 +43,8 @@ use futures::TryStreamExt;
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
+
+pub use orderflow_platform::connection::CqlSecurity;
 use scylla::deserialize::row::DeserializeRow;
 use scylla::errors::ExecutionError;
 use scylla::response::query_result::QueryResult;
@@ -114,8 +116,9 @@ impl orderflow_platform::store::Readiness for CqlStore {
     }
 }
 
-/// Opens a driver session to the cluster (contact points are `host:port`).
-pub async fn session(contact_points: &[String]) -> Result<Session> {
+/// Opens a driver session to the cluster (contact points are `host:port`), logging in and checking the
+/// nodes' certificates as `security` says.
+pub async fn session(contact_points: &[String], security: &CqlSecurity) -> Result<Session> {
     if contact_points.is_empty() {
         return Err(StoreError::Unavailable("no CQL contact points given".into()));
     }
@@ -124,23 +127,46 @@ pub async fn session(contact_points: &[String]) -> Result<Session> {
         .serial_consistency(Some(SerialConsistency::Serial))
         .request_timeout(Some(REQUEST_TIMEOUT))
         .build();
-    SessionBuilder::new()
-        .known_nodes(contact_points)
-        .default_execution_profile_handle(profile.into_handle())
+    let mut builder =
+        SessionBuilder::new().known_nodes(contact_points).default_execution_profile_handle(profile.into_handle());
+    if let Some(login) = &security.login {
+        builder = builder.user(login.username.clone(), login.password.expose());
+    }
+    if let Some(tls) = &security.tls {
+        builder = builder.tls_context(Some(tls_context(tls)?));
+    }
+    builder
         .build()
         .await
         .map_err(|e| StoreError::Unavailable(format!("cannot connect to {}: {e}", contact_points.join(","))))
 }
 
+/// An OpenSSL client context that checks the nodes' certificate chains against the CA file, or the
+/// system's trusted roots. Nodes are reached by the addresses the cluster advertises, usually IPs, so
+/// the chain is checked and host names are not.
+fn tls_context(tls: &orderflow_platform::connection::Tls) -> Result<openssl::ssl::SslContext> {
+    use openssl::ssl::{SslContextBuilder, SslMethod, SslVerifyMode};
+    let invalid = |what: &str, e: openssl::error::ErrorStack| StoreError::Unavailable(format!("CQL TLS: {what}: {e}"));
+    let mut builder = SslContextBuilder::new(SslMethod::tls_client()).map_err(|e| invalid("OpenSSL", e))?;
+    match &tls.ca {
+        Some(ca) => {
+            builder.set_ca_file(ca).map_err(|e| invalid(&format!("cannot read the CA file {}", ca.display()), e))?
+        }
+        None => builder.set_default_verify_paths().map_err(|e| invalid("the system's trusted roots", e))?,
+    }
+    builder.set_verify(SslVerifyMode::PEER);
+    Ok(builder.build())
+}
+
 /// Connects and prepares every statement. The schema must exist: run [`migrate`] first (once per deploy),
 /// or use [`connect_and_migrate`].
-pub async fn connect(contact_points: &[String]) -> Result<CqlStore> {
-    CqlStore::new(session(contact_points).await?).await
+pub async fn connect(contact_points: &[String], security: &CqlSecurity) -> Result<CqlStore> {
+    CqlStore::new(session(contact_points, security).await?).await
 }
 
 /// Connects, applies the schema (idempotent) and prepares every statement.
-pub async fn connect_and_migrate(contact_points: &[String]) -> Result<CqlStore> {
-    connect_and_migrate_session(session(contact_points).await?, schema::DEFAULT_REPLICATION).await
+pub async fn connect_and_migrate(contact_points: &[String], security: &CqlSecurity) -> Result<CqlStore> {
+    connect_and_migrate_session(session(contact_points, security).await?, schema::DEFAULT_REPLICATION).await
 }
 
 /// Applies the schema (idempotent) on an open session, creating missing keyspaces with `replication` (a

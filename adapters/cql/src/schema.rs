@@ -38,9 +38,10 @@ pub async fn migrate_with_replication(session: &Session, replication: &str) -> R
 /// [`migrate_with_replication`] for the keyspaces of a namespace (see [`Keyspaces`]).
 pub async fn migrate_in(session: &Session, replication: &str, keyspaces: &Keyspaces) -> Result<()> {
     refuse_earlier_format_in(session, keyspaces).await?;
+    let options = keyspace_options(replication, has_tablets(session).await?);
     for (file, text) in FILES {
         for stmt in statements(text) {
-            let stmt = keyspaces.qualify(&stmt.replace(DEFAULT_REPLICATION, replication));
+            let stmt = keyspaces.qualify(&stmt.replace(DEFAULT_REPLICATION, &options));
             if let Some((keyspace, table, column)) = added_column(&stmt)
                 && column_exists(session, keyspace, table, column).await?
             {
@@ -57,6 +58,35 @@ pub async fn migrate_in(session: &Session, replication: &str, keyspaces: &Keyspa
         .await
         .map_err(|e| StoreError::Unavailable(format!("schema agreement not reached: {e}")))?;
     Ok(())
+}
+
+/// Whether the cluster is a ScyllaDB that can place keyspaces on tablets (6.0 and later: it has
+/// `system_schema.scylla_keyspaces`). Apache Cassandra and older ScyllaDB answer no.
+async fn has_tablets(session: &Session) -> Result<bool> {
+    let rows = session
+        .query_unpaged(
+            "SELECT table_name FROM system_schema.tables WHERE keyspace_name = 'system_schema' \
+             AND table_name = 'scylla_keyspaces'",
+            (),
+        )
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("reading the system schema: {e}")))?
+        .into_rows_result()
+        .map_err(|e| StoreError::Unavailable(format!("reading the system schema: {e}")))?
+        .rows_num();
+    Ok(rows > 0)
+}
+
+/// What follows `WITH replication =` in a `CREATE KEYSPACE`: the replication map and, on a ScyllaDB with
+/// tablets, `tablets = {'enabled': false}` for `NetworkTopologyStrategy` keyspaces, which would otherwise
+/// default to tablets, on which some ScyllaDB versions refuse lightweight transactions (orderflow still
+/// makes some). `SimpleStrategy` keyspaces never use tablets.
+fn keyspace_options(replication: &str, tablets: bool) -> String {
+    if tablets && replication.contains("NetworkTopologyStrategy") {
+        format!("{replication} AND tablets = {{'enabled': false}}")
+    } else {
+        replication.to_owned()
+    }
 }
 
 /// Tables of stored formats this version cannot read, and why. Their rows cannot be carried over: the tables
@@ -167,11 +197,20 @@ mod tests {
             assert!(stmts.len() >= 2, "{file}: a keyspace and at least one table");
             assert!(stmts[0].starts_with("CREATE KEYSPACE IF NOT EXISTS"), "{file}: {}", stmts[0]);
             assert!(stmts[0].contains(DEFAULT_REPLICATION), "{file}: the replication map is replaceable");
+            assert!(stmts[0].trim_end().ends_with(DEFAULT_REPLICATION), "{file}: options can follow the map");
             for s in &stmts[1..] {
                 let added = added_column(s).is_some_and(|(ks, _, _)| ks.starts_with("orderflow_"));
                 assert!(s.starts_with("CREATE TABLE IF NOT EXISTS orderflow_") || added, "{file}: {s}");
             }
         }
+    }
+
+    #[test]
+    fn tablets_are_turned_off_only_where_scylladb_would_use_them() {
+        let nts = "{'class': 'NetworkTopologyStrategy', 'dc1': 3}";
+        assert_eq!(keyspace_options(nts, true), format!("{nts} AND tablets = {{'enabled': false}}"));
+        assert_eq!(keyspace_options(nts, false), nts, "Apache Cassandra knows no tablets option");
+        assert_eq!(keyspace_options(DEFAULT_REPLICATION, true), DEFAULT_REPLICATION, "SimpleStrategy: no tablets");
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use orderflow_cql::{self as cql, CqlStore};
 use orderflow_platform::conformance::store::{self, product};
-use orderflow_platform::conformance::{real_engine, run_id};
+use orderflow_platform::conformance::{real_engine, run_id, test_cql_security};
 use orderflow_platform::store::{
     Applied, Fence, Inserted, OrderFilter, PaymentRecord, Reservation, ReservationEnd, Stalled, Stores, Transition,
 };
@@ -51,7 +51,9 @@ macro_rules! checks {
 async fn cql_store_passes_every_conformance_check_in_sequence() {
     let Some(contact_points) = cql_contact_points() else { return };
     let started = Instant::now();
-    let store = Arc::new(cql::connect_and_migrate(&contact_points).await.expect("connect, migrate and prepare"));
+    let security = test_cql_security();
+    let store =
+        Arc::new(cql::connect_and_migrate(&contact_points, &security).await.expect("connect, migrate and prepare"));
     println!("connected to {contact_points:?}, migrated and prepared in {} ms", started.elapsed().as_millis());
     let stores = Arc::clone(&store).stores();
 
@@ -455,4 +457,24 @@ async fn a_zombies_late_writes_lose_to_its_successors(store: &CqlStore, stores: 
         .await
         .expect("zombie write");
     assert_eq!(ps.payment(&oid).await.expect("read"), Some(captured));
+}
+
+/// The test Cassandra (`scripts/test-env/up`) requires a password login, as a production cluster does: a
+/// session without one, or with a wrong password, is refused; with the right one it is opened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_serves_only_clients_that_log_in() {
+    let Some(contact_points) = cql_contact_points() else { return };
+    let security = test_cql_security();
+    let Some(login) = security.login.clone() else {
+        eprintln!("SKIPPED: ORDERFLOW_TEST_CQL_USERNAME is not set: this database takes clients without a login");
+        return;
+    };
+    let none = cql::session(&contact_points, &Default::default()).await;
+    assert!(none.is_err(), "a session without a login was opened");
+    let mut wrong = login;
+    wrong.password = orderflow_platform::secret::Secret::new("not-the-password");
+    let wrong = orderflow_platform::connection::CqlSecurity { login: Some(wrong), tls: None };
+    let wrong = cql::session(&contact_points, &wrong).await;
+    assert!(wrong.is_err(), "a session with a wrong password was opened");
+    cql::session(&contact_points, &security).await.expect("the right login opens a session");
 }

@@ -28,6 +28,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use orderflow_platform::bus::{Assignment, Bus, BusError, BusRecord, Delivery, Handler, policy};
+pub use orderflow_platform::connection::KafkaSecurity;
 
 /// How long a publish may wait in the producer queue and for acknowledgement.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
@@ -53,9 +54,20 @@ pub struct KafkaOptions {
     /// so that several deployments share one cluster without taking each other's records. The rest of
     /// orderflow speaks the names of [`topics`]; this adapter alone adds and strips the prefix.
     pub namespace: Option<String>,
+    /// How the clients log in (SASL) and check the brokers (TLS).
+    pub security: KafkaSecurity,
 }
 
 impl KafkaOptions {
+    /// A client configuration for the cluster: the bootstrap servers and the security settings. Every
+    /// client this adapter makes starts from it.
+    pub fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", self.bootstrap.join(","));
+        apply_security(&mut config, &self.security);
+        config
+    }
+
     /// The name on the cluster of the topic or group `name`.
     pub fn physical(&self, name: &str) -> String {
         match &self.namespace {
@@ -171,8 +183,8 @@ impl KafkaBus {
     /// Connects a producer. Nothing is sent until the first publish; call [`KafkaBus::ensure_topics`]
     /// to check the cluster answers and create missing topics.
     pub fn connect(options: KafkaOptions) -> Result<Self, BusError> {
-        let producer: FutureProducer<QuietLogs> = ClientConfig::new()
-            .set("bootstrap.servers", options.bootstrap.join(","))
+        let producer: FutureProducer<QuietLogs> = options
+            .client_config()
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "2")
@@ -198,10 +210,7 @@ impl KafkaBus {
     /// Creates every topic of [`topics::ALL`] that does not exist yet; returns the names created (as
     /// the cluster names them: with the namespace).
     pub async fn ensure_topics(&self) -> Result<Vec<String>, BusError> {
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", self.options.bootstrap.join(","))
-            .create()
-            .map_err(unavailable)?;
+        let admin: AdminClient<DefaultClientContext> = self.options.client_config().create().map_err(unavailable)?;
         let min_insync = self.options.min_insync_replicas.map(|n| n.to_string());
         let names: Vec<(String, Topic)> = topics::ALL.iter().map(|t| (self.options.physical(t.name), *t)).collect();
         let new: Vec<NewTopic<'_>> = names
@@ -273,8 +282,9 @@ impl KafkaBus {
         if let Some(c) = clients.get(group) {
             return Ok(Arc::clone(c));
         }
-        let client: BaseConsumer<QuietLogs> = ClientConfig::new()
-            .set("bootstrap.servers", self.options.bootstrap.join(","))
+        let client: BaseConsumer<QuietLogs> = self
+            .options
+            .client_config()
             .set("group.id", self.options.physical(group))
             .set("enable.auto.commit", "false")
             .create_with_context(QuietLogs::default())
@@ -285,8 +295,8 @@ impl KafkaBus {
     }
 
     fn consumer(&self, group: &str, context: Assignments) -> Result<GroupConsumer, BusError> {
-        ClientConfig::new()
-            .set("bootstrap.servers", self.options.bootstrap.join(","))
+        self.options
+            .client_config()
             .set("group.id", self.options.physical(group))
             .set("enable.auto.commit", "true")
             .set("auto.commit.interval.ms", "1000")
@@ -593,4 +603,19 @@ impl Bus for KafkaBus {
         consumer.unsubscribe();
         outcome
     }
+}
+
+/// Sets librdkafka's security properties for `security`: the protocol, the SASL login, the CA file.
+pub fn apply_security<'a>(config: &'a mut ClientConfig, security: &KafkaSecurity) -> &'a mut ClientConfig {
+    config.set("security.protocol", security.protocol());
+    if let Some(sasl) = &security.sasl {
+        config
+            .set("sasl.mechanism", sasl.mechanism.as_str())
+            .set("sasl.username", &sasl.login.username)
+            .set("sasl.password", sasl.login.password.expose());
+    }
+    if let Some(ca) = security.tls.as_ref().and_then(|t| t.ca.as_ref()) {
+        config.set("ssl.ca.location", ca.to_string_lossy());
+    }
+    config
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use orderflow_kafka::{KafkaBus, KafkaOptions};
 use orderflow_platform::Bus;
-use orderflow_platform::conformance::{bus, real_engine};
+use orderflow_platform::conformance::{bus, real_engine, test_kafka_security};
 
 async fn kafka() -> Option<Arc<dyn Bus>> {
     let addr = real_engine("ORDERFLOW_TEST_KAFKA")?;
@@ -14,6 +14,7 @@ async fn kafka() -> Option<Arc<dyn Bus>> {
         replication_factor: 1,
         min_insync_replicas: None,
         namespace: None,
+        security: test_kafka_security(),
     })
     .expect("connect");
     bus.ensure_topics().await.expect("Kafka answers and topics exist");
@@ -56,6 +57,7 @@ async fn readiness_fails_fast_when_no_broker_answers() {
         replication_factor: 1,
         min_insync_replicas: None,
         namespace: None,
+        security: Default::default(),
     })
     .expect("connect");
     let started = std::time::Instant::now();
@@ -64,4 +66,32 @@ async fn readiness_fails_fast_when_no_broker_answers() {
     let again = std::time::Instant::now();
     assert!(bus.ready().await.is_err());
     assert!(again.elapsed() < std::time::Duration::from_millis(500), "not cached: took {:?}", again.elapsed());
+}
+
+/// The test Kafka (`scripts/test-env/up`) requires a SCRAM login, as a production cluster does: a client
+/// without one, or with a wrong password, is not served, and one with the right login is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_serves_only_clients_that_log_in() {
+    let Some(addr) = real_engine("ORDERFLOW_TEST_KAFKA") else { return };
+    let security = test_kafka_security();
+    let Some(sasl) = security.sasl.clone() else {
+        eprintln!("SKIPPED: ORDERFLOW_TEST_KAFKA_USERNAME is not set: this Kafka takes clients without a login");
+        return;
+    };
+    let bus_with = |security| {
+        KafkaBus::connect(KafkaOptions {
+            bootstrap: vec![addr.clone()],
+            replication_factor: 1,
+            min_insync_replicas: None,
+            namespace: None,
+            security,
+        })
+        .expect("connect")
+    };
+    let mut wrong = sasl.clone();
+    wrong.login.password = orderflow_platform::secret::Secret::new("not-the-password");
+    let wrong = orderflow_platform::connection::KafkaSecurity { sasl: Some(wrong), tls: None };
+    assert!(bus_with(Default::default()).ready().await.is_err(), "served a client without a login");
+    assert!(bus_with(wrong).ready().await.is_err(), "served a client with a wrong password");
+    bus_with(security).ready().await.expect("the right login is served");
 }

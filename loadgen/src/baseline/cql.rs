@@ -7,18 +7,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
-use scylla::client::session_builder::SessionBuilder;
 use scylla::statement::prepared::PreparedStatement;
-use scylla::statement::{Consistency, SerialConsistency};
 use scylla::value::Row;
 use serde::Serialize;
 
 use super::distributed::{self, DISTRIBUTED_ORDER_PLAN, PlanTotals, Step};
 
-/// The product's per-request timeout (platform/src/cql/mod.rs).
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(12);
 /// Writes made before each measured phase (connections, prepared statements, the JIT).
 const WARM_UP_WRITES: u64 = 2_000;
 /// A bound no run reaches, on top of the duration.
@@ -62,6 +57,7 @@ enum Kind {
 /// in flight, in a fresh keyspace that is dropped at the end.
 pub async fn run_cql(
     contact_points: &[String],
+    security: &orderflow_platform::connection::CqlSecurity,
     concurrency: usize,
     duration: Duration,
     plain_bytes: usize,
@@ -70,16 +66,8 @@ pub async fn run_cql(
     if contact_points.is_empty() {
         bail!("no CQL contact point given");
     }
-    // The product's execution profile (platform/src/cql/mod.rs `session`).
-    let profile = ExecutionProfile::builder()
-        .consistency(Consistency::LocalQuorum)
-        .serial_consistency(Some(SerialConsistency::Serial))
-        .request_timeout(Some(REQUEST_TIMEOUT))
-        .build();
-    let session = SessionBuilder::new()
-        .known_nodes(contact_points)
-        .default_execution_profile_handle(profile.into_handle())
-        .build()
+    // The product's session: its execution profile (consistency, timeouts) and login.
+    let session = orderflow_cql::session(contact_points, security)
         .await
         .with_context(|| format!("connecting to {}", contact_points.join(",")))?;
     let keyspace = format!("orderflow_bench_{}", uuid::Uuid::new_v4().simple());

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use orderflow_kafka::{KafkaSecurity, apply_security};
 use orderflow_schemas::events::{
     CapturePayment, CreateShipment, OrderPlaced, PaymentCaptured, ReserveLine, ReserveStock, ShipmentCreated,
     ShipmentLine, StockReserved,
@@ -107,14 +108,17 @@ pub fn order_envelopes(n: u64) -> anyhow::Result<Vec<Envelope>> {
     ])
 }
 
-fn admin(bootstrap: &str) -> anyhow::Result<AdminClient<DefaultClientContext>> {
-    ClientConfig::new().set("bootstrap.servers", bootstrap).create().context("creating the Kafka admin client")
+fn admin(bootstrap: &str, security: &KafkaSecurity) -> anyhow::Result<AdminClient<DefaultClientContext>> {
+    apply_security(ClientConfig::new().set("bootstrap.servers", bootstrap), security)
+        .create()
+        .context("creating the Kafka admin client")
 }
 
 /// Produces the order records into a fresh topic for `duration`, with at most `in_flight` records sent and
 /// not yet acknowledged, then deletes the topic.
 pub async fn run_kafka(
     bootstrap: &str,
+    security: &KafkaSecurity,
     in_flight: usize,
     duration: Duration,
     replication_factor: i32,
@@ -127,7 +131,7 @@ pub async fn run_kafka(
     }
     let partitions = topics::ORDERS.partitions;
     let topic = format!("orderflow-bench-{}", uuid::Uuid::new_v4().simple());
-    let admin = admin(bootstrap)?;
+    let admin = admin(bootstrap, security)?;
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let created = admin
         .create_topics(
@@ -143,7 +147,7 @@ pub async fn run_kafka(
             bail!("creating topic {name}: {code}");
         }
     }
-    let outcome = produce(bootstrap, &topic, &payloads, in_flight, duration).await;
+    let outcome = produce(bootstrap, security, &topic, &payloads, in_flight, duration).await;
     // Throwaway: delete it whatever happened (a failure to delete only leaves a topic behind).
     if let Err(e) = admin.delete_topics(&[topic.as_str()], &opts).await {
         eprintln!("could not delete bench topic {topic}: {e}");
@@ -167,14 +171,14 @@ pub async fn run_kafka(
 /// `(acknowledged, failed, payload bytes acknowledged, seconds)` of the measured part.
 async fn produce(
     bootstrap: &str,
+    security: &KafkaSecurity,
     topic: &str,
     payloads: &[Vec<u8>],
     in_flight: usize,
     duration: Duration,
 ) -> anyhow::Result<(u64, u64, u64, f64)> {
     // The product's producer (platform/src/kafka/mod.rs `KafkaBus::connect`).
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+    let producer: FutureProducer = apply_security(ClientConfig::new().set("bootstrap.servers", bootstrap), security)
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "2")

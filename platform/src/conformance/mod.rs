@@ -30,3 +30,49 @@ pub fn real_engine(var: &str) -> Option<String> {
         }
     }
 }
+
+fn test_var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// How the test Kafka is logged in to: `ORDERFLOW_TEST_KAFKA_USERNAME`, `_PASSWORD` and `_SASL_MECHANISM`
+/// (`scripts/test-env/up` prints them: its Kafka requires SCRAM logins). None set: no login.
+pub fn test_kafka_security() -> crate::connection::KafkaSecurity {
+    let mechanism = test_var("ORDERFLOW_TEST_KAFKA_SASL_MECHANISM")
+        .map(|m| crate::connection::SaslMechanism::parse(&m).expect("ORDERFLOW_TEST_KAFKA_SASL_MECHANISM"));
+    crate::connection::KafkaSecurity::from_settings(
+        None,
+        mechanism,
+        test_var("ORDERFLOW_TEST_KAFKA_USERNAME").as_deref(),
+        test_var("ORDERFLOW_TEST_KAFKA_PASSWORD").map(crate::secret::Secret::new),
+        None,
+    )
+    .expect("the ORDERFLOW_TEST_KAFKA_* login")
+}
+
+/// How the test CQL database is logged in to: `ORDERFLOW_TEST_CQL_USERNAME` and `_PASSWORD`
+/// (`scripts/test-env/up` prints them: its Cassandra requires a password). None set: no login.
+pub fn test_cql_security() -> crate::connection::CqlSecurity {
+    crate::connection::CqlSecurity::from_settings(
+        test_var("ORDERFLOW_TEST_CQL_USERNAME").as_deref(),
+        test_var("ORDERFLOW_TEST_CQL_PASSWORD").map(crate::secret::Secret::new),
+        false,
+        None,
+    )
+    .expect("the ORDERFLOW_TEST_CQL_* login")
+}
+
+/// The test servers' logins as the environment of an `orderflow` process (`ORDERFLOW_KAFKA_USERNAME`,
+/// `ORDERFLOW_CQL_PASSWORD`, ...), for tests that start the binary.
+pub fn test_engine_env() -> Vec<(&'static str, String)> {
+    [
+        ("ORDERFLOW_TEST_KAFKA_SASL_MECHANISM", "ORDERFLOW_KAFKA_SASL_MECHANISM"),
+        ("ORDERFLOW_TEST_KAFKA_USERNAME", "ORDERFLOW_KAFKA_USERNAME"),
+        ("ORDERFLOW_TEST_KAFKA_PASSWORD", "ORDERFLOW_KAFKA_PASSWORD"),
+        ("ORDERFLOW_TEST_CQL_USERNAME", "ORDERFLOW_CQL_USERNAME"),
+        ("ORDERFLOW_TEST_CQL_PASSWORD", "ORDERFLOW_CQL_PASSWORD"),
+    ]
+    .into_iter()
+    .filter_map(|(test, product)| test_var(test).map(|v| (product, v)))
+    .collect()
+}
