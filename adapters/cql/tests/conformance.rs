@@ -478,3 +478,30 @@ async fn the_database_serves_only_clients_that_log_in() {
     assert!(wrong.is_err(), "a session with a wrong password was opened");
     cql::session(&contact_points, &security).await.expect("the right login opens a session");
 }
+
+/// TLS to the test Cassandra (it offers TLS on its CQL port): a session that checks the node's
+/// certificate against the test CA logs in and queries; one that trusts only the system's roots refuses
+/// the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_sessions_check_the_nodes_certificate() {
+    use orderflow_platform::connection::{CqlSecurity, Tls};
+    let Some(contact_points) = cql_contact_points() else { return };
+    let Some(ca) = orderflow_platform::conformance::test_tls_ca()
+        .filter(|_| orderflow_platform::conformance::test_cql_offers_tls())
+    else {
+        eprintln!("SKIPPED: ORDERFLOW_TEST_CQL_TLS / ORDERFLOW_TEST_TLS_CA are not set: this database offers no TLS");
+        return;
+    };
+    let login = test_cql_security().login;
+    let checked = CqlSecurity { login: login.clone(), tls: Some(Tls { ca: Some(ca) }) };
+    let session = cql::session(&contact_points, &checked).await.expect("a TLS session with the test CA");
+    let rows = session
+        .query_unpaged("SELECT release_version FROM system.local", ())
+        .await
+        .expect("a query over TLS")
+        .into_rows_result()
+        .expect("rows");
+    assert_eq!(rows.rows_num(), 1);
+    let untrusted = CqlSecurity { login, tls: Some(Tls { ca: None }) };
+    assert!(cql::session(&contact_points, &untrusted).await.is_err(), "a node with an untrusted certificate was used");
+}

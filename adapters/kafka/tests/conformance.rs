@@ -95,3 +95,34 @@ async fn the_broker_serves_only_clients_that_log_in() {
     assert!(bus_with(wrong).ready().await.is_err(), "served a client with a wrong password");
     bus_with(security).ready().await.expect("the right login is served");
 }
+
+/// Over TLS (SASL_SSL, the test Kafka's second listener): a client that checks the broker's certificate
+/// against the test CA logs in and is served; one that trusts only the system's roots refuses the broker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_connections_check_the_brokers_certificate() {
+    use orderflow_platform::connection::{KafkaSecurity, Tls};
+    let Some(_) = real_engine("ORDERFLOW_TEST_KAFKA") else { return };
+    let (Some(addr), Some(ca)) =
+        (orderflow_platform::conformance::test_kafka_tls(), orderflow_platform::conformance::test_tls_ca())
+    else {
+        eprintln!(
+            "SKIPPED: ORDERFLOW_TEST_KAFKA_TLS / ORDERFLOW_TEST_TLS_CA are not set: this Kafka has no TLS listener"
+        );
+        return;
+    };
+    let bus_with = |tls: Tls| {
+        KafkaBus::connect(KafkaOptions {
+            bootstrap: vec![addr.clone()],
+            replication_factor: 1,
+            min_insync_replicas: None,
+            namespace: None,
+            security: KafkaSecurity { sasl: test_kafka_security().sasl, tls: Some(tls) },
+        })
+        .expect("connect")
+    };
+    let checked = bus_with(Tls { ca: Some(ca) });
+    assert_eq!(checked.options().security.protocol(), "SASL_SSL");
+    checked.ready().await.expect("served over TLS with the test CA");
+    checked.ensure_topics().await.expect("admin requests over TLS");
+    assert!(bus_with(Tls { ca: None }).ready().await.is_err(), "a broker with an untrusted certificate was used");
+}

@@ -76,3 +76,19 @@ pub fn test_engine_env() -> Vec<(&'static str, String)> {
     .filter_map(|(test, product)| test_var(test).map(|v| (product, v)))
     .collect()
 }
+
+/// The CA that signed the test servers' TLS certificates (`ORDERFLOW_TEST_TLS_CA`; `scripts/test-env/up`
+/// makes it), when they offer TLS.
+pub fn test_tls_ca() -> Option<std::path::PathBuf> {
+    test_var("ORDERFLOW_TEST_TLS_CA").map(std::path::PathBuf::from)
+}
+
+/// The address of the test Kafka's TLS listener (`ORDERFLOW_TEST_KAFKA_TLS`), when it has one.
+pub fn test_kafka_tls() -> Option<String> {
+    test_var("ORDERFLOW_TEST_KAFKA_TLS")
+}
+
+/// Whether the test CQL database offers TLS on its port (`ORDERFLOW_TEST_CQL_TLS=1`).
+pub fn test_cql_offers_tls() -> bool {
+    test_var("ORDERFLOW_TEST_CQL_TLS").is_some_and(|v| v == "1")
+}
