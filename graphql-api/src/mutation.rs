@@ -234,6 +234,8 @@ async fn request_order_change(st: &ApiState, id: OrderId, to: OrderStatus, body:
         return Err(ApiError::IllegalTransition { from: before.status, to });
     }
     let envelope = Envelope::new(EventId::random(), id.clone(), body);
+    // Recorded before it is published: the saga applies only the requests recorded (forged ones move nothing).
+    orderflow_processors::saga::record_requests(&*st.stores.orders, std::slice::from_ref(&envelope)).await?;
     let payload = codec::encode(&envelope).map_err(|e| ApiError::unavailable("encoding an order request", &e))?;
     st.bus
         .publish(vec![BusRecord::new(topics::ORDERS, id.as_str(), payload)])

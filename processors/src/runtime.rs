@@ -191,16 +191,24 @@ impl RepublishBackoff {
 ///   same, and the saga ignores an order it already moved.
 /// - PROCESSING past the stuck-order timeout: a request to reject it (`StatusChangeRequested` REJECTED by
 ///   [`STUCK_ORDER_SWEEP`], one id per order), which the saga applies only if the order is still PROCESSING.
-fn sweep_record(stalled: Stalled, order: &Order) -> Result<BusRecord, codec::CodecError> {
-    let envelope = match stalled {
+fn sweep_envelope(stalled: Stalled, order: &Order) -> Envelope {
+    match stalled {
         Stalled::Pending => OrderPlaced::envelope_of(order),
         Stalled::Processing => Envelope::new(
             EventId::derived(&order.id, "stuck"),
             order.id.clone(),
             StatusChangeRequested { status: OrderStatus::Rejected, changed_by: STUCK_ORDER_SWEEP.into() },
         ),
-    };
-    codec::encode(&envelope).map(|p| BusRecord::new(topics::ORDERS, order.id.as_str(), p))
+    }
+}
+
+fn to_record(envelope: &Envelope) -> Result<BusRecord, codec::CodecError> {
+    codec::encode(envelope).map(|p| BusRecord::new(topics::ORDERS, envelope.order_id.as_str(), p))
+}
+
+#[cfg(test)]
+fn sweep_record(stalled: Stalled, order: &Order) -> Result<BusRecord, codec::CodecError> {
+    to_record(&sweep_envelope(stalled, order))
 }
 
 /// Tells when the saga has handled every record published to the orders topic before a moment: a *mark*
@@ -273,7 +281,13 @@ async fn sweep_stalled(backends: Backends, stalled: Stalled, after: Duration, sh
         if due.is_empty() {
             continue;
         }
-        match due.iter().map(|o| sweep_record(stalled, o)).collect::<Result<Vec<_>, _>>() {
+        let envelopes: Vec<Envelope> = due.iter().map(|o| sweep_envelope(stalled, o)).collect();
+        // A rejection is a request: recorded first, so that the saga can tell it from a forged record.
+        if let Err(e) = crate::saga::record_requests(&*backends.stores.orders, &envelopes).await {
+            tracing::warn!(error = %e, ?stalled, "stalled-order sweep could not record its requests");
+            continue;
+        }
+        match envelopes.iter().map(to_record).collect::<Result<Vec<_>, _>>() {
             Ok(records) => {
                 tracing::info!(count = records.len(), "{what}");
                 let counter = match stalled {

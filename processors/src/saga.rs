@@ -7,7 +7,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use orderflow_platform::bus::{Bus, Delivery, Handler, HandlerError};
 use orderflow_platform::fencing::PartitionFences;
-use orderflow_platform::store::{Applied, Fence, OrderStore, OwnedOrders, PaymentRecord, PaymentStore, Transition};
+use orderflow_platform::store::{
+    Applied, Fence, OrderStore, OwnedOrders, PaymentRecord, PaymentStore, StoreError, Transition,
+};
 use orderflow_schemas::events::*;
 use orderflow_schemas::topics::{self, Topic};
 use orderflow_schemas::{Envelope, Event, EventId, Order, OrderStatus, Sku, TimelineEntry};
@@ -250,6 +252,28 @@ pub fn decide(order: &Order, env: &Envelope, now_ms: i64) -> Option<Decision> {
     }
 }
 
+/// What a request that orderflow itself makes on an order asks for, as it is recorded before its record
+/// is published (see [`OrderStore::record_request`]): a staff or sweep status change, or a cancellation.
+/// `None` for every other event (those are checked otherwise, or change nothing on their own).
+pub fn request_name(body: &Event) -> Option<String> {
+    match body {
+        Event::StatusChangeRequested(c) => Some(format!("StatusChangeRequested:{}", c.status.as_str())),
+        Event::CancelRequested(_) => Some("CancelRequested".into()),
+        _ => None,
+    }
+}
+
+/// Records every request among `envelopes` (see [`request_name`]) in the orders store: call it before
+/// publishing them, so that the saga applies them, and only them.
+pub async fn record_requests(orders: &dyn OrderStore, envelopes: &[Envelope]) -> Result<(), StoreError> {
+    for env in envelopes {
+        if let Some(request) = request_name(&env.body) {
+            orders.record_request(&env.order_id, env.event_id, &request).await?;
+        }
+    }
+    Ok(())
+}
+
 impl Decision {
     /// The outputs as bus records: an inventory command keyed by its SKU (that SKU's partition is the
     /// one writer of its stock), everything else by order id.
@@ -323,11 +347,28 @@ struct Decided<'a> {
 impl SagaHandler {
     /// Whether `env` may be applied to `order`. An event that moves money is checked against the store
     /// of record, not trusted because it is on the topic: a `PaymentCaptured` that would confirm an order
-    /// must name the charge the payments store holds for it, with the same amount. Anything else (a
+    /// must name the charge the payments store holds for it, with the same amount; a request to change an
+    /// order (staff's or the stuck-order sweep's) must be recorded in the orders store under its event id
+    /// ([`record_requests`]). Anything else (a
     /// record forged by whoever can write to the topic, or one for an order whose payment was declined)
     /// is refused: logged, counted, and not applied; the order waits for its real outcome (and ends
     /// `timed_out` if none comes).
     async fn vouched(&self, order: &Order, env: &Envelope) -> Result<bool, HandlerError> {
+        if let Some(request) = request_name(&env.body) {
+            let recorded = self.orders.recorded_request(&order.id, env.event_id).await?;
+            let vouched = recorded.as_deref() == Some(request.as_str());
+            if !vouched {
+                metrics::counter!("orderflow_events_refused_total", "event" => env.body.name()).increment(1);
+                tracing::warn!(
+                    order = %order.id,
+                    event_id = %env.event_id,
+                    request,
+                    recorded,
+                    "a request orderflow did not record was refused (a forged or stray record)"
+                );
+            }
+            return Ok(vouched);
+        }
         let Event::PaymentCaptured(captured) = &env.body else { return Ok(true) };
         if order.status != OrderStatus::Processing {
             return Ok(true); // `decide` moves nothing on it, or pays it back (after a cancellation)

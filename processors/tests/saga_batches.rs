@@ -55,13 +55,15 @@ fn cancel(order: &str) -> Envelope {
     Envelope::new(EventId::derived(&id, "cancel"), id, body)
 }
 
-/// A fresh embedded store holding the orders, and a saga over it.
-async fn saga(orders: &[Order]) -> (tempfile::TempDir, Stores, SagaHandler) {
+/// A fresh embedded store holding the orders and the requests among `envs` (recorded as staff's are
+/// before they are published), and a saga over it.
+async fn saga(orders: &[Order], envs: &[Envelope]) -> (tempfile::TempDir, Stores, SagaHandler) {
     let dir = tempfile::tempdir().unwrap();
     let backends = embedded::open(dir.path(), &BackendOptions::default()).unwrap();
     for o in orders {
         backends.stores.orders.insert_new(o).await.unwrap();
     }
+    orderflow_processors::saga::record_requests(&*backends.stores.orders, envs).await.unwrap();
     let handler = SagaHandler {
         orders: Arc::clone(&backends.stores.orders),
         bus: Arc::clone(&backends.bus),
@@ -114,7 +116,7 @@ async fn a_batch_ends_where_one_record_at_a_time_ends() {
     ];
     let batch = deliveries(&envs);
 
-    let (_one_dir, one_stores, one_at_a_time) = saga(&orders).await;
+    let (_one_dir, one_stores, one_at_a_time) = saga(&orders, &envs).await;
     for d in &batch {
         one_at_a_time.handle(d).await.unwrap();
     }
@@ -125,7 +127,7 @@ async fn a_batch_ends_where_one_record_at_a_time_ends() {
     assert_eq!(want[1].2, ["processing", "cancelled", "stock_released"]);
     assert_eq!(want[2].0, OrderStatus::Processing);
 
-    let (_dir, stores, batched) = saga(&orders).await;
+    let (_dir, stores, batched) = saga(&orders, &envs).await;
     batched.handle_batch(&batch).await.unwrap();
     assert_eq!(states(&stores, &ids).await, want);
     // Redelivered, as after a crash before the offsets were committed: nothing changes.

@@ -1,23 +1,25 @@
-//! Events that move money are checked against the store of record, not trusted because they are on
-//! the topic: a forged `PaymentCaptured` (anyone who can write to the orders topic could send one)
-//! confirms nothing, neither while the order waits for its payment nor after the payment was declined.
+//! Events that move money or goods are checked against the store of record, not trusted because they
+//! are on the topic: a forged `PaymentCaptured` (anyone who can write to the orders topic could send
+//! one) confirms nothing, neither while the order waits for its payment nor after the payment was
+//! declined; a forged status change or cancellation moves no order, releases no stock and refunds
+//! nothing, while staff's own requests (recorded before they are published) still apply.
 
 use std::time::{Duration, Instant};
 
 use crate::common::TestApp;
 use orderflow_platform::BusRecord;
-use orderflow_schemas::events::PaymentCaptured;
+use orderflow_schemas::events::{CancelRequested, PaymentCaptured, StatusChangeRequested};
 use orderflow_schemas::{Envelope, EventId, OrderId, UserId, codec, topics};
 use serde_json::json;
 
-async fn forge_capture(app: &TestApp, order: &str, cents: i64) {
-    let env = Envelope::new(
-        EventId::random(),
-        OrderId::parse(order).unwrap(),
-        PaymentCaptured { charge_id: "ch_forged".into(), captured_cents: cents },
-    );
+async fn forge(app: &TestApp, order: &str, body: impl Into<orderflow_schemas::Event>) {
+    let env = Envelope::new(EventId::random(), OrderId::parse(order).unwrap(), body);
     let record = BusRecord::new(topics::ORDERS, order, codec::encode(&env).unwrap());
     app.app().backends.bus.publish(vec![record]).await.unwrap();
+}
+
+async fn forge_capture(app: &TestApp, order: &str, cents: i64) {
+    forge(app, order, PaymentCaptured { charge_id: "ch_forged".into(), captured_cents: cents }).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -67,4 +69,50 @@ async fn a_forged_capture_confirms_nothing() {
         metrics.lines().any(|l| l.starts_with("orderflow_events_refused_total") && !l.ends_with(" 0")),
         "the refusal was not counted"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_status_changes_and_cancellations_move_nothing() {
+    let app = TestApp::start().await;
+    app.wait_product("SKU-PIZZA").await;
+    let stock_before = app.gql("{ product(sku: \"SKU-PIZZA\") { stock { available sold } } }", json!({}), true).await;
+    let id = format!("forged-{}", uuid::Uuid::new_v4().simple());
+    let (status, body) = app
+        .post_order(json!({"order_id": id, "user_id": "mallory", "items": [{"sku": "SKU-PIZZA", "quantity": 1}]}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    app.wait_status(&id, &["CONFIRMED"]).await;
+
+    forge(
+        &app,
+        &id,
+        StatusChangeRequested { status: orderflow_schemas::OrderStatus::Delivered, changed_by: "x".into() },
+    )
+    .await;
+    forge(
+        &app,
+        &id,
+        StatusChangeRequested { status: orderflow_schemas::OrderStatus::Preparing, changed_by: "x".into() },
+    )
+    .await;
+    forge(&app, &id, CancelRequested { cancel_reason: "forged".into(), requested_by: "x".into() }).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let (_, order) = app.get_order(&id).await;
+    assert_eq!(order["status"], "CONFIRMED", "a forged request moved the order: {order}");
+    let stock = app.gql("{ product(sku: \"SKU-PIZZA\") { stock { available sold } } }", json!({}), true).await;
+    let (before, after) = (&stock_before["data"]["product"]["stock"], &stock["data"]["product"]["stock"]);
+    assert_eq!(after["available"].as_i64(), before["available"].as_i64().map(|a| a - 1), "{before} -> {after}");
+
+    // Staff's own request is recorded before it is published, and applies.
+    let moved = app
+        .gql("mutation($id: ID!){ updateOrderStatus(id: $id, status: PREPARING) { status } }", json!({"id": id}), true)
+        .await;
+    assert_eq!(moved["data"]["updateOrderStatus"]["status"], "PREPARING", "{moved}");
+    let metrics = app.http.get(format!("{}/metrics", app.base)).send().await.unwrap().text().await.unwrap();
+    for event in ["StatusChangeRequested", "CancelRequested"] {
+        assert!(
+            metrics.lines().any(|l| l.starts_with("orderflow_events_refused_total") && l.contains(event)),
+            "the refused {event} was not counted"
+        );
+    }
 }

@@ -149,6 +149,8 @@ pub(super) struct Statements {
     stalled: PreparedStatement,
     count_status: PreparedStatement,
     processing: PreparedStatement,
+    request_insert: PreparedStatement,
+    request: PreparedStatement,
 }
 
 impl Statements {
@@ -187,6 +189,18 @@ impl Statements {
             // may retry it.
             set_state,
             event_insert,
+            request_insert: prepare(
+                s,
+                "INSERT INTO orderflow_orders.order_requests (order_id, event_id, request) VALUES (?, ?, ?)",
+                true,
+            )
+            .await?,
+            request: prepare(
+                s,
+                "SELECT request FROM orderflow_orders.order_requests WHERE order_id = ? AND event_id = ?",
+                true,
+            )
+            .await?,
             effect: prepare(
                 s,
                 "SELECT outputs, WRITETIME(outputs) FROM orderflow_orders.orders_v2 WHERE order_id = ? AND event_id = ?",
@@ -813,5 +827,18 @@ impl OrderStore for CqlStore {
             processed,
             processing_ms_total,
         })
+    }
+
+    async fn record_request(&self, order: &OrderId, event: EventId, request: &str) -> Result<()> {
+        self.session
+            .execute_unpaged(&self.orders.request_insert, (order.as_str(), event.0, request))
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn recorded_request(&self, order: &OrderId, event: EventId) -> Result<Option<String>> {
+        let row = self.first_row::<(String,)>(&self.orders.request, (order.as_str(), event.0)).await?;
+        Ok(row.map(|(request,)| request))
     }
 }

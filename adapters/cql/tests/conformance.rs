@@ -72,6 +72,7 @@ async fn cql_store_passes_every_conformance_check_in_sequence() {
         order_stats_follow_transitions,
         payments_record_then_replace,
         shipments_are_created_once,
+    order_requests_are_recorded_per_order_and_event,
         partition_epochs_only_grow,
         answers_readiness_pings,
     );

@@ -37,6 +37,8 @@ pub(crate) struct Db {
     pub(crate) orders: SingleWriterTxKeyspace,
     pub(crate) order_index: SingleWriterTxKeyspace,
     pub(crate) saga_effects: SingleWriterTxKeyspace,
+    /// Requests orderflow made on orders: `order_requests[id 0x00 event_id]` = what was asked.
+    pub(crate) order_requests: SingleWriterTxKeyspace,
     pub(crate) stats: SingleWriterTxKeyspace,
     pub(crate) payments: SingleWriterTxKeyspace,
     pub(crate) provider: SingleWriterTxKeyspace,
@@ -93,6 +95,7 @@ impl Db {
             orders: ks("orders")?,
             order_index: ks("order_index")?,
             saga_effects: ks("saga_effects")?,
+            order_requests: ks("order_requests")?,
             stats: ks("stats")?,
             payments: ks("payments")?,
             provider: ks("provider")?,

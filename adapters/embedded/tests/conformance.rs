@@ -60,6 +60,7 @@ checks!(store:
     order_stats_follow_transitions,
     payments_record_then_replace,
     shipments_are_created_once,
+    order_requests_are_recorded_per_order_and_event,
     partition_epochs_only_grow,
     answers_readiness_pings,
 );

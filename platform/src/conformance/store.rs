@@ -751,6 +751,23 @@ pub async fn shipments_are_created_once(stores: Stores) {
     assert_eq!(stores.shipments.shipment(&o).await.unwrap(), Some(s1));
 }
 
+/// A request orderflow recorded on an order is found under its order and event id, with what was asked;
+/// another event id, or the same id on another order, finds nothing.
+pub async fn order_requests_are_recorded_per_order_and_event(stores: Stores) {
+    let id = run_id("req");
+    let (a, b) = (OrderId::parse(format!("{id}-a")).unwrap(), OrderId::parse(format!("{id}-b")).unwrap());
+    let (e1, e2) = (EventId::random(), EventId::random());
+    assert_eq!(stores.orders.recorded_request(&a, e1).await.unwrap(), None);
+    stores.orders.record_request(&a, e1, "StatusChangeRequested:DELIVERED").await.unwrap();
+    stores.orders.record_request(&a, e1, "StatusChangeRequested:DELIVERED").await.unwrap();
+    assert_eq!(
+        stores.orders.recorded_request(&a, e1).await.unwrap().as_deref(),
+        Some("StatusChangeRequested:DELIVERED")
+    );
+    assert_eq!(stores.orders.recorded_request(&a, e2).await.unwrap(), None, "another event");
+    assert_eq!(stores.orders.recorded_request(&b, e1).await.unwrap(), None, "another order");
+}
+
 /// A fence of epoch 1 at `offset`: what the first owner of a partition stamps its writes with.
 fn fence(offset: u64) -> Fence {
     Fence::new(1, offset)
@@ -797,5 +814,6 @@ pub async fn run_all(stores: Stores) {
     orders_list_by_user_and_status_newest_first(stores.clone()).await;
     order_stats_follow_transitions(stores.clone()).await;
     payments_record_then_replace(stores.clone()).await;
+    order_requests_are_recorded_per_order_and_event(stores.clone()).await;
     shipments_are_created_once(stores).await;
 }

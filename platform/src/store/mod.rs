@@ -625,6 +625,14 @@ pub trait OrderStore: Send + Sync {
     /// on, and reading all of them on every sweep would cost more the more orders were ever placed.
     async fn stalled(&self, stalled: Stalled, placed_before_ms: i64, limit: usize) -> Result<Vec<Order>>;
     async fn stats(&self) -> Result<OrderStats>;
+    /// Records that orderflow itself asks for `request` on `order` under event id `event` (a staff status
+    /// change or cancellation, the stuck-order sweep's rejection; `request` names what is asked, e.g.
+    /// `StatusChangeRequested:DELIVERED`), before the record is published. The saga applies such a record
+    /// only if [`OrderStore::recorded_request`] finds it here with the same `request`, so a record written
+    /// to the topic by anyone else moves no order, stock or money.
+    async fn record_request(&self, order: &OrderId, event: EventId, request: &str) -> Result<()>;
+    /// What [`OrderStore::record_request`] recorded for `event` on `order`, if anything.
+    async fn recorded_request(&self, order: &OrderId, event: EventId) -> Result<Option<String>>;
 }
 
 // ---------------------------------------------------------------------------------------------------

@@ -206,6 +206,14 @@ impl OrderStore for OwnerReadOrders {
     async fn stats(&self) -> Result<OrderStats> {
         self.store.stats().await
     }
+
+    async fn record_request(&self, order: &OrderId, event: orderflow_schemas::EventId, request: &str) -> Result<()> {
+        self.store.record_request(order, event, request).await
+    }
+
+    async fn recorded_request(&self, order: &OrderId, event: orderflow_schemas::EventId) -> Result<Option<String>> {
+        self.store.recorded_request(order, event).await
+    }
 }
 
 #[cfg(test)]

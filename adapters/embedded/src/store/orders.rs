@@ -16,7 +16,8 @@ use orderflow_platform::store::*;
 //   "u" 0x00 user 0x00 pos  one customer's orders, newest first
 //   "s" 0x00 STATUS 0x00 pos orders in a status, newest first
 // where pos = hex(u64::MAX - placed_at_ms) ":" id. saga_effects[id 0x00 event_id] = Effect (the offset of
-// the record that applied the event, and its outputs).
+// the record that applied the event, and its outputs). order_requests[id 0x00 event_id] = what orderflow asked
+// for on the order (a staff or sweep request), recorded before its record was published.
 // stats["orders"] = StatsRow, updated in the same transaction as every status change.
 
 fn position(order: &Order) -> String {
@@ -242,5 +243,21 @@ impl OrderStore for EmbeddedStore {
             processed: row.processed,
             processing_ms_total: row.processing_ms_total,
         })
+    }
+
+    async fn record_request(&self, order: &OrderId, event: EventId, request: &str) -> Result<()> {
+        let key = effects_key(order, event);
+        let request = request.to_owned();
+        self.db
+            .write(move |db, tx| {
+                tx.insert(&db.order_requests, key, request.into_bytes());
+                Ok(())
+            })
+            .await
+    }
+
+    async fn recorded_request(&self, order: &OrderId, event: EventId) -> Result<Option<String>> {
+        let value = self.db.order_requests.get(effects_key(order, event)).map_err(unavailable)?;
+        value.map(|v| String::from_utf8(v.to_vec()).map_err(|e| StoreError::Corrupt(e.to_string()))).transpose()
     }
 }
