@@ -379,6 +379,36 @@ impl Settings {
         Ok(())
     }
 
+    /// In production, says at start which connection to Kafka or the database goes without a login or
+    /// without TLS (a lab cluster may; a shop's should not). Nothing outside production.
+    pub fn warn_unauthenticated_connections(&self, options: &BackendOptions) {
+        if !self.production() {
+            return;
+        }
+        if matches!(self.bus, BackendUrl::Kafka(_)) {
+            let protocol = options.kafka_security.protocol();
+            if protocol != "SASL_SSL" {
+                tracing::warn!(
+                    protocol,
+                    "--env production: Kafka is reached over {protocol}; a production cluster should require \
+                     SASL over TLS (ORDERFLOW_KAFKA_USERNAME, ORDERFLOW_KAFKA_SSL_CA)"
+                );
+            }
+        }
+        if matches!(self.store, BackendUrl::Scylla(_)) {
+            let (login, tls) = (options.cql_security.login.is_some(), options.cql_security.tls.is_some());
+            if !(login && tls) {
+                tracing::warn!(
+                    login,
+                    tls,
+                    "--env production: the CQL database is reached without {}; a production cluster should \
+                     require both (ORDERFLOW_CQL_USERNAME, ORDERFLOW_CQL_TLS_CA)",
+                    if login { "TLS" } else if tls { "a login" } else { "a login and TLS" }
+                );
+            }
+        }
+    }
+
     /// Who may do what, from the auth settings; an error names the setting to fix.
     pub async fn authenticator(&self) -> anyhow::Result<Authenticator> {
         let admin =

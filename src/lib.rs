@@ -166,6 +166,7 @@ impl App {
         }
         // One process with every role applies the CQL schema itself; separate roles expect `orderflow migrate`.
         let options = BackendOptions { migrate_cql: roles == Roles::all(), ..settings.backend_options()? };
+        settings.warn_unauthenticated_connections(&options);
         let backends = crate::backend::open_waiting(
             &settings.bus,
             &settings.store,
