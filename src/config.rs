@@ -403,7 +403,13 @@ impl Settings {
                     tls,
                     "--env production: the CQL database is reached without {}; a production cluster should \
                      require both (ORDERFLOW_CQL_USERNAME, ORDERFLOW_CQL_TLS_CA)",
-                    if login { "TLS" } else if tls { "a login" } else { "a login and TLS" }
+                    if login {
+                        "TLS"
+                    } else if tls {
+                        "a login"
+                    } else {
+                        "a login and TLS"
+                    }
                 );
             }
         }

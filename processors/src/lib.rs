@@ -4,7 +4,8 @@
 //!
 //! - [`saga`]: the order saga, single writer of order state; decides the next step and compensation.
 //! - [`inventory`]: holds an order's units of one SKU (one command per SKU); release and commit.
-//! - [`payment`]: capture and refund through a [`payment::PaymentProvider`] with idempotency keys.
+//! - [`payment`]: capture and refund through the [`payment::PaymentProvider`] port (typed answers and
+//!   errors, one file per adapter) with idempotency keys.
 //! - [`catalog`]: catalog writes and their `ProductUpdated` events, the projector into the read model.
 //! - [`fulfillment`]: creates the shipment of a confirmed order.
 //! - [`runtime`]: starts roles as consumers and keeps them running until shutdown.

@@ -1,97 +1,24 @@
 //! The payment processor and its provider port. Every provider call carries an idempotency key derived
 //! from the order (`<order>:capture`, `<order>:refund`), and the first result is stored per order, so a
 //! redelivered command never charges twice.
+//!
+//! - [`provider`]: the port ([`PaymentProvider`]) and its typed answers and errors.
+//! - [`simulated`]: the built-in provider that takes no real money (the quick start's default).
 
-use std::collections::HashSet;
+pub mod provider;
+pub mod simulated;
+
+pub use provider::{CaptureResult, PaymentProvider, ProviderError};
+pub use simulated::{SimulatedProvider, SimulatedRules};
+
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use orderflow_platform::bus::{Bus, BusRecord, Delivery, Handler, HandlerError};
 use orderflow_platform::fencing::PartitionFences;
-use orderflow_platform::store::{PaymentRecord, PaymentStore, ProviderEntry, StoreError};
+use orderflow_platform::store::{PaymentRecord, PaymentStore};
 use orderflow_schemas::events::{PaymentCaptured, PaymentDeclined, PaymentRefunded};
-use orderflow_schemas::{Envelope, Event, EventId, Money, OrderId, UserId, now_ms, topics};
-
-/// What a provider answered to a capture.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CaptureResult {
-    Captured { charge_id: String },
-    Declined { reason: String },
-}
-
-/// A payment service provider. Implementations must honour the idempotency key: the same key twice is
-/// one charge.
-#[async_trait]
-pub trait PaymentProvider: Send + Sync {
-    async fn capture(&self, idempotency_key: &str, user: &UserId, amount: Money) -> Result<CaptureResult, StoreError>;
-    async fn refund(&self, idempotency_key: &str, charge_id: &str, amount: Money) -> Result<String, StoreError>;
-}
-
-/// Rules of the built-in simulated provider.
-#[derive(Debug, Clone, Default)]
-pub struct SimulatedRules {
-    /// Time each call takes, like a network round trip to a real provider.
-    pub latency: Duration,
-    /// Decline charges above this amount.
-    pub decline_above: Option<Money>,
-    /// Decline every charge of these customers.
-    pub decline_users: HashSet<UserId>,
-}
-
-/// A provider that takes no real money. It keeps its own ledger (as an external provider would) in the
-/// store, one entry per idempotency key. Its charge and refund ids are derived from the key, so two calls
-/// with one key (a redelivered command, or an owner and its zombie at the same moment) name the same
-/// movement of money.
-pub struct SimulatedProvider {
-    pub rules: SimulatedRules,
-    pub ledger: Arc<dyn PaymentStore>,
-}
-
-impl std::fmt::Debug for SimulatedProvider {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SimulatedProvider").field("rules", &self.rules).finish_non_exhaustive()
-    }
-}
-
-/// Namespace of the simulated provider's entry ids (name-based UUIDs of the idempotency key).
-const ENTRY_ID_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6f72_6465_7266_6c6f_7700_0000_0000_0002);
-
-fn entry_id(idempotency_key: &str) -> uuid::Uuid {
-    uuid::Uuid::new_v5(&ENTRY_ID_NAMESPACE, idempotency_key.as_bytes())
-}
-
-#[async_trait]
-impl PaymentProvider for SimulatedProvider {
-    async fn capture(&self, key: &str, user: &UserId, amount: Money) -> Result<CaptureResult, StoreError> {
-        tokio::time::sleep(self.rules.latency).await;
-        if self.rules.decline_users.contains(user) {
-            return Ok(CaptureResult::Declined { reason: "card declined".into() });
-        }
-        if let Some(limit) = self.rules.decline_above.filter(|limit| amount > *limit) {
-            return Ok(CaptureResult::Declined { reason: format!("amount over the {limit} limit") });
-        }
-        let entry = ProviderEntry {
-            kind: "charge".into(),
-            id: format!("ch_{}", entry_id(key).simple()),
-            amount,
-            at_ms: now_ms(),
-        };
-        let stored = self.ledger.provider_entry_once(key, &entry).await?;
-        Ok(CaptureResult::Captured { charge_id: stored.id })
-    }
-
-    async fn refund(&self, key: &str, _charge_id: &str, amount: Money) -> Result<String, StoreError> {
-        tokio::time::sleep(self.rules.latency).await;
-        let entry = ProviderEntry {
-            kind: "refund".into(),
-            id: format!("re_{}", entry_id(key).simple()),
-            amount,
-            at_ms: now_ms(),
-        };
-        Ok(self.ledger.provider_entry_once(key, &entry).await?.id)
-    }
-}
+use orderflow_schemas::{Envelope, Event, EventId, Money, OrderId, topics};
 
 pub struct PaymentHandler {
     pub payments: Arc<dyn PaymentStore>,
