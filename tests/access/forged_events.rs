@@ -18,6 +18,20 @@ async fn forge(app: &TestApp, order: &str, body: impl Into<orderflow_schemas::Ev
     app.app().backends.bus.publish(vec![record]).await.unwrap();
 }
 
+const PIZZA_STOCK: &str = "{ product(sku: \"SKU-PIZZA\") { stock { available sold } } }";
+
+/// Places one pizza for mallory and waits until the order is in one of `statuses`; its id.
+async fn place_pizza(app: &TestApp, statuses: &[&str]) -> String {
+    app.wait_product("SKU-PIZZA").await;
+    let id = format!("forged-{}", uuid::Uuid::new_v4().simple());
+    let (status, body) = app
+        .post_order(json!({"order_id": id, "user_id": "mallory", "items": [{"sku": "SKU-PIZZA", "quantity": 1}]}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    app.wait_status(&id, statuses).await;
+    id
+}
+
 async fn forge_capture(app: &TestApp, order: &str, cents: i64) {
     forge(app, order, PaymentCaptured { charge_id: "ch_forged".into(), captured_cents: cents }).await;
 }
@@ -30,13 +44,7 @@ async fn a_forged_capture_confirms_nothing() {
         s.payment_decline_users = vec![UserId::parse("mallory").unwrap()];
     })
     .await;
-    app.wait_product("SKU-PIZZA").await;
-    let id = format!("forged-{}", uuid::Uuid::new_v4().simple());
-    let (status, body) = app
-        .post_order(json!({"order_id": id, "user_id": "mallory", "items": [{"sku": "SKU-PIZZA", "quantity": 1}]}))
-        .await;
-    assert_eq!(status, 202, "{body}");
-    app.wait_status(&id, &["PROCESSING"]).await;
+    let id = place_pizza(&app, &["PROCESSING"]).await;
 
     // While the real payment is pending.
     forge_capture(&app, &id, 1250).await;
@@ -75,13 +83,8 @@ async fn a_forged_capture_confirms_nothing() {
 async fn forged_status_changes_and_cancellations_move_nothing() {
     let app = TestApp::start().await;
     app.wait_product("SKU-PIZZA").await;
-    let stock_before = app.gql("{ product(sku: \"SKU-PIZZA\") { stock { available sold } } }", json!({}), true).await;
-    let id = format!("forged-{}", uuid::Uuid::new_v4().simple());
-    let (status, body) = app
-        .post_order(json!({"order_id": id, "user_id": "mallory", "items": [{"sku": "SKU-PIZZA", "quantity": 1}]}))
-        .await;
-    assert_eq!(status, 202, "{body}");
-    app.wait_status(&id, &["CONFIRMED"]).await;
+    let stock_before = app.gql(PIZZA_STOCK, json!({}), true).await;
+    let id = place_pizza(&app, &["CONFIRMED"]).await;
 
     forge(
         &app,
@@ -99,7 +102,7 @@ async fn forged_status_changes_and_cancellations_move_nothing() {
     tokio::time::sleep(Duration::from_millis(700)).await;
     let (_, order) = app.get_order(&id).await;
     assert_eq!(order["status"], "CONFIRMED", "a forged request moved the order: {order}");
-    let stock = app.gql("{ product(sku: \"SKU-PIZZA\") { stock { available sold } } }", json!({}), true).await;
+    let stock = app.gql(PIZZA_STOCK, json!({}), true).await;
     let (before, after) = (&stock_before["data"]["product"]["stock"], &stock["data"]["product"]["stock"]);
     assert_eq!(after["available"].as_i64(), before["available"].as_i64().map(|a| a - 1), "{before} -> {after}");
 

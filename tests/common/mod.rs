@@ -24,7 +24,7 @@ pub fn settings(data_dir: &Path) -> Settings {
         store: BackendUrl::Embedded,
         admin_token: Some(ADMIN_TOKEN.into()),
         admin_token_file: None,
-        connections: test_connections(),
+        connections: orderflow_platform::conformance::test_connections(),
         environment: orderflow::Environment::Development,
         auth: None,
         graphql_introspection: None,
@@ -64,21 +64,6 @@ pub fn settings(data_dir: &Path) -> Settings {
         cors_allow_origin: vec![],
         graphql_timeout: std::time::Duration::from_secs(10),
         fault_end_role: None,
-    }
-}
-
-/// The test servers' logins (`scripts/test-env/up` prints them as `ORDERFLOW_TEST_KAFKA_USERNAME`, ...), as
-/// the connection settings of an in-process app; unused on the embedded backends.
-pub fn test_connections() -> orderflow_platform::connection::Connections {
-    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-    orderflow_platform::connection::Connections {
-        kafka_sasl_mechanism: var("ORDERFLOW_TEST_KAFKA_SASL_MECHANISM")
-            .map(|m| orderflow_platform::connection::SaslMechanism::parse(&m).unwrap()),
-        kafka_username: var("ORDERFLOW_TEST_KAFKA_USERNAME"),
-        kafka_password: var("ORDERFLOW_TEST_KAFKA_PASSWORD").map(orderflow_identity::Secret::new),
-        cql_username: var("ORDERFLOW_TEST_CQL_USERNAME"),
-        cql_password: var("ORDERFLOW_TEST_CQL_PASSWORD").map(orderflow_identity::Secret::new),
-        ..Default::default()
     }
 }
 

@@ -63,6 +63,7 @@ pub async fn migrate_in(session: &Session, replication: &str, keyspaces: &Keyspa
 /// Whether the cluster is a ScyllaDB that can place keyspaces on tablets (6.0 and later: it has
 /// `system_schema.scylla_keyspaces`). Apache Cassandra and older ScyllaDB answer no.
 async fn has_tablets(session: &Session) -> Result<bool> {
+    let failed = |e: &dyn std::fmt::Display| StoreError::Unavailable(format!("reading the system schema: {e}"));
     let rows = session
         .query_unpaged(
             "SELECT table_name FROM system_schema.tables WHERE keyspace_name = 'system_schema' \
@@ -70,9 +71,9 @@ async fn has_tablets(session: &Session) -> Result<bool> {
             (),
         )
         .await
-        .map_err(|e| StoreError::Unavailable(format!("reading the system schema: {e}")))?
+        .map_err(|e| failed(&e))?
         .into_rows_result()
-        .map_err(|e| StoreError::Unavailable(format!("reading the system schema: {e}")))?
+        .map_err(|e| failed(&e))?
         .rows_num();
     Ok(rows > 0)
 }

@@ -3,20 +3,25 @@
 
 use std::sync::Arc;
 
-use orderflow_kafka::{KafkaBus, KafkaOptions};
+use orderflow_kafka::{KafkaBus, KafkaOptions, KafkaSecurity};
 use orderflow_platform::Bus;
 use orderflow_platform::conformance::{bus, real_engine, test_kafka_security};
 
-async fn kafka() -> Option<Arc<dyn Bus>> {
-    let addr = real_engine("ORDERFLOW_TEST_KAFKA")?;
-    let bus = KafkaBus::connect(KafkaOptions {
-        bootstrap: vec![addr],
+/// A bus on the broker at `addr`, connecting as `security` says.
+fn bus_at(addr: &str, security: KafkaSecurity) -> KafkaBus {
+    KafkaBus::connect(KafkaOptions {
+        bootstrap: vec![addr.to_owned()],
         replication_factor: 1,
         min_insync_replicas: None,
         namespace: None,
-        security: test_kafka_security(),
+        security,
     })
-    .expect("connect");
+    .expect("connect")
+}
+
+async fn kafka() -> Option<Arc<dyn Bus>> {
+    let addr = real_engine("ORDERFLOW_TEST_KAFKA")?;
+    let bus = bus_at(&addr, test_kafka_security());
     bus.ensure_topics().await.expect("Kafka answers and topics exist");
     Some(Arc::new(bus))
 }
@@ -52,14 +57,7 @@ checks!(
 async fn readiness_fails_fast_when_no_broker_answers() {
     // A port nothing listens on: bound, then closed.
     let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
-    let bus = KafkaBus::connect(KafkaOptions {
-        bootstrap: vec![format!("127.0.0.1:{port}")],
-        replication_factor: 1,
-        min_insync_replicas: None,
-        namespace: None,
-        security: Default::default(),
-    })
-    .expect("connect");
+    let bus = bus_at(&format!("127.0.0.1:{port}"), KafkaSecurity::default());
     let started = std::time::Instant::now();
     assert!(bus.ready().await.is_err(), "no broker, yet ready");
     assert!(started.elapsed() < std::time::Duration::from_secs(4), "took {:?}", started.elapsed());
@@ -78,19 +76,10 @@ async fn the_broker_serves_only_clients_that_log_in() {
         eprintln!("SKIPPED: ORDERFLOW_TEST_KAFKA_USERNAME is not set: this Kafka takes clients without a login");
         return;
     };
-    let bus_with = |security| {
-        KafkaBus::connect(KafkaOptions {
-            bootstrap: vec![addr.clone()],
-            replication_factor: 1,
-            min_insync_replicas: None,
-            namespace: None,
-            security,
-        })
-        .expect("connect")
-    };
+    let bus_with = |security| bus_at(&addr, security);
     let mut wrong = sasl.clone();
     wrong.login.password = orderflow_platform::secret::Secret::new("not-the-password");
-    let wrong = orderflow_platform::connection::KafkaSecurity { sasl: Some(wrong), tls: None };
+    let wrong = KafkaSecurity { sasl: Some(wrong), tls: None };
     assert!(bus_with(Default::default()).ready().await.is_err(), "served a client without a login");
     assert!(bus_with(wrong).ready().await.is_err(), "served a client with a wrong password");
     bus_with(security).ready().await.expect("the right login is served");
@@ -100,7 +89,7 @@ async fn the_broker_serves_only_clients_that_log_in() {
 /// against the test CA logs in and is served; one that trusts only the system's roots refuses the broker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_connections_check_the_brokers_certificate() {
-    use orderflow_platform::connection::{KafkaSecurity, Tls};
+    use orderflow_platform::connection::Tls;
     let Some(_) = real_engine("ORDERFLOW_TEST_KAFKA") else { return };
     let (Some(addr), Some(ca)) =
         (orderflow_platform::conformance::test_kafka_tls(), orderflow_platform::conformance::test_tls_ca())
@@ -110,16 +99,7 @@ async fn tls_connections_check_the_brokers_certificate() {
         );
         return;
     };
-    let bus_with = |tls: Tls| {
-        KafkaBus::connect(KafkaOptions {
-            bootstrap: vec![addr.clone()],
-            replication_factor: 1,
-            min_insync_replicas: None,
-            namespace: None,
-            security: KafkaSecurity { sasl: test_kafka_security().sasl, tls: Some(tls) },
-        })
-        .expect("connect")
-    };
+    let bus_with = |tls: Tls| bus_at(&addr, KafkaSecurity { sasl: test_kafka_security().sasl, tls: Some(tls) });
     let checked = bus_with(Tls { ca: Some(ca) });
     assert_eq!(checked.options().security.protocol(), "SASL_SSL");
     checked.ready().await.expect("served over TLS with the test CA");

@@ -35,31 +35,29 @@ fn test_var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 
-/// How the test Kafka is logged in to: `ORDERFLOW_TEST_KAFKA_USERNAME`, `_PASSWORD` and `_SASL_MECHANISM`
-/// (`scripts/test-env/up` prints them: its Kafka requires SCRAM logins). None set: no login.
-pub fn test_kafka_security() -> crate::connection::KafkaSecurity {
-    let mechanism = test_var("ORDERFLOW_TEST_KAFKA_SASL_MECHANISM")
-        .map(|m| crate::connection::SaslMechanism::parse(&m).expect("ORDERFLOW_TEST_KAFKA_SASL_MECHANISM"));
-    crate::connection::KafkaSecurity::from_settings(
-        None,
-        mechanism,
-        test_var("ORDERFLOW_TEST_KAFKA_USERNAME").as_deref(),
-        test_var("ORDERFLOW_TEST_KAFKA_PASSWORD").map(crate::secret::Secret::new),
-        None,
-    )
-    .expect("the ORDERFLOW_TEST_KAFKA_* login")
+/// The test servers' logins as connection settings: `ORDERFLOW_TEST_KAFKA_USERNAME`, `_PASSWORD` and
+/// `_SASL_MECHANISM`, `ORDERFLOW_TEST_CQL_USERNAME` and `_PASSWORD` (`scripts/test-env/up` prints them:
+/// its Kafka requires SCRAM logins, its Cassandra a password). None set: no logins.
+pub fn test_connections() -> crate::connection::Connections {
+    crate::connection::Connections {
+        kafka_sasl_mechanism: test_var("ORDERFLOW_TEST_KAFKA_SASL_MECHANISM")
+            .map(|m| crate::connection::SaslMechanism::parse(&m).expect("ORDERFLOW_TEST_KAFKA_SASL_MECHANISM")),
+        kafka_username: test_var("ORDERFLOW_TEST_KAFKA_USERNAME"),
+        kafka_password: test_var("ORDERFLOW_TEST_KAFKA_PASSWORD").map(crate::secret::Secret::new),
+        cql_username: test_var("ORDERFLOW_TEST_CQL_USERNAME"),
+        cql_password: test_var("ORDERFLOW_TEST_CQL_PASSWORD").map(crate::secret::Secret::new),
+        ..Default::default()
+    }
 }
 
-/// How the test CQL database is logged in to: `ORDERFLOW_TEST_CQL_USERNAME` and `_PASSWORD`
-/// (`scripts/test-env/up` prints them: its Cassandra requires a password). None set: no login.
+/// How the test Kafka is logged in to (see [`test_connections`]).
+pub fn test_kafka_security() -> crate::connection::KafkaSecurity {
+    test_connections().kafka_security().expect("the ORDERFLOW_TEST_KAFKA_* login")
+}
+
+/// How the test CQL database is logged in to (see [`test_connections`]).
 pub fn test_cql_security() -> crate::connection::CqlSecurity {
-    crate::connection::CqlSecurity::from_settings(
-        test_var("ORDERFLOW_TEST_CQL_USERNAME").as_deref(),
-        test_var("ORDERFLOW_TEST_CQL_PASSWORD").map(crate::secret::Secret::new),
-        false,
-        None,
-    )
-    .expect("the ORDERFLOW_TEST_CQL_* login")
+    test_connections().cql_security().expect("the ORDERFLOW_TEST_CQL_* login")
 }
 
 /// The test servers' logins as the environment of an `orderflow` process (`ORDERFLOW_KAFKA_USERNAME`,
