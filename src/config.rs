@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
@@ -13,9 +14,10 @@ use orderflow_ingest::rate_limit::{OrderRateLimit, RateLimitKey};
 use orderflow_platform::BackendUrl;
 use orderflow_platform::backend::{BackendOptions, CqlReplication, EmbeddedMemory, Namespace};
 use orderflow_platform::bus::limits::{DEFAULT_MAX_RECORD_BYTES, RecordLimits};
-use orderflow_processors::payment::SimulatedRules;
-use orderflow_processors::runtime::ProcessorSettings;
-use orderflow_schemas::{Money, UserId};
+pub use orderflow_processors::payment::stripe::STRIPE_API;
+use orderflow_processors::payment::{SimulatedRules, StripeConfig, StripeProvider};
+use orderflow_processors::runtime::{ProcessorSettings, ProviderChoice};
+use orderflow_schemas::{Currency, Money, UserId};
 
 /// What to put in an empty catalog at start-up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -146,6 +148,25 @@ pub struct Settings {
     /// objects (Keycloak: `realm_access.roles`).
     #[arg(long, env = "ORDERFLOW_AUTH_ROLES_CLAIM", default_value = "roles", global = true)]
     pub auth_roles_claim: String,
+
+    /// Who takes the payments: `simulated` (the built-in provider that takes no real money) or `stripe`
+    /// (with `ORDERFLOW_STRIPE_SECRET_KEY`; every customer order then needs a `payment_method`).
+    #[arg(long, env = "ORDERFLOW_PAYMENT_PROVIDER", value_enum, default_value_t = PaymentProviderName::Simulated, global = true)]
+    pub payment_provider: PaymentProviderName,
+
+    /// Stripe's API, or a stand-in such as stripe-mock (`http://127.0.0.1:12111`).
+    #[arg(long, env = "ORDERFLOW_STRIPE_API_BASE", default_value = orderflow_processors::payment::stripe::STRIPE_API, global = true)]
+    pub stripe_api_base: orderflow_processors::payment::stripe::Url,
+
+    /// Stripe's secret key (`sk_test_...`, `sk_live_...`), from the environment only
+    /// (`ORDERFLOW_STRIPE_SECRET_KEY`), never a flag.
+    #[arg(skip = std::env::var("ORDERFLOW_STRIPE_SECRET_KEY").ok().filter(|k| !k.is_empty()).map(Secret::new))]
+    pub stripe_secret_key: Option<Secret>,
+
+    /// The shop's currency (ISO 4217): every price and order total is in it, and amounts go to the
+    /// payment provider in its minor units.
+    #[arg(long, env = "ORDERFLOW_CURRENCY", default_value = "EUR", value_parser = parse_currency, global = true)]
+    pub currency: Currency,
 
     /// Latency of each call to the simulated payment provider, in milliseconds.
     #[arg(long, env = "ORDERFLOW_PAYMENT_LATENCY_MS", default_value_t = 20, global = true)]
@@ -292,6 +313,17 @@ impl EndRoleFault {
         let after = humantime::parse_duration(after.trim()).map_err(|e| format!("{s:?}: {e}"))?;
         Ok(Self { role: role.trim().to_owned(), after })
     }
+}
+
+fn parse_currency(s: &str) -> Result<Currency, String> {
+    Currency::parse("currency", s).map_err(|e| e.reason)
+}
+
+/// `--payment-provider`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PaymentProviderName {
+    Simulated,
+    Stripe,
 }
 
 fn parse_money(s: &str) -> Result<Money, String> {
@@ -486,8 +518,33 @@ impl Settings {
         Some(OrderRateLimit { per_second, burst: self.order_rate_limit_burst.unwrap_or(per_second), key })
     }
 
-    pub fn processors(&self) -> ProcessorSettings {
-        ProcessorSettings {
+    /// Whether intake refuses a customer's order without a `payment_method` (the provider needs one).
+    pub fn payment_method_required(&self) -> bool {
+        self.payment_provider == PaymentProviderName::Stripe
+    }
+
+    /// The payment provider, built and checked: Stripe without a secret key stops the process at start.
+    fn provider(&self) -> anyhow::Result<ProviderChoice> {
+        Ok(match self.payment_provider {
+            PaymentProviderName::Simulated => ProviderChoice::Simulated,
+            PaymentProviderName::Stripe => {
+                let secret_key = self.stripe_secret_key.clone().ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--payment-provider stripe needs ORDERFLOW_STRIPE_SECRET_KEY (a test-mode key sk_test_... \
+                         from the Stripe dashboard while you try it)"
+                    )
+                })?;
+                let config =
+                    StripeConfig { api_base: self.stripe_api_base.clone(), secret_key, currency: self.currency };
+                ProviderChoice::Stripe(Arc::new(StripeProvider::new(config).map_err(anyhow::Error::msg)?))
+            }
+        })
+    }
+
+    pub fn processors(&self) -> anyhow::Result<ProcessorSettings> {
+        Ok(ProcessorSettings {
+            provider: self.provider()?,
+            currency: self.currency,
             payment: SimulatedRules {
                 latency: Duration::from_millis(self.payment_latency_ms),
                 decline_above: self.payment_decline_above,
@@ -496,7 +553,7 @@ impl Settings {
             stalled_after: Duration::from_millis(self.stalled_after_ms),
             stuck_after: (!self.stuck_order_timeout.is_zero()).then_some(self.stuck_order_timeout),
             ..ProcessorSettings::default()
-        }
+        })
     }
 }
 

@@ -89,7 +89,8 @@ fn router(
     auth: &Arc<Authenticator>,
 ) -> Router {
     let rate_limit = rate_limit.cloned();
-    let intake = Intake::new(backends.stores.clone(), Arc::clone(&backends.bus));
+    let intake = Intake::new(backends.stores.clone(), Arc::clone(&backends.bus))
+        .requiring_payment_method(settings.payment_method_required());
     let mut api = Router::new();
     if roles.ingest {
         api = api.merge(orderflow_ingest::http::router(OrdersApi {
@@ -193,7 +194,7 @@ impl App {
         // stores a change; on a shared bus (Kafka) the projector of another process may handle the
         // change instead, so this process also follows the catalog topic in a group of its own.
         let catalog_cache = Arc::new(CatalogCache::new(Arc::clone(&backends.stores.catalog_view)));
-        let mut processor_settings = settings.processors();
+        let mut processor_settings = settings.processors()?;
         if roles.graphql {
             processor_settings.catalog_observer = Some(Arc::clone(&catalog_cache) as Arc<dyn CatalogObserver>);
             if settings.bus != BackendUrl::Embedded {

@@ -25,7 +25,10 @@ async fn placed_order_is_priced_from_the_catalog_and_reaches_confirmed() {
     assert_eq!(order["items"], json!([{"sku": "SKU-PIZZA", "quantity": 2, "unit_price": "12.50"}]));
     let kinds: Vec<_> =
         order["timeline"].as_array().unwrap().iter().map(|t| t["type"].as_str().unwrap().to_owned()).collect();
-    assert_eq!(&kinds[..5], ["placed", "processing", "stock_reserved", "payment_captured", "confirmed"]);
+    assert_eq!(
+        &kinds[..6],
+        ["placed", "processing", "stock_reserved", "payment_authorised", "payment_captured", "confirmed"]
+    );
     assert_eq!(stock(&app, "SKU-PIZZA").await, (198, 2));
 }
 
@@ -86,8 +89,9 @@ async fn idempotency_key_header_makes_retries_safe_under_concurrency() {
     let id = ids.into_iter().next().unwrap();
     app.wait_status(&id, &["CONFIRMED"]).await;
     assert_eq!(stock(&app, "SKU-SALAD").await, (97, 3));
-    let charges = app.app().backends.stores.payments.provider_entries().await.unwrap();
-    assert_eq!(charges.len(), 1, "charged once: {charges:?}");
+    let entries = app.app().backends.stores.payments.provider_entries().await.unwrap();
+    let kinds: Vec<&str> = entries.iter().map(|(_, e)| e.kind.as_str()).collect();
+    assert_eq!(kinds, ["authorisation", "charge"], "authorised once, charged once: {entries:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,6 +115,8 @@ async fn bad_input_gets_a_specific_error_and_creates_nothing() {
         ("mismatched total", app.http.post(&url).json(&json!({"user_id": "a", "items": [{"sku": "SKU-PIZZA", "quantity": 1}], "total_amount": "10.00"})), 422, "total_mismatch"),
         ("float total", app.http.post(&url).json(&json!({"user_id": "a", "items": [{"sku": "SKU-PIZZA", "quantity": 1}], "total_amount": 12.5})), 422, "invalid_total_amount"),
         ("three-decimal total", app.http.post(&url).json(&json!({"user_id": "a", "items": [{"sku": "SKU-PIZZA", "quantity": 1}], "total_amount": "12.5001"})), 422, "invalid_total_amount"),
+        ("card number as payment method", app.http.post(&url).json(&json!({"user_id": "a", "items": [{"sku": "SKU-PIZZA", "quantity": 1}], "payment_method": "4242 4242 4242 4242"})), 422, "invalid_payment_method"),
+        ("card number as payment method, no spaces", app.http.post(&url).json(&json!({"user_id": "a", "items": [{"sku": "SKU-PIZZA", "quantity": 1}], "payment_method": "4242424242424242"})), 422, "invalid_payment_method"),
         ("bad idempotency key", app.http.post(&url).header("Idempotency-Key", "has spaces").json(&json!({"user_id": "a", "items": [{"sku": "SKU-PIZZA", "quantity": 1}]})), 422, "invalid_idempotency_key"),
         ("oversized body", app.http.post(&url).header("content-type", "application/json").body(format!("{{\"user_id\": \"{}\"}}", "x".repeat(100_000))), 413, "payload_too_large"),
     ];
@@ -196,6 +202,7 @@ async fn unknown_sku_reaching_the_pipeline_ends_rejected() {
         updated_at_ms: now,
         processed_at_ms: None,
         reserved_skus: vec![],
+        payment_method: None,
         timeline: vec![],
     };
     stores.orders.insert_new(&order).await.unwrap();
@@ -240,6 +247,7 @@ async fn stalled_pending_orders_are_picked_up_again() {
         updated_at_ms: now,
         processed_at_ms: None,
         reserved_skus: vec![],
+        payment_method: None,
         timeline: vec![],
     };
     app.app().backends.stores.orders.insert_new(&order).await.unwrap();

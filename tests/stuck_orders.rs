@@ -125,8 +125,11 @@ async fn an_order_stuck_in_processing_is_rejected_and_compensated() {
     payment.wait_ready().await;
     procs.push(payment);
     let total = order["total_amount"].as_str().unwrap().replace('.', "").parse::<i64>().unwrap();
-    let want =
-        if capture_requested { vec![("charge".to_owned(), total), ("refund".to_owned(), total)] } else { Vec::new() };
+    let want = if capture_requested {
+        vec![("authorisation".to_owned(), total), ("charge".to_owned(), total), ("refund".to_owned(), total)]
+    } else {
+        Vec::new()
+    };
     // The warm-up order, stuck the same way, settles too; then our order's entries must be exactly `want`.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {

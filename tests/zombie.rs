@@ -128,7 +128,7 @@ async fn a_frozen_then_resumed_processor_changes_nothing() {
         for entry in order["timeline"].as_array().unwrap() {
             *kinds.entry(entry["type"].as_str().unwrap().to_owned()).or_default() += 1;
         }
-        for step in ["processing", "stock_reserved", "payment_captured", "confirmed"] {
+        for step in ["processing", "stock_reserved", "payment_authorised", "payment_captured", "confirmed"] {
             assert_eq!(kinds.get(step), Some(&1), "order {id}: {step} once: {order}");
         }
     }

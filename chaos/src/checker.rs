@@ -27,7 +27,9 @@ pub struct Verdict {
     pub accepted: usize,
     pub never_accepted: u64,
     pub statuses: BTreeMap<String, usize>,
+    pub authorisations: usize,
     pub charges: usize,
+    pub voids: usize,
     pub refunds: usize,
     pub dead_letters: usize,
     pub invalid_refused: usize,
@@ -43,6 +45,9 @@ pub struct Verdict {
     pub confirmed_without_charge: usize,
     pub money_kept_after_reject_or_cancel: usize,
     pub refund_without_capture: usize,
+    /// An order that ended (rejected, cancelled) with its authorisation neither captured nor voided: an
+    /// amount left held on the customer's card.
+    pub authorisation_left_held: usize,
     /// A refund of an order that still holds its goods (CONFIRMED and on).
     pub refunded_yet_held: usize,
     pub amount_mismatch: usize,
@@ -64,7 +69,7 @@ pub struct Verdict {
 
 impl Verdict {
     /// Every count that must be 0, named as the report prints it.
-    pub fn counts(&self) -> [(&'static str, u64); 21] {
+    pub fn counts(&self) -> [(&'static str, u64); 22] {
         let n = |c: usize| c as u64;
         [
             ("lost", n(self.lost)),
@@ -75,6 +80,7 @@ impl Verdict {
             ("confirmed without charge", n(self.confirmed_without_charge)),
             ("money kept after reject/cancel", n(self.money_kept_after_reject_or_cancel)),
             ("refund without capture", n(self.refund_without_capture)),
+            ("authorisation left held", n(self.authorisation_left_held)),
             ("refunded yet held", n(self.refunded_yet_held)),
             ("amount mismatch", n(self.amount_mismatch)),
             ("declined user confirmed", n(self.declined_user_confirmed)),
@@ -145,7 +151,10 @@ impl Checker {
         let ids: Vec<String> = record.orders.keys().chain(record.invalid.keys()).cloned().collect();
         let orders = self.orders(&ids).await?;
 
-        // The provider's own book: one entry per idempotency key (`<order>:capture`, `<order>:refund`).
+        // The provider's own book: one entry per idempotency key (`<order>:authorise`, `<order>:capture`,
+        // `<order>:void`, `<order>:refund`).
+        let mut authorised: HashSet<String> = HashSet::new();
+        let mut voided: HashSet<String> = HashSet::new();
         let mut charge: HashMap<String, i64> = HashMap::new();
         let mut refund: HashMap<String, i64> = HashMap::new();
         let known: HashSet<&str> = record.orders.keys().map(String::as_str).collect();
@@ -155,6 +164,14 @@ impl Checker {
                 continue;
             }
             match (entry.kind.as_str(), what) {
+                ("authorisation", "authorise") => {
+                    v.authorisations += 1;
+                    authorised.insert(order.to_owned());
+                }
+                ("void", "void") => {
+                    v.voids += 1;
+                    voided.insert(order.to_owned());
+                }
                 ("charge", "capture") => {
                     v.charges += 1;
                     charge.insert(order.to_owned(), entry.amount.cents());
@@ -212,6 +229,14 @@ impl Checker {
             let refunded = refund.get(id);
             if refunded.is_some() && charged.is_none() {
                 v.refund_without_capture += 1;
+            }
+            if order.status.is_terminal()
+                && !holds(order.status)
+                && authorised.contains(id)
+                && charged.is_none()
+                && !voided.contains(id)
+            {
+                v.authorisation_left_held += 1;
             }
             if holds(order.status) {
                 match charged {

@@ -418,8 +418,8 @@ fn print_report(r: &Report) {
     );
     println!("final statuses: {:?}", v.statuses);
     println!(
-        "money: {} charges, {} refunds; dead letters of this run: {}; restocked units: {}",
-        v.charges, v.refunds, v.dead_letters, v.restock_units
+        "money: {} authorisations, {} charges, {} voids, {} refunds; dead letters of this run: {}; restocked units: {}",
+        v.authorisations, v.charges, v.voids, v.refunds, v.dead_letters, v.restock_units
     );
     let counts: Vec<String> = v.counts().iter().map(|(name, n)| format!("{name} {n}")).collect();
     println!("checker: {}", counts.join(", "));

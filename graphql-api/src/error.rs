@@ -57,8 +57,8 @@ pub mod codes {
     /// The request ran longer than the GraphQL time limit (`--graphql-timeout`) and was stopped.
     pub const TIMEOUT: &str = "timeout";
     // Intake codes pass through unchanged from `IntakeError::code`: `no_items`, `too_many_items`,
-    // `duplicate_sku`, `unknown_sku`, `product_archived`, `total_mismatch`, `total_overflow`, `idempotency_conflict`,
-    // `unavailable`.
+    // `duplicate_sku`, `unknown_sku`, `product_archived`, `total_mismatch`, `total_overflow`,
+    // `payment_method_required`, `idempotency_conflict`, `unavailable`.
 }
 
 /// Why a resolver failed. Deliberately not `Display`: async-graphql turns any `Display` error into an

@@ -10,8 +10,8 @@ use orderflow_processors::catalog::{CatalogWriter, NewProduct, ProductPatch};
 use orderflow_schemas::events::{CancelRequested, StatusChangeRequested};
 use orderflow_schemas::stock_command::RequestKey;
 use orderflow_schemas::{
-    Attributes, Category, Envelope, Event, EventId, IdempotencyKey, Order, OrderId, OrderStatus, Product, Quantity,
-    UserId, codec, topics,
+    Attributes, Category, Envelope, Event, EventId, IdempotencyKey, Order, OrderId, OrderStatus, PaymentMethod,
+    Product, Quantity, UserId, codec, topics,
 };
 
 use orderflow_identity::PlaceAsError;
@@ -45,6 +45,9 @@ pub(crate) struct PlaceOrderInput {
     total_amount: Option<Decimal>,
     /// Makes a retry by the same user return the first order.
     idempotency_key: Option<String>,
+    /// The payment provider's reference to the customer's payment method (e.g. Stripe's `pm_card_visa`),
+    /// never card data. Required when the shop's provider is Stripe (`payment_method_required`).
+    payment_method: Option<String>,
 }
 
 #[derive(InputObject)]
@@ -168,6 +171,10 @@ fn parse_place_order(ctx: &Context<'_>, input: PlaceOrderInput) -> ApiResult<Pla
         user_id,
         items,
         total_amount: input.total_amount.map(|d| d.0),
+        payment_method: input
+            .payment_method
+            .map(|m| PaymentMethod::parse(m).map_err(|e| ApiError::value("input.paymentMethod", e)))
+            .transpose()?,
         channel: "graphql".into(),
     })
 }

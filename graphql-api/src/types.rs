@@ -79,6 +79,12 @@ impl OrderObject {
         self.0.total.into()
     }
 
+    /// The payment provider's reference to the payment method the order is paid with (e.g. Stripe's
+    /// `pm_card_visa`), if it names one.
+    async fn payment_method(&self) -> Option<&str> {
+        self.0.payment_method.as_ref().map(|m| m.as_str())
+    }
+
     /// Why the order was rejected or cancelled.
     async fn reason(&self) -> Option<&str> {
         self.0.reason.as_deref()

@@ -63,6 +63,7 @@ impl From<ValueError> for ApiError {
             "sku" => "invalid_sku",
             "quantity" => "invalid_quantity",
             "total_amount" => "invalid_total_amount",
+            "payment_method" => "invalid_payment_method",
             "Idempotency-Key" => "invalid_idempotency_key",
             _ => "invalid_request",
         };
@@ -160,6 +161,9 @@ pub struct OrderBody {
     pub status: String,
     pub items: Vec<OrderItemBody>,
     pub total_amount: String,
+    /// The provider's reference to the payment method the order is paid with, if it names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment_method: Option<String>,
     pub reason: Option<String>,
     pub placed_at_ms: i64,
     pub timeline: Vec<TimelineBody>,
@@ -196,6 +200,7 @@ impl From<&Order> for OrderBody {
                 })
                 .collect(),
             total_amount: o.total.to_string(),
+            payment_method: o.payment_method.as_ref().map(ToString::to_string),
             reason: o.reason.clone(),
             placed_at_ms: o.placed_at_ms,
             timeline: o

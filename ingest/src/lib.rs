@@ -14,8 +14,8 @@ use orderflow_platform::bus::{Bus, BusRecord};
 use orderflow_platform::store::{Inserted, StoreError, Stores};
 use orderflow_schemas::events::OrderPlaced;
 use orderflow_schemas::{
-    IdempotencyKey, Money, Order, OrderId, OrderLine, OrderStatus, Quantity, Sku, TimelineEntry, UserId, codec, now_ms,
-    topics,
+    IdempotencyKey, Money, Order, OrderId, OrderLine, OrderStatus, PaymentMethod, Quantity, Sku, TimelineEntry, UserId,
+    codec, now_ms, topics,
 };
 
 /// The most lines one order may have.
@@ -30,6 +30,8 @@ pub struct PlaceOrder {
     pub items: Vec<(Sku, Quantity)>,
     /// The total the client expects to pay; refused if it differs from the catalog price.
     pub total_amount: Option<Money>,
+    /// The provider's reference to the customer's payment method.
+    pub payment_method: Option<PaymentMethod>,
     /// `http`, `graphql` or `partner:<id>`.
     pub channel: String,
 }
@@ -47,6 +49,7 @@ impl PlaceOrder {
             user_id: request.user_id,
             items: request.items,
             total_amount: request.total_amount,
+            payment_method: request.payment_method,
             channel: channel.into(),
         }
     }
@@ -69,6 +72,11 @@ pub enum IntakeError {
     TotalMismatch { expected: Money, sent: Money },
     #[error("the order total is too large")]
     TotalOverflow,
+    #[error(
+        "this shop's payment provider needs the customer's payment method: send `payment_method` (the \
+         provider's reference, e.g. Stripe's \"pm_card_visa\"), never card data"
+    )]
+    PaymentMethodRequired,
     #[error("order {0} already exists with different contents; use a new order_id or Idempotency-Key")]
     IdempotencyConflict(OrderId),
     #[error("temporarily unavailable, retry: {0}")]
@@ -86,6 +94,7 @@ impl IntakeError {
             Self::ProductArchived(_) => "product_archived",
             Self::TotalMismatch { .. } => "total_mismatch",
             Self::TotalOverflow => "total_overflow",
+            Self::PaymentMethodRequired => "payment_method_required",
             Self::IdempotencyConflict(_) => "idempotency_conflict",
             Self::Unavailable(_) => "unavailable",
         }
@@ -111,6 +120,9 @@ pub struct Placed {
 pub struct Intake {
     stores: Stores,
     bus: Arc<dyn Bus>,
+    /// The payment provider charges only a payment method the customer chose (Stripe): an order from a
+    /// customer without one is refused at the door. Partner orders are prepaid and exempt.
+    payment_method_required: bool,
 }
 
 impl std::fmt::Debug for Intake {
@@ -126,7 +138,13 @@ pub fn order_placed_record(order: &Order) -> Result<BusRecord, codec::CodecError
 
 impl Intake {
     pub fn new(stores: Stores, bus: Arc<dyn Bus>) -> Self {
-        Self { stores, bus }
+        Self { stores, bus, payment_method_required: false }
+    }
+
+    /// Refuses customers' orders without a `payment_method` (the provider charges nothing else).
+    pub fn requiring_payment_method(mut self, required: bool) -> Self {
+        self.payment_method_required = required;
+        self
     }
 
     /// When the saga of this process holds the partition of a just-inserted order, gives the order to it
@@ -150,6 +168,9 @@ impl Intake {
         }
         if req.items.len() > MAX_LINES {
             return Err(IntakeError::TooManyItems);
+        }
+        if self.payment_method_required && req.payment_method.is_none() && !req.channel.starts_with("partner:") {
+            return Err(IntakeError::PaymentMethodRequired);
         }
         let mut seen = std::collections::HashSet::new();
         for (sku, _) in &req.items {
@@ -192,6 +213,7 @@ impl Intake {
             updated_at_ms: now,
             processed_at_ms: None,
             reserved_skus: vec![],
+            payment_method: req.payment_method,
             timeline: vec![TimelineEntry { at_ms: now, kind: "placed".into(), detail: format!("total {total}") }],
         };
         let (order, replayed) = match self.stores.orders.insert_new(&order).await? {

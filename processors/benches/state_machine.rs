@@ -30,6 +30,7 @@ fn order() -> Order {
         updated_at_ms: 1_000,
         processed_at_ms: None,
         reserved_skus: vec![],
+        payment_method: None,
         timeline: vec![],
     }
 }
@@ -47,7 +48,7 @@ fn happy_path(c: &mut Criterion) {
     let pending = order();
     let placed = OrderPlaced::envelope_of(&pending);
     let reserved = env(StockReserved { units_reserved: 3, sku: None });
-    let captured = env(PaymentCaptured { charge_id: "ch_bench".into(), captured_cents: 975 });
+    let captured = env(PaymentCaptured { charge_id: "ch_bench".into(), captured_cents: 975, authorisation_id: None });
 
     let mut group = c.benchmark_group("saga_decide");
     group.throughput(Throughput::Elements(3));

@@ -10,14 +10,14 @@ use orderflow_platform::fencing::PartitionFences;
 use orderflow_platform::store::Stalled;
 use orderflow_schemas::events::{OrderPlaced, StatusChangeRequested};
 use orderflow_schemas::topics::{self, Topic};
-use orderflow_schemas::{Envelope, EventId, Order, OrderStatus, codec, now_ms};
+use orderflow_schemas::{Currency, Envelope, EventId, Order, OrderStatus, codec, now_ms};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::{CatalogObserver, CatalogProjector, CatalogWriter, run_reconciler};
 use crate::fulfillment::FulfillmentHandler;
 use crate::inventory::InventoryHandler;
-use crate::payment::{PaymentHandler, SimulatedProvider, SimulatedRules};
+use crate::payment::{PaymentHandler, PaymentProvider, SimulatedProvider, SimulatedRules, StripeProvider};
 use crate::saga::{STUCK_ORDER_SWEEP, SagaHandler};
 
 /// The processor roles, as named on the command line (`orderflow process <role>`).
@@ -60,7 +60,12 @@ impl Role {
 /// Settings of the processors.
 #[derive(Debug, Clone)]
 pub struct ProcessorSettings {
+    /// The rules of the simulated provider, when it is the provider.
     pub payment: SimulatedRules,
+    /// Which provider takes the payments (`--payment-provider`).
+    pub provider: ProviderChoice,
+    /// The shop's currency (`--currency`).
+    pub currency: Currency,
     /// A PENDING order older than this is published again (its first `OrderPlaced` may have been lost
     /// to a crash between storing the order and publishing it).
     pub stalled_after: Duration,
@@ -79,12 +84,24 @@ impl Default for ProcessorSettings {
     fn default() -> Self {
         Self {
             payment: SimulatedRules::default(),
+            provider: ProviderChoice::Simulated,
+            currency: Currency::EUR,
             stalled_after: Duration::from_secs(3),
             stuck_after: Some(DEFAULT_STUCK_ORDER_TIMEOUT),
             catalog_reconcile_every: Duration::from_secs(60),
             catalog_observer: None,
         }
     }
+}
+
+/// The payment service provider the payment role calls.
+#[derive(Debug, Clone, Default)]
+pub enum ProviderChoice {
+    /// The built-in provider that takes no real money (with [`ProcessorSettings::payment`]'s rules).
+    #[default]
+    Simulated,
+    /// Stripe, built (and its key checked) at start.
+    Stripe(Arc<StripeProvider>),
 }
 
 /// Default of [`ProcessorSettings::stuck_after`]: far beyond a normal order's seconds, short enough that a
@@ -107,12 +124,21 @@ fn handler(role: Role, backends: &Backends, settings: &ProcessorSettings) -> Arc
             payments: Arc::clone(&s.payments),
         }),
         Role::Inventory => Arc::new(InventoryHandler { inventory: Arc::clone(&s.inventory), bus, fences: fences() }),
-        Role::Payment => Arc::new(PaymentHandler {
-            payments: Arc::clone(&s.payments),
-            provider: Arc::new(SimulatedProvider { rules: settings.payment.clone(), ledger: Arc::clone(&s.payments) }),
-            bus,
-            fences: fences(),
-        }),
+        Role::Payment => {
+            let provider: Arc<dyn PaymentProvider> = match &settings.provider {
+                ProviderChoice::Simulated => {
+                    Arc::new(SimulatedProvider { rules: settings.payment.clone(), ledger: Arc::clone(&s.payments) })
+                }
+                ProviderChoice::Stripe(stripe) => Arc::clone(stripe) as Arc<dyn PaymentProvider>,
+            };
+            Arc::new(PaymentHandler {
+                payments: Arc::clone(&s.payments),
+                provider,
+                bus,
+                fences: fences(),
+                currency: settings.currency,
+            })
+        }
         Role::Fulfillment => {
             Arc::new(FulfillmentHandler { shipments: Arc::clone(&s.shipments), bus, fences: fences() })
         }
@@ -322,6 +348,7 @@ mod tests {
             updated_at_ms: 0,
             processed_at_ms: None,
             reserved_skus: vec![],
+            payment_method: None,
             timeline: vec![],
         }
     }

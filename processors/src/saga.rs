@@ -40,6 +40,14 @@ impl<'a> Step<'a> {
         self
     }
 
+    /// [`Step::note`] of `entry`, if there is one.
+    fn note_if(self, entry: Option<(&str, String)>) -> Self {
+        match entry {
+            Some((kind, detail)) => self.note(kind, detail),
+            None => self,
+        }
+    }
+
     /// [`Step::note`] unless the timeline already has a step of that kind (one per SKU would repeat it).
     fn note_once(self, kind: &str, detail: impl Into<String>) -> Self {
         if self.order.timeline.iter().any(|e| e.kind == kind) { self } else { self.note(kind, detail) }
@@ -158,7 +166,8 @@ pub fn decide(order: &Order, env: &Envelope, now_ms: i64) -> Option<Decision> {
                     CapturePayment {
                         user_id: order.user_id.clone(),
                         amount_cents: order.total.cents(),
-                        idempotency_key: format!("{}:capture", order.id),
+                        idempotency_key: crate::payment::idempotency_key(&order.id, "capture"),
+                        payment_method: order.payment_method.clone(),
                     },
                 )
                 .done()
@@ -187,6 +196,7 @@ pub fn decide(order: &Order, env: &Envelope, now_ms: i64) -> Option<Decision> {
                 .done()
         }
         (Event::PaymentCaptured(p), Processing) => step
+            .note_if(p.authorisation_id.as_ref().map(|id| ("payment_authorised", format!("payment {id}"))))
             .note("payment_captured", format!("charge {}", p.charge_id))
             .status(Confirmed)
             .note("confirmed", "stock reserved and payment captured")
@@ -377,7 +387,8 @@ impl SagaHandler {
             Some(PaymentRecord::Captured { charge_id, amount } | PaymentRecord::Refunded { charge_id, amount, .. }) => {
                 charge_id == captured.charge_id && amount.cents() == captured.captured_cents
             }
-            Some(PaymentRecord::Declined { .. }) | None => false,
+            Some(PaymentRecord::Authorised { .. } | PaymentRecord::Declined { .. } | PaymentRecord::Voided { .. })
+            | None => false,
         };
         if !vouched {
             metrics::counter!("orderflow_events_refused_total", "event" => "PaymentCaptured").increment(1);
@@ -570,6 +581,7 @@ mod tests {
             updated_at_ms: 1_000,
             processed_at_ms: None,
             reserved_skus: vec![],
+            payment_method: None,
             timeline: vec![],
         }
     }
@@ -685,13 +697,14 @@ mod tests {
         assert_eq!(c.amount_cents, 1000);
         assert_eq!(c.idempotency_key, "o-1:capture");
 
-        let d =
-            decide(&d.order, &env(PaymentCaptured { charge_id: "ch".into(), captured_cents: 1000 }), 1_050).unwrap();
+        let captured =
+            PaymentCaptured { charge_id: "pay_1".into(), captured_cents: 1000, authorisation_id: Some("pay_1".into()) };
+        let d = decide(&d.order, &env(captured), 1_050).unwrap();
         assert_eq!(d.order.status, OrderStatus::Confirmed);
         assert_eq!(d.order.processed_at_ms, Some(1_050));
         assert_eq!(bodies(&d), vec![(topics::FULFILLMENT.name, "CreateShipment")]);
         let kinds: Vec<_> = d.order.timeline.iter().map(|t| t.kind.as_str()).collect();
-        assert_eq!(kinds, ["processing", "stock_reserved", "payment_captured", "confirmed"]);
+        assert_eq!(kinds, ["processing", "stock_reserved", "payment_authorised", "payment_captured", "confirmed"]);
     }
 
     #[test]
@@ -746,7 +759,12 @@ mod tests {
         let again = decide(&d.order, &reserved("A9"), 2).unwrap();
         assert_eq!(keys(&again), vec![(topics::INVENTORY.name.to_owned(), "A9".to_owned())]);
         assert_eq!(again.order.timeline.len(), d.order.timeline.len());
-        let d = decide(&c, &env(PaymentCaptured { charge_id: "ch".into(), captured_cents: 1000 }), 1).unwrap();
+        let d = decide(
+            &c,
+            &env(PaymentCaptured { charge_id: "ch".into(), captured_cents: 1000, authorisation_id: None }),
+            1,
+        )
+        .unwrap();
         assert_eq!(bodies(&d), vec![(topics::PAYMENTS.name, "RefundPayment")]);
     }
 
@@ -779,7 +797,7 @@ mod tests {
         assert!(
             decide(
                 &order(OrderStatus::Confirmed),
-                &env(PaymentCaptured { charge_id: "c".into(), captured_cents: 1 }),
+                &env(PaymentCaptured { charge_id: "c".into(), captured_cents: 1, authorisation_id: None }),
                 1
             )
             .is_none()
@@ -809,7 +827,7 @@ mod tests {
             reserved("S1"),
             env(StockReserved { units_reserved: 1, sku: None }),
             env(StockRejected { reason: "out_of_stock".into(), sku: None }),
-            env(PaymentCaptured { charge_id: "c".into(), captured_cents: 1 }),
+            env(PaymentCaptured { charge_id: "c".into(), captured_cents: 1, authorisation_id: None }),
             env(PaymentDeclined { decline_reason: "x".into() }),
             env(CancelRequested { cancel_reason: "x".into(), requested_by: "s".into() }),
             env(StatusChangeRequested { status: OrderStatus::Preparing, changed_by: "s".into() }),

@@ -39,6 +39,7 @@ fn order(id: &str, skus: &[&str]) -> Order {
         updated_at_ms: now_ms(),
         processed_at_ms: None,
         reserved_skus: vec![],
+        payment_method: None,
         timeline: vec![],
     }
 }

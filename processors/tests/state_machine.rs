@@ -26,6 +26,7 @@ fn order() -> Order {
         updated_at_ms: 0,
         processed_at_ms: None,
         reserved_skus: vec![],
+        payment_method: None,
         timeline: vec![],
     }
 }
@@ -33,10 +34,13 @@ fn order() -> Order {
 fn event(kind: u8, status: OrderStatus) -> Event {
     let user = UserId::parse("u1").unwrap();
     match kind % 10 {
-        0 => OrderPlaced { user_id: user, lines: vec![], total_cents: 500, channel: "http".into() }.into(),
+        0 => {
+            OrderPlaced { user_id: user, lines: vec![], total_cents: 500, channel: "http".into(), payment_method: None }
+                .into()
+        }
         1 => StockReserved { units_reserved: 2, sku: None }.into(),
         2 => StockRejected { reason: "out_of_stock".into(), sku: None }.into(),
-        3 => PaymentCaptured { charge_id: "ch".into(), captured_cents: 500 }.into(),
+        3 => PaymentCaptured { charge_id: "ch".into(), captured_cents: 500, authorisation_id: None }.into(),
         4 => PaymentDeclined { decline_reason: "limit".into() }.into(),
         5 => PaymentRefunded { refund_id: "re".into(), refunded_cents: 500 }.into(),
         6 => ShipmentCreated { shipment_id: "sh".into() }.into(),

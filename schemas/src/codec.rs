@@ -22,8 +22,11 @@ pub const ENVELOPE_SCHEMA: &str = include_str!("../avro/envelope.avsc");
 /// Every earlier envelope schema, oldest first (`schemas/avro/history/`). Records written with any of
 /// them stay readable: a topic or log may still hold them after an upgrade. A schema change copies the
 /// shipped `envelope.avsc` here first; `every_earlier_schema_is_compatible_both_ways` checks the pair.
-pub const ENVELOPE_HISTORY: &[&str] =
-    &[include_str!("../avro/history/envelope.v1.avsc"), include_str!("../avro/history/envelope.v2.avsc")];
+pub const ENVELOPE_HISTORY: &[&str] = &[
+    include_str!("../avro/history/envelope.v1.avsc"),
+    include_str!("../avro/history/envelope.v2.avsc"),
+    include_str!("../avro/history/envelope.v3.avsc"),
+];
 
 pub(crate) const MAGIC: [u8; 2] = [0xC3, 0x01];
 pub(crate) const HEADER_LEN: usize = 10;
@@ -190,6 +193,7 @@ mod tests {
                 lines: vec![PlacedLine { sku: sku.clone(), quantity: q, unit_price_cents: 1250 }],
                 total_cents: 2500,
                 channel: "http".into(),
+                payment_method: Some(PaymentMethod::parse("pm_card_visa").unwrap()),
             }
             .into(),
             ReserveStock { lines: vec![ReserveLine { sku: sku.clone(), quantity: q }] }.into(),
@@ -198,9 +202,15 @@ mod tests {
             StockRejected { reason: "unknown_sku".into(), sku: None }.into(),
             ReleaseStock { release_reason: "cancelled".into(), skus: vec![sku.clone()] }.into(),
             CommitStock { commit_reason: "shipped".into(), skus: vec![sku.clone()] }.into(),
-            CapturePayment { user_id: UserId::parse("u1").unwrap(), amount_cents: 2500, idempotency_key: "k".into() }
+            CapturePayment {
+                user_id: UserId::parse("u1").unwrap(),
+                amount_cents: 2500,
+                idempotency_key: "k".into(),
+                payment_method: None,
+            }
+            .into(),
+            PaymentCaptured { charge_id: "pi_1".into(), captured_cents: 2500, authorisation_id: Some("pi_1".into()) }
                 .into(),
-            PaymentCaptured { charge_id: "ch_1".into(), captured_cents: 2500 }.into(),
             PaymentDeclined { decline_reason: "limit".into() }.into(),
             RefundPayment { refund_reason: "cancelled".into() }.into(),
             PaymentRefunded { refund_id: "re_1".into(), refunded_cents: 2500 }.into(),

@@ -67,6 +67,7 @@ impl OrderPlaced {
                 .collect(),
             total_cents: order.total.cents(),
             channel: order.channel.clone(),
+            payment_method: order.payment_method.clone(),
         };
         Envelope {
             event_id: EventId::derived(&order.id, "placed"),
@@ -90,6 +91,9 @@ pub struct OrderPlaced {
     pub lines: Vec<PlacedLine>,
     pub total_cents: i64,
     pub channel: String,
+    /// `None` from writers before envelope v4, and for orders without one.
+    #[serde(default)]
+    pub payment_method: Option<crate::PaymentMethod>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -150,12 +154,18 @@ pub struct CapturePayment {
     pub user_id: UserId,
     pub amount_cents: i64,
     pub idempotency_key: String,
+    /// The order's payment method (see [`OrderPlaced::payment_method`]).
+    #[serde(default)]
+    pub payment_method: Option<crate::PaymentMethod>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PaymentCaptured {
     pub charge_id: String,
     pub captured_cents: i64,
+    /// The authorisation the capture took; `None` from writers before envelope v4 (one-step charges).
+    #[serde(default)]
+    pub authorisation_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -27,7 +27,7 @@ pub use catalog::{Attributes, Category, Product, ProductSummary, StockLevel};
 pub use events::{Envelope, Event, EventId};
 pub use order::{Order, OrderLine, OrderStatus, TimelineEntry};
 pub use stock_alert::{StockAlert, StockAlertKind};
-pub use values::{IdempotencyKey, Money, OrderId, Quantity, Sku, UserId, ValueError};
+pub use values::{Currency, IdempotencyKey, Money, OrderId, PaymentMethod, Quantity, Sku, UserId, ValueError};
 
 /// Milliseconds since the Unix epoch, the one clock unit used in events and tables.
 pub fn now_ms() -> i64 {

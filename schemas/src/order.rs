@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::values::{Money, OrderId, Quantity, Sku, UserId, ValueError};
+use crate::values::{Money, OrderId, PaymentMethod, Quantity, Sku, UserId, ValueError};
 
 /// Where an order is in its life. The edges of the state machine are [`OrderStatus::can_move_to`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -134,6 +134,10 @@ pub struct Order {
     /// SKU of its lines is held. Empty before the first hold and in documents from before it existed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reserved_skus: Vec<Sku>,
+    /// The provider's reference to the payment method the customer chose; `None` for an order the
+    /// simulated provider charges, or that a partner prepaid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment_method: Option<PaymentMethod>,
 }
 
 impl Order {
@@ -156,6 +160,7 @@ impl Order {
     /// Same customer, same lines: a retried placement, not a different order under a reused id.
     pub fn same_request_as(&self, other: &Order) -> bool {
         self.user_id == other.user_id
+            && self.payment_method == other.payment_method
             && self.lines.len() == other.lines.len()
             && self.lines.iter().zip(&other.lines).all(|(a, b)| a.sku == b.sku && a.quantity == b.quantity)
     }

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::partner::PartnerOrder;
-use crate::values::{Money, OrderId, Quantity, Sku, UserId, ValueError};
+use crate::values::{Money, OrderId, PaymentMethod, Quantity, Sku, UserId, ValueError};
 
 /// A placement request in domain types, before intake prices it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,6 +15,8 @@ pub struct OrderRequest {
     pub items: Vec<(Sku, Quantity)>,
     /// The total the client expects to pay.
     pub total_amount: Option<Money>,
+    /// The provider's reference to the customer's payment method (e.g. Stripe's `pm_card_visa`).
+    pub payment_method: Option<PaymentMethod>,
 }
 
 /// `POST /v1/orders` as sent. Unknown fields are refused.
@@ -28,6 +30,10 @@ pub struct PlaceOrderBody {
     pub items: Vec<ItemBody>,
     /// A decimal string; any other JSON type is refused with a message saying so.
     pub total_amount: Option<serde_json::Value>,
+    /// The payment service provider's reference to the customer's payment method (`pm_...`), never card
+    /// data. Required when the provider is Stripe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment_method: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,6 +65,7 @@ impl PlaceOrderBody {
                 .map(|i| Ok((Sku::parse(i.sku)?, Quantity::new(i.quantity)?)))
                 .collect::<Result<_, ValueError>>()?,
             total_amount,
+            payment_method: self.payment_method.map(PaymentMethod::parse).transpose()?,
         })
     }
 }
@@ -75,6 +82,7 @@ impl OrderRequest {
                 .map(|(sku, q)| ItemBody { sku: sku.to_string(), quantity: i64::from(*q) })
                 .collect(),
             total_amount: self.total_amount.map(|m| serde_json::Value::String(m.to_string())),
+            payment_method: self.payment_method.as_ref().map(|m| m.to_string()),
         }
     }
 }
@@ -113,6 +121,8 @@ impl PartnerOrder {
                 .map(|t| Money::parse("total_amount", t))
                 .transpose()
                 .map_err(invalid)?,
+            // Prepaid by the partner: its record carries no payment method.
+            payment_method: None,
         };
         Ok((request, format!("partner:{partner}")))
     }
@@ -126,7 +136,8 @@ mod tests {
     #[test]
     fn a_body_parses_and_its_canonical_form_round_trips() {
         let body: PlaceOrderBody = serde_json::from_str(
-            r#"{"user_id": "alice", "items": [{"sku": "SKU-1", "quantity": 2}], "total_amount": "7.5"}"#,
+            r#"{"user_id": "alice", "items": [{"sku": "SKU-1", "quantity": 2}], "total_amount": "7.5",
+                "payment_method": "pm_card_visa"}"#,
         )
         .unwrap();
         let request = body.parse().unwrap();
@@ -140,6 +151,7 @@ mod tests {
         assert_eq!(parse(r#"{"user_id": "a", "items": [], "total_amount": 7}"#), "total_amount");
         assert_eq!(parse(r#"{"user_id": "a", "items": [{"sku": "S", "quantity": 0}]}"#), "quantity");
         assert_eq!(parse(r#"{"user_id": "a b", "items": []}"#), "user_id");
+        assert_eq!(parse(r#"{"user_id": "a", "items": [], "payment_method": "4242424242424242"}"#), "payment_method");
         assert!(serde_json::from_str::<PlaceOrderBody>(r#"{"user_id": "a", "items": [], "x": 1}"#).is_err());
     }
 

@@ -40,6 +40,9 @@ fn check_token(field: &'static str, s: &str, max_len: usize) -> Result<(), Value
 
 macro_rules! string_id {
     ($(#[$doc:meta])* $name:ident, $field:literal, $max:expr) => {
+        string_id!($(#[$doc])* $name, $field, $max, |_: &str| Ok(()));
+    };
+    ($(#[$doc:meta])* $name:ident, $field:literal, $max:expr, $extra:expr) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
@@ -50,6 +53,8 @@ macro_rules! string_id {
             pub fn parse(s: impl Into<String>) -> Result<Self, ValueError> {
                 let s = s.into();
                 check_token($field, &s, $max)?;
+                let extra: fn(&str) -> Result<(), ValueError> = $extra;
+                extra(&s)?;
                 Ok(Self(s))
             }
 
@@ -102,6 +107,29 @@ string_id!(
     /// A client-chosen key that makes a retried placement return the first result.
     IdempotencyKey, "Idempotency-Key", 128
 );
+
+string_id!(
+    /// A payment service provider's reference to a customer's payment method (Stripe's `pm_card_visa`,
+    /// `pm_1Q...`), never card data: a run of 12 or more digits (ignoring `-` and `.`), which a card
+    /// number would be, is refused.
+    PaymentMethod, "payment_method", 255, no_card_number
+);
+
+/// The longest run of digits a [`PaymentMethod`] may hold: card numbers have 12 to 19.
+const MAX_DIGIT_RUN: usize = 11;
+
+fn no_card_number(s: &str) -> Result<(), ValueError> {
+    // Separators a card number is written with do not end a run.
+    let digits: String = s.chars().filter(|c| !matches!(c, '-' | '.')).collect();
+    let longest = digits.split(|c: char| !c.is_ascii_digit()).map(str::len).max().unwrap_or(0);
+    if longest > MAX_DIGIT_RUN {
+        return Err(ValueError::new(
+            "payment_method",
+            "must be the provider's payment-method reference (e.g. \"pm_card_visa\"), never a card number",
+        ));
+    }
+    Ok(())
+}
 
 /// Namespace for ids derived from idempotency keys (UUID v5), so the same key always names the same order.
 const IDEMPOTENCY_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6f72_6465_7266_6c6f_7700_0000_0000_0001);
@@ -211,6 +239,87 @@ impl Money {
     }
 }
 
+/// An ISO 4217 currency code (`EUR`, `USD`, `JPY`): the currency of the shop's prices and its orders'
+/// totals. [`Money`] holds two decimals; a currency with none (`JPY`) takes whole amounts only, and one
+/// with three (`KWD`) is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Currency([u8; 3]);
+
+/// Currencies without minor units, as payment service providers count them (Stripe's list).
+const ZERO_DECIMAL: [&str; 16] =
+    ["BIF", "CLP", "DJF", "GNF", "JPY", "KMF", "KRW", "MGA", "PYG", "RWF", "UGX", "VND", "VUV", "XAF", "XOF", "XPF"];
+/// Currencies with three decimals, which [`Money`] cannot hold.
+const THREE_DECIMAL: [&str; 5] = ["BHD", "JOD", "KWD", "OMR", "TND"];
+
+impl Currency {
+    pub const EUR: Currency = Currency(*b"EUR");
+
+    /// Parses a code such as `EUR` or `eur` (stored upper-case).
+    pub fn parse(field: &'static str, s: &str) -> Result<Self, ValueError> {
+        let upper = s.trim().to_ascii_uppercase();
+        let bytes: [u8; 3] = upper
+            .as_bytes()
+            .try_into()
+            .ok()
+            .filter(|b: &[u8; 3]| b.iter().all(u8::is_ascii_uppercase))
+            .ok_or_else(|| ValueError::new(field, format!("{s:?} is not an ISO 4217 code such as \"EUR\"")))?;
+        if THREE_DECIMAL.contains(&upper.as_str()) {
+            return Err(ValueError::new(field, format!("{upper} has three decimals; amounts here have at most two")));
+        }
+        Ok(Self(bytes))
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII upper-case letters are ever stored.
+        std::str::from_utf8(&self.0).unwrap_or("XXX")
+    }
+
+    /// The amount in the currency's minor units, as payment service providers take it: cents for `EUR`,
+    /// yen for `JPY` (where an amount with cents is refused).
+    pub fn minor_units(self, amount: Money) -> Result<i64, ValueError> {
+        if ZERO_DECIMAL.contains(&self.as_str()) {
+            if amount.cents() % 100 != 0 {
+                return Err(ValueError::new("amount", format!("{amount} {self}: {self} has no minor units")));
+            }
+            return Ok(amount.cents() / 100);
+        }
+        Ok(amount.cents())
+    }
+}
+
+impl Default for Currency {
+    fn default() -> Self {
+        Self::EUR
+    }
+}
+
+impl fmt::Display for Currency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Currency {
+    type Err = ValueError;
+    fn from_str(s: &str) -> Result<Self, ValueError> {
+        Self::parse("currency", s)
+    }
+}
+
+impl TryFrom<String> for Currency {
+    type Error = ValueError;
+    fn try_from(s: String) -> Result<Self, ValueError> {
+        Self::parse("currency", &s)
+    }
+}
+
+impl From<Currency> for String {
+    fn from(c: Currency) -> String {
+        c.as_str().to_owned()
+    }
+}
+
 impl fmt::Display for Money {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", Decimal::new(self.0, 2))
@@ -254,6 +363,33 @@ mod tests {
             assert_eq!(e.reason, "is too large", "{s}");
         }
         assert_eq!(Money::parse("a", "92233720368547758.07").map(|m| m.cents()), Ok(i64::MAX));
+    }
+
+    #[test]
+    fn currencies_parse_and_count_their_minor_units() {
+        let eur: Currency = "eur".parse().unwrap();
+        assert_eq!(eur, Currency::EUR);
+        assert_eq!(eur.minor_units(Money::from_cents(1250).unwrap()), Ok(1250));
+        let jpy: Currency = "JPY".parse().unwrap();
+        assert_eq!(jpy.minor_units(Money::from_cents(50_000).unwrap()), Ok(500));
+        assert!(jpy.minor_units(Money::from_cents(50_050).unwrap()).is_err());
+        assert!("KWD".parse::<Currency>().unwrap_err().reason.contains("three decimals"));
+        for bad in ["", "EU", "EURO", "E1R", "€€€"] {
+            assert!(bad.parse::<Currency>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn payment_methods_are_references_never_card_numbers() {
+        assert!(PaymentMethod::parse("pm_card_visa").is_ok());
+        assert!(PaymentMethod::parse("pm_1QabcDEF23456789012").is_ok());
+        let card = PaymentMethod::parse("4242424242424242").unwrap_err();
+        assert_eq!(card.field, "payment_method");
+        assert!(card.reason.contains("never a card number"), "{card}");
+        assert!(PaymentMethod::parse("4242-4242-4242-4242").is_err(), "separators do not hide a card number");
+        assert!(PaymentMethod::parse("pm_2024_12_01_0001").is_ok(), "short runs are not a card");
+        assert!(PaymentMethod::parse("pm card").is_err());
+        assert!(PaymentMethod::parse("").is_err());
     }
 
     proptest::proptest! {

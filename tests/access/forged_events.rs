@@ -33,7 +33,8 @@ async fn place_pizza(app: &TestApp, statuses: &[&str]) -> String {
 }
 
 async fn forge_capture(app: &TestApp, order: &str, cents: i64) {
-    forge(app, order, PaymentCaptured { charge_id: "ch_forged".into(), captured_cents: cents }).await;
+    forge(app, order, PaymentCaptured { charge_id: "ch_forged".into(), captured_cents: cents, authorisation_id: None })
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

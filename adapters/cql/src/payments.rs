@@ -69,7 +69,9 @@ type RecordTuple = (Option<String>, Option<String>, Option<String>, Option<i64>,
 
 fn to_columns(r: &PaymentRecord) -> Columns<'_> {
     match r {
+        PaymentRecord::Authorised { payment_id, amount } => ("authorised", payment_id, "", amount.cents(), ""),
         PaymentRecord::Captured { charge_id, amount } => ("captured", charge_id, "", amount.cents(), ""),
+        PaymentRecord::Voided { payment_id, amount } => ("voided", payment_id, "", amount.cents(), ""),
         PaymentRecord::Declined { reason } => ("declined", "", "", 0, reason),
         PaymentRecord::Refunded { charge_id, refund_id, amount } => {
             ("refunded", charge_id, refund_id, amount.cents(), "")
@@ -81,7 +83,11 @@ fn from_columns(order: &OrderId, row: RecordTuple) -> Result<PaymentRecord> {
     let (kind, charge_id, refund_id, amount_cents, reason) = row;
     let amount = || Money::from_cents(amount_cents.unwrap_or(0)).map_err(corrupt);
     Ok(match kind.as_deref() {
+        Some("authorised") => {
+            PaymentRecord::Authorised { payment_id: charge_id.unwrap_or_default(), amount: amount()? }
+        }
         Some("captured") => PaymentRecord::Captured { charge_id: charge_id.unwrap_or_default(), amount: amount()? },
+        Some("voided") => PaymentRecord::Voided { payment_id: charge_id.unwrap_or_default(), amount: amount()? },
         Some("declined") => PaymentRecord::Declined { reason: reason.unwrap_or_default() },
         Some("refunded") => PaymentRecord::Refunded {
             charge_id: charge_id.unwrap_or_default(),

@@ -71,6 +71,7 @@ pub fn order_envelopes(n: u64) -> anyhow::Result<Vec<Envelope>> {
         updated_at_ms: now,
         processed_at_ms: None,
         reserved_skus: vec![],
+        payment_method: None,
         timeline: vec![TimelineEntry { at_ms: now, kind: "placed".into(), detail: format!("total {total}") }],
     };
     let env = |step: &str, body: orderflow_schemas::Event| Envelope {
@@ -89,14 +90,16 @@ pub fn order_envelopes(n: u64) -> anyhow::Result<Vec<Envelope>> {
                 user_id: user.clone(),
                 amount_cents: total.cents(),
                 idempotency_key: format!("{id}:capture"),
+                payment_method: None,
             }
             .into(),
         ),
         env(
             "capture_reply",
             PaymentCaptured {
-                charge_id: format!("ch_{}", uuid::Uuid::new_v4().simple()),
+                charge_id: format!("pay_{}", uuid::Uuid::new_v4().simple()),
                 captured_cents: total.cents(),
+                authorisation_id: None,
             }
             .into(),
         ),

@@ -142,6 +142,7 @@ pub fn order(id: &str, user: &str, placed_at_ms: i64) -> Order {
         updated_at_ms: placed_at_ms,
         processed_at_ms: None,
         reserved_skus: vec![],
+        payment_method: None,
         timeline: vec![],
     }
 }
@@ -710,8 +711,11 @@ pub async fn payments_record_then_replace(stores: Stores) {
     let ps = &stores.payments;
     let o = OrderId::parse(format!("{id}-1")).unwrap();
     assert_eq!(ps.payment(&o).await.unwrap(), None);
+    let authorised = PaymentRecord::Authorised { payment_id: "ch_1".into(), amount: Money::from_cents(500).unwrap() };
+    ps.record_new(&o, &authorised, fence(1)).await.unwrap();
+    assert_eq!(ps.payment(&o).await.unwrap(), Some(authorised.clone()));
     let captured = PaymentRecord::Captured { charge_id: "ch_1".into(), amount: Money::from_cents(500).unwrap() };
-    ps.record_new(&o, &captured, fence(1)).await.unwrap();
+    assert_eq!(ps.replace(&o, &authorised, &captured, fence(2)).await.unwrap(), captured);
     assert_eq!(ps.payment(&o).await.unwrap(), Some(captured.clone()));
     let declined = PaymentRecord::Declined { reason: "x".into() };
     let refunded = PaymentRecord::Refunded {
@@ -725,6 +729,13 @@ pub async fn payments_record_then_replace(stores: Stores) {
         refunded,
         "compare-and-set: stale `from` changes nothing"
     );
+    // An authorisation released without a capture keeps the payment's id and amount.
+    let o2 = OrderId::parse(format!("{id}-2")).unwrap();
+    let held = PaymentRecord::Authorised { payment_id: "pi_2".into(), amount: Money::from_cents(700).unwrap() };
+    let voided = PaymentRecord::Voided { payment_id: "pi_2".into(), amount: Money::from_cents(700).unwrap() };
+    ps.record_new(&o2, &held, fence(1)).await.unwrap();
+    assert_eq!(ps.replace(&o2, &held, &voided, fence(2)).await.unwrap(), voided);
+    assert_eq!(ps.payment(&o2).await.unwrap(), Some(voided));
 
     let key = format!("{id}:capture");
     let e1 =

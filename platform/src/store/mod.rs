@@ -638,12 +638,33 @@ pub trait OrderStore: Send + Sync {
 // ---------------------------------------------------------------------------------------------------
 // Payments
 
-/// The payment of one order as the payment processor recorded it.
+/// The payment of one order as the payment processor recorded it, with the provider's id of the payment
+/// (Stripe: the PaymentIntent). Each step of the payment replaces the record of the step before:
+/// authorised, then captured (or voided, or declined), then refunded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PaymentRecord {
-    Captured { charge_id: String, amount: Money },
-    Declined { reason: String },
-    Refunded { charge_id: String, refund_id: String, amount: Money },
+    /// The amount is held on the customer's payment method, not yet taken.
+    Authorised {
+        payment_id: String,
+        amount: Money,
+    },
+    Captured {
+        charge_id: String,
+        amount: Money,
+    },
+    Declined {
+        reason: String,
+    },
+    /// An authorisation released without a capture: no money moved.
+    Voided {
+        payment_id: String,
+        amount: Money,
+    },
+    Refunded {
+        charge_id: String,
+        refund_id: String,
+        amount: Money,
+    },
 }
 
 #[async_trait]

@@ -238,6 +238,7 @@ mod tests {
             updated_at_ms: 1,
             processed_at_ms: None,
             reserved_skus: vec![],
+            payment_method: None,
             timeline: vec![],
         }
     }

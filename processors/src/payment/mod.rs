@@ -1,24 +1,30 @@
-//! The payment processor and its provider port. Every provider call carries an idempotency key derived
-//! from the order (`<order>:capture`, `<order>:refund`), and the first result is stored per order, so a
-//! redelivered command never charges twice.
+//! The payment processor and its provider port. A payment is authorised, then captured; a payment that
+//! will not be kept is voided (before the capture) or refunded (after it). Every provider call carries an
+//! idempotency key derived from the order and the step (`<order>:authorise`, `<order>:capture`,
+//! `<order>:void`, `<order>:refund`), identical across retries, redeliveries and restarts, and each step's
+//! outcome is stored per order before the next, so a redelivered command repeats no step with money in
+//! it (docs/adr/0002-exactly-once-at-the-provider.md).
 //!
 //! - [`provider`]: the port ([`PaymentProvider`]) and its typed answers and errors.
 //! - [`simulated`]: the built-in provider that takes no real money (the quick start's default).
+//! - [`stripe`]: Stripe's PaymentIntents and Refunds over its HTTP API.
 
 pub mod provider;
 pub mod simulated;
+pub mod stripe;
 
-pub use provider::{CaptureResult, PaymentProvider, ProviderError};
+pub use provider::{Authorisation, Capture, PaymentProvider, PaymentRequest, ProviderError};
 pub use simulated::{SimulatedProvider, SimulatedRules};
+pub use stripe::{StripeConfig, StripeProvider};
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use orderflow_platform::bus::{Bus, BusRecord, Delivery, Handler, HandlerError};
 use orderflow_platform::fencing::PartitionFences;
-use orderflow_platform::store::{PaymentRecord, PaymentStore};
-use orderflow_schemas::events::{PaymentCaptured, PaymentDeclined, PaymentRefunded};
-use orderflow_schemas::{Envelope, Event, EventId, Money, OrderId, topics};
+use orderflow_platform::store::{Fence, PaymentRecord, PaymentStore};
+use orderflow_schemas::events::{CapturePayment, PaymentCaptured, PaymentDeclined, PaymentRefunded};
+use orderflow_schemas::{Currency, Envelope, Event, EventId, Money, OrderId, topics};
 
 pub struct PaymentHandler {
     pub payments: Arc<dyn PaymentStore>,
@@ -26,11 +32,13 @@ pub struct PaymentHandler {
     pub bus: Arc<dyn Bus>,
     /// This instance's epochs for the partitions of the payments topic it owns: every write is fenced.
     pub fences: PartitionFences,
+    /// The shop's currency: every order's total is in it (`--currency`).
+    pub currency: Currency,
 }
 
 impl std::fmt::Debug for PaymentHandler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PaymentHandler").finish_non_exhaustive()
+        f.debug_struct("PaymentHandler").field("provider", &self.provider.name()).finish_non_exhaustive()
     }
 }
 
@@ -40,9 +48,23 @@ fn reply(order: &OrderId, step: &str, body: impl Into<Event>) -> Result<Option<B
     Ok(Some(crate::record(topics::ORDERS, &env)?))
 }
 
+/// The idempotency key of `step` of `order`'s payment at the provider.
+pub fn idempotency_key(order: &OrderId, step: &str) -> String {
+    format!("{order}:{step}")
+}
+
+/// Why an order whose bank asks the customer to authenticate (3-D Secure) is declined: waiting for the
+/// customer is not built yet, and such a payment is never treated as paid.
+pub const ACTION_REQUIRED_REASON: &str = "authentication_required: the customer's bank asks for authentication \
+     (3-D Secure), which orderflow cannot wait for yet; the authorisation was voided";
+
 /// Commands of one partition taken together at most: the captures and refunds of different orders run
 /// side by side (each waits on the provider) and their replies go out in one append.
 pub const MAX_PAYMENT_BATCH: usize = 32;
+
+fn outcome(step: &'static str, result: &'static str) {
+    metrics::counter!("orderflow_payment_steps_total", "step" => step, "result" => result).increment(1);
+}
 
 impl PaymentHandler {
     /// Does what the command asks (once per order) and returns the reply to publish, if any.
@@ -51,39 +73,32 @@ impl PaymentHandler {
         let order = &env.order_id;
         let fence = self.fences.fence(delivery).await?;
         match &env.body {
-            Event::CapturePayment(cmd) => {
-                let record = match self.payments.payment(order).await? {
-                    Some(r) => r,
-                    None => {
-                        let amount =
-                            Money::from_cents(cmd.amount_cents).map_err(|e| HandlerError::Poison(e.to_string()))?;
-                        let result = self.provider.capture(&cmd.idempotency_key, &cmd.user_id, amount).await?;
-                        let record = match result {
-                            CaptureResult::Captured { charge_id } => PaymentRecord::Captured { charge_id, amount },
-                            CaptureResult::Declined { reason } => PaymentRecord::Declined { reason },
-                        };
-                        self.payments.record_new(order, &record, fence).await?;
-                        record
-                    }
-                };
-                match record {
-                    PaymentRecord::Captured { charge_id, amount }
-                    | PaymentRecord::Refunded { charge_id, amount, .. } => {
-                        reply(order, "capture_reply", PaymentCaptured { charge_id, captured_cents: amount.cents() })
-                    }
-                    PaymentRecord::Declined { reason } => {
-                        metrics::counter!("orderflow_payments_declined_total").increment(1);
-                        reply(order, "capture_reply", PaymentDeclined { decline_reason: reason })
-                    }
+            Event::CapturePayment(cmd) => match self.take_payment(order, cmd, fence).await? {
+                Some(
+                    PaymentRecord::Captured { charge_id, amount } | PaymentRecord::Refunded { charge_id, amount, .. },
+                ) => {
+                    let authorisation_id = Some(charge_id.clone());
+                    reply(
+                        order,
+                        "capture_reply",
+                        PaymentCaptured { charge_id, captured_cents: amount.cents(), authorisation_id },
+                    )
                 }
-            }
+                Some(PaymentRecord::Declined { reason }) => {
+                    metrics::counter!("orderflow_payments_declined_total").increment(1);
+                    reply(order, "capture_reply", PaymentDeclined { decline_reason: reason })
+                }
+                // Released without a capture after the saga moved on: nothing to tell it.
+                Some(PaymentRecord::Voided { .. } | PaymentRecord::Authorised { .. }) | None => Ok(None),
+            },
             Event::RefundPayment(_) => match self.payments.payment(order).await? {
-                Some(PaymentRecord::Captured { charge_id, amount }) => {
-                    let refund_id = self.provider.refund(&format!("{order}:refund"), &charge_id, amount).await?;
-                    let captured = PaymentRecord::Captured { charge_id: charge_id.clone(), amount };
-                    let refunded = PaymentRecord::Refunded { charge_id, refund_id, amount };
-                    let stored = self.payments.replace(order, &captured, &refunded, fence).await?;
-                    match stored {
+                Some(captured @ PaymentRecord::Captured { .. }) => {
+                    let PaymentRecord::Captured { charge_id, amount } = &captured else { return Ok(None) };
+                    let key = idempotency_key(order, "refund");
+                    let refund_id = self.provider.refund(&key, charge_id, *amount).await?;
+                    outcome("refund", "refunded");
+                    let refunded = PaymentRecord::Refunded { charge_id: charge_id.clone(), refund_id, amount: *amount };
+                    match self.payments.replace(order, &captured, &refunded, fence).await? {
                         PaymentRecord::Refunded { refund_id, amount, .. } => {
                             reply(order, "refund_reply", PaymentRefunded { refund_id, refunded_cents: amount.cents() })
                         }
@@ -93,11 +108,81 @@ impl PaymentHandler {
                 Some(PaymentRecord::Refunded { refund_id, amount, .. }) => {
                     reply(order, "refund_reply", PaymentRefunded { refund_id, refunded_cents: amount.cents() })
                 }
-                // Never captured (declined, or the capture has not happened): nothing to pay back.
-                Some(PaymentRecord::Declined { .. }) | None => Ok(None),
+                // Held, never taken: release the hold.
+                Some(held @ PaymentRecord::Authorised { .. }) => {
+                    self.void(order, &held, fence).await?;
+                    Ok(None)
+                }
+                // Never captured (declined, voided, or the capture has not happened): nothing to pay back.
+                Some(PaymentRecord::Declined { .. } | PaymentRecord::Voided { .. }) | None => Ok(None),
             },
             other => Err(HandlerError::Poison(format!("{} does not belong on the payments topic", other.name()))),
         }
+    }
+
+    /// Authorises the order's payment unless a step of it is stored already, then captures it; returns the
+    /// record stored at the end. Each step's outcome is stored before the next step starts, so a
+    /// redelivered command resumes after the last stored step (and repeats an unstored one under the same
+    /// key, which the provider answers with its first answer).
+    async fn take_payment(
+        &self,
+        order: &OrderId,
+        cmd: &CapturePayment,
+        fence: Fence,
+    ) -> Result<Option<PaymentRecord>, HandlerError> {
+        let mut record = self.payments.payment(order).await?;
+        if record.is_none() {
+            let amount = Money::from_cents(cmd.amount_cents).map_err(|e| HandlerError::Poison(e.to_string()))?;
+            let request = crate::payment::PaymentRequest {
+                order,
+                user: &cmd.user_id,
+                amount,
+                currency: self.currency,
+                payment_method: cmd.payment_method.as_ref(),
+            };
+            let first = match self.provider.authorise(&idempotency_key(order, "authorise"), request).await? {
+                Authorisation::Authorised { payment_id } => {
+                    outcome("authorise", "authorised");
+                    PaymentRecord::Authorised { payment_id, amount }
+                }
+                Authorisation::Declined { reason } => {
+                    outcome("authorise", "declined");
+                    PaymentRecord::Declined { reason }
+                }
+                Authorisation::ActionRequired { payment_id, .. } => {
+                    outcome("authorise", "action_required");
+                    self.provider.void(&idempotency_key(order, "void"), &payment_id).await?;
+                    PaymentRecord::Declined { reason: ACTION_REQUIRED_REASON.into() }
+                }
+            };
+            self.payments.record_new(order, &first, fence).await?;
+            record = Some(first);
+        }
+        if let Some(held @ PaymentRecord::Authorised { payment_id, amount }) = &record {
+            let next = match self.provider.capture(&cmd.idempotency_key, payment_id, *amount).await? {
+                Capture::Captured { charge_id } => {
+                    outcome("capture", "captured");
+                    PaymentRecord::Captured { charge_id, amount: *amount }
+                }
+                Capture::Failed { reason } => {
+                    outcome("capture", "failed");
+                    self.provider.void(&idempotency_key(order, "void"), payment_id).await?;
+                    PaymentRecord::Declined { reason: format!("capture_failed: {reason}") }
+                }
+            };
+            record = Some(self.payments.replace(order, held, &next, fence).await?);
+        }
+        Ok(record)
+    }
+
+    /// Releases an authorisation that will not be captured, and records that it was.
+    async fn void(&self, order: &OrderId, held: &PaymentRecord, fence: Fence) -> Result<(), HandlerError> {
+        let PaymentRecord::Authorised { payment_id, amount } = held else { return Ok(()) };
+        self.provider.void(&idempotency_key(order, "void"), payment_id).await?;
+        outcome("void", "voided");
+        let voided = PaymentRecord::Voided { payment_id: payment_id.clone(), amount: *amount };
+        self.payments.replace(order, held, &voided, fence).await?;
+        Ok(())
     }
 }
 

@@ -1,20 +1,50 @@
 //! The payment provider port: what orderflow asks of a payment service provider, and the typed answers
 //! and errors every adapter maps its provider's onto. An adapter must honour the idempotency key: the
 //! same key twice is one movement of money, whenever and from whichever process it is sent.
+//!
+//! A payment goes through two steps, as card payments do: [`PaymentProvider::authorise`] holds the amount
+//! on the customer's payment method, [`PaymentProvider::capture`] takes it. An authorisation that will
+//! not be captured is voided ([`PaymentProvider::void`]); a capture is paid back with
+//! [`PaymentProvider::refund`]. Every adapter names the payment by one id across the steps (Stripe: the
+//! PaymentIntent).
 
 use async_trait::async_trait;
 use orderflow_platform::bus::HandlerError;
 use orderflow_platform::store::StoreError;
-use orderflow_schemas::{Money, UserId};
+use orderflow_schemas::{Currency, Money, OrderId, PaymentMethod, UserId};
 
-/// What a provider answered to a capture: a final answer (a call that ended in neither is an error).
+/// What a payment is for: the order, who pays, how much, and with what.
+#[derive(Debug, Clone, Copy)]
+pub struct PaymentRequest<'a> {
+    pub order: &'a OrderId,
+    pub user: &'a UserId,
+    pub amount: Money,
+    pub currency: Currency,
+    /// The provider's reference to the customer's payment method; `None` where the provider needs none.
+    pub payment_method: Option<&'a PaymentMethod>,
+}
+
+/// A provider's final answer to an authorisation.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CaptureResult {
+pub enum Authorisation {
+    /// The amount is held (or, answered again for a payment captured since, was taken).
+    Authorised { payment_id: String },
+    /// Refused for good: the provider's code and message (e.g. `card_declined (insufficient_funds): Your
+    /// card has insufficient funds.`).
+    Declined { reason: String },
+    /// The customer must act first (3-D Secure): the payment waits for them.
+    ActionRequired { payment_id: String, client_secret: String },
+}
+
+/// A provider's final answer to a capture.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Capture {
     Captured {
         charge_id: String,
     },
-    /// Declined for good (the provider's code and message, e.g. `card_declined: insufficient funds`).
-    Declined {
+    /// The provider refused to take the held amount (e.g. the authorisation expired): the order cannot be
+    /// paid and is rejected, its authorisation voided.
+    Failed {
         reason: String,
     },
 }
@@ -30,12 +60,16 @@ pub enum ProviderError {
     /// read): resolved only by repeating it with the same key, never by a call under a new one.
     #[error("payment provider outcome unknown: {0}")]
     UnknownOutcome(String),
+    /// The provider refuses the request itself (a bad key, a parameter it does not accept): no retry can
+    /// succeed until an operator fixes the configuration, so the command waits where it is, loudly.
+    #[error("payment provider refused the request: {0}")]
+    Refused(String),
     /// The provider's own books could not be reached (the simulated provider keeps them in the store).
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
-/// Both kinds of error leave the command where it is: it is retried in place, with the same key.
+/// Every kind of error leaves the command where it is: it is retried in place, with the same key.
 impl From<ProviderError> for HandlerError {
     fn from(e: ProviderError) -> Self {
         match e {
@@ -46,14 +80,19 @@ impl From<ProviderError> for HandlerError {
 }
 
 /// A payment service provider. Implementations must honour the idempotency key: the same key twice is
-/// one charge.
+/// one movement of money.
 #[async_trait]
 pub trait PaymentProvider: Send + Sync {
-    async fn capture(
+    /// The provider's name in logs and metrics (`simulated`, `stripe`).
+    fn name(&self) -> &'static str;
+    async fn authorise(
         &self,
         idempotency_key: &str,
-        user: &UserId,
-        amount: Money,
-    ) -> Result<CaptureResult, ProviderError>;
-    async fn refund(&self, idempotency_key: &str, charge_id: &str, amount: Money) -> Result<String, ProviderError>;
+        request: PaymentRequest<'_>,
+    ) -> Result<Authorisation, ProviderError>;
+    async fn capture(&self, idempotency_key: &str, payment_id: &str, amount: Money) -> Result<Capture, ProviderError>;
+    /// Releases an authorisation that will not be captured.
+    async fn void(&self, idempotency_key: &str, payment_id: &str) -> Result<(), ProviderError>;
+    /// Pays `amount` of a captured payment back; returns the refund's id.
+    async fn refund(&self, idempotency_key: &str, payment_id: &str, amount: Money) -> Result<String, ProviderError>;
 }
