@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 pub mod authz;
 pub mod scenarios;
+pub mod stripe;
 
 use orderflow::{App, Roles, Seed, Settings};
 use orderflow_platform::BackendUrl;
