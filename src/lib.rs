@@ -96,6 +96,7 @@ fn router(
         api = api.merge(orderflow_ingest::http::router(OrdersApi {
             intake: intake.clone(),
             stores: backends.stores.clone(),
+            bus: Arc::clone(&backends.bus),
             rate_limit: rate_limit.clone(),
             auth_mode: auth.mode,
         }));

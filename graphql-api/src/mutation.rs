@@ -1,20 +1,18 @@
 //! Write operations: order placement for everyone, catalog and order administration for staff.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_graphql::{Context, ID, InputObject, Object, SimpleObject};
 use orderflow_ingest::PlaceOrder;
-use orderflow_platform::BusRecord;
 use orderflow_processors::catalog::{CatalogWriter, NewProduct, ProductPatch};
+use orderflow_processors::requests::{self, ChangeError};
 use orderflow_schemas::events::{CancelRequested, StatusChangeRequested};
 use orderflow_schemas::stock_command::RequestKey;
 use orderflow_schemas::{
-    Attributes, Category, Envelope, Event, EventId, IdempotencyKey, Order, OrderId, OrderStatus, PaymentMethod,
-    Product, Quantity, UserId, codec, topics,
+    Attributes, Category, Event, IdempotencyKey, Order, OrderId, OrderStatus, PaymentMethod, Product, Quantity, UserId,
 };
 
-use orderflow_identity::PlaceAsError;
+use orderflow_identity::{CancelAccess, PlaceAsError};
 
 use crate::ApiState;
 use crate::auth::StaffGuard;
@@ -24,9 +22,6 @@ use crate::scalars::Decimal;
 use crate::stock_change;
 use crate::types::{GqlOrderStatus, LowStockObject, OrderObject, ProductObject, Stock, state};
 
-/// How often a staff order change polls for the saga's answer, and for how long at most.
-const SAGA_POLL_INTERVAL: Duration = Duration::from_millis(10);
-const SAGA_WAIT: Duration = Duration::from_secs(5);
 /// The longest free-text reason accepted for stock adjustments and cancellations.
 const MAX_REASON_LEN: usize = 500;
 
@@ -237,29 +232,15 @@ fn catalog_writer(st: &ApiState) -> CatalogWriter {
 /// when it applies the request, since the order may move on in between.
 async fn request_order_change(st: &ApiState, id: OrderId, to: OrderStatus, body: Event) -> ApiResult<Order> {
     let before = st.stores.orders.order(&id).await?.ok_or_else(|| ApiError::OrderNotFound(id.to_string()))?;
-    if !before.status.can_move_to(to) {
-        return Err(ApiError::IllegalTransition { from: before.status, to });
-    }
-    let envelope = Envelope::new(EventId::random(), id.clone(), body);
-    // Recorded before it is published: the saga applies only the requests recorded (forged ones move nothing).
-    orderflow_processors::saga::record_requests(&*st.stores.orders, std::slice::from_ref(&envelope)).await?;
-    let payload = codec::encode(&envelope).map_err(|e| ApiError::unavailable("encoding an order request", &e))?;
-    st.bus
-        .publish(vec![BusRecord::new(topics::ORDERS, id.as_str(), payload)])
-        .await
-        .map_err(|e| ApiError::unavailable("publishing an order request", &e))?;
-    let deadline = tokio::time::Instant::now() + SAGA_WAIT;
-    loop {
-        tokio::time::sleep(SAGA_POLL_INTERVAL).await;
-        let now = st.stores.orders.order(&id).await?.ok_or_else(|| ApiError::OrderNotFound(id.to_string()))?;
-        if now.status != before.status {
-            return Ok(now);
-        }
-        if tokio::time::Instant::now() >= deadline {
-            tracing::warn!(order = %id, to = %to, "the order saga has not applied a staff request within {SAGA_WAIT:?}");
-            return Ok(now);
-        }
-    }
+    change(st, &before, to, body).await
+}
+
+async fn change(st: &ApiState, before: &Order, to: OrderStatus, body: Event) -> ApiResult<Order> {
+    requests::request_order_change(&*st.stores.orders, &*st.bus, before, to, body).await.map_err(|e| match e {
+        ChangeError::NotFound(id) => ApiError::OrderNotFound(id.to_string()),
+        ChangeError::IllegalTransition { from, to } => ApiError::IllegalTransition { from, to },
+        ChangeError::Unavailable(why) => ApiError::unavailable("an order request", &why),
+    })
 }
 
 #[Object]
@@ -375,18 +356,33 @@ impl Mutation {
         Ok(OrderObject(request_order_change(state(ctx)?, id, to, body).await?))
     }
 
-    /// Staff: cancels an order that has not left the store yet; the saga releases its stock and refunds
-    /// its payment. Waits up to 5 s and returns the order as it then is.
-    #[graphql(guard = "StaffGuard")]
+    /// Cancels an order that has not left the store yet (before OUT_FOR_DELIVERY): staff any order, a
+    /// signed-in customer their own (someone else's answers `order_not_found`, as a missing one). The
+    /// saga releases its stock and voids its payment's authorisation, or refunds its capture. Waits up
+    /// to 5 s and returns the order as it then is. `illegal_transition` once it is out for delivery.
     async fn cancel_order(
         &self,
         ctx: &Context<'_>,
         id: ID,
         reason: Option<String>,
     ) -> async_graphql::Result<OrderObject> {
+        let caller = crate::auth::caller(ctx);
+        let st = state(ctx)?;
         let id = parse_order_id("id", &id)?;
-        let cancel_reason = check_reason("reason", reason, "cancelled by staff")?;
-        let body = CancelRequested { cancel_reason, requested_by: crate::auth::caller(ctx).audit_name() }.into();
-        Ok(OrderObject(request_order_change(state(ctx)?, id, OrderStatus::Cancelled, body).await?))
+        let before = st.stores.orders.order(&id).await?;
+        let before = match (caller.may_cancel_order(before.as_ref().map(|o| &o.user_id)), before) {
+            (CancelAccess::Allowed, Some(order)) => order,
+            (CancelAccess::NotSignedIn, _) => {
+                return Err(ApiError::Unauthorized(
+                    "cancelling an order needs the signed-in customer who placed it, or staff: send \
+                     `Authorization: Bearer <token>`",
+                )
+                .into());
+            }
+            _ => return Err(ApiError::OrderNotFound(id.to_string()).into()),
+        };
+        let default = if caller.is_staff() { "cancelled by staff" } else { "cancelled by the customer" };
+        let body = requests::cancellation(check_reason("reason", reason, default)?, caller.audit_name());
+        Ok(OrderObject(change(st, &before, OrderStatus::Cancelled, body).await?))
     }
 }

@@ -155,6 +155,18 @@ impl Caller {
         }
     }
 
+    /// Whether the caller may cancel an order of `owner` (`None`: no such order): staff any, a customer
+    /// their own. Anonymous callers never, also on an open server: a cancellation is tied to an identity.
+    /// Someone else's order answers exactly as a missing one.
+    pub fn may_cancel_order(&self, owner: Option<&UserId>) -> CancelAccess {
+        match (self, owner) {
+            (Caller::Anonymous, _) => CancelAccess::NotSignedIn,
+            (Caller::Staff(_) | Caller::Admin(_), Some(_)) => CancelAccess::Allowed,
+            (Caller::Customer(me), Some(owner)) if me == owner => CancelAccess::Allowed,
+            _ => CancelAccess::NoSuchOrder,
+        }
+    }
+
     /// Whether the caller may place or read orders at all on a server in `mode`: anonymous callers not
     /// when sign-in is required. (Which orders, and as whom: [`Caller::may_read_order`], [`Caller::place_as`].)
     pub fn signed_in_if_required(&self, mode: AuthMode) -> Result<(), NotSignedIn> {
@@ -188,6 +200,16 @@ impl Caller {
             Caller::Anonymous => Err(NotSignedIn),
         }
     }
+}
+
+/// The answer of [`Caller::may_cancel_order`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelAccess {
+    Allowed,
+    /// An anonymous caller: 401.
+    NotSignedIn,
+    /// No such order, or someone else's: 404, the same answer for both.
+    NoSuchOrder,
 }
 
 /// The caller has no identity, and the operation needs one.
@@ -231,6 +253,17 @@ mod tests {
         assert_eq!(Caller::Anonymous.signed_in_if_required(AuthMode::Required), Err(NotSignedIn));
         assert_eq!(Caller::Anonymous.signed_in_if_required(AuthMode::Open), Ok(()));
         assert_eq!(customer.signed_in_if_required(AuthMode::Required), Ok(()));
+    }
+
+    #[test]
+    fn orders_are_cancelled_by_their_owner_and_staff_never_anonymously() {
+        let (alice, bob) = (user("alice"), user("bob"));
+        let customer = Caller::Customer(alice.clone());
+        assert_eq!(customer.may_cancel_order(Some(&alice)), CancelAccess::Allowed);
+        assert_eq!(customer.may_cancel_order(Some(&bob)), CancelAccess::NoSuchOrder, "someone else's looks missing");
+        assert_eq!(customer.may_cancel_order(None), CancelAccess::NoSuchOrder);
+        assert_eq!(Caller::Staff(Principal::new("s")).may_cancel_order(Some(&bob)), CancelAccess::Allowed);
+        assert_eq!(Caller::Anonymous.may_cancel_order(Some(&bob)), CancelAccess::NotSignedIn);
     }
 
     #[test]

@@ -14,12 +14,14 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use orderflow_platform::store::Stores;
 use orderflow_schemas::order_request::PlaceOrderBody;
-use orderflow_schemas::{IdempotencyKey, Order, OrderId, UserId, ValueError};
+use orderflow_schemas::{IdempotencyKey, Order, OrderId, OrderStatus, UserId, ValueError};
 use serde::{Deserialize, Serialize};
 
 use crate::rate_limit::{OrderRateLimiter, Placer, RateLimited};
 use crate::{Intake, IntakeError, PlaceOrder};
-use orderflow_identity::{AuthMode, Caller, PlaceAsError};
+use orderflow_identity::{AuthMode, Caller, CancelAccess, PlaceAsError};
+use orderflow_platform::bus::Bus;
+use orderflow_processors::requests::{self, ChangeError};
 
 /// The largest request body accepted on the JSON API.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -217,6 +219,8 @@ impl From<&Order> for OrderBody {
 pub struct OrdersApi {
     pub intake: Intake,
     pub stores: Stores,
+    /// Where cancellations go to the order saga.
+    pub bus: Arc<dyn Bus>,
     /// The order rate limit (see [`crate::rate_limit`]); `None`: off.
     pub rate_limit: Option<Arc<OrderRateLimiter>>,
     /// Whether anonymous callers may place and read orders.
@@ -276,6 +280,80 @@ async fn place_order(
     Ok(response)
 }
 
+/// `POST /v1/orders/{id}/cancel`: the body is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CancelBody {
+    /// Why (at most 500 characters); `cancelled by the customer` when left out.
+    pub reason: Option<String>,
+}
+
+/// The longest cancellation reason accepted.
+pub const MAX_REASON_CHARS: usize = 500;
+
+/// Cancels an order before it is out for delivery: its owner (a signed-in customer) or staff. The saga
+/// releases the stock and voids the payment's authorisation or refunds its capture. Answers 200 with the
+/// order once it is CANCELLED, or 202 with the order as it is if the saga has not applied the request
+/// within 5 s (it will). Someone else's order answers as a missing one (404); an anonymous caller 401.
+async fn cancel_order(
+    State(api): State<OrdersApi>,
+    caller: Option<Extension<Caller>>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let caller = caller.map(|Extension(c)| c).unwrap_or_default();
+    let body: CancelBody = if body.iter().all(u8::is_ascii_whitespace) {
+        CancelBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| match e.classify() {
+            serde_json::error::Category::Data => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request",
+                format!("the JSON does not match: {e}"),
+            ),
+            _ => ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("the body is not valid JSON: {e}")),
+        })?
+    };
+    let reason = body.reason.map(|r| r.trim().to_owned()).filter(|r| !r.is_empty());
+    if reason.as_ref().is_some_and(|r| r.chars().count() > MAX_REASON_CHARS) {
+        let why = format!("reason: must be at most {MAX_REASON_CHARS} characters");
+        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_reason", why));
+    }
+    let not_found = || ApiError::new(StatusCode::NOT_FOUND, "order_not_found", format!("no order with id {id:?}"));
+    let unavailable = |e: &dyn std::fmt::Display| {
+        tracing::error!(error = %e, "cancelling an order failed");
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "temporarily unavailable; retry")
+    };
+    let order = match OrderId::parse(id.clone()) {
+        Ok(order_id) => api.stores.orders.order(&order_id).await.map_err(|e| unavailable(&e))?,
+        Err(_) => None,
+    };
+    let order = match (caller.may_cancel_order(order.as_ref().map(|o| &o.user_id)), order) {
+        (CancelAccess::Allowed, Some(order)) => order,
+        (CancelAccess::NotSignedIn, _) => {
+            let why = "cancelling an order needs the signed-in customer who placed it, or staff: send \
+                       `Authorization: Bearer <token>`";
+            return Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", why));
+        }
+        _ => return Err(not_found()),
+    };
+    let default = if caller.is_staff() { "cancelled by staff" } else { "cancelled by the customer" };
+    let request = requests::cancellation(reason.unwrap_or_else(|| default.to_owned()), caller.audit_name());
+    let now = requests::request_order_change(&*api.stores.orders, &*api.bus, &order, OrderStatus::Cancelled, request)
+        .await
+        .map_err(|e| match e {
+            ChangeError::IllegalTransition { from, .. } => ApiError::new(
+                StatusCode::CONFLICT,
+                "illegal_transition",
+                format!("an order that is {from} can no longer be cancelled"),
+            ),
+            ChangeError::NotFound(_) => not_found(),
+            ChangeError::Unavailable(why) => unavailable(&why),
+        })?;
+    let status = if now.status == OrderStatus::Cancelled { StatusCode::OK } else { StatusCode::ACCEPTED };
+    Ok((status, Json(OrderBody::from(&now))).into_response())
+}
+
 /// One order. Someone else's order answers exactly as a missing one (404), so ids cannot be probed; an
 /// anonymous caller on a server that requires sign-in gets 401.
 async fn get_order(
@@ -307,6 +385,7 @@ pub fn router(api: OrdersApi) -> Router {
     let routes = Router::new()
         .route("/v1/orders", post(place_order))
         .route("/v1/orders/{order_id}", get(get_order))
+        .route("/v1/orders/{order_id}/cancel", post(cancel_order))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(api);
     crate::body_limit::limit_body(routes, MAX_BODY_BYTES, too_large)

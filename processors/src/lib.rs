@@ -14,6 +14,7 @@ pub mod catalog;
 pub mod fulfillment;
 pub mod inventory;
 pub mod payment;
+pub mod requests;
 pub mod runtime;
 pub mod saga;
 

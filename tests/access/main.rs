@@ -8,5 +8,6 @@
 mod common;
 
 mod authorization;
+mod customer_cancel;
 mod forged_events;
 mod production_mode;

@@ -238,7 +238,8 @@ pub async fn walk(app: &TestApp, tokens: &Tokens, mode: AuthModeArg, prepared: &
             "/data",
             staff_only,
         ),
-        ("cancelOrder", "mutation { cancelOrder(id: \"no-such-order\") { id } }".into(), "/data", staff_only),
+        // Customers cancel their own orders: past the access check, a missing one is `order_not_found`.
+        ("cancelOrder", "mutation { cancelOrder(id: \"no-such-order\") { id } }".into(), "/data", [U, A, A, A, A, A]),
         (
             "placeOrder as alice",
             format!(
@@ -314,6 +315,13 @@ pub async fn walk(app: &TestApp, tokens: &Tokens, mode: AuthModeArg, prepared: &
             [anon_orders, A, A, A, A, A],
         ),
         ("GET /v1/orders/{alice's}", "GET", format!("/v1/orders/{alice_order}"), None, [anon_orders, A, H, A, A, A]),
+        (
+            "POST /v1/orders/{missing}/cancel",
+            "POST",
+            "/v1/orders/no-such-order/cancel".into(),
+            Some(json!({})),
+            [U, H, H, H, H, H],
+        ),
     ];
     for (name, method, path, body, expected) in &rest {
         for (i, who) in WHO.iter().enumerate() {
