@@ -54,12 +54,7 @@ async fn place(app: &TestApp, sku: &str, method: Option<&str>) -> String {
 fn keys_by_call(proxy: &StripeProxy, order: &str) -> BTreeMap<String, BTreeSet<String>> {
     let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for call in proxy.calls_for(&format!("{order}:")) {
-        let what = match call.path.rsplit('/').next().unwrap() {
-            "payment_intents" => "create",
-            "refunds" => "refund",
-            other => other,
-        };
-        out.entry(what.to_owned()).or_default().insert(call.idempotency_key.unwrap());
+        out.entry(common::stripe::kind(&call.path).to_owned()).or_default().insert(call.idempotency_key.unwrap());
     }
     out
 }

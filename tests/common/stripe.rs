@@ -42,6 +42,19 @@ struct Shared {
     /// PaymentIntent id -> the instance that created it.
     owner: Mutex<HashMap<String, String>>,
     calls: Mutex<Vec<Call>>,
+    /// The kind of call ([`kind`]) to hold once: forwarded (Stripe acts on it), then never answered.
+    hold: Mutex<Option<&'static str>>,
+    held: tokio::sync::Notify,
+}
+
+/// What a call to Stripe's API does: `create` (a PaymentIntent), `capture`, `cancel`, `refund`, or its
+/// path's last segment.
+pub fn kind(path: &str) -> &str {
+    match path {
+        "/v1/payment_intents" => "create",
+        "/v1/refunds" => "refund",
+        other => other.rsplit('/').next().unwrap_or(other),
+    }
 }
 
 pub struct StripeProxy {
@@ -74,12 +87,25 @@ impl StripeProxy {
             http: reqwest::Client::new(),
             owner: Mutex::default(),
             calls: Mutex::default(),
+            hold: Mutex::default(),
+            held: tokio::sync::Notify::new(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let router = axum::Router::new().fallback(forward).with_state(Arc::clone(&shared));
         let task = tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
         Some(StripeProxy { base, shared, task })
+    }
+
+    /// Holds the next call of `kind`: Stripe gets it and acts on it, its caller never gets the answer
+    /// (a crash or a lost connection after the provider acted). [`StripeProxy::held`] waits for it.
+    pub fn hold_next(&self, kind: &'static str) {
+        *self.shared.hold.lock().unwrap() = Some(kind);
+    }
+
+    /// Returns once the call [`StripeProxy::hold_next`] asked for has reached Stripe.
+    pub async fn held(&self) {
+        self.shared.held.notified().await;
     }
 
     /// Every call so far, oldest first.
@@ -137,12 +163,24 @@ async fn forward(
             shared.owner.lock().unwrap().insert(id.to_owned(), instance);
         }
     }
+    let held = {
+        let mut hold = shared.hold.lock().unwrap();
+        let held = *hold == Some(kind(&path));
+        if held {
+            *hold = None;
+        }
+        held
+    };
     shared.calls.lock().unwrap().push(Call {
         method: method.to_string(),
         path,
         idempotency_key: headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_owned),
         status: status.as_u16(),
     });
+    if held {
+        shared.held.notify_one();
+        std::future::pending::<()>().await;
+    }
     let mut response = (StatusCode::from_u16(status.as_u16()).unwrap(), bytes).into_response();
     if let Some(content_type) = content_type {
         response.headers_mut().insert("content-type", content_type.to_str().unwrap().parse().unwrap());
