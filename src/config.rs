@@ -163,6 +163,12 @@ pub struct Settings {
     #[arg(skip = std::env::var("ORDERFLOW_STRIPE_SECRET_KEY").ok().filter(|k| !k.is_empty()).map(Secret::new))]
     pub stripe_secret_key: Option<Secret>,
 
+    /// Stripe's webhook signing secret (`whsec_...`; several, comma-separated, while one is rolled), from
+    /// the environment only (`ORDERFLOW_STRIPE_WEBHOOK_SECRET`). Without it `POST /v1/webhooks/stripe` is
+    /// not served, and a payment that waits for the customer (3-D Secure) can only time out.
+    #[arg(skip = std::env::var("ORDERFLOW_STRIPE_WEBHOOK_SECRET").ok().filter(|k| !k.trim().is_empty()).map(Secret::new))]
+    pub stripe_webhook_secret: Option<Secret>,
+
     /// The shop's currency (ISO 4217): every price and order total is in it, and amounts go to the
     /// payment provider in its minor units.
     #[arg(long, env = "ORDERFLOW_CURRENCY", default_value = "EUR", value_parser = parse_currency, global = true)]
@@ -516,6 +522,20 @@ impl Settings {
             OrderRateLimitKey::Ip => RateLimitKey::Ip,
         };
         Some(OrderRateLimit { per_second, burst: self.order_rate_limit_burst.unwrap_or(per_second), key })
+    }
+
+    /// The Stripe webhook secrets (`ORDERFLOW_STRIPE_WEBHOOK_SECRET`, comma-separated), when Stripe is the
+    /// provider and one is configured.
+    pub fn stripe_webhook_secrets(&self) -> Option<Vec<Secret>> {
+        if self.payment_provider != PaymentProviderName::Stripe {
+            return None;
+        }
+        let secrets: Vec<Secret> = (self.stripe_webhook_secret.as_ref()?.expose().split(','))
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(Secret::new)
+            .collect();
+        (!secrets.is_empty()).then_some(secrets)
     }
 
     /// Whether intake refuses a customer's order without a `payment_method` (the provider needs one).

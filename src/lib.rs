@@ -101,6 +101,15 @@ fn router(
             auth_mode: auth.mode,
         }));
     }
+    if roles.ingest
+        && let Some(secrets) = settings.stripe_webhook_secrets()
+    {
+        api = api.merge(orderflow_ingest::webhooks::router(orderflow_ingest::webhooks::StripeWebhooks {
+            stores: backends.stores.clone(),
+            bus: Arc::clone(&backends.bus),
+            secrets: secrets.into(),
+        }));
+    }
     if roles.graphql {
         let state = ApiState {
             stores: backends.stores.clone(),
@@ -196,6 +205,15 @@ impl App {
         // change instead, so this process also follows the catalog topic in a group of its own.
         let catalog_cache = Arc::new(CatalogCache::new(Arc::clone(&backends.stores.catalog_view)));
         let mut processor_settings = settings.processors()?;
+        if roles.ingest
+            && settings.payment_provider == crate::config::PaymentProviderName::Stripe
+            && settings.stripe_webhook_secrets().is_none()
+        {
+            tracing::warn!(
+                "ORDERFLOW_STRIPE_WEBHOOK_SECRET is not set: POST /v1/webhooks/stripe is not served, so an order \
+                 whose card asks for authentication (3-D Secure) can only time out"
+            );
+        }
         if roles.graphql {
             processor_settings.catalog_observer = Some(Arc::clone(&catalog_cache) as Arc<dyn CatalogObserver>);
             if settings.bus != BackendUrl::Embedded {

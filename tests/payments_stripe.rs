@@ -16,6 +16,7 @@ use orderflow_platform::BackendUrl;
 use orderflow_platform::backend::Namespace;
 use orderflow_platform::conformance::real_engine;
 use orderflow_platform::store::PaymentRecord;
+use orderflow_processors::payment::stripe_webhook;
 use orderflow_schemas::OrderId;
 use serde_json::{Value, json};
 
@@ -25,6 +26,7 @@ async fn stripe_app(proxy: &StripeProxy, backends: Option<(String, String)>) -> 
         s.payment_provider = PaymentProviderName::Stripe;
         s.stripe_api_base = base.parse().unwrap();
         s.stripe_secret_key = Some("sk_test_orderflow".into());
+        s.stripe_webhook_secret = Some(format!("whsec_rolled_out,{WEBHOOK_SECRET}").as_str().into());
         if let Some((kafka, cql)) = backends {
             s.bus = BackendUrl::Kafka(vec![kafka]);
             s.store = BackendUrl::Scylla(vec![cql]);
@@ -67,6 +69,56 @@ async fn payment(app: &TestApp, id: &str) -> Option<PaymentRecord> {
     app.app().backends.stores.payments.payment(&OrderId::parse(id).unwrap()).await.unwrap()
 }
 
+const WEBHOOK_SECRET: &str = "whsec_orderflow_test";
+
+fn webhook_event(kind: &str, payment_id: &str, order: &str) -> String {
+    json!({
+        "id": format!("evt_{}", uuid::Uuid::new_v4().simple()),
+        "object": "event",
+        "type": kind,
+        "data": {"object": {"id": payment_id, "object": "payment_intent", "metadata": {"order_id": order}}},
+    })
+    .to_string()
+}
+
+/// The `Stripe-Signature` Stripe would send, `skew` seconds from now.
+fn sign(body: &str, skew: i64) -> String {
+    stripe_webhook::sign(WEBHOOK_SECRET, orderflow_schemas::now_ms() / 1000 + skew, body.as_bytes())
+}
+
+async fn deliver(app: &TestApp, body: &str, signature: &str) -> (u16, Value) {
+    let resp = app
+        .http
+        .post(format!("{}/v1/webhooks/stripe", app.base))
+        .header("content-type", "application/json")
+        .header("stripe-signature", signature)
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap_or(Value::Null))
+}
+
+/// Waits until the order's payment waits for the customer, as its customer sees it over GraphQL; the
+/// PaymentIntent's id.
+async fn wait_for_action(app: &TestApp, id: &str) -> String {
+    let query = "query($id: ID!){ order(id: $id){ status payment { status paymentId clientSecret nextAction } } }";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let v = app.gql(query, json!({"id": id}), false).await;
+        let payment = &v["data"]["order"]["payment"];
+        if payment["status"] == "ACTION_REQUIRED" {
+            assert_eq!(v["data"]["order"]["status"], "PROCESSING", "{v}");
+            assert_eq!(payment["nextAction"], "use_stripe_sdk", "{v}");
+            // Anonymous callers (open mode) see the payment but not its secret: that is the customer's.
+            assert_eq!(payment["clientSecret"], Value::Null, "{v}");
+            return payment["paymentId"].as_str().unwrap().to_owned();
+        }
+        assert!(std::time::Instant::now() < deadline, "the payment never waited for the customer: {v}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 async fn stripe_scenarios(app: &TestApp, proxy: &StripeProxy) {
     let sku = scenarios::product(app, 20).await;
 
@@ -95,12 +147,45 @@ async fn stripe_scenarios(app: &TestApp, proxy: &StripeProxy) {
     assert!(reason.starts_with("payment_declined: card_declined (insufficient_funds)"), "{reason}");
     assert_eq!(keys_by_call(proxy, &declined), keys(&[("create", "authorise")], &declined));
 
-    // 3-D Secure asked for: not paid, never treated as paid; the authorisation is voided and the order
-    // rejected.
+    // 3-D Secure asked for: the order waits, PROCESSING, never treated as paid; its customer sees what to
+    // do. Stripe's webhook says they did: the payment goes on under the same keys, the order is confirmed.
     let action = place(app, &sku, Some(NEEDS_ACTION)).await;
-    let order = app.wait_status(&action, &["REJECTED"]).await;
-    assert!(order["reason"].as_str().unwrap().contains("authentication_required"), "{order}");
-    assert_eq!(keys_by_call(proxy, &action), keys(&[("create", "authorise"), ("cancel", "void")], &action));
+    let payment_id = wait_for_action(app, &action).await;
+    assert_eq!(app.get_order(&action).await.1["status"], "PROCESSING");
+    proxy.complete_action(&payment_id);
+    let completed = webhook_event("payment_intent.amount_capturable_updated", &payment_id, &action);
+    let (status, answer) = deliver(app, &completed, &sign(&completed, 0)).await;
+    assert_eq!((status, answer["outcome"].as_str()), (200, Some("payment_resumed")), "{answer}");
+    let order = app.wait_status(&action, &["CONFIRMED"]).await;
+    assert!(kinds(&order).contains(&"payment_captured".to_owned()), "{order}");
+    // The same delivery again (Stripe retries): acknowledged, nothing changes.
+    let (status, answer) = deliver(app, &completed, &sign(&completed, 0)).await;
+    assert_eq!((status, answer["outcome"].as_str()), (200, Some("duplicate")), "{answer}");
+    // A forged or replayed-late delivery changes nothing either.
+    let forged = webhook_event("payment_intent.amount_capturable_updated", &payment_id, &declined);
+    let bad = stripe_webhook::sign("whsec_not_ours", orderflow_schemas::now_ms() / 1000, forged.as_bytes());
+    assert_eq!(deliver(app, &forged, &bad).await.1["code"], "invalid_signature");
+    assert_eq!(deliver(app, &forged, &sign(&forged, -301)).await.1["code"], "stale_timestamp");
+    assert_eq!(app.get_order(&declined).await.1["status"], "REJECTED");
+    assert_eq!(
+        keys_by_call(proxy, &action),
+        keys(&[("create", "authorise"), ("capture", "capture")], &action),
+        "the same keys before and after the customer acted"
+    );
+
+    // A webhook that arrives while the payment role still waits for Stripe's answer (a slow network)
+    // changes nothing: the order ends as it would have, one key per step.
+    let early = format!("{sku}-early");
+    proxy.delay_next("create", std::time::Duration::from_secs(2));
+    let (status, answer) = app
+        .post_order(json!({"order_id": early, "user_id": "stripe-customer", "items": [{"sku": sku, "quantity": 2}], "payment_method": PAYS}))
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    proxy.held().await;
+    let before = webhook_event("payment_intent.amount_capturable_updated", "pi_early", &early);
+    assert_eq!(deliver(app, &before, &sign(&before, 0)).await.0, 200);
+    app.wait_status(&early, &["CONFIRMED"]).await;
+    assert_eq!(keys_by_call(proxy, &early), keys(&[("create", "authorise"), ("capture", "capture")], &early));
 
     // The confirmed order cancelled by staff: one refund of the whole capture.
     let v = app
@@ -120,8 +205,9 @@ async fn stripe_scenarios(app: &TestApp, proxy: &StripeProxy) {
         keys_by_call(proxy, &paid),
         keys(&[("create", "authorise"), ("capture", "capture"), ("refund", "refund")], &paid)
     );
-    // Every unit is back: the paid order's two after its cancellation, the others' after their rejection.
-    assert_eq!(stock(app, &sku).await, (20, 0));
+    // Every unit is back but the confirmed orders': the paid order's two after its cancellation, the
+    // declined order's after its rejection.
+    assert_eq!(stock(app, &sku).await, (16, 4));
     // Every call Stripe answered was accepted by its API specification.
     for call in proxy.calls() {
         assert!(call.status < 300, "stripe-mock refused a request: {call:?}");
@@ -153,4 +239,62 @@ async fn stripe_without_a_secret_key_stops_at_start() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let err = orderflow::App::start(&settings, orderflow::Roles::all(), listener).await.err().unwrap();
     assert!(err.to_string().contains("ORDERFLOW_STRIPE_SECRET_KEY"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_the_customer_never_completes_is_voided_and_the_order_rejected() {
+    let Some(proxy) = StripeProxy::start().await else { return };
+    let keys_dir = tempfile::tempdir().unwrap();
+    let mut tokens = None;
+    let base = proxy.base.clone();
+    let app = TestApp::start_with(|s| {
+        s.payment_provider = PaymentProviderName::Stripe;
+        s.stripe_api_base = base.parse().unwrap();
+        s.stripe_secret_key = Some("sk_test_orderflow".into());
+        s.stuck_order_timeout = std::time::Duration::from_secs(3);
+        tokens = Some(common::authz::with_jwt(s, keys_dir.path(), orderflow::AuthModeArg::Open));
+    })
+    .await;
+    let alice = tokens.unwrap().customer("alice");
+    let sku = scenarios::product(&app, 5).await;
+    let placed: Value = app
+        .http
+        .post(format!("{}/v1/orders", app.base))
+        .bearer_auth(&alice)
+        .json(&json!({"items": [{"sku": sku, "quantity": 1}], "payment_method": NEEDS_ACTION}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = placed["order_id"].as_str().unwrap().to_owned();
+    wait_for_action(&app, &id).await;
+    // Its customer gets the client secret their app completes the payment with.
+    let query =
+        json!({"query": "query($id: ID!){ order(id: $id){ payment { clientSecret } } }", "variables": {"id": id}});
+    let mine: Value = app
+        .http
+        .post(format!("{}/graphql", app.base))
+        .bearer_auth(&alice)
+        .json(&query)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(mine["data"]["order"]["payment"]["clientSecret"].as_str().is_some_and(|s| !s.is_empty()), "{mine}");
+    assert_eq!(stock(&app, &sku).await, (4, 1), "the unit is held while the customer may still pay");
+
+    // Not completed within the timeout: rejected, the authorisation voided under its key, the unit back.
+    let order = common::wait_status(&app.http, &app.base, &id, &["REJECTED"], std::time::Duration::from_secs(30)).await;
+    assert_eq!(order["reason"], "timed_out", "{order}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !matches!(payment(&app, &id).await, Some(PaymentRecord::Voided { .. })) {
+        assert!(std::time::Instant::now() < deadline, "not voided: {:?}", payment(&app, &id).await);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(keys_by_call(&proxy, &id), keys(&[("create", "authorise"), ("cancel", "void")], &id));
+    assert_eq!(stock(&app, &sku).await, (5, 0));
 }

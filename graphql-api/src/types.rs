@@ -85,6 +85,17 @@ impl OrderObject {
         self.0.payment_method.as_ref().map(|m| m.as_str())
     }
 
+    /// The order's payment as the payment role recorded it; `null` before payment started. When the
+    /// customer's bank asks them to authenticate (3-D Secure) it is `ACTION_REQUIRED` and the order stays
+    /// PROCESSING: the customer's app completes it with `clientSecret` (shown to that customer only) and
+    /// Stripe.js or the mobile SDK (`nextAction`); unless completed within `--stuck-order-timeout` the
+    /// order is rejected and the authorisation voided.
+    async fn payment(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<PaymentObject>> {
+        let record = state(ctx)?.stores.payments.payment(&self.0.id).await.map_err(ApiError::from)?;
+        let owner = crate::auth::caller(ctx).customer() == Some(&self.0.user_id);
+        Ok(record.map(|record| PaymentObject { record, owner }))
+    }
+
     /// Why the order was rejected or cancelled.
     async fn reason(&self) -> Option<&str> {
         self.0.reason.as_deref()
@@ -102,6 +113,83 @@ impl OrderObject {
             .iter()
             .map(|t| TimelineEvent { at: rfc3339_ms(t.at_ms), kind: t.kind.clone(), detail: t.detail.clone() })
             .collect()
+    }
+}
+
+/// Where an order's payment is.
+#[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PaymentStatus {
+    /// Waiting for the customer to authenticate with their bank (3-D Secure).
+    ActionRequired,
+    /// The amount is held on the customer's card.
+    Authorised,
+    /// The amount was taken.
+    Captured,
+    Declined,
+    /// The hold was released; no money moved.
+    Voided,
+    Refunded,
+}
+
+/// An order's payment.
+pub(crate) struct PaymentObject {
+    record: orderflow_platform::store::PaymentRecord,
+    /// The caller placed the order (only they see the client secret).
+    owner: bool,
+}
+
+#[Object(name = "Payment")]
+impl PaymentObject {
+    async fn status(&self) -> PaymentStatus {
+        use orderflow_platform::store::PaymentRecord as R;
+        match self.record {
+            R::ActionRequired { .. } => PaymentStatus::ActionRequired,
+            R::Authorised { .. } => PaymentStatus::Authorised,
+            R::Captured { .. } => PaymentStatus::Captured,
+            R::Declined { .. } => PaymentStatus::Declined,
+            R::Voided { .. } => PaymentStatus::Voided,
+            R::Refunded { .. } => PaymentStatus::Refunded,
+        }
+    }
+
+    /// The provider's id of the payment (Stripe: the PaymentIntent).
+    async fn payment_id(&self) -> Option<&str> {
+        use orderflow_platform::store::PaymentRecord as R;
+        match &self.record {
+            R::ActionRequired { payment_id, .. } | R::Authorised { payment_id, .. } | R::Voided { payment_id, .. } => {
+                Some(payment_id)
+            }
+            R::Captured { charge_id, .. } | R::Refunded { charge_id, .. } => Some(charge_id),
+            R::Declined { .. } => None,
+        }
+    }
+
+    /// For `ACTION_REQUIRED`, to the customer who placed the order: the secret their app completes the
+    /// payment with (Stripe.js `handleNextAction`).
+    async fn client_secret(&self) -> Option<&str> {
+        match &self.record {
+            orderflow_platform::store::PaymentRecord::ActionRequired { client_secret, .. } if self.owner => {
+                Some(client_secret)
+            }
+            _ => None,
+        }
+    }
+
+    /// For `ACTION_REQUIRED`: what the customer must do, as the provider names it (`use_stripe_sdk`,
+    /// `redirect_to_url`).
+    async fn next_action(&self) -> Option<&str> {
+        match &self.record {
+            orderflow_platform::store::PaymentRecord::ActionRequired { next_action, .. } => Some(next_action),
+            _ => None,
+        }
+    }
+
+    /// For `DECLINED`: the provider's code and message.
+    async fn decline_reason(&self) -> Option<&str> {
+        match &self.record {
+            orderflow_platform::store::PaymentRecord::Declined { reason } => Some(reason),
+            _ => None,
+        }
     }
 }
 

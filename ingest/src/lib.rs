@@ -7,6 +7,7 @@ pub mod body_limit;
 pub mod http;
 pub mod partner;
 pub mod rate_limit;
+pub mod webhooks;
 
 use std::sync::Arc;
 

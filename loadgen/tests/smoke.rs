@@ -36,6 +36,7 @@ async fn start(dir: &std::path::Path) -> App {
         payment_provider: orderflow::config::PaymentProviderName::Simulated,
         stripe_api_base: orderflow::config::STRIPE_API.parse().unwrap(),
         stripe_secret_key: None,
+        stripe_webhook_secret: None,
         currency: orderflow_schemas::Currency::EUR,
         payment_latency_ms: 1,
         payment_decline_above: None,

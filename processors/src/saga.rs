@@ -129,6 +129,17 @@ impl<'a> Step<'a> {
     }
 }
 
+/// The command that takes `order`'s payment (sent once its stock is held; sent again by the provider's
+/// webhook for a payment that waited for the customer: the payment role resumes where it stopped).
+pub fn capture_command(order: &Order) -> CapturePayment {
+    CapturePayment {
+        user_id: order.user_id.clone(),
+        amount_cents: order.total.cents(),
+        idempotency_key: crate::payment::idempotency_key(&order.id, "capture"),
+        payment_method: order.payment_method.clone(),
+    }
+}
+
 /// `changed_by` of the `StatusChangeRequested { status: REJECTED }` that the stuck-order sweep publishes
 /// for an order still PROCESSING after `--stuck-order-timeout`.
 pub const STUCK_ORDER_SWEEP: &str = "stuck-order-sweep";
@@ -160,16 +171,7 @@ pub fn decide(order: &Order, env: &Envelope, now_ms: i64) -> Option<Decision> {
             }
             let units: u64 = order.lines.iter().map(|l| u64::from(l.quantity.get())).sum();
             step.note("stock_reserved", format!("{units} units reserved"))
-                .send(
-                    topics::PAYMENTS,
-                    "capture",
-                    CapturePayment {
-                        user_id: order.user_id.clone(),
-                        amount_cents: order.total.cents(),
-                        idempotency_key: crate::payment::idempotency_key(&order.id, "capture"),
-                        payment_method: order.payment_method.clone(),
-                    },
-                )
+                .send(topics::PAYMENTS, "capture", capture_command(order))
                 .done()
         }
         // The order was cancelled while a reservation was in flight: give those units back (the cancel's
@@ -387,7 +389,12 @@ impl SagaHandler {
             Some(PaymentRecord::Captured { charge_id, amount } | PaymentRecord::Refunded { charge_id, amount, .. }) => {
                 charge_id == captured.charge_id && amount.cents() == captured.captured_cents
             }
-            Some(PaymentRecord::Authorised { .. } | PaymentRecord::Declined { .. } | PaymentRecord::Voided { .. })
+            Some(
+                PaymentRecord::ActionRequired { .. }
+                | PaymentRecord::Authorised { .. }
+                | PaymentRecord::Declined { .. }
+                | PaymentRecord::Voided { .. },
+            )
             | None => false,
         };
         if !vouched {

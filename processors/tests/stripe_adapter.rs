@@ -98,9 +98,12 @@ async fn authentication_required_is_neither_paid_nor_declined() {
     let provider = stripe(&base, "sk_test_orderflow", Currency::EUR);
     let p = Payment::new();
     match provider.authorise(&p.key("authorise"), p.request(2_500, Currency::EUR)).await.unwrap() {
-        Authorisation::ActionRequired { payment_id, client_secret } => {
+        Authorisation::ActionRequired { payment_id, client_secret, next_action } => {
             assert!(payment_id.starts_with("pi_"), "{payment_id}");
             assert!(!client_secret.is_empty());
+            assert_eq!(next_action, "use_stripe_sdk");
+            // Read back by its id, it is still waiting.
+            assert!(matches!(provider.lookup(&payment_id).await.unwrap(), Authorisation::ActionRequired { .. }));
         }
         other => panic!("expected an action, got {other:?}"),
     }

@@ -42,6 +42,7 @@ pub fn settings(data_dir: &Path) -> Settings {
         payment_provider: orderflow::config::PaymentProviderName::Simulated,
         stripe_api_base: orderflow::config::STRIPE_API.parse().unwrap(),
         stripe_secret_key: None,
+        stripe_webhook_secret: None,
         currency: orderflow_schemas::Currency::EUR,
         payment_latency_ms: 1,
         payment_decline_above: None,

@@ -43,7 +43,7 @@ struct Shared {
     owner: Mutex<HashMap<String, String>>,
     calls: Mutex<Vec<Call>>,
     /// The kind of call ([`kind`]) to hold once: forwarded (Stripe acts on it), then never answered.
-    hold: Mutex<Option<&'static str>>,
+    hold: Mutex<Option<(&'static str, Option<std::time::Duration>)>>,
     held: tokio::sync::Notify,
 }
 
@@ -100,7 +100,19 @@ impl StripeProxy {
     /// Holds the next call of `kind`: Stripe gets it and acts on it, its caller never gets the answer
     /// (a crash or a lost connection after the provider acted). [`StripeProxy::held`] waits for it.
     pub fn hold_next(&self, kind: &'static str) {
-        *self.shared.hold.lock().unwrap() = Some(kind);
+        *self.shared.hold.lock().unwrap() = Some((kind, None));
+    }
+
+    /// Answers the next call of `kind` only `delay` after Stripe answered it (a slow network);
+    /// [`StripeProxy::held`] returns as soon as Stripe has it.
+    pub fn delay_next(&self, kind: &'static str, delay: std::time::Duration) {
+        *self.shared.hold.lock().unwrap() = Some((kind, Some(delay)));
+    }
+
+    /// The customer completed the action their bank asked for (3-D Secure): from now on Stripe holds
+    /// `payment_id` as paid (its calls go to the success instance).
+    pub fn complete_action(&self, payment_id: &str) {
+        self.shared.owner.lock().unwrap().insert(payment_id.to_owned(), self.shared.success.clone());
     }
 
     /// Returns once the call [`StripeProxy::hold_next`] asked for has reached Stripe.
@@ -165,11 +177,13 @@ async fn forward(
     }
     let held = {
         let mut hold = shared.hold.lock().unwrap();
-        let held = *hold == Some(kind(&path));
-        if held {
-            *hold = None;
+        match *hold {
+            Some((k, delay)) if k == kind(&path) => {
+                *hold = None;
+                Some(delay)
+            }
+            _ => None,
         }
-        held
     };
     shared.calls.lock().unwrap().push(Call {
         method: method.to_string(),
@@ -177,9 +191,12 @@ async fn forward(
         idempotency_key: headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_owned),
         status: status.as_u16(),
     });
-    if held {
+    if let Some(delay) = held {
         shared.held.notify_one();
-        std::future::pending::<()>().await;
+        match delay {
+            Some(delay) => tokio::time::sleep(delay).await,
+            None => std::future::pending::<()>().await,
+        }
     }
     let mut response = (StatusCode::from_u16(status.as_u16()).unwrap(), bytes).into_response();
     if let Some(content_type) = content_type {

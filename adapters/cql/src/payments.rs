@@ -21,8 +21,8 @@ impl Statements {
     pub(super) async fn prepare(s: &Scope<'_>) -> Result<Self> {
         let get = prepare(
             s,
-            "SELECT kind, charge_id, refund_id, amount_cents, reason FROM orderflow_payments.payments_v2 \
-             WHERE order_id = ?",
+            "SELECT kind, charge_id, refund_id, amount_cents, reason, client_secret FROM \
+             orderflow_payments.payments_v2 WHERE order_id = ?",
             true,
         )
         .await?;
@@ -43,8 +43,8 @@ impl Statements {
         Ok(Self {
             put: prepare(
                 s,
-                "INSERT INTO orderflow_payments.payments_v2 (order_id, kind, charge_id, refund_id, amount_cents, reason) \
-                 VALUES (?, ?, ?, ?, ?, ?) USING TIMESTAMP ?",
+                "INSERT INTO orderflow_payments.payments_v2 (order_id, kind, charge_id, refund_id, amount_cents, reason, \
+                 client_secret) VALUES (?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?",
                 true,
             )
             .await?,
@@ -62,27 +62,37 @@ impl Statements {
     }
 }
 
-/// A record as its columns: kind, charge id, refund id, amount in cents, reason ('' and 0 where absent, so
-/// that a compare-and-set on every column compares the whole record).
-type Columns<'a> = (&'a str, &'a str, &'a str, i64, &'a str);
-type RecordTuple = (Option<String>, Option<String>, Option<String>, Option<i64>, Option<String>);
+/// A record as its columns: kind, charge (or payment) id, refund id, amount in cents, reason (for a
+/// payment waiting for the customer: the next action), client secret ('' and 0 where absent, so that a
+/// compare-and-set on every column compares the whole record).
+type Columns<'a> = (&'a str, &'a str, &'a str, i64, &'a str, &'a str);
+type RecordTuple = (Option<String>, Option<String>, Option<String>, Option<i64>, Option<String>, Option<String>);
 
 fn to_columns(r: &PaymentRecord) -> Columns<'_> {
     match r {
-        PaymentRecord::Authorised { payment_id, amount } => ("authorised", payment_id, "", amount.cents(), ""),
-        PaymentRecord::Captured { charge_id, amount } => ("captured", charge_id, "", amount.cents(), ""),
-        PaymentRecord::Voided { payment_id, amount } => ("voided", payment_id, "", amount.cents(), ""),
-        PaymentRecord::Declined { reason } => ("declined", "", "", 0, reason),
+        PaymentRecord::ActionRequired { payment_id, amount, client_secret, next_action } => {
+            ("action_required", payment_id, "", amount.cents(), next_action, client_secret)
+        }
+        PaymentRecord::Authorised { payment_id, amount } => ("authorised", payment_id, "", amount.cents(), "", ""),
+        PaymentRecord::Captured { charge_id, amount } => ("captured", charge_id, "", amount.cents(), "", ""),
+        PaymentRecord::Voided { payment_id, amount } => ("voided", payment_id, "", amount.cents(), "", ""),
+        PaymentRecord::Declined { reason } => ("declined", "", "", 0, reason, ""),
         PaymentRecord::Refunded { charge_id, refund_id, amount } => {
-            ("refunded", charge_id, refund_id, amount.cents(), "")
+            ("refunded", charge_id, refund_id, amount.cents(), "", "")
         }
     }
 }
 
 fn from_columns(order: &OrderId, row: RecordTuple) -> Result<PaymentRecord> {
-    let (kind, charge_id, refund_id, amount_cents, reason) = row;
+    let (kind, charge_id, refund_id, amount_cents, reason, client_secret) = row;
     let amount = || Money::from_cents(amount_cents.unwrap_or(0)).map_err(corrupt);
     Ok(match kind.as_deref() {
+        Some("action_required") => PaymentRecord::ActionRequired {
+            payment_id: charge_id.unwrap_or_default(),
+            amount: amount()?,
+            client_secret: client_secret.unwrap_or_default(),
+            next_action: reason.unwrap_or_default(),
+        },
         Some("authorised") => {
             PaymentRecord::Authorised { payment_id: charge_id.unwrap_or_default(), amount: amount()? }
         }
@@ -115,8 +125,8 @@ fn entry_from_row(row: EntryTuple) -> Result<(String, ProviderEntry)> {
 
 impl CqlStore {
     async fn payment_write(&self, order: &OrderId, record: &PaymentRecord, fence: Fence) -> Result<()> {
-        let (kind, charge_id, refund_id, amount, reason) = to_columns(record);
-        let values = (order.as_str(), kind, charge_id, refund_id, amount, reason, fence.timestamp());
+        let (kind, charge_id, refund_id, amount, reason, client_secret) = to_columns(record);
+        let values = (order.as_str(), kind, charge_id, refund_id, amount, reason, client_secret, fence.timestamp());
         self.write(&self.payments.put, values).await
     }
 }

@@ -643,6 +643,15 @@ pub trait OrderStore: Send + Sync {
 /// authorised, then captured (or voided, or declined), then refunded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PaymentRecord {
+    /// The customer must act before the amount can be held (3-D Secure): their app completes the
+    /// payment with `client_secret` (`next_action` says how, e.g. `use_stripe_sdk`), the provider's webhook
+    /// tells orderflow, and the payment goes on; or it times out and is voided.
+    ActionRequired {
+        payment_id: String,
+        amount: Money,
+        client_secret: String,
+        next_action: String,
+    },
     /// The amount is held on the customer's payment method, not yet taken.
     Authorised {
         payment_id: String,

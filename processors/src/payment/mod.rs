@@ -12,6 +12,7 @@
 pub mod provider;
 pub mod simulated;
 pub mod stripe;
+pub mod stripe_webhook;
 
 pub use provider::{Authorisation, Capture, PaymentProvider, PaymentRequest, ProviderError};
 pub use simulated::{SimulatedProvider, SimulatedRules};
@@ -53,10 +54,23 @@ pub fn idempotency_key(order: &OrderId, step: &str) -> String {
     format!("{order}:{step}")
 }
 
-/// Why an order whose bank asks the customer to authenticate (3-D Secure) is declined: waiting for the
-/// customer is not built yet, and such a payment is never treated as paid.
-pub const ACTION_REQUIRED_REASON: &str = "authentication_required: the customer's bank asks for authentication \
-     (3-D Secure), which orderflow cannot wait for yet; the authorisation was voided";
+/// The record of a provider's answer to an authorisation of `amount`.
+fn stored(answer: Authorisation, amount: Money) -> PaymentRecord {
+    match answer {
+        Authorisation::Authorised { payment_id } => {
+            outcome("authorise", "authorised");
+            PaymentRecord::Authorised { payment_id, amount }
+        }
+        Authorisation::Declined { reason } => {
+            outcome("authorise", "declined");
+            PaymentRecord::Declined { reason }
+        }
+        Authorisation::ActionRequired { payment_id, client_secret, next_action } => {
+            outcome("authorise", "action_required");
+            PaymentRecord::ActionRequired { payment_id, amount, client_secret, next_action }
+        }
+    }
+}
 
 /// Commands of one partition taken together at most: the captures and refunds of different orders run
 /// side by side (each waits on the provider) and their replies go out in one append.
@@ -88,8 +102,15 @@ impl PaymentHandler {
                     metrics::counter!("orderflow_payments_declined_total").increment(1);
                     reply(order, "capture_reply", PaymentDeclined { decline_reason: reason })
                 }
+                // Waiting for the customer: the order stays PROCESSING until the provider's webhook brings
+                // the command again, or the stuck-order sweep rejects it (and the refund voids it).
                 // Released without a capture after the saga moved on: nothing to tell it.
-                Some(PaymentRecord::Voided { .. } | PaymentRecord::Authorised { .. }) | None => Ok(None),
+                Some(
+                    PaymentRecord::ActionRequired { .. }
+                    | PaymentRecord::Voided { .. }
+                    | PaymentRecord::Authorised { .. },
+                )
+                | None => Ok(None),
             },
             Event::RefundPayment(_) => match self.payments.payment(order).await? {
                 Some(captured @ PaymentRecord::Captured { .. }) => {
@@ -108,8 +129,8 @@ impl PaymentHandler {
                 Some(PaymentRecord::Refunded { refund_id, amount, .. }) => {
                     reply(order, "refund_reply", PaymentRefunded { refund_id, refunded_cents: amount.cents() })
                 }
-                // Held, never taken: release the hold.
-                Some(held @ PaymentRecord::Authorised { .. }) => {
+                // Held (or waiting for the customer), never taken: release the hold.
+                Some(held @ (PaymentRecord::Authorised { .. } | PaymentRecord::ActionRequired { .. })) => {
                     self.void(order, &held, fence).await?;
                     Ok(None)
                 }
@@ -123,7 +144,8 @@ impl PaymentHandler {
     /// Authorises the order's payment unless a step of it is stored already, then captures it; returns the
     /// record stored at the end. Each step's outcome is stored before the next step starts, so a
     /// redelivered command resumes after the last stored step (and repeats an unstored one under the same
-    /// key, which the provider answers with its first answer).
+    /// key, which the provider answers with its first answer). A payment that waits for the customer
+    /// (3-D Secure) is looked up again when the command comes again (the provider's webhook sends it).
     async fn take_payment(
         &self,
         order: &OrderId,
@@ -140,23 +162,16 @@ impl PaymentHandler {
                 currency: self.currency,
                 payment_method: cmd.payment_method.as_ref(),
             };
-            let first = match self.provider.authorise(&idempotency_key(order, "authorise"), request).await? {
-                Authorisation::Authorised { payment_id } => {
-                    outcome("authorise", "authorised");
-                    PaymentRecord::Authorised { payment_id, amount }
-                }
-                Authorisation::Declined { reason } => {
-                    outcome("authorise", "declined");
-                    PaymentRecord::Declined { reason }
-                }
-                Authorisation::ActionRequired { payment_id, .. } => {
-                    outcome("authorise", "action_required");
-                    self.provider.void(&idempotency_key(order, "void"), &payment_id).await?;
-                    PaymentRecord::Declined { reason: ACTION_REQUIRED_REASON.into() }
-                }
-            };
+            let answer = self.provider.authorise(&idempotency_key(order, "authorise"), request).await?;
+            let first = stored(answer, amount);
             self.payments.record_new(order, &first, fence).await?;
             record = Some(first);
+        }
+        if let Some(waiting @ PaymentRecord::ActionRequired { payment_id, amount, .. }) = &record {
+            let now = stored(self.provider.lookup(payment_id).await?, *amount);
+            if now != *waiting {
+                record = Some(self.payments.replace(order, waiting, &now, fence).await?);
+            }
         }
         if let Some(held @ PaymentRecord::Authorised { payment_id, amount }) = &record {
             let next = match self.provider.capture(&cmd.idempotency_key, payment_id, *amount).await? {
@@ -177,7 +192,11 @@ impl PaymentHandler {
 
     /// Releases an authorisation that will not be captured, and records that it was.
     async fn void(&self, order: &OrderId, held: &PaymentRecord, fence: Fence) -> Result<(), HandlerError> {
-        let PaymentRecord::Authorised { payment_id, amount } = held else { return Ok(()) };
+        let (PaymentRecord::Authorised { payment_id, amount }
+        | PaymentRecord::ActionRequired { payment_id, amount, .. }) = held
+        else {
+            return Ok(());
+        };
         self.provider.void(&idempotency_key(order, "void"), payment_id).await?;
         outcome("void", "voided");
         let voided = PaymentRecord::Voided { payment_id: payment_id.clone(), amount: *amount };

@@ -32,8 +32,9 @@ pub enum Authorisation {
     /// Refused for good: the provider's code and message (e.g. `card_declined (insufficient_funds): Your
     /// card has insufficient funds.`).
     Declined { reason: String },
-    /// The customer must act first (3-D Secure): the payment waits for them.
-    ActionRequired { payment_id: String, client_secret: String },
+    /// The customer must act first (3-D Secure): the payment waits for them. `next_action` is the
+    /// provider's name for what they must do (Stripe: `use_stripe_sdk`, `redirect_to_url`).
+    ActionRequired { payment_id: String, client_secret: String, next_action: String },
 }
 
 /// A provider's final answer to a capture.
@@ -91,6 +92,9 @@ pub trait PaymentProvider: Send + Sync {
         request: PaymentRequest<'_>,
     ) -> Result<Authorisation, ProviderError>;
     async fn capture(&self, idempotency_key: &str, payment_id: &str, amount: Money) -> Result<Capture, ProviderError>;
+    /// The payment as the provider holds it now, read back by its id (after the customer acted, or to
+    /// settle an answer that was lost): authorised, declined, or still waiting for the customer.
+    async fn lookup(&self, payment_id: &str) -> Result<Authorisation, ProviderError>;
     /// Releases an authorisation that will not be captured.
     async fn void(&self, idempotency_key: &str, payment_id: &str) -> Result<(), ProviderError>;
     /// Pays `amount` of a captured payment back; returns the refund's id.

@@ -92,6 +92,22 @@ impl PaymentProvider for SimulatedProvider {
         Ok(Authorisation::Authorised { payment_id: entry.id })
     }
 
+    /// The simulated provider never waits for a customer; a payment it authorised is in its books under
+    /// the order's `authorise` key.
+    async fn lookup(&self, payment_id: &str) -> Result<Authorisation, ProviderError> {
+        let known = self
+            .ledger
+            .provider_entries()
+            .await?
+            .into_iter()
+            .any(|(_, e)| e.kind == "authorisation" && e.id == payment_id);
+        if known {
+            Ok(Authorisation::Authorised { payment_id: payment_id.to_owned() })
+        } else {
+            Err(ProviderError::Refused(format!("the simulated provider has no payment {payment_id}")))
+        }
+    }
+
     async fn capture(&self, key: &str, payment_id: &str, amount: Money) -> Result<Capture, ProviderError> {
         tokio::time::sleep(self.rules.latency).await;
         let entry = self.entry(key, "charge", payment_id.to_owned(), amount).await?;

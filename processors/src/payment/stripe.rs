@@ -51,6 +51,14 @@ struct PaymentIntent {
     client_secret: Option<String>,
     #[serde(default)]
     last_payment_error: Option<StripeError>,
+    #[serde(default)]
+    next_action: Option<NextAction>,
+}
+
+#[derive(Debug, Deserialize)]
+struct NextAction {
+    #[serde(rename = "type")]
+    kind: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -241,6 +249,10 @@ impl PaymentProvider for StripeProvider {
         authorisation_of(intent)
     }
 
+    async fn lookup(&self, payment_id: &str) -> Result<Authorisation, ProviderError> {
+        authorisation_of(self.intent(payment_id).await?)
+    }
+
     async fn capture(&self, key: &str, payment_id: &str, _amount: Money) -> Result<Capture, ProviderError> {
         let path = format!("/v1/payment_intents/{payment_id}/capture");
         let answer = self.post(&path, key, &[]).await?;
@@ -315,6 +327,7 @@ fn authorisation_of(intent: PaymentIntent) -> Result<Authorisation, ProviderErro
         "requires_capture" | "succeeded" => Ok(Authorisation::Authorised { payment_id: intent.id }),
         "requires_action" => Ok(Authorisation::ActionRequired {
             client_secret: intent.client_secret.unwrap_or_default(),
+            next_action: intent.next_action.map_or_else(|| "use_stripe_sdk".to_owned(), |a| a.kind),
             payment_id: intent.id,
         }),
         "requires_payment_method" => Ok(Authorisation::Declined {
@@ -340,6 +353,7 @@ mod tests {
             status: status.into(),
             client_secret: Some("pi_1_secret".into()),
             last_payment_error: error,
+            next_action: None,
         }
     }
 
