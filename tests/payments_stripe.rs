@@ -187,7 +187,23 @@ async fn stripe_scenarios(app: &TestApp, proxy: &StripeProxy) {
     app.wait_status(&early, &["CONFIRMED"]).await;
     assert_eq!(keys_by_call(proxy, &early), keys(&[("create", "authorise"), ("capture", "capture")], &early));
 
-    // The confirmed order cancelled by staff: one refund of the whole capture.
+    // Staff pay part of it back (a damaged item): once per key, never more than is left.
+    let refund = "mutation($id: ID!, $a: Decimal!, $k: String){ refundOrder(id: $id, amount: $a, reason: \"damaged\", \
+                  idempotencyKey: $k){ timeline { type detail } payment { status refundableAmount } } }";
+    for _ in 0..2 {
+        let v = app.gql(refund, json!({"id": paid, "a": "3.00", "k": "damaged-1"}), true).await;
+        let order = &v["data"]["refundOrder"];
+        assert_eq!(order["payment"]["status"], "PARTLY_REFUNDED", "{v}");
+        assert_eq!(order["payment"]["refundableAmount"], "5.00", "{v}");
+        let refunds = order["timeline"].as_array().unwrap().iter().filter(|t| t["type"] == "refunded").count();
+        assert_eq!(refunds, 1, "{v}");
+    }
+    let v = app.gql(refund, json!({"id": paid, "a": "5.01", "k": "too-much"}), true).await;
+    assert_eq!(v["errors"][0]["extensions"]["code"], "refund_exceeds_payment", "{v}");
+    let v = app.gql(refund, json!({"id": declined, "a": "1.00"}), true).await;
+    assert_eq!(v["errors"][0]["extensions"]["code"], "nothing_to_refund", "{v}");
+
+    // The confirmed order cancelled by staff: what is left of the capture goes back, once.
     let v = app
         .gql(
             "mutation($id: ID!){ cancelOrder(id: $id, reason: \"customer called\"){ status } }",
@@ -197,14 +213,23 @@ async fn stripe_scenarios(app: &TestApp, proxy: &StripeProxy) {
         .await;
     assert_eq!(v["data"]["cancelOrder"]["status"], "CANCELLED", "{v}");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !matches!(payment(app, &paid).await, Some(PaymentRecord::Refunded { .. })) {
+    while !matches!(payment(app, &paid).await, Some(PaymentRecord::Refunded { amount, .. }) if amount.cents() == 500) {
         assert!(std::time::Instant::now() < deadline, "no refund recorded: {:?}", payment(app, &paid).await);
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    assert_eq!(
-        keys_by_call(proxy, &paid),
-        keys(&[("create", "authorise"), ("capture", "capture"), ("refund", "refund")], &paid)
-    );
+    let mut want = keys(&[("create", "authorise"), ("capture", "capture"), ("refund", "refund")], &paid);
+    want.get_mut("refund").unwrap().insert(format!("{paid}:refund:damaged-1"));
+    assert_eq!(keys_by_call(proxy, &paid), want);
+    let refunds: Vec<i64> = app.get_order(&paid).await.1["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["type"] == "refunded")
+        .map(|t| {
+            t["detail"].as_str().unwrap().rsplit(" of ").next().unwrap().trim_end_matches(" cents").parse().unwrap()
+        })
+        .collect();
+    assert_eq!(refunds, [300, 500], "the partial refund, then the rest");
     // Every unit is back but the confirmed orders': the paid order's two after its cancellation, the
     // declined order's after its rejection.
     assert_eq!(stock(app, &sku).await, (16, 4));

@@ -39,6 +39,11 @@ pub mod codes {
     pub const STOCK_CHANGE_PENDING: &str = "stock_change_pending";
     pub const ORDER_NOT_FOUND: &str = "order_not_found";
     pub const ILLEGAL_TRANSITION: &str = "illegal_transition";
+    /// `refundOrder` on an order with nothing captured left to pay back (never paid, voided, or refunded
+    /// in full).
+    pub const NOTHING_TO_REFUND: &str = "nothing_to_refund";
+    /// `refundOrder` asked for more than is left of the capture; `message` says how much is.
+    pub const REFUND_EXCEEDS_PAYMENT: &str = "refund_exceeds_payment";
     /// The store or the bus failed; worth retrying. The cause is logged, not returned.
     pub const UNAVAILABLE: &str = "unavailable";
     /// The HTTP body was not one GraphQL request as JSON (batches are refused too).
@@ -99,6 +104,11 @@ pub(crate) enum ApiError {
         from: OrderStatus,
         to: OrderStatus,
     },
+    NothingToRefund(String),
+    RefundExceedsPayment {
+        asked: orderflow_schemas::Money,
+        left: orderflow_schemas::Money,
+    },
     Intake(IntakeError),
     /// The cause was logged where this was made.
     Unavailable,
@@ -129,6 +139,8 @@ impl ApiError {
             Self::StockChangePending { .. } => codes::STOCK_CHANGE_PENDING,
             Self::OrderNotFound(_) => codes::ORDER_NOT_FOUND,
             Self::IllegalTransition { .. } => codes::ILLEGAL_TRANSITION,
+            Self::NothingToRefund(_) => codes::NOTHING_TO_REFUND,
+            Self::RefundExceedsPayment { .. } => codes::REFUND_EXCEEDS_PAYMENT,
             Self::Intake(e) => e.code(),
             Self::Unavailable => codes::UNAVAILABLE,
         }
@@ -164,6 +176,10 @@ impl ApiError {
             }
             Self::OrderNotFound(id) => format!("no order with id {id}"),
             Self::IllegalTransition { from, to } => format!("an order cannot move from {from} to {to}"),
+            Self::NothingToRefund(id) => format!("order {id} has nothing captured left to pay back"),
+            Self::RefundExceedsPayment { asked, left } => {
+                format!("a refund of {asked} is more than the {left} left of the payment")
+            }
             Self::Intake(e) => e.to_string(),
             Self::Unavailable => "temporarily unavailable; retry shortly".into(),
         }

@@ -4,12 +4,15 @@ use std::sync::Arc;
 
 use async_graphql::{Context, ID, InputObject, Object, SimpleObject};
 use orderflow_ingest::PlaceOrder;
+use orderflow_platform::BusRecord;
+use orderflow_platform::store::PaymentRecord;
 use orderflow_processors::catalog::{CatalogWriter, NewProduct, ProductPatch};
 use orderflow_processors::requests::{self, ChangeError};
-use orderflow_schemas::events::{CancelRequested, StatusChangeRequested};
+use orderflow_schemas::events::{CancelRequested, RefundPayment, StatusChangeRequested};
 use orderflow_schemas::stock_command::RequestKey;
 use orderflow_schemas::{
-    Attributes, Category, Event, IdempotencyKey, Order, OrderId, OrderStatus, PaymentMethod, Product, Quantity, UserId,
+    Attributes, Category, Envelope, Event, EventId, IdempotencyKey, Order, OrderId, OrderStatus, PaymentMethod,
+    Product, Quantity, UserId, codec, topics,
 };
 
 use orderflow_identity::{CancelAccess, PlaceAsError};
@@ -354,6 +357,81 @@ impl Mutation {
             StatusChangeRequested { status: to, changed_by: actor }.into()
         };
         Ok(OrderObject(request_order_change(state(ctx)?, id, to, body).await?))
+    }
+
+    /// Staff: pays `amount` of an order's captured payment back (a damaged item, a goodwill gesture),
+    /// with a reason, whatever the order's status; at most what is left of the capture. Safe to retry
+    /// with the same `idempotencyKey`: one refund per key. The payment role refunds it at the provider
+    /// under its own key; this waits up to 5 s and returns the order, whose timeline then shows the refund
+    /// (`refunded`) and whose `payment { refundableAmount }` what is left. `nothing_to_refund`,
+    /// `refund_exceeds_payment`.
+    #[graphql(guard = "StaffGuard")]
+    async fn refund_order(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        amount: Decimal,
+        reason: String,
+        idempotency_key: Option<String>,
+    ) -> async_graphql::Result<OrderObject> {
+        let st = state(ctx)?;
+        let id = parse_order_id("id", &id)?;
+        let amount = amount.0;
+        if amount == orderflow_schemas::Money::ZERO {
+            return Err(ApiError::invalid("amount", "must be more than 0").into());
+        }
+        let reason = check_reason("reason", Some(reason), "refund by staff")?;
+        let key = check_idempotency_key("idempotencyKey", idempotency_key)?.unwrap_or_else(RequestKey::random);
+        let order = st.stores.orders.order(&id).await?.ok_or_else(|| ApiError::OrderNotFound(id.to_string()))?;
+        let payment = st.stores.payments.payment(&id).await?;
+        let key = key.to_string();
+        // The refund made under `key`, once the payment role has made it.
+        let made = |p: &Option<PaymentRecord>| match p {
+            Some(PaymentRecord::PartlyRefunded { refunds, .. }) => {
+                refunds.iter().find(|r| r.key == key).map(|r| r.refund_id.clone())
+            }
+            _ => None,
+        };
+        if made(&payment).is_none() {
+            let left = payment
+                .as_ref()
+                .and_then(PaymentRecord::refundable)
+                .ok_or_else(|| ApiError::NothingToRefund(id.to_string()))?;
+            if amount > left {
+                return Err(ApiError::RefundExceedsPayment { asked: amount, left }.into());
+            }
+            let body = RefundPayment {
+                refund_reason: reason,
+                amount_cents: Some(amount.cents()),
+                refund_key: Some(key.clone()),
+            };
+            let envelope =
+                Envelope::new(EventId::for_key(id.as_str(), &format!("staff-refund:{key}")), id.clone(), body);
+            // Recorded before it is published: the payment role pays back only what orderflow recorded.
+            orderflow_processors::saga::record_requests(&*st.stores.orders, std::slice::from_ref(&envelope)).await?;
+            let payload = codec::encode(&envelope).map_err(|e| ApiError::unavailable("encoding a refund", &e))?;
+            st.bus
+                .publish(vec![BusRecord::new(topics::PAYMENTS, id.as_str(), payload)])
+                .await
+                .map_err(|e| ApiError::unavailable("publishing a refund", &e))?;
+        }
+        // Until the payment role made it and the saga noted it in the timeline (or 5 s).
+        let deadline = tokio::time::Instant::now() + requests::SAGA_WAIT;
+        let mut now = order;
+        loop {
+            if let Some(refund_id) = made(&st.stores.payments.payment(&id).await?) {
+                now = st.stores.orders.order(&id).await?.unwrap_or(now);
+                if now.timeline.iter().any(|t| t.kind == "refunded" && t.detail.contains(&refund_id)) {
+                    break;
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(order = %id, "a staff refund was not made within {:?}", requests::SAGA_WAIT);
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        Ok(OrderObject(now))
     }
 
     /// Cancels an order that has not left the store yet (before OUT_FOR_DELIVERY): staff any order, a

@@ -125,6 +125,8 @@ pub(crate) enum PaymentStatus {
     Authorised,
     /// The amount was taken.
     Captured,
+    /// Taken, and paid back in part by staff (`refundOrder`).
+    PartlyRefunded,
     Declined,
     /// The hold was released; no money moved.
     Voided,
@@ -146,6 +148,7 @@ impl PaymentObject {
             R::ActionRequired { .. } => PaymentStatus::ActionRequired,
             R::Authorised { .. } => PaymentStatus::Authorised,
             R::Captured { .. } => PaymentStatus::Captured,
+            R::PartlyRefunded { .. } => PaymentStatus::PartlyRefunded,
             R::Declined { .. } => PaymentStatus::Declined,
             R::Voided { .. } => PaymentStatus::Voided,
             R::Refunded { .. } => PaymentStatus::Refunded,
@@ -159,9 +162,17 @@ impl PaymentObject {
             R::ActionRequired { payment_id, .. } | R::Authorised { payment_id, .. } | R::Voided { payment_id, .. } => {
                 Some(payment_id)
             }
-            R::Captured { charge_id, .. } | R::Refunded { charge_id, .. } => Some(charge_id),
+            R::Captured { charge_id, .. } | R::PartlyRefunded { charge_id, .. } | R::Refunded { charge_id, .. } => {
+                Some(charge_id)
+            }
             R::Declined { .. } => None,
         }
+    }
+
+    /// What is left of the capture to pay back (`refundOrder` takes at most this); `null` when nothing
+    /// was taken or all of it went back.
+    async fn refundable_amount(&self) -> Option<Decimal> {
+        self.record.refundable().map(Decimal::from)
     }
 
     /// For `ACTION_REQUIRED`, to the customer who placed the order: the secret their app completes the

@@ -133,6 +133,7 @@ fn handler(role: Role, backends: &Backends, settings: &ProcessorSettings) -> Arc
             };
             Arc::new(PaymentHandler {
                 payments: Arc::clone(&s.payments),
+                orders: Arc::clone(&s.orders),
                 provider,
                 bus,
                 fences: fences(),

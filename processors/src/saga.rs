@@ -121,7 +121,7 @@ impl<'a> Step<'a> {
     }
 
     fn refund(self, why: &str) -> Self {
-        self.send(topics::PAYMENTS, "refund", RefundPayment { refund_reason: why.to_owned() })
+        self.send(topics::PAYMENTS, "refund", RefundPayment::compensation(why))
     }
 
     fn done(self) -> Option<Decision> {
@@ -271,6 +271,10 @@ pub fn request_name(body: &Event) -> Option<String> {
     match body {
         Event::StatusChangeRequested(c) => Some(format!("StatusChangeRequested:{}", c.status.as_str())),
         Event::CancelRequested(_) => Some("CancelRequested".into()),
+        // A staff refund (the order's own compensation is the saga's, and needs no record).
+        Event::RefundPayment(RefundPayment { refund_key: Some(key), amount_cents, .. }) => {
+            Some(format!("RefundPayment:{key}:{}", amount_cents.unwrap_or(0)))
+        }
         _ => None,
     }
 }
@@ -386,9 +390,11 @@ impl SagaHandler {
             return Ok(true); // `decide` moves nothing on it, or pays it back (after a cancellation)
         }
         let vouched = match self.payments.payment(&order.id).await? {
-            Some(PaymentRecord::Captured { charge_id, amount } | PaymentRecord::Refunded { charge_id, amount, .. }) => {
-                charge_id == captured.charge_id && amount.cents() == captured.captured_cents
-            }
+            Some(
+                PaymentRecord::Captured { charge_id, amount }
+                | PaymentRecord::PartlyRefunded { charge_id, amount, .. }
+                | PaymentRecord::Refunded { charge_id, amount, .. },
+            ) => charge_id == captured.charge_id && amount.cents() == captured.captured_cents,
             Some(
                 PaymentRecord::ActionRequired { .. }
                 | PaymentRecord::Authorised { .. }

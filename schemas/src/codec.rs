@@ -212,7 +212,9 @@ mod tests {
             PaymentCaptured { charge_id: "pi_1".into(), captured_cents: 2500, authorisation_id: Some("pi_1".into()) }
                 .into(),
             PaymentDeclined { decline_reason: "limit".into() }.into(),
-            RefundPayment { refund_reason: "cancelled".into() }.into(),
+            RefundPayment::compensation("cancelled").into(),
+            RefundPayment { refund_reason: "damaged".into(), amount_cents: Some(250), refund_key: Some("k1".into()) }
+                .into(),
             PaymentRefunded { refund_id: "re_1".into(), refunded_cents: 2500 }.into(),
             CreateShipment {
                 ship_to_user_id: UserId::parse("u1").unwrap(),

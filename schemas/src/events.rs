@@ -176,6 +176,20 @@ pub struct PaymentDeclined {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RefundPayment {
     pub refund_reason: String,
+    /// A partial refund by staff; `None`: everything not yet refunded (the compensation of a cancelled
+    /// or rejected order).
+    #[serde(default)]
+    pub amount_cents: Option<i64>,
+    /// A staff refund's own key: one refund per key. `None` for the order's compensation.
+    #[serde(default)]
+    pub refund_key: Option<String>,
+}
+
+impl RefundPayment {
+    /// The order's compensation: everything captured and not yet refunded goes back.
+    pub fn compensation(reason: &str) -> Self {
+        Self { refund_reason: reason.to_owned(), amount_cents: None, refund_key: None }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::TestApp;
 use orderflow_platform::BusRecord;
-use orderflow_schemas::events::{CancelRequested, PaymentCaptured, StatusChangeRequested};
+use orderflow_schemas::events::{CancelRequested, PaymentCaptured, RefundPayment, StatusChangeRequested};
 use orderflow_schemas::{Envelope, EventId, OrderId, UserId, codec, topics};
 use serde_json::json;
 
@@ -119,4 +119,31 @@ async fn forged_status_changes_and_cancellations_move_nothing() {
             "the refused {event} was not counted"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_refund_pays_nothing_back_and_a_recorded_one_does() {
+    let app = TestApp::start().await;
+    let id = place_pizza(&app, &["CONFIRMED"]).await;
+    // Written to the payments topic by someone who can: the payment role pays back only what orderflow
+    // recorded.
+    let forged =
+        RefundPayment { refund_reason: "forged".into(), amount_cents: Some(1000), refund_key: Some("x".into()) };
+    let env = Envelope::new(EventId::random(), OrderId::parse(id.clone()).unwrap(), forged);
+    let record = BusRecord::new(topics::PAYMENTS, &id, codec::encode(&env).unwrap());
+    app.app().backends.bus.publish(vec![record]).await.unwrap();
+    // Staff's refund, through the API, goes through after it.
+    let v = app
+        .gql(
+            "mutation($id: ID!){ refundOrder(id: $id, amount: \"2.50\", reason: \"cold\"){ payment { refundableAmount } } }",
+            json!({"id": id}),
+            true,
+        )
+        .await;
+    assert_eq!(v["data"]["refundOrder"]["payment"]["refundableAmount"], "10.00", "{v}");
+    let refunds: Vec<i64> = (app.app().backends.stores.payments.provider_entries().await.unwrap().into_iter())
+        .filter(|(k, e)| k.starts_with(&format!("{id}:")) && e.kind == "refund")
+        .map(|(_, e)| e.amount.cents())
+        .collect();
+    assert_eq!(refunds, [250], "only the recorded refund was paid back");
 }

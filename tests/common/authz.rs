@@ -238,6 +238,12 @@ pub async fn walk(app: &TestApp, tokens: &Tokens, mode: AuthModeArg, prepared: &
             "/data",
             staff_only,
         ),
+        (
+            "refundOrder",
+            "mutation { refundOrder(id: \"no-such-order\", amount: \"1.00\", reason: \"authz\") { id } }".into(),
+            "/data",
+            staff_only,
+        ),
         // Customers cancel their own orders: past the access check, a missing one is `order_not_found`.
         ("cancelOrder", "mutation { cancelOrder(id: \"no-such-order\") { id } }".into(), "/data", [U, A, A, A, A, A]),
         (

@@ -21,7 +21,7 @@ impl Statements {
     pub(super) async fn prepare(s: &Scope<'_>) -> Result<Self> {
         let get = prepare(
             s,
-            "SELECT kind, charge_id, refund_id, amount_cents, reason, client_secret FROM \
+            "SELECT kind, charge_id, refund_id, amount_cents, reason, client_secret, refunds FROM \
              orderflow_payments.payments_v2 WHERE order_id = ?",
             true,
         )
@@ -44,7 +44,7 @@ impl Statements {
             put: prepare(
                 s,
                 "INSERT INTO orderflow_payments.payments_v2 (order_id, kind, charge_id, refund_id, amount_cents, reason, \
-                 client_secret) VALUES (?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?",
+                 client_secret, refunds) VALUES (?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?",
                 true,
             )
             .await?,
@@ -63,30 +63,43 @@ impl Statements {
 }
 
 /// A record as its columns: kind, charge (or payment) id, refund id, amount in cents, reason (for a
-/// payment waiting for the customer: the next action), client secret ('' and 0 where absent, so that a
-/// compare-and-set on every column compares the whole record).
-type Columns<'a> = (&'a str, &'a str, &'a str, i64, &'a str, &'a str);
-type RecordTuple = (Option<String>, Option<String>, Option<String>, Option<i64>, Option<String>, Option<String>);
+/// payment waiting for the customer: the next action), client secret, partial refunds (JSON) ('' and 0
+/// where absent, so that a compare-and-set on every column compares the whole record).
+type Columns<'a> = (&'a str, &'a str, &'a str, i64, &'a str, &'a str, String);
+type RecordTuple =
+    (Option<String>, Option<String>, Option<String>, Option<i64>, Option<String>, Option<String>, Option<String>);
 
-fn to_columns(r: &PaymentRecord) -> Columns<'_> {
-    match r {
+fn to_columns(r: &PaymentRecord) -> Result<Columns<'_>> {
+    let none = String::new;
+    Ok(match r {
+        PaymentRecord::PartlyRefunded { charge_id, amount, refunds } => {
+            let refunds = serde_json::to_string(refunds).map_err(corrupt)?;
+            ("partly_refunded", charge_id, "", amount.cents(), "", "", refunds)
+        }
         PaymentRecord::ActionRequired { payment_id, amount, client_secret, next_action } => {
-            ("action_required", payment_id, "", amount.cents(), next_action, client_secret)
+            ("action_required", payment_id, "", amount.cents(), next_action, client_secret, none())
         }
-        PaymentRecord::Authorised { payment_id, amount } => ("authorised", payment_id, "", amount.cents(), "", ""),
-        PaymentRecord::Captured { charge_id, amount } => ("captured", charge_id, "", amount.cents(), "", ""),
-        PaymentRecord::Voided { payment_id, amount } => ("voided", payment_id, "", amount.cents(), "", ""),
-        PaymentRecord::Declined { reason } => ("declined", "", "", 0, reason, ""),
+        PaymentRecord::Authorised { payment_id, amount } => {
+            ("authorised", payment_id, "", amount.cents(), "", "", none())
+        }
+        PaymentRecord::Captured { charge_id, amount } => ("captured", charge_id, "", amount.cents(), "", "", none()),
+        PaymentRecord::Voided { payment_id, amount } => ("voided", payment_id, "", amount.cents(), "", "", none()),
+        PaymentRecord::Declined { reason } => ("declined", "", "", 0, reason, "", none()),
         PaymentRecord::Refunded { charge_id, refund_id, amount } => {
-            ("refunded", charge_id, refund_id, amount.cents(), "", "")
+            ("refunded", charge_id, refund_id, amount.cents(), "", "", none())
         }
-    }
+    })
 }
 
 fn from_columns(order: &OrderId, row: RecordTuple) -> Result<PaymentRecord> {
-    let (kind, charge_id, refund_id, amount_cents, reason, client_secret) = row;
+    let (kind, charge_id, refund_id, amount_cents, reason, client_secret, refunds) = row;
     let amount = || Money::from_cents(amount_cents.unwrap_or(0)).map_err(corrupt);
     Ok(match kind.as_deref() {
+        Some("partly_refunded") => PaymentRecord::PartlyRefunded {
+            charge_id: charge_id.unwrap_or_default(),
+            amount: amount()?,
+            refunds: serde_json::from_str(refunds.as_deref().unwrap_or("[]")).map_err(corrupt)?,
+        },
         Some("action_required") => PaymentRecord::ActionRequired {
             payment_id: charge_id.unwrap_or_default(),
             amount: amount()?,
@@ -125,8 +138,9 @@ fn entry_from_row(row: EntryTuple) -> Result<(String, ProviderEntry)> {
 
 impl CqlStore {
     async fn payment_write(&self, order: &OrderId, record: &PaymentRecord, fence: Fence) -> Result<()> {
-        let (kind, charge_id, refund_id, amount, reason, client_secret) = to_columns(record);
-        let values = (order.as_str(), kind, charge_id, refund_id, amount, reason, client_secret, fence.timestamp());
+        let (kind, charge_id, refund_id, amount, reason, client_secret, refunds) = to_columns(record)?;
+        let values =
+            (order.as_str(), kind, charge_id, refund_id, amount, reason, client_secret, refunds, fence.timestamp());
         self.write(&self.payments.put, values).await
     }
 }

@@ -736,6 +736,23 @@ pub async fn payments_record_then_replace(stores: Stores) {
     ps.record_new(&o2, &held, fence(1)).await.unwrap();
     assert_eq!(ps.replace(&o2, &held, &voided, fence(2)).await.unwrap(), voided);
     assert_eq!(ps.payment(&o2).await.unwrap(), Some(voided));
+    // Partial refunds by staff, each under its key, and what is left.
+    let o3 = OrderId::parse(format!("{id}-3")).unwrap();
+    let taken = PaymentRecord::Captured { charge_id: "pi_3".into(), amount: Money::from_cents(1000).unwrap() };
+    ps.record_new(&o3, &taken, fence(1)).await.unwrap();
+    let part = |key: &str, cents: i64| PartRefund {
+        key: key.into(),
+        refund_id: format!("re_{key}"),
+        amount: Money::from_cents(cents).unwrap(),
+    };
+    let partly = PaymentRecord::PartlyRefunded {
+        charge_id: "pi_3".into(),
+        amount: Money::from_cents(1000).unwrap(),
+        refunds: vec![part("a", 300), part("b", 200)],
+    };
+    assert_eq!(ps.replace(&o3, &taken, &partly, fence(2)).await.unwrap(), partly);
+    assert_eq!(ps.payment(&o3).await.unwrap(), Some(partly.clone()));
+    assert_eq!(partly.refundable(), Some(Money::from_cents(500).unwrap()));
 
     let key = format!("{id}:capture");
     let e1 =

@@ -661,6 +661,12 @@ pub enum PaymentRecord {
         charge_id: String,
         amount: Money,
     },
+    /// Captured, and paid back in part by staff: one refund per staff request key.
+    PartlyRefunded {
+        charge_id: String,
+        amount: Money,
+        refunds: Vec<PartRefund>,
+    },
     Declined {
         reason: String,
     },
@@ -698,6 +704,28 @@ pub trait PaymentStore: Send + Sync {
     async fn provider_entry_once(&self, idempotency_key: &str, entry: &ProviderEntry) -> Result<ProviderEntry>;
     /// Every entry of the simulated provider's ledger, for audits and tests.
     async fn provider_entries(&self) -> Result<Vec<(String, ProviderEntry)>>;
+}
+
+/// One partial refund of a captured payment, under the staff request's key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartRefund {
+    pub key: String,
+    pub refund_id: String,
+    pub amount: Money,
+}
+
+impl PaymentRecord {
+    /// What is left of a capture to pay back: `None` when nothing was captured, or all of it went back.
+    pub fn refundable(&self) -> Option<Money> {
+        match self {
+            PaymentRecord::Captured { amount, .. } => Some(*amount),
+            PaymentRecord::PartlyRefunded { amount, refunds, .. } => {
+                let back: i64 = refunds.iter().map(|r| r.amount.cents()).sum();
+                Money::from_cents(amount.cents() - back).ok().filter(|left| *left > Money::ZERO)
+            }
+            _ => None,
+        }
+    }
 }
 
 /// One money movement at the simulated provider.

@@ -23,12 +23,14 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use orderflow_platform::bus::{Bus, BusRecord, Delivery, Handler, HandlerError};
 use orderflow_platform::fencing::PartitionFences;
-use orderflow_platform::store::{Fence, PaymentRecord, PaymentStore};
-use orderflow_schemas::events::{CapturePayment, PaymentCaptured, PaymentDeclined, PaymentRefunded};
+use orderflow_platform::store::{Fence, OrderStore, PartRefund, PaymentRecord, PaymentStore};
+use orderflow_schemas::events::{CapturePayment, PaymentCaptured, PaymentDeclined, PaymentRefunded, RefundPayment};
 use orderflow_schemas::{Currency, Envelope, Event, EventId, Money, OrderId, topics};
 
 pub struct PaymentHandler {
     pub payments: Arc<dyn PaymentStore>,
+    /// Where staff refunds are recorded before they are published (checked before one is paid).
+    pub orders: Arc<dyn OrderStore>,
     pub provider: Arc<dyn PaymentProvider>,
     pub bus: Arc<dyn Bus>,
     /// This instance's epochs for the partitions of the payments topic it owns: every write is fenced.
@@ -89,7 +91,9 @@ impl PaymentHandler {
         match &env.body {
             Event::CapturePayment(cmd) => match self.take_payment(order, cmd, fence).await? {
                 Some(
-                    PaymentRecord::Captured { charge_id, amount } | PaymentRecord::Refunded { charge_id, amount, .. },
+                    PaymentRecord::Captured { charge_id, amount }
+                    | PaymentRecord::PartlyRefunded { charge_id, amount, .. }
+                    | PaymentRecord::Refunded { charge_id, amount, .. },
                 ) => {
                     let authorisation_id = Some(charge_id.clone());
                     reply(
@@ -112,14 +116,23 @@ impl PaymentHandler {
                 )
                 | None => Ok(None),
             },
+            Event::RefundPayment(RefundPayment { refund_key: Some(key), amount_cents, .. }) => {
+                self.staff_refund(&env, key, *amount_cents, fence).await
+            }
             Event::RefundPayment(_) => match self.payments.payment(order).await? {
-                Some(captured @ PaymentRecord::Captured { .. }) => {
-                    let PaymentRecord::Captured { charge_id, amount } = &captured else { return Ok(None) };
+                // Captured, perhaps partly refunded by staff: what is left goes back.
+                Some(taken @ (PaymentRecord::Captured { .. } | PaymentRecord::PartlyRefunded { .. })) => {
+                    let (PaymentRecord::Captured { charge_id, .. } | PaymentRecord::PartlyRefunded { charge_id, .. }) =
+                        &taken
+                    else {
+                        return Ok(None);
+                    };
+                    let Some(left) = taken.refundable() else { return Ok(None) };
                     let key = idempotency_key(order, "refund");
-                    let refund_id = self.provider.refund(&key, charge_id, *amount).await?;
+                    let refund_id = self.provider.refund(&key, charge_id, left).await?;
                     outcome("refund", "refunded");
-                    let refunded = PaymentRecord::Refunded { charge_id: charge_id.clone(), refund_id, amount: *amount };
-                    match self.payments.replace(order, &captured, &refunded, fence).await? {
+                    let refunded = PaymentRecord::Refunded { charge_id: charge_id.clone(), refund_id, amount: left };
+                    match self.payments.replace(order, &taken, &refunded, fence).await? {
                         PaymentRecord::Refunded { refund_id, amount, .. } => {
                             reply(order, "refund_reply", PaymentRefunded { refund_id, refunded_cents: amount.cents() })
                         }
@@ -188,6 +201,55 @@ impl PaymentHandler {
             record = Some(self.payments.replace(order, held, &next, fence).await?);
         }
         Ok(record)
+    }
+
+    /// A partial refund staff asked for under `key`: once per key, never more than is left of the
+    /// capture, and only if orderflow recorded the request (a refund written to the topic by anyone else
+    /// moves no money).
+    async fn staff_refund(
+        &self,
+        env: &Envelope,
+        key: &str,
+        amount_cents: Option<i64>,
+        fence: Fence,
+    ) -> Result<Option<BusRecord>, HandlerError> {
+        let order = &env.order_id;
+        let asked = crate::saga::request_name(&env.body);
+        if asked.is_none() || self.orders.recorded_request(order, env.event_id).await? != asked {
+            metrics::counter!("orderflow_events_refused_total", "event" => "RefundPayment").increment(1);
+            tracing::warn!(%order, event_id = %env.event_id, "a refund orderflow did not record was refused");
+            return Ok(None);
+        }
+        let reply_step = format!("refund_reply:{key}");
+        let record = self.payments.payment(order).await?;
+        let (charge_id, captured, mut refunds) = match &record {
+            Some(PaymentRecord::Captured { charge_id, amount }) => (charge_id.clone(), *amount, Vec::new()),
+            Some(PaymentRecord::PartlyRefunded { charge_id, amount, refunds }) => {
+                if let Some(done) = refunds.iter().find(|r| r.key == key) {
+                    let body =
+                        PaymentRefunded { refund_id: done.refund_id.clone(), refunded_cents: done.amount.cents() };
+                    return reply(order, &reply_step, body);
+                }
+                (charge_id.clone(), *amount, refunds.clone())
+            }
+            other => {
+                tracing::warn!(%order, payment = ?other, "a staff refund found nothing captured to pay back");
+                return Ok(None);
+            }
+        };
+        let Some(current) = record else { return Ok(None) };
+        let amount = Money::from_cents(amount_cents.unwrap_or(0)).map_err(|e| HandlerError::Poison(e.to_string()))?;
+        if amount == Money::ZERO || current.refundable().is_none_or(|left| amount > left) {
+            tracing::warn!(%order, %amount, "a staff refund asked for more than is left of the capture");
+            return Ok(None);
+        }
+        let refund_id =
+            self.provider.refund(&idempotency_key(order, &format!("refund:{key}")), &charge_id, amount).await?;
+        outcome("partial_refund", "refunded");
+        refunds.push(PartRefund { key: key.to_owned(), refund_id: refund_id.clone(), amount });
+        let next = PaymentRecord::PartlyRefunded { charge_id, amount: captured, refunds };
+        self.payments.replace(order, &current, &next, fence).await?;
+        reply(order, &reply_step, PaymentRefunded { refund_id, refunded_cents: amount.cents() })
     }
 
     /// Releases an authorisation that will not be captured, and records that it was.
