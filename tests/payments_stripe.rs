@@ -282,33 +282,13 @@ async fn a_payment_the_customer_never_completes_is_voided_and_the_order_rejected
     .await;
     let alice = tokens.unwrap().customer("alice");
     let sku = scenarios::product(&app, 5).await;
-    let placed: Value = app
-        .http
-        .post(format!("{}/v1/orders", app.base))
-        .bearer_auth(&alice)
-        .json(&json!({"items": [{"sku": sku, "quantity": 1}], "payment_method": NEEDS_ACTION}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = json!({"items": [{"sku": sku, "quantity": 1}], "payment_method": NEEDS_ACTION});
+    let (_, placed) = app.post_as("/v1/orders", Some(&alice), body).await;
     let id = placed["order_id"].as_str().unwrap().to_owned();
     wait_for_action(&app, &id).await;
     // Its customer gets the client secret their app completes the payment with.
-    let query =
-        json!({"query": "query($id: ID!){ order(id: $id){ payment { clientSecret } } }", "variables": {"id": id}});
-    let mine: Value = app
-        .http
-        .post(format!("{}/graphql", app.base))
-        .bearer_auth(&alice)
-        .json(&query)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let mine =
+        app.gql_as(&alice, "query($id: ID!){ order(id: $id){ payment { clientSecret } } }", json!({"id": id})).await;
     assert!(mine["data"]["order"]["payment"]["clientSecret"].as_str().is_some_and(|s| !s.is_empty()), "{mine}");
     assert_eq!(stock(&app, &sku).await, (4, 1), "the unit is held while the customer may still pay");
 

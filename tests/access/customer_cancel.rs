@@ -2,22 +2,13 @@
 //! the saga releases its stock and pays the capture back once. Nobody else can (someone else's order
 //! looks missing), anonymous callers cannot, and an order out for delivery cannot be cancelled.
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::common::{TestApp, authz, scenarios};
 use orderflow::AuthModeArg;
 
-async fn post(app: &TestApp, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
-    let mut req = app.http.post(format!("{}{path}", app.base)).json(&body);
-    if let Some(token) = token {
-        req = req.bearer_auth(token);
-    }
-    let resp = req.send().await.unwrap();
-    (resp.status().as_u16(), resp.json().await.unwrap_or(Value::Null))
-}
-
 async fn place(app: &TestApp, token: &str, sku: &str) -> String {
-    let (status, body) = post(app, "/v1/orders", Some(token), json!({"items": [{"sku": sku, "quantity": 1}]})).await;
+    let (status, body) = app.post_as("/v1/orders", Some(token), json!({"items": [{"sku": sku, "quantity": 1}]})).await;
     assert_eq!(status, 202, "{body}");
     let id = body["order_id"].as_str().unwrap().to_owned();
     app.wait_status(&id, &["CONFIRMED"]).await;
@@ -40,43 +31,23 @@ async fn customers_cancel_their_own_orders_until_they_are_out_for_delivery() {
     // REST: only alice, and with her reason in the timeline.
     let id = place(&app, &alice, &sku).await;
     let path = format!("/v1/orders/{id}/cancel");
-    assert_eq!(post(&app, &path, None, json!({})).await.0, 401, "anonymous");
-    assert_eq!(post(&app, &path, Some(&bob), json!({})).await.0, 404, "someone else's order looks missing");
+    assert_eq!(app.post_as(&path, None, json!({})).await.0, 401, "anonymous");
+    assert_eq!(app.post_as(&path, Some(&bob), json!({})).await.0, 404, "someone else's order looks missing");
     let long = "x".repeat(501);
-    assert_eq!(post(&app, &path, Some(&alice), json!({"reason": long})).await.1["code"], "invalid_reason");
-    let (status, order) = post(&app, &path, Some(&alice), json!({"reason": "changed my mind"})).await;
+    assert_eq!(app.post_as(&path, Some(&alice), json!({"reason": long})).await.1["code"], "invalid_reason");
+    let (status, order) = app.post_as(&path, Some(&alice), json!({"reason": "changed my mind"})).await;
     assert_eq!((status, order["status"].as_str()), (200, Some("CANCELLED")), "{order}");
     let last = order["timeline"].as_array().unwrap().iter().rfind(|t| t["type"] == "cancelled").unwrap().clone();
     assert_eq!(last["detail"], "by customer:alice: changed my mind");
-    let (status, again) = post(&app, &path, Some(&alice), json!({})).await;
+    let (status, again) = app.post_as(&path, Some(&alice), json!({})).await;
     assert_eq!((status, again["code"].as_str()), (409, Some("illegal_transition")), "{again}");
 
     // GraphQL: the same rule; an empty body is fine over REST too.
     let second = place(&app, &alice, &sku).await;
-    let query = json!({"query": "mutation($id: ID!){ cancelOrder(id: $id){ status } }", "variables": {"id": second}});
-    let by_bob: Value = app
-        .http
-        .post(format!("{}/graphql", app.base))
-        .bearer_auth(&bob)
-        .json(&query)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let cancel = "mutation($id: ID!){ cancelOrder(id: $id){ status } }";
+    let by_bob = app.gql_as(&bob, cancel, json!({"id": second})).await;
     assert_eq!(by_bob["errors"][0]["extensions"]["code"], "order_not_found", "{by_bob}");
-    let by_alice: Value = app
-        .http
-        .post(format!("{}/graphql", app.base))
-        .bearer_auth(&alice)
-        .json(&query)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let by_alice = app.gql_as(&alice, cancel, json!({"id": second})).await;
     assert_eq!(by_alice["data"]["cancelOrder"]["status"], "CANCELLED", "{by_alice}");
 
     // Out for delivery: too late, for the customer as for anyone.
@@ -91,7 +62,7 @@ async fn customers_cancel_their_own_orders_until_they_are_out_for_delivery() {
             .await;
         assert_eq!(v["data"]["updateOrderStatus"]["status"], status, "{v}");
     }
-    let (status, late) = post(&app, &format!("/v1/orders/{third}/cancel"), Some(&alice), json!({})).await;
+    let (status, late) = app.post_as(&format!("/v1/orders/{third}/cancel"), Some(&alice), json!({})).await;
     assert_eq!((status, late["code"].as_str()), (409, Some("illegal_transition")), "{late}");
 
     // Money and stock: each cancelled order refunded exactly once; only the delivered one holds a unit.

@@ -123,6 +123,24 @@ impl TestApp {
         gql(&self.http, &self.base, query, variables, staff).await
     }
 
+    /// A GraphQL request with `token` as the bearer (a customer's or staff's JWT).
+    pub async fn gql_as(&self, token: &str, query: &str, variables: Value) -> Value {
+        let body = json!({"query": query, "variables": variables});
+        let resp =
+            self.http.post(format!("{}/graphql", self.base)).bearer_auth(token).json(&body).send().await.unwrap();
+        resp.json().await.unwrap()
+    }
+
+    /// `POST <path>` with a JSON body, as `token`'s bearer when given: the status and the JSON answer.
+    pub async fn post_as(&self, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+        let mut req = self.http.post(format!("{}{path}", self.base)).json(&body);
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        let resp = req.send().await.unwrap();
+        (resp.status().as_u16(), resp.json().await.unwrap_or(Value::Null))
+    }
+
     /// [`gql_stock_change`] against this app.
     pub async fn gql_stock_change(&self, query: &str, variables: Value) -> Value {
         gql_stock_change(&self.http, &self.base, query, variables).await
