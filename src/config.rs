@@ -155,7 +155,7 @@ pub struct Settings {
     pub payment_provider: PaymentProviderName,
 
     /// Stripe's API, or a stand-in such as stripe-mock (`http://127.0.0.1:12111`).
-    #[arg(long, env = "ORDERFLOW_STRIPE_API_BASE", default_value = orderflow_processors::payment::stripe::STRIPE_API, global = true)]
+    #[arg(long, env = "ORDERFLOW_STRIPE_API_BASE", default_value = STRIPE_API, global = true)]
     pub stripe_api_base: orderflow_processors::payment::stripe::Url,
 
     /// Stripe's secret key (`sk_test_...`, `sk_live_...`), from the environment only

@@ -4,7 +4,6 @@ use std::sync::Arc;
 
 use async_graphql::{Context, ID, InputObject, Object, SimpleObject};
 use orderflow_ingest::PlaceOrder;
-use orderflow_platform::BusRecord;
 use orderflow_platform::store::PaymentRecord;
 use orderflow_processors::catalog::{CatalogWriter, NewProduct, ProductPatch};
 use orderflow_processors::requests::{self, ChangeError};
@@ -12,10 +11,11 @@ use orderflow_schemas::events::{CancelRequested, RefundPayment, StatusChangeRequ
 use orderflow_schemas::stock_command::RequestKey;
 use orderflow_schemas::{
     Attributes, Category, Envelope, Event, EventId, IdempotencyKey, Order, OrderId, OrderStatus, PaymentMethod,
-    Product, Quantity, UserId, codec, topics,
+    Product, Quantity, UserId, topics,
 };
 
-use orderflow_identity::{CancelAccess, PlaceAsError};
+use orderflow_identity::PlaceAsError;
+use orderflow_ingest::cancel::{self, CancelError};
 
 use crate::ApiState;
 use crate::auth::StaffGuard;
@@ -239,11 +239,15 @@ async fn request_order_change(st: &ApiState, id: OrderId, to: OrderStatus, body:
 }
 
 async fn change(st: &ApiState, before: &Order, to: OrderStatus, body: Event) -> ApiResult<Order> {
-    requests::request_order_change(&*st.stores.orders, &*st.bus, before, to, body).await.map_err(|e| match e {
+    requests::request_order_change(&*st.stores.orders, &*st.bus, before, to, body).await.map_err(change_error)
+}
+
+fn change_error(e: ChangeError) -> ApiError {
+    match e {
         ChangeError::NotFound(id) => ApiError::OrderNotFound(id.to_string()),
         ChangeError::IllegalTransition { from, to } => ApiError::IllegalTransition { from, to },
         ChangeError::Unavailable(why) => ApiError::unavailable("an order request", &why),
-    })
+    }
 }
 
 #[Object]
@@ -386,12 +390,7 @@ impl Mutation {
         let payment = st.stores.payments.payment(&id).await?;
         let key = key.to_string();
         // The refund made under `key`, once the payment role has made it.
-        let made = |p: &Option<PaymentRecord>| match p {
-            Some(PaymentRecord::PartlyRefunded { refunds, .. }) => {
-                refunds.iter().find(|r| r.key == key).map(|r| r.refund_id.clone())
-            }
-            _ => None,
-        };
+        let made = |p: &Option<PaymentRecord>| p.as_ref()?.refund_under(&key).map(|r| r.refund_id.clone());
         if made(&payment).is_none() {
             let left = payment
                 .as_ref()
@@ -408,12 +407,9 @@ impl Mutation {
             let envelope =
                 Envelope::new(EventId::for_key(id.as_str(), &format!("staff-refund:{key}")), id.clone(), body);
             // Recorded before it is published: the payment role pays back only what orderflow recorded.
-            orderflow_processors::saga::record_requests(&*st.stores.orders, std::slice::from_ref(&envelope)).await?;
-            let payload = codec::encode(&envelope).map_err(|e| ApiError::unavailable("encoding a refund", &e))?;
-            st.bus
-                .publish(vec![BusRecord::new(topics::PAYMENTS, id.as_str(), payload)])
+            requests::record_and_publish(&*st.stores.orders, &*st.bus, topics::PAYMENTS, &envelope)
                 .await
-                .map_err(|e| ApiError::unavailable("publishing a refund", &e))?;
+                .map_err(change_error)?;
         }
         // Until the payment role made it and the saga noted it in the timeline (or 5 s).
         let deadline = tokio::time::Instant::now() + requests::SAGA_WAIT;
@@ -447,20 +443,13 @@ impl Mutation {
         let caller = crate::auth::caller(ctx);
         let st = state(ctx)?;
         let id = parse_order_id("id", &id)?;
-        let before = st.stores.orders.order(&id).await?;
-        let before = match (caller.may_cancel_order(before.as_ref().map(|o| &o.user_id)), before) {
-            (CancelAccess::Allowed, Some(order)) => order,
-            (CancelAccess::NotSignedIn, _) => {
-                return Err(ApiError::Unauthorized(
-                    "cancelling an order needs the signed-in customer who placed it, or staff: send \
-                     `Authorization: Bearer <token>`",
-                )
-                .into());
-            }
-            _ => return Err(ApiError::OrderNotFound(id.to_string()).into()),
-        };
-        let default = if caller.is_staff() { "cancelled by staff" } else { "cancelled by the customer" };
-        let body = requests::cancellation(check_reason("reason", reason, default)?, caller.audit_name());
-        Ok(OrderObject(change(st, &before, OrderStatus::Cancelled, body).await?))
+        let reason = reason.map(|r| check_reason("reason", Some(r), "")).transpose()?.filter(|r| !r.is_empty());
+        let order =
+            cancel::cancel_order(&st.stores, &*st.bus, caller, Some(&id), reason).await.map_err(|e| match e {
+                CancelError::NotSignedIn => ApiError::Unauthorized(cancel::SIGN_IN_TO_CANCEL),
+                CancelError::NotFound => ApiError::OrderNotFound(id.to_string()),
+                CancelError::Change(e) => change_error(e),
+            })?;
+        Ok(OrderObject(order))
     }
 }

@@ -157,16 +157,7 @@ impl PaymentObject {
 
     /// The provider's id of the payment (Stripe: the PaymentIntent).
     async fn payment_id(&self) -> Option<&str> {
-        use orderflow_platform::store::PaymentRecord as R;
-        match &self.record {
-            R::ActionRequired { payment_id, .. } | R::Authorised { payment_id, .. } | R::Voided { payment_id, .. } => {
-                Some(payment_id)
-            }
-            R::Captured { charge_id, .. } | R::PartlyRefunded { charge_id, .. } | R::Refunded { charge_id, .. } => {
-                Some(charge_id)
-            }
-            R::Declined { .. } => None,
-        }
+        self.record.payment_id()
     }
 
     /// What is left of the capture to pay back (`refundOrder` takes at most this); `null` when nothing

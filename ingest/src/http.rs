@@ -19,9 +19,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::rate_limit::{OrderRateLimiter, Placer, RateLimited};
 use crate::{Intake, IntakeError, PlaceOrder};
-use orderflow_identity::{AuthMode, Caller, CancelAccess, PlaceAsError};
+use orderflow_identity::{AuthMode, Caller, PlaceAsError};
 use orderflow_platform::bus::Bus;
-use orderflow_processors::requests::{self, ChangeError};
+use orderflow_processors::requests::ChangeError;
+
+use crate::cancel::{self, CancelError, SIGN_IN_TO_CANCEL};
 
 /// The largest request body accepted on the JSON API.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -319,37 +321,25 @@ async fn cancel_order(
         let why = format!("reason: must be at most {MAX_REASON_CHARS} characters");
         return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_reason", why));
     }
-    let not_found = || ApiError::new(StatusCode::NOT_FOUND, "order_not_found", format!("no order with id {id:?}"));
-    let unavailable = |e: &dyn std::fmt::Display| {
-        tracing::error!(error = %e, "cancelling an order failed");
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "temporarily unavailable; retry")
-    };
-    let order = match OrderId::parse(id.clone()) {
-        Ok(order_id) => api.stores.orders.order(&order_id).await.map_err(|e| unavailable(&e))?,
-        Err(_) => None,
-    };
-    let order = match (caller.may_cancel_order(order.as_ref().map(|o| &o.user_id)), order) {
-        (CancelAccess::Allowed, Some(order)) => order,
-        (CancelAccess::NotSignedIn, _) => {
-            let why = "cancelling an order needs the signed-in customer who placed it, or staff: send \
-                       `Authorization: Bearer <token>`";
-            return Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", why));
-        }
-        _ => return Err(not_found()),
-    };
-    let default = if caller.is_staff() { "cancelled by staff" } else { "cancelled by the customer" };
-    let request = requests::cancellation(reason.unwrap_or_else(|| default.to_owned()), caller.audit_name());
-    let now = requests::request_order_change(&*api.stores.orders, &*api.bus, &order, OrderStatus::Cancelled, request)
-        .await
-        .map_err(|e| match e {
-            ChangeError::IllegalTransition { from, .. } => ApiError::new(
-                StatusCode::CONFLICT,
-                "illegal_transition",
-                format!("an order that is {from} can no longer be cancelled"),
-            ),
-            ChangeError::NotFound(_) => not_found(),
-            ChangeError::Unavailable(why) => unavailable(&why),
-        })?;
+    let order_id = OrderId::parse(id.clone()).ok();
+    let now =
+        cancel::cancel_order(&api.stores, &*api.bus, &caller, order_id.as_ref(), reason).await.map_err(
+            |e| match e {
+                CancelError::NotSignedIn => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", SIGN_IN_TO_CANCEL),
+                CancelError::NotFound | CancelError::Change(ChangeError::NotFound(_)) => {
+                    ApiError::new(StatusCode::NOT_FOUND, "order_not_found", format!("no order with id {id:?}"))
+                }
+                CancelError::Change(ChangeError::IllegalTransition { from, .. }) => ApiError::new(
+                    StatusCode::CONFLICT,
+                    "illegal_transition",
+                    format!("an order that is {from} can no longer be cancelled"),
+                ),
+                CancelError::Change(ChangeError::Unavailable(why)) => {
+                    tracing::error!(error = %why, "cancelling an order failed");
+                    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "temporarily unavailable; retry")
+                }
+            },
+        )?;
     let status = if now.status == OrderStatus::Cancelled { StatusCode::OK } else { StatusCode::ACCEPTED };
     Ok((status, Json(OrderBody::from(&now))).into_response())
 }

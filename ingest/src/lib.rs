@@ -4,6 +4,7 @@
 //! read from the catalog's write model, not its read model: a command must see the latest price.
 
 pub mod body_limit;
+pub mod cancel;
 pub mod http;
 pub mod partner;
 pub mod rate_limit;

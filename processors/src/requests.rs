@@ -8,7 +8,8 @@ use std::time::Duration;
 use orderflow_platform::bus::{Bus, BusRecord};
 use orderflow_platform::store::{OrderStore, StoreError};
 use orderflow_schemas::events::CancelRequested;
-use orderflow_schemas::{Envelope, Event, EventId, Order, OrderId, OrderStatus, codec, topics};
+use orderflow_schemas::topics::{self, Topic};
+use orderflow_schemas::{Envelope, Event, EventId, Order, OrderId, OrderStatus, codec};
 
 /// How often a request polls for the saga's answer, and for how long at most.
 const POLL_INTERVAL: Duration = Duration::from_millis(10);
@@ -36,6 +37,22 @@ pub fn cancellation(reason: String, requested_by: String) -> Event {
     CancelRequested { cancel_reason: reason, requested_by }.into()
 }
 
+/// Records `envelope` in the order's requests, then publishes it on `topic`, keyed by its order: the
+/// processor that applies it applies only what it finds recorded, so one written to the topic by anyone
+/// else moves nothing.
+pub async fn record_and_publish(
+    orders: &dyn OrderStore,
+    bus: &dyn Bus,
+    topic: Topic,
+    envelope: &Envelope,
+) -> Result<(), ChangeError> {
+    crate::saga::record_requests(orders, std::slice::from_ref(envelope)).await?;
+    let payload = codec::encode(envelope).map_err(|e| ChangeError::Unavailable(format!("encoding: {e}")))?;
+    bus.publish(vec![BusRecord::new(topic, envelope.order_id.as_str(), payload)])
+        .await
+        .map_err(|e| ChangeError::Unavailable(format!("publishing: {e}")))
+}
+
 /// Records and publishes `body` (a request to move `order` to `to`), then waits up to [`SAGA_WAIT`] for
 /// the saga to move it; returns the order as it then is (moved, or not yet if the saga is slow). Refused
 /// when the order cannot move to `to` from where it is now.
@@ -50,13 +67,7 @@ pub async fn request_order_change(
     if !before.status.can_move_to(to) {
         return Err(ChangeError::IllegalTransition { from: before.status, to });
     }
-    let envelope = Envelope::new(EventId::random(), id.clone(), body);
-    // Recorded before it is published: the saga applies only the requests recorded (forged ones move nothing).
-    crate::saga::record_requests(orders, std::slice::from_ref(&envelope)).await?;
-    let payload = codec::encode(&envelope).map_err(|e| ChangeError::Unavailable(format!("encoding: {e}")))?;
-    bus.publish(vec![BusRecord::new(topics::ORDERS, id.as_str(), payload)])
-        .await
-        .map_err(|e| ChangeError::Unavailable(format!("publishing: {e}")))?;
+    record_and_publish(orders, bus, topics::ORDERS, &Envelope::new(EventId::random(), id.clone(), body)).await?;
     let deadline = tokio::time::Instant::now() + SAGA_WAIT;
     loop {
         tokio::time::sleep(POLL_INTERVAL).await;

@@ -715,6 +715,27 @@ pub struct PartRefund {
 }
 
 impl PaymentRecord {
+    /// The provider's id of the payment (Stripe: the PaymentIntent); `None` for a decline.
+    pub fn payment_id(&self) -> Option<&str> {
+        match self {
+            PaymentRecord::ActionRequired { payment_id, .. }
+            | PaymentRecord::Authorised { payment_id, .. }
+            | PaymentRecord::Voided { payment_id, .. } => Some(payment_id),
+            PaymentRecord::Captured { charge_id, .. }
+            | PaymentRecord::PartlyRefunded { charge_id, .. }
+            | PaymentRecord::Refunded { charge_id, .. } => Some(charge_id),
+            PaymentRecord::Declined { .. } => None,
+        }
+    }
+
+    /// The staff refund made under `key`, if there is one.
+    pub fn refund_under(&self, key: &str) -> Option<&PartRefund> {
+        match self {
+            PaymentRecord::PartlyRefunded { refunds, .. } => refunds.iter().find(|r| r.key == key),
+            _ => None,
+        }
+    }
+
     /// What is left of a capture to pay back: `None` when nothing was captured, or all of it went back.
     pub fn refundable(&self) -> Option<Money> {
         match self {

@@ -122,16 +122,13 @@ impl PaymentHandler {
             Event::RefundPayment(_) => match self.payments.payment(order).await? {
                 // Captured, perhaps partly refunded by staff: what is left goes back.
                 Some(taken @ (PaymentRecord::Captured { .. } | PaymentRecord::PartlyRefunded { .. })) => {
-                    let (PaymentRecord::Captured { charge_id, .. } | PaymentRecord::PartlyRefunded { charge_id, .. }) =
-                        &taken
-                    else {
+                    let (Some(charge_id), Some(left)) = (taken.payment_id(), taken.refundable()) else {
                         return Ok(None);
                     };
-                    let Some(left) = taken.refundable() else { return Ok(None) };
                     let key = idempotency_key(order, "refund");
                     let refund_id = self.provider.refund(&key, charge_id, left).await?;
                     outcome("refund", "refunded");
-                    let refunded = PaymentRecord::Refunded { charge_id: charge_id.clone(), refund_id, amount: left };
+                    let refunded = PaymentRecord::Refunded { charge_id: charge_id.to_owned(), refund_id, amount: left };
                     match self.payments.replace(order, &taken, &refunded, fence).await? {
                         PaymentRecord::Refunded { refund_id, amount, .. } => {
                             reply(order, "refund_reply", PaymentRefunded { refund_id, refunded_cents: amount.cents() })
@@ -168,7 +165,7 @@ impl PaymentHandler {
         let mut record = self.payments.payment(order).await?;
         if record.is_none() {
             let amount = Money::from_cents(cmd.amount_cents).map_err(|e| HandlerError::Poison(e.to_string()))?;
-            let request = crate::payment::PaymentRequest {
+            let request = PaymentRequest {
                 order,
                 user: &cmd.user_id,
                 amount,
@@ -221,15 +218,17 @@ impl PaymentHandler {
             return Ok(None);
         }
         let reply_step = format!("refund_reply:{key}");
-        let record = self.payments.payment(order).await?;
-        let (charge_id, captured, mut refunds) = match &record {
-            Some(PaymentRecord::Captured { charge_id, amount }) => (charge_id.clone(), *amount, Vec::new()),
-            Some(PaymentRecord::PartlyRefunded { charge_id, amount, refunds }) => {
-                if let Some(done) = refunds.iter().find(|r| r.key == key) {
-                    let body =
-                        PaymentRefunded { refund_id: done.refund_id.clone(), refunded_cents: done.amount.cents() };
-                    return reply(order, &reply_step, body);
-                }
+        let Some(current) = self.payments.payment(order).await? else {
+            tracing::warn!(%order, "a staff refund found no payment to pay back");
+            return Ok(None);
+        };
+        if let Some(done) = current.refund_under(key) {
+            let body = PaymentRefunded { refund_id: done.refund_id.clone(), refunded_cents: done.amount.cents() };
+            return reply(order, &reply_step, body);
+        }
+        let (charge_id, captured, mut refunds) = match &current {
+            PaymentRecord::Captured { charge_id, amount } => (charge_id.clone(), *amount, Vec::new()),
+            PaymentRecord::PartlyRefunded { charge_id, amount, refunds } => {
                 (charge_id.clone(), *amount, refunds.clone())
             }
             other => {
@@ -237,7 +236,6 @@ impl PaymentHandler {
                 return Ok(None);
             }
         };
-        let Some(current) = record else { return Ok(None) };
         let amount = Money::from_cents(amount_cents.unwrap_or(0)).map_err(|e| HandlerError::Poison(e.to_string()))?;
         if amount == Money::ZERO || current.refundable().is_none_or(|left| amount > left) {
             tracing::warn!(%order, %amount, "a staff refund asked for more than is left of the capture");
