@@ -554,8 +554,7 @@ impl Settings {
                          from the Stripe dashboard while you try it)"
                     )
                 })?;
-                let config =
-                    StripeConfig { api_base: self.stripe_api_base.clone(), secret_key, currency: self.currency };
+                let config = StripeConfig { api_base: self.stripe_api_base.clone(), secret_key };
                 ProviderChoice::Stripe(Arc::new(StripeProvider::new(config).map_err(anyhow::Error::msg)?))
             }
         })

@@ -44,6 +44,7 @@ pub async fn seed_if_empty(backends: &Backends) -> anyhow::Result<usize> {
                 name: name.into(),
                 description: description.into(),
                 price: Money::parse("price", price)?,
+                currency: None,
                 category: Category::parse(category)?,
                 attributes: Attributes::parse(attributes.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())))?,
             })

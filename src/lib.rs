@@ -90,7 +90,8 @@ fn router(
 ) -> Router {
     let rate_limit = rate_limit.cloned();
     let intake = Intake::new(backends.stores.clone(), Arc::clone(&backends.bus))
-        .requiring_payment_method(settings.payment_method_required());
+        .requiring_payment_method(settings.payment_method_required())
+        .in_currency(settings.currency);
     let mut api = Router::new();
     if roles.ingest {
         api = api.merge(orderflow_ingest::http::router(OrdersApi {
@@ -236,7 +237,7 @@ impl App {
             });
         }
         if roles.ingest {
-            let intake = Intake::new(backends.stores.clone(), Arc::clone(&backends.bus));
+            let intake = Intake::new(backends.stores.clone(), Arc::clone(&backends.bus)).in_currency(settings.currency);
             let consumer = orderflow_platform::bus::run_consumer(
                 Arc::clone(&backends.bus),
                 orderflow_schemas::topics::groups::PARTNER_INTAKE,

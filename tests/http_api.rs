@@ -203,6 +203,7 @@ async fn unknown_sku_reaching_the_pipeline_ends_rejected() {
         processed_at_ms: None,
         reserved_skus: vec![],
         payment_method: None,
+        currency: None,
         timeline: vec![],
     };
     stores.orders.insert_new(&order).await.unwrap();
@@ -248,6 +249,7 @@ async fn stalled_pending_orders_are_picked_up_again() {
         processed_at_ms: None,
         reserved_skus: vec![],
         payment_method: None,
+        currency: None,
         timeline: vec![],
     };
     app.app().backends.stores.orders.insert_new(&order).await.unwrap();

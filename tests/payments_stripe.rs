@@ -135,6 +135,32 @@ async fn stripe_scenarios(app: &TestApp, proxy: &StripeProxy) {
     assert_eq!(keys_by_call(proxy, &paid), keys(&[("create", "authorise"), ("capture", "capture")], &paid));
     assert_eq!(stock(app, &sku).await, (18, 2));
 
+    // A product priced in yen, a currency without minor units: Stripe gets whole yen in that currency.
+    // Ordered with a product in the shop's currency (EUR), it is refused: one order, one currency.
+    let yen = scenarios::unique("SKU-JPY");
+    let v = app
+        .gql_stock_change(
+            "mutation($i: CreateProductInput!){ createProduct(input: $i){ currency } }",
+            json!({"i": {"sku": yen, "name": "matcha", "price": "1500", "currency": "jpy", "stock": 5}}),
+        )
+        .await;
+    assert_eq!(v["data"]["createProduct"]["currency"], "JPY", "{v}");
+    scenarios::visible(app, &yen).await;
+    let mixed = json!({"user_id": "stripe-customer", "payment_method": PAYS,
+                       "items": [{"sku": sku, "quantity": 1}, {"sku": yen, "quantity": 1}]});
+    let (status, answer) = app.post_order(mixed).await;
+    assert_eq!((status, answer["code"].as_str()), (422, Some("currency_mismatch")), "{answer}");
+    let (status, answer) = app
+        .post_order(json!({"user_id": "stripe-customer", "payment_method": PAYS, "currency": "EUR",
+                           "items": [{"sku": yen, "quantity": 1}]}))
+        .await;
+    assert_eq!((status, answer["code"].as_str()), (422, Some("currency_mismatch")), "{answer}");
+    let in_yen = place(app, &yen, Some(PAYS)).await;
+    let order = app.wait_status(&in_yen, &["CONFIRMED"]).await;
+    assert_eq!((order["currency"].as_str(), order["total_amount"].as_str()), (Some("JPY"), Some("3000.00")));
+    let create = proxy.calls_for(&format!("{in_yen}:authorise")).pop().unwrap();
+    assert_eq!((create.field("currency"), create.field("amount")), (Some("jpy"), Some("3000")), "{create:?}");
+
     // No payment method: Stripe cannot charge the order, so it is refused at the door.
     let (status, answer) =
         app.post_order(json!({"user_id": "stripe-customer", "items": [{"sku": sku, "quantity": 1}]})).await;
@@ -302,4 +328,16 @@ async fn a_payment_the_customer_never_completes_is_voided_and_the_order_rejected
     }
     assert_eq!(keys_by_call(&proxy, &id), keys(&[("create", "authorise"), ("cancel", "void")], &id));
     assert_eq!(stock(&app, &sku).await, (5, 0));
+    // The release is in the order's timeline with the provider's id, after the rejection.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let order = app.get_order(&id).await.1;
+        let steps = kinds(&order);
+        if let Some(voided) = steps.iter().position(|k| k == "payment_voided") {
+            assert!(steps.iter().position(|k| k == "rejected").is_some_and(|r| r < voided), "{steps:?}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no payment_voided in the timeline: {order}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }

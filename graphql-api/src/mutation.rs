@@ -10,8 +10,8 @@ use orderflow_processors::requests::{self, ChangeError};
 use orderflow_schemas::events::{CancelRequested, RefundPayment, StatusChangeRequested};
 use orderflow_schemas::stock_command::RequestKey;
 use orderflow_schemas::{
-    Attributes, Category, Envelope, Event, EventId, IdempotencyKey, Order, OrderId, OrderStatus, PaymentMethod,
-    Product, Quantity, UserId, topics,
+    Attributes, Category, Currency, Envelope, Event, EventId, IdempotencyKey, Order, OrderId, OrderStatus,
+    PaymentMethod, Product, Quantity, UserId, topics,
 };
 
 use orderflow_identity::PlaceAsError;
@@ -46,6 +46,9 @@ pub(crate) struct PlaceOrderInput {
     /// The payment provider's reference to the customer's payment method (e.g. Stripe's `pm_card_visa`),
     /// never card data. Required when the shop's provider is Stripe (`payment_method_required`).
     payment_method: Option<String>,
+    /// The ISO 4217 currency the client expects to pay in (e.g. `EUR`); refused with
+    /// `currency_mismatch` if the products are priced in another.
+    currency: Option<String>,
 }
 
 #[derive(InputObject)]
@@ -70,6 +73,9 @@ pub(crate) struct CreateProductInput {
     /// At most 5,000 characters; default empty.
     description: Option<String>,
     price: Decimal,
+    /// ISO 4217 code of the price (e.g. `USD`); default: none, which prices it in the shop's currency
+    /// (`--currency`).
+    currency: Option<String>,
     /// Initial available units; default 0. Added only when the product is created (not by a retried
     /// create).
     stock: Option<i32>,
@@ -85,6 +91,8 @@ pub(crate) struct UpdateProductInput {
     name: Option<String>,
     description: Option<String>,
     price: Option<Decimal>,
+    /// ISO 4217 code of the price.
+    currency: Option<String>,
     category: Option<String>,
     /// Replaces every attribute (pass `[]` to remove them all).
     attributes: Option<Vec<ProductAttributeInput>>,
@@ -173,8 +181,13 @@ fn parse_place_order(ctx: &Context<'_>, input: PlaceOrderInput) -> ApiResult<Pla
             .payment_method
             .map(|m| PaymentMethod::parse(m).map_err(|e| ApiError::value("input.paymentMethod", e)))
             .transpose()?,
+        currency: parse_currency("input.currency", input.currency)?,
         channel: "graphql".into(),
     })
+}
+
+fn parse_currency(field: &'static str, code: Option<String>) -> ApiResult<Option<Currency>> {
+    code.map(|c| Currency::parse("currency", &c).map_err(|e| ApiError::value(field, e))).transpose()
 }
 
 fn check_idempotency_key(field: &'static str, key: Option<String>) -> ApiResult<Option<RequestKey>> {
@@ -191,7 +204,8 @@ async fn create_product(st: &ApiState, input: CreateProductInput, actor: &str) -
     }
     let category = input.category.map(|c| parse_category("input.category", &c)).transpose()?.unwrap_or_default();
     let attributes = input.attributes.map(|a| parse_attributes("input.attributes", a)).transpose()?.unwrap_or_default();
-    let new = NewProduct { sku, name, description, price: input.price.0, category, attributes };
+    let currency = parse_currency("input.currency", input.currency)?;
+    let new = NewProduct { sku, name, description, price: input.price.0, currency, category, attributes };
     let created = catalog_writer(st).create(new).await?;
     let product = created.product;
     // Also on a replayed create: the first attempt may have stored the product and then failed before
@@ -219,6 +233,7 @@ async fn update_product(st: &ApiState, sku: &str, input: UpdateProductInput) -> 
         name,
         description,
         price: input.price.map(|p| p.0),
+        currency: parse_currency("input.currency", input.currency)?,
         category: input.category.map(|c| parse_category("input.category", &c)).transpose()?,
         attributes: input.attributes.map(|a| parse_attributes("input.attributes", a)).transpose()?,
         archived: input.archived,
@@ -403,6 +418,7 @@ impl Mutation {
                 refund_reason: reason,
                 amount_cents: Some(amount.cents()),
                 refund_key: Some(key.clone()),
+                currency: order.currency,
             };
             let envelope =
                 Envelope::new(EventId::for_key(id.as_str(), &format!("staff-refund:{key}")), id.clone(), body);

@@ -79,6 +79,11 @@ impl OrderObject {
         self.0.total.into()
     }
 
+    /// ISO 4217 code of `totalAmount` and every `unitPrice` (one order is paid in one currency).
+    async fn currency(&self, ctx: &Context<'_>) -> async_graphql::Result<String> {
+        Ok(self.0.currency_or(state(ctx)?.intake.currency()).to_string())
+    }
+
     /// The payment provider's reference to the payment method the order is paid with (e.g. Stripe's
     /// `pm_card_visa`), if it names one.
     async fn payment_method(&self) -> Option<&str> {
@@ -233,6 +238,11 @@ impl ProductObject {
 
     async fn price(&self) -> Decimal {
         self.0.price.into()
+    }
+
+    /// ISO 4217 code of `price`: the product's own, or the shop's (`--currency`) when it names none.
+    async fn currency(&self, ctx: &Context<'_>) -> async_graphql::Result<String> {
+        Ok(self.0.currency_or(state(ctx)?.intake.currency()).to_string())
     }
 
     /// Lower-case category slug; `uncategorized` when none was given.

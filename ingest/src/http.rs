@@ -14,7 +14,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use orderflow_platform::store::Stores;
 use orderflow_schemas::order_request::PlaceOrderBody;
-use orderflow_schemas::{IdempotencyKey, Order, OrderId, OrderStatus, UserId, ValueError};
+use orderflow_schemas::{Currency, IdempotencyKey, Order, OrderId, OrderStatus, UserId, ValueError};
 use serde::{Deserialize, Serialize};
 
 use crate::rate_limit::{OrderRateLimiter, Placer, RateLimited};
@@ -68,6 +68,7 @@ impl From<ValueError> for ApiError {
             "quantity" => "invalid_quantity",
             "total_amount" => "invalid_total_amount",
             "payment_method" => "invalid_payment_method",
+            "currency" => "invalid_currency",
             "Idempotency-Key" => "invalid_idempotency_key",
             _ => "invalid_request",
         };
@@ -165,6 +166,8 @@ pub struct OrderBody {
     pub status: String,
     pub items: Vec<OrderItemBody>,
     pub total_amount: String,
+    /// ISO 4217 code of `total_amount` and every `unit_price`.
+    pub currency: String,
     /// The provider's reference to the payment method the order is paid with, if it names one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payment_method: Option<String>,
@@ -188,8 +191,9 @@ pub struct TimelineBody {
     pub detail: String,
 }
 
-impl From<&Order> for OrderBody {
-    fn from(o: &Order) -> Self {
+impl OrderBody {
+    /// `o` as the API shows it; an order from before orders had a currency is in `shop`'s.
+    pub fn of(o: &Order, shop: Currency) -> Self {
         Self {
             order_id: o.id.to_string(),
             user_id: o.user_id.to_string(),
@@ -204,6 +208,7 @@ impl From<&Order> for OrderBody {
                 })
                 .collect(),
             total_amount: o.total.to_string(),
+            currency: o.currency_or(shop).to_string(),
             payment_method: o.payment_method.as_ref().map(ToString::to_string),
             reason: o.reason.clone(),
             placed_at_ms: o.placed_at_ms,
@@ -341,7 +346,7 @@ async fn cancel_order(
             },
         )?;
     let status = if now.status == OrderStatus::Cancelled { StatusCode::OK } else { StatusCode::ACCEPTED };
-    Ok((status, Json(OrderBody::from(&now))).into_response())
+    Ok((status, Json(OrderBody::of(&now, api.intake.currency()))).into_response())
 }
 
 /// One order. Someone else's order answers exactly as a missing one (404), so ids cannot be probed; an
@@ -359,7 +364,9 @@ async fn get_order(
     let not_found = || ApiError::new(StatusCode::NOT_FOUND, "order_not_found", format!("no order with id {id:?}"));
     let Ok(order_id) = OrderId::parse(id.clone()) else { return Err(not_found()) };
     match api.stores.orders.order(&order_id).await {
-        Ok(Some(order)) if caller.may_read_order(&order.user_id, api.auth_mode) => Ok(Json(OrderBody::from(&order))),
+        Ok(Some(order)) if caller.may_read_order(&order.user_id, api.auth_mode) => {
+            Ok(Json(OrderBody::of(&order, api.intake.currency())))
+        }
         Ok(Some(_)) => Err(not_found()),
         Ok(None) => Err(not_found()),
         Err(e) => {

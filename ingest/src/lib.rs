@@ -16,8 +16,8 @@ use orderflow_platform::bus::{Bus, BusRecord};
 use orderflow_platform::store::{Inserted, StoreError, Stores};
 use orderflow_schemas::events::OrderPlaced;
 use orderflow_schemas::{
-    IdempotencyKey, Money, Order, OrderId, OrderLine, OrderStatus, PaymentMethod, Quantity, Sku, TimelineEntry, UserId,
-    codec, now_ms, topics,
+    Currency, IdempotencyKey, Money, Order, OrderId, OrderLine, OrderStatus, PaymentMethod, Quantity, Sku,
+    TimelineEntry, UserId, codec, now_ms, topics,
 };
 
 /// The most lines one order may have.
@@ -34,6 +34,8 @@ pub struct PlaceOrder {
     pub total_amount: Option<Money>,
     /// The provider's reference to the customer's payment method.
     pub payment_method: Option<PaymentMethod>,
+    /// The currency the client expects to pay in; refused if the products are priced in another.
+    pub currency: Option<Currency>,
     /// `http`, `graphql` or `partner:<id>`.
     pub channel: String,
 }
@@ -52,6 +54,7 @@ impl PlaceOrder {
             items: request.items,
             total_amount: request.total_amount,
             payment_method: request.payment_method,
+            currency: request.currency,
             channel: channel.into(),
         }
     }
@@ -74,6 +77,8 @@ pub enum IntakeError {
     TotalMismatch { expected: Money, sent: Money },
     #[error("the order total is too large")]
     TotalOverflow,
+    #[error("{sku} is priced in {found}, but the order is in {expected}: one order is paid in one currency")]
+    CurrencyMismatch { sku: Sku, expected: Currency, found: Currency },
     #[error(
         "this shop's payment provider needs the customer's payment method: send `payment_method` (the \
          provider's reference, e.g. Stripe's \"pm_card_visa\"), never card data"
@@ -96,6 +101,7 @@ impl IntakeError {
             Self::ProductArchived(_) => "product_archived",
             Self::TotalMismatch { .. } => "total_mismatch",
             Self::TotalOverflow => "total_overflow",
+            Self::CurrencyMismatch { .. } => "currency_mismatch",
             Self::PaymentMethodRequired => "payment_method_required",
             Self::IdempotencyConflict(_) => "idempotency_conflict",
             Self::Unavailable(_) => "unavailable",
@@ -125,6 +131,8 @@ pub struct Intake {
     /// The payment provider charges only a payment method the customer chose (Stripe): an order from a
     /// customer without one is refused at the door. Partner orders are prepaid and exempt.
     payment_method_required: bool,
+    /// The shop's currency (`--currency`): the currency of a product that names none.
+    currency: Currency,
 }
 
 impl std::fmt::Debug for Intake {
@@ -140,7 +148,18 @@ pub fn order_placed_record(order: &Order) -> Result<BusRecord, codec::CodecError
 
 impl Intake {
     pub fn new(stores: Stores, bus: Arc<dyn Bus>) -> Self {
-        Self { stores, bus, payment_method_required: false }
+        Self { stores, bus, payment_method_required: false, currency: Currency::default() }
+    }
+
+    /// Prices products that name no currency in `currency` (the shop's, `--currency`).
+    pub fn in_currency(mut self, currency: Currency) -> Self {
+        self.currency = currency;
+        self
+    }
+
+    /// The shop's currency.
+    pub fn currency(&self) -> Currency {
+        self.currency
     }
 
     /// Refuses customers' orders without a `payment_method` (the provider charges nothing else).
@@ -182,11 +201,20 @@ impl Intake {
         }
         let mut lines = Vec::with_capacity(req.items.len());
         let mut total = Money::ZERO;
+        // The order's currency: the one the client named, else its first product's.
+        let mut currency = req.currency;
         for (sku, quantity) in &req.items {
             let product =
                 self.stores.catalog.product(sku).await?.ok_or_else(|| IntakeError::UnknownSku(sku.clone()))?;
             if product.archived {
                 return Err(IntakeError::ProductArchived(sku.clone()));
+            }
+            let found = product.currency_or(self.currency);
+            match currency {
+                Some(expected) if expected != found => {
+                    return Err(IntakeError::CurrencyMismatch { sku: sku.clone(), expected, found });
+                }
+                _ => currency = Some(found),
             }
             let line_total = product.price.checked_mul(*quantity).ok_or(IntakeError::TotalOverflow)?;
             total = total.checked_add(line_total).ok_or(IntakeError::TotalOverflow)?;
@@ -208,6 +236,7 @@ impl Intake {
             user_id: req.user_id,
             lines,
             total,
+            currency: Some(currency.unwrap_or(self.currency)),
             status: OrderStatus::Pending,
             reason: None,
             channel: req.channel,
@@ -216,7 +245,11 @@ impl Intake {
             processed_at_ms: None,
             reserved_skus: vec![],
             payment_method: req.payment_method,
-            timeline: vec![TimelineEntry { at_ms: now, kind: "placed".into(), detail: format!("total {total}") }],
+            timeline: vec![TimelineEntry {
+                at_ms: now,
+                kind: "placed".into(),
+                detail: format!("total {total} {}", currency.unwrap_or(self.currency)),
+            }],
         };
         let (order, replayed) = match self.stores.orders.insert_new(&order).await? {
             Inserted::New => {

@@ -31,6 +31,7 @@ fn order() -> Order {
         processed_at_ms: None,
         reserved_skus: vec![],
         payment_method: None,
+        currency: None,
         timeline: vec![],
     }
 }

@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use orderflow_platform::bus::{Bus, BusRecord, Delivery, Handler, HandlerError};
 use orderflow_platform::store::{CatalogStore, CatalogViewStore, ProductWrite, Projected, StoreError};
 use orderflow_schemas::product_events::{self, ProductUpdated};
-use orderflow_schemas::{Attributes, Category, Money, Product, Sku, now_ms, topics};
+use orderflow_schemas::{Attributes, Category, Currency, Money, Product, Sku, now_ms, topics};
 use tokio_util::sync::CancellationToken;
 
 /// Compare-and-set rounds for one staff update before giving up (each lost round means another edit of
@@ -56,6 +56,8 @@ pub struct NewProduct {
     pub name: String,
     pub description: String,
     pub price: Money,
+    /// `None`: the shop's currency (`--currency`).
+    pub currency: Option<Currency>,
     pub category: Category,
     pub attributes: Attributes,
 }
@@ -67,6 +69,7 @@ pub struct ProductPatch {
     pub name: Option<String>,
     pub description: Option<String>,
     pub price: Option<Money>,
+    pub currency: Option<Currency>,
     pub category: Option<Category>,
     pub attributes: Option<Attributes>,
     pub archived: Option<bool>,
@@ -84,6 +87,9 @@ impl ProductPatch {
         }
         if let Some(price) = self.price {
             p.price = price;
+        }
+        if let Some(currency) = self.currency {
+            p.currency = Some(currency);
         }
         if let Some(category) = &self.category {
             p.category = category.clone();
@@ -166,6 +172,7 @@ impl CatalogWriter {
         let mut product = Product::new(new.sku, new.name, new.description, new.price, now_ms());
         product.category = new.category;
         product.attributes = new.attributes;
+        product.currency = new.currency;
         if self.catalog.create_product(&product).await? {
             self.publish(&product).await;
             return Ok(Created { product, replayed: false });
@@ -361,6 +368,7 @@ mod tests {
             name: "Mug".into(),
             description: String::new(),
             price: Money::from_cents(500).unwrap(),
+            currency: None,
             category: Category::parse("kitchen").unwrap(),
             attributes: Attributes::default(),
         }

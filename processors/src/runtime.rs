@@ -350,6 +350,7 @@ mod tests {
             processed_at_ms: None,
             reserved_skus: vec![],
             payment_method: None,
+            currency: None,
             timeline: vec![],
         }
     }

@@ -121,7 +121,8 @@ impl<'a> Step<'a> {
     }
 
     fn refund(self, why: &str) -> Self {
-        self.send(topics::PAYMENTS, "refund", RefundPayment::compensation(why))
+        let command = RefundPayment::compensation(&self.order, why);
+        self.send(topics::PAYMENTS, "refund", command)
     }
 
     fn done(self) -> Option<Decision> {
@@ -137,6 +138,7 @@ pub fn capture_command(order: &Order) -> CapturePayment {
         amount_cents: order.total.cents(),
         idempotency_key: crate::payment::idempotency_key(&order.id, "capture"),
         payment_method: order.payment_method.clone(),
+        currency: order.currency,
     }
 }
 
@@ -223,6 +225,9 @@ pub fn decide(order: &Order, env: &Envelope, now_ms: i64) -> Option<Decision> {
         (Event::PaymentDeclined(d), Processing) => {
             let reason = format!("payment_declined: {}", d.decline_reason);
             step.status(Rejected).reason(reason.clone()).note("rejected", reason).release("payment declined").done()
+        }
+        (Event::PaymentRefunded(r), _) if r.voided => {
+            step.note("payment_voided", format!("authorisation {} released, nothing captured", r.refund_id)).done()
         }
         (Event::PaymentRefunded(r), _) => {
             step.note("refunded", format!("refund {} of {} cents", r.refund_id, r.refunded_cents)).done()
@@ -595,6 +600,7 @@ mod tests {
             processed_at_ms: None,
             reserved_skus: vec![],
             payment_method: None,
+            currency: None,
             timeline: vec![],
         }
     }

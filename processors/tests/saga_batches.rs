@@ -40,6 +40,7 @@ fn order(id: &str, skus: &[&str]) -> Order {
         processed_at_ms: None,
         reserved_skus: vec![],
         payment_method: None,
+        currency: None,
         timeline: vec![],
     }
 }

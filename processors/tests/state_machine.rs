@@ -27,6 +27,7 @@ fn order() -> Order {
         processed_at_ms: None,
         reserved_skus: vec![],
         payment_method: None,
+        currency: None,
         timeline: vec![],
     }
 }
@@ -34,15 +35,20 @@ fn order() -> Order {
 fn event(kind: u8, status: OrderStatus) -> Event {
     let user = UserId::parse("u1").unwrap();
     match kind % 10 {
-        0 => {
-            OrderPlaced { user_id: user, lines: vec![], total_cents: 500, channel: "http".into(), payment_method: None }
-                .into()
+        0 => OrderPlaced {
+            user_id: user,
+            lines: vec![],
+            total_cents: 500,
+            channel: "http".into(),
+            payment_method: None,
+            currency: None,
         }
+        .into(),
         1 => StockReserved { units_reserved: 2, sku: None }.into(),
         2 => StockRejected { reason: "out_of_stock".into(), sku: None }.into(),
         3 => PaymentCaptured { charge_id: "ch".into(), captured_cents: 500, authorisation_id: None }.into(),
         4 => PaymentDeclined { decline_reason: "limit".into() }.into(),
-        5 => PaymentRefunded { refund_id: "re".into(), refunded_cents: 500 }.into(),
+        5 => PaymentRefunded::refund("re", 500).into(),
         6 => ShipmentCreated { shipment_id: "sh".into() }.into(),
         7 => CancelRequested { cancel_reason: "changed mind".into(), requested_by: "staff".into() }.into(),
         _ => StatusChangeRequested { status, changed_by: "staff".into() }.into(),

@@ -11,8 +11,8 @@ use orderflow_processors::payment::stripe::{StripeConfig, StripeProvider, Url};
 use orderflow_processors::payment::{Authorisation, Capture, PaymentProvider, PaymentRequest, ProviderError};
 use orderflow_schemas::{Currency, Money, OrderId, PaymentMethod, UserId};
 
-fn stripe(base: &str, key: &str, currency: Currency) -> StripeProvider {
-    let config = StripeConfig { api_base: Url::parse(base).unwrap(), secret_key: Secret::new(key), currency };
+fn stripe(base: &str, key: &str) -> StripeProvider {
+    let config = StripeConfig { api_base: Url::parse(base).unwrap(), secret_key: Secret::new(key) };
     StripeProvider::new(config).unwrap()
 }
 
@@ -49,7 +49,7 @@ impl Payment {
 #[tokio::test]
 async fn authorise_capture_void_and_refund_are_requests_stripe_accepts() {
     let Some(base) = real_engine("ORDERFLOW_TEST_STRIPE") else { return };
-    let provider = stripe(&base, "sk_test_orderflow", Currency::EUR);
+    let provider = stripe(&base, "sk_test_orderflow");
     let p = Payment::new();
     let Authorisation::Authorised { payment_id } =
         provider.authorise(&p.key("authorise"), p.request(2_500, Currency::EUR)).await.unwrap()
@@ -60,7 +60,8 @@ async fn authorise_capture_void_and_refund_are_requests_stripe_accepts() {
     let captured = provider.capture(&p.key("capture"), &payment_id, Money::from_cents(2_500).unwrap()).await.unwrap();
     assert_eq!(captured, Capture::Captured { charge_id: payment_id.clone() });
     provider.void(&p.key("void"), &payment_id).await.unwrap();
-    let refund = provider.refund(&p.key("refund"), &payment_id, Money::from_cents(1_000).unwrap()).await.unwrap();
+    let refund =
+        provider.refund(&p.key("refund"), &payment_id, Money::from_cents(1_000).unwrap(), Currency::EUR).await.unwrap();
     assert!(refund.starts_with("re_"), "{refund}");
     // A currency without minor units: whole yen go to Stripe; yen with cents cannot.
     let jpy: Currency = "JPY".parse().unwrap();
@@ -78,7 +79,7 @@ async fn authorise_capture_void_and_refund_are_requests_stripe_accepts() {
 #[tokio::test]
 async fn a_declined_card_is_declined_with_the_banks_code() {
     let Some(base) = real_engine("ORDERFLOW_TEST_STRIPE_DECLINE") else { return };
-    let provider = stripe(&base, "sk_test_orderflow", Currency::EUR);
+    let provider = stripe(&base, "sk_test_orderflow");
     let p = Payment::new();
     let answer = provider.authorise(&p.key("authorise"), p.request(2_500, Currency::EUR)).await.unwrap();
     assert_eq!(
@@ -95,7 +96,7 @@ async fn a_declined_card_is_declined_with_the_banks_code() {
 #[tokio::test]
 async fn authentication_required_is_neither_paid_nor_declined() {
     let Some(base) = real_engine("ORDERFLOW_TEST_STRIPE_ACTION") else { return };
-    let provider = stripe(&base, "sk_test_orderflow", Currency::EUR);
+    let provider = stripe(&base, "sk_test_orderflow");
     let p = Payment::new();
     match provider.authorise(&p.key("authorise"), p.request(2_500, Currency::EUR)).await.unwrap() {
         Authorisation::ActionRequired { payment_id, client_secret, next_action } => {
@@ -117,12 +118,12 @@ async fn configuration_errors_are_refused_and_an_unreachable_stripe_is_retried()
     let Some(base) = real_engine("ORDERFLOW_TEST_STRIPE") else { return };
     let p = Payment::new();
     // stripe-mock refuses live keys, as Stripe refuses a wrong one: 401.
-    let live = stripe(&base, "rk_live_not_a_real_key", Currency::EUR);
+    let live = stripe(&base, "rk_live_not_a_real_key");
     let refused = live.authorise(&p.key("authorise"), p.request(2_500, Currency::EUR)).await;
     assert!(matches!(refused, Err(ProviderError::Refused(ref why)) if why.contains("401")), "{refused:?}");
     // Nothing listens on a port just released: the call never left, so it is retried.
     let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let down = stripe(&format!("http://{free}"), "sk_test_orderflow", Currency::EUR);
+    let down = stripe(&format!("http://{free}"), "sk_test_orderflow");
     let retried = down.authorise(&p.key("authorise"), p.request(2_500, Currency::EUR)).await;
     assert!(matches!(retried, Err(ProviderError::Retryable(_))), "{retried:?}");
 }

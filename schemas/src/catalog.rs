@@ -5,7 +5,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::values::{Money, Sku, ValueError};
+use crate::values::{Currency, Money, Sku, ValueError};
 
 /// A product in the catalog: the write model's row, the read model's row and the snapshot in every
 /// `ProductUpdated` event. Rows written before categories, attributes, archiving and versions existed
@@ -16,6 +16,10 @@ pub struct Product {
     pub name: String,
     pub description: String,
     pub price: Money,
+    /// The currency of `price` (ISO 4217); `None`: the shop's (`--currency`), which is also how rows
+    /// written before products had a currency read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<Currency>,
     #[serde(default)]
     pub category: Category,
     #[serde(default)]
@@ -44,6 +48,7 @@ impl Product {
             name,
             description,
             price,
+            currency: None,
             category: Category::default(),
             attributes: Attributes::default(),
             archived: false,
@@ -60,9 +65,15 @@ impl Product {
             && self.name == other.name
             && self.description == other.description
             && self.price == other.price
+            && self.currency == other.currency
             && self.category == other.category
             && self.attributes == other.attributes
             && self.archived == other.archived
+    }
+
+    /// The currency of the price, `shop`'s when the product names none.
+    pub fn currency_or(&self, shop: Currency) -> Currency {
+        self.currency.unwrap_or(shop)
     }
 
     /// Checks a name: trimmed, 1 to [`Product::MAX_NAME_LEN`] characters.

@@ -26,6 +26,7 @@ pub const ENVELOPE_HISTORY: &[&str] = &[
     include_str!("../avro/history/envelope.v1.avsc"),
     include_str!("../avro/history/envelope.v2.avsc"),
     include_str!("../avro/history/envelope.v3.avsc"),
+    include_str!("../avro/history/envelope.v4.avsc"),
 ];
 
 pub(crate) const MAGIC: [u8; 2] = [0xC3, 0x01];
@@ -194,6 +195,7 @@ mod tests {
                 total_cents: 2500,
                 channel: "http".into(),
                 payment_method: Some(PaymentMethod::parse("pm_card_visa").unwrap()),
+                currency: Some(crate::Currency::EUR),
             }
             .into(),
             ReserveStock { lines: vec![ReserveLine { sku: sku.clone(), quantity: q }] }.into(),
@@ -207,15 +209,23 @@ mod tests {
                 amount_cents: 2500,
                 idempotency_key: "k".into(),
                 payment_method: None,
+                currency: Some(crate::Currency::EUR),
             }
             .into(),
             PaymentCaptured { charge_id: "pi_1".into(), captured_cents: 2500, authorisation_id: Some("pi_1".into()) }
                 .into(),
             PaymentDeclined { decline_reason: "limit".into() }.into(),
-            RefundPayment::compensation("cancelled").into(),
-            RefundPayment { refund_reason: "damaged".into(), amount_cents: Some(250), refund_key: Some("k1".into()) }
+            RefundPayment { refund_reason: "cancelled".into(), amount_cents: None, refund_key: None, currency: None }
                 .into(),
-            PaymentRefunded { refund_id: "re_1".into(), refunded_cents: 2500 }.into(),
+            RefundPayment {
+                refund_reason: "damaged".into(),
+                amount_cents: Some(250),
+                refund_key: Some("k1".into()),
+                currency: Some("JPY".parse().unwrap()),
+            }
+            .into(),
+            PaymentRefunded::refund("re_1", 2500).into(),
+            PaymentRefunded::void("pi_1").into(),
             CreateShipment {
                 ship_to_user_id: UserId::parse("u1").unwrap(),
                 lines: vec![ShipmentLine { sku, quantity: q }],

@@ -68,6 +68,7 @@ impl OrderPlaced {
             total_cents: order.total.cents(),
             channel: order.channel.clone(),
             payment_method: order.payment_method.clone(),
+            currency: order.currency,
         };
         Envelope {
             event_id: EventId::derived(&order.id, "placed"),
@@ -94,6 +95,9 @@ pub struct OrderPlaced {
     /// `None` from writers before envelope v4, and for orders without one.
     #[serde(default)]
     pub payment_method: Option<crate::PaymentMethod>,
+    /// The currency of the amounts; `None` from writers before envelope v5 (the shop's currency).
+    #[serde(default)]
+    pub currency: Option<crate::Currency>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -157,6 +161,9 @@ pub struct CapturePayment {
     /// The order's payment method (see [`OrderPlaced::payment_method`]).
     #[serde(default)]
     pub payment_method: Option<crate::PaymentMethod>,
+    /// The currency of `amount_cents` (see [`OrderPlaced::currency`]).
+    #[serde(default)]
+    pub currency: Option<crate::Currency>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -183,19 +190,38 @@ pub struct RefundPayment {
     /// A staff refund's own key: one refund per key. `None` for the order's compensation.
     #[serde(default)]
     pub refund_key: Option<String>,
+    /// The currency of the order's payment; `None` from writers before envelope v5 (the shop's).
+    #[serde(default)]
+    pub currency: Option<crate::Currency>,
 }
 
 impl RefundPayment {
-    /// The order's compensation: everything captured and not yet refunded goes back.
-    pub fn compensation(reason: &str) -> Self {
-        Self { refund_reason: reason.to_owned(), amount_cents: None, refund_key: None }
+    /// The compensation of `order`: everything captured and not yet refunded goes back.
+    pub fn compensation(order: &crate::Order, reason: &str) -> Self {
+        Self { refund_reason: reason.to_owned(), amount_cents: None, refund_key: None, currency: order.currency }
     }
 }
 
+/// Money that went back to the customer, or an authorisation released before any capture.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PaymentRefunded {
     pub refund_id: String,
     pub refunded_cents: i64,
+    /// The authorisation `refund_id` was voided: nothing was captured, nothing moved (envelope v5).
+    #[serde(default)]
+    pub voided: bool,
+}
+
+impl PaymentRefunded {
+    /// `cents` went back under the provider's refund `refund_id`.
+    pub fn refund(refund_id: impl Into<String>, cents: i64) -> Self {
+        Self { refund_id: refund_id.into(), refunded_cents: cents, voided: false }
+    }
+
+    /// The authorisation `payment_id` was released before any capture.
+    pub fn void(payment_id: impl Into<String>) -> Self {
+        Self { refund_id: payment_id.into(), refunded_cents: 0, voided: true }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::values::{Money, OrderId, PaymentMethod, Quantity, Sku, UserId, ValueError};
+use crate::values::{Currency, Money, OrderId, PaymentMethod, Quantity, Sku, UserId, ValueError};
 
 /// Where an order is in its life. The edges of the state machine are [`OrderStatus::can_move_to`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -120,6 +120,10 @@ pub struct Order {
     pub user_id: UserId,
     pub lines: Vec<OrderLine>,
     pub total: Money,
+    /// The currency of the total and of every line (ISO 4217), fixed at intake from the products';
+    /// `None` in documents from before orders had one, which were in the shop's (`--currency`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<Currency>,
     pub status: OrderStatus,
     /// Why the order was rejected or cancelled.
     pub reason: Option<String>,
@@ -150,6 +154,11 @@ impl Order {
             }
         }
         out
+    }
+
+    /// The currency of the order's amounts, `shop`'s for an order from before orders had one.
+    pub fn currency_or(&self, shop: Currency) -> Currency {
+        self.currency.unwrap_or(shop)
     }
 
     /// Whether every SKU of the order's lines is held.

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::partner::PartnerOrder;
-use crate::values::{Money, OrderId, PaymentMethod, Quantity, Sku, UserId, ValueError};
+use crate::values::{Currency, Money, OrderId, PaymentMethod, Quantity, Sku, UserId, ValueError};
 
 /// A placement request in domain types, before intake prices it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,6 +17,8 @@ pub struct OrderRequest {
     pub total_amount: Option<Money>,
     /// The provider's reference to the customer's payment method (e.g. Stripe's `pm_card_visa`).
     pub payment_method: Option<PaymentMethod>,
+    /// The currency the client expects to pay in; refused if the products are priced in another.
+    pub currency: Option<Currency>,
 }
 
 /// `POST /v1/orders` as sent. Unknown fields are refused.
@@ -34,6 +36,10 @@ pub struct PlaceOrderBody {
     /// data. Required when the provider is Stripe.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payment_method: Option<String>,
+    /// The ISO 4217 currency the client expects to pay in (e.g. `"EUR"`); an order whose products are
+    /// priced in another is refused with `currency_mismatch`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,6 +72,7 @@ impl PlaceOrderBody {
                 .collect::<Result<_, ValueError>>()?,
             total_amount,
             payment_method: self.payment_method.map(PaymentMethod::parse).transpose()?,
+            currency: self.currency.map(|c| Currency::parse("currency", &c)).transpose()?,
         })
     }
 }
@@ -83,6 +90,7 @@ impl OrderRequest {
                 .collect(),
             total_amount: self.total_amount.map(|m| serde_json::Value::String(m.to_string())),
             payment_method: self.payment_method.as_ref().map(|m| m.to_string()),
+            currency: self.currency.map(String::from),
         }
     }
 }
@@ -123,6 +131,7 @@ impl PartnerOrder {
                 .map_err(invalid)?,
             // Prepaid by the partner: its record carries no payment method.
             payment_method: None,
+            currency: None,
         };
         Ok((request, format!("partner:{partner}")))
     }

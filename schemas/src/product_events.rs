@@ -3,7 +3,7 @@
 //! after the write, so the catalog projector, caches and other systems apply it without reading the catalog:
 //! the highest version of a SKU wins.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::LazyLock;
 
 use apache_avro::Schema;
@@ -12,10 +12,14 @@ use serde::{Deserialize, Serialize};
 use crate::catalog::{Attributes, Category, Product};
 use crate::codec::{CodecError, fingerprint, single_object, split_single_object};
 use crate::events::EventId;
-use crate::values::{Money, Sku};
+use crate::values::{Currency, Money, Sku};
 
 /// The ProductUpdated schema as shipped.
 pub const PRODUCT_UPDATED_SCHEMA: &str = include_str!("../avro/product_updated.avsc");
+
+/// Every earlier ProductUpdated schema, oldest first (`schemas/avro/history/`): events written with them
+/// stay readable (the catalog topic keeps a SKU's last event for as long as it is compacted).
+pub const PRODUCT_UPDATED_HISTORY: &[&str] = &[include_str!("../avro/history/product_updated.v1.avsc")];
 
 /// A product as it is after one write, and when the event was made.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +52,9 @@ struct Wire {
     name: String,
     description: String,
     price_cents: i64,
+    /// Absent from writers of v1.
+    #[serde(default)]
+    currency: Option<String>,
     category: String,
     attributes: BTreeMap<String, String>,
     archived: bool,
@@ -59,13 +66,22 @@ struct Wire {
 struct ProductCodec {
     schema: Schema,
     fingerprint: [u8; 8],
+    /// Every schema a readable event may have been written with, by fingerprint (this one included).
+    writers: HashMap<[u8; 8], Schema>,
 }
 
 static CODEC: LazyLock<ProductCodec> = LazyLock::new(|| {
     // Compiled in; `product_updates_round_trip` rules out a panic here.
     #[allow(clippy::expect_used)]
     let schema = Schema::parse_str(PRODUCT_UPDATED_SCHEMA).expect("bundled product_updated.avsc is valid Avro");
-    ProductCodec { fingerprint: fingerprint(&schema), schema }
+    // The history is compiled in too; `earlier_schemas_are_compatible_both_ways` parses every entry.
+    let mut writers: HashMap<[u8; 8], Schema> = PRODUCT_UPDATED_HISTORY
+        .iter()
+        .filter_map(|s| Schema::parse_str(s).ok())
+        .map(|old| (fingerprint(&old), old))
+        .collect();
+    writers.insert(fingerprint(&schema), schema.clone());
+    ProductCodec { fingerprint: fingerprint(&schema), schema, writers }
 });
 
 /// Encodes the event as an Avro single object.
@@ -78,6 +94,7 @@ pub fn encode(event: &ProductUpdated) -> Result<Vec<u8>, CodecError> {
         name: p.name.clone(),
         description: p.description.clone(),
         price_cents: p.price.cents(),
+        currency: p.currency.map(String::from),
         category: p.category.as_str().to_owned(),
         attributes: p.attributes.as_map().clone(),
         archived: p.archived,
@@ -92,16 +109,16 @@ pub fn encode(event: &ProductUpdated) -> Result<Vec<u8>, CodecError> {
 /// Decodes an event; any framing, schema or value problem is an error naming it.
 pub fn decode(bytes: &[u8]) -> Result<ProductUpdated, CodecError> {
     let (fp, datum) = split_single_object(bytes)?;
-    if fp != CODEC.fingerprint {
-        return Err(CodecError::UnknownSchema(u64::from_le_bytes(fp)));
-    }
-    let value = crate::codec::read_datum(&CODEC.schema, datum)?;
+    let writer = CODEC.writers.get(&fp).ok_or(CodecError::UnknownSchema(u64::from_le_bytes(fp)))?;
+    // Read with the writer's schema; a field it lacks takes its default in `Wire`.
+    let value = crate::codec::read_datum(writer, datum)?;
     let w: Wire = apache_avro::from_value(&value)?;
     let product = Product {
         sku: Sku::parse(w.sku)?,
         name: w.name,
         description: w.description,
         price: Money::from_cents(w.price_cents)?,
+        currency: w.currency.map(|c| Currency::parse("currency", &c)).transpose()?,
         category: Category::parse(&w.category)?,
         attributes: Attributes::parse(w.attributes)?,
         archived: w.archived,
@@ -130,6 +147,7 @@ mod tests {
         p.category = Category::parse("kitchen").unwrap();
         p.attributes = Attributes::parse([("color".to_owned(), "blue".to_owned())]).unwrap();
         p.archived = true;
+        p.currency = Some("USD".parse().unwrap());
         p.version = 7;
         ProductUpdated { product: p, occurred_at_ms: 1_700_000_000_123 }
     }
@@ -139,6 +157,43 @@ mod tests {
         let event = sample();
         let bytes = encode(&event).unwrap();
         assert_eq!(&bytes[..2], &[0xC3, 0x01]);
+        assert_eq!(decode(&bytes).unwrap(), event);
+    }
+
+    #[test]
+    fn earlier_schemas_are_compatible_both_ways() {
+        use apache_avro::schema_compatibility::SchemaCompatibility;
+        let current = Schema::parse_str(PRODUCT_UPDATED_SCHEMA).unwrap();
+        for (i, old) in PRODUCT_UPDATED_HISTORY.iter().enumerate() {
+            let old = Schema::parse_str(old).unwrap_or_else(|e| panic!("history entry {i} does not parse: {e}"));
+            assert!(SchemaCompatibility::can_read(&old, &current).is_ok(), "this build cannot read v{}", i + 1);
+            assert!(SchemaCompatibility::can_read(&current, &old).is_ok(), "v{} readers cannot read this build", i + 1);
+            assert!(CODEC.writers.contains_key(&fingerprint(&old)), "v{} is not a known writer", i + 1);
+        }
+    }
+
+    #[test]
+    fn events_written_with_v1_read_in_the_shops_currency() {
+        use apache_avro::types::Value;
+        let v1 = Schema::parse_str(PRODUCT_UPDATED_HISTORY[0]).unwrap();
+        let mut event = sample();
+        event.product.currency = None;
+        let p = &event.product;
+        let record = Value::Record(vec![
+            ("event_id".into(), Value::String(event.event_id().to_string())),
+            ("sku".into(), Value::String(p.sku.as_str().into())),
+            ("version".into(), Value::Long(7)),
+            ("name".into(), Value::String(p.name.clone())),
+            ("description".into(), Value::String(p.description.clone())),
+            ("price_cents".into(), Value::Long(1250)),
+            ("category".into(), Value::String("kitchen".into())),
+            ("attributes".into(), Value::Map([("color".to_owned(), Value::String("blue".into()))].into())),
+            ("archived".into(), Value::Boolean(true)),
+            ("created_at_ms".into(), Value::Long(p.created_at_ms)),
+            ("updated_at_ms".into(), Value::Long(p.updated_at_ms)),
+            ("occurred_at_ms".into(), Value::Long(event.occurred_at_ms)),
+        ]);
+        let bytes = single_object(&fingerprint(&v1), &apache_avro::to_avro_datum(&v1, record).unwrap());
         assert_eq!(decode(&bytes).unwrap(), event);
     }
 

@@ -127,8 +127,12 @@ async fn a_forged_refund_pays_nothing_back_and_a_recorded_one_does() {
     let id = place_pizza(&app, &["CONFIRMED"]).await;
     // Written to the payments topic by someone who can: the payment role pays back only what orderflow
     // recorded.
-    let forged =
-        RefundPayment { refund_reason: "forged".into(), amount_cents: Some(1000), refund_key: Some("x".into()) };
+    let forged = RefundPayment {
+        refund_reason: "forged".into(),
+        amount_cents: Some(1000),
+        refund_key: Some("x".into()),
+        currency: None,
+    };
     let env = Envelope::new(EventId::random(), OrderId::parse(id.clone()).unwrap(), forged);
     let record = BusRecord::new(topics::PAYMENTS, &id, codec::encode(&env).unwrap());
     app.app().backends.bus.publish(vec![record]).await.unwrap();

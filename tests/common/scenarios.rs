@@ -14,7 +14,7 @@ use super::{TestApp, stock};
 /// A user id the test apps' simulated provider always declines.
 pub const DECLINED_USER: &str = "declined-user";
 
-fn unique(prefix: &str) -> String {
+pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]).to_uppercase()
 }
 

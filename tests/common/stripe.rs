@@ -31,7 +31,16 @@ pub struct Call {
     pub method: String,
     pub path: String,
     pub idempotency_key: Option<String>,
+    /// The form the call sent (`amount=800&currency=eur&...`).
+    pub form: String,
     pub status: u16,
+}
+
+impl Call {
+    /// The value of `name` in the call's form.
+    pub fn field(&self, name: &str) -> Option<&str> {
+        form_value(&self.form, name)
+    }
 }
 
 struct Shared {
@@ -189,6 +198,7 @@ async fn forward(
         method: method.to_string(),
         path,
         idempotency_key: headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_owned),
+        form: text,
         status: status.as_u16(),
     });
     if let Some(delay) = held {

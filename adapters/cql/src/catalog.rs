@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use futures::future::try_join_all;
-use orderflow_schemas::{Attributes, Category, Money, Product, ProductSummary, Sku};
+use orderflow_schemas::{Attributes, Category, Currency, Money, Product, ProductSummary, Sku};
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 
@@ -17,8 +17,7 @@ use orderflow_platform::store::{CatalogStore, CatalogViewStore, Page, ProductWri
 /// The listing's only shard (see catalog.cql).
 const LISTING_SHARD: i32 = 0;
 
-const PRODUCT_COLUMNS: &str =
-    "sku, name, description, price_cents, category, attributes, archived, version, created_at_ms, updated_at_ms";
+const PRODUCT_COLUMNS: &str = "sku, name, description, price_cents, category, attributes, archived, version, created_at_ms, updated_at_ms, currency";
 
 pub(super) struct Statements {
     insert: PreparedStatement,
@@ -43,11 +42,11 @@ impl Statements {
         let get = prepare(s, &format!("SELECT {PRODUCT_COLUMNS} FROM orderflow_catalog.products WHERE sku = ?"), true)
             .await?;
         let set = "SET name = ?, description = ?, price_cents = ?, category = ?, attributes = ?, archived = ?, \
-                   version = ?, created_at_ms = ?, updated_at_ms = ? WHERE sku = ?";
+                   version = ?, created_at_ms = ?, updated_at_ms = ?, currency = ? WHERE sku = ?";
         let view_insert = prepare(
             s,
             &format!(
-                "INSERT INTO orderflow_catalog.product_view ({PRODUCT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                "INSERT INTO orderflow_catalog.product_view ({PRODUCT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
                  USING TIMESTAMP ?"
             ),
             true,
@@ -65,7 +64,7 @@ impl Statements {
             insert: prepare(
                 s,
                 &format!(
-                    "INSERT INTO orderflow_catalog.products ({PRODUCT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                    "INSERT INTO orderflow_catalog.products ({PRODUCT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
                      IF NOT EXISTS"
                 ),
                 false,
@@ -128,6 +127,7 @@ type ProductRow = (
     Option<i64>,
     Option<i64>,
     Option<i64>,
+    Option<String>,
 );
 
 fn category_of(c: Option<String>) -> Result<Category> {
@@ -135,13 +135,25 @@ fn category_of(c: Option<String>) -> Result<Category> {
 }
 
 fn product_from_row(row: ProductRow) -> Result<Product> {
-    let (sku, name, description, price_cents, category, attributes, archived, version, created_at_ms, updated_at_ms) =
-        row;
+    let (
+        sku,
+        name,
+        description,
+        price_cents,
+        category,
+        attributes,
+        archived,
+        version,
+        created_at_ms,
+        updated_at_ms,
+        currency,
+    ) = row;
     Ok(Product {
         sku: Sku::parse(sku).map_err(corrupt)?,
         name: name.unwrap_or_default(),
         description: description.unwrap_or_default(),
         price: Money::from_cents(price_cents.unwrap_or_default()).map_err(corrupt)?,
+        currency: currency.map(|c| Currency::parse("currency", &c).map_err(corrupt)).transpose()?,
         category: category_of(category)?,
         attributes: Attributes::parse(attributes.unwrap_or_default()).map_err(corrupt)?,
         archived: archived.unwrap_or(false),
@@ -186,6 +198,7 @@ impl CqlStore {
 #[async_trait]
 impl CatalogStore for CqlStore {
     async fn create_product(&self, p: &Product) -> Result<bool> {
+        let currency = p.currency.as_ref().map(Currency::as_str);
         let values = (
             p.sku.as_str(),
             &p.name,
@@ -197,6 +210,7 @@ impl CatalogStore for CqlStore {
             to_i64(p.version, "product version")?,
             p.created_at_ms,
             p.updated_at_ms,
+            currency,
         );
         for _ in 0..MAX_UNKNOWN_RETRIES {
             let created = match self.lwt(&self.catalog.insert, values).await? {
@@ -224,6 +238,7 @@ impl CatalogStore for CqlStore {
         };
         let (version, expected_i64) = (to_i64(p.version, "product version")?, to_i64(expected, "product version")?);
         let (price, category, attributes) = (p.price.cents(), p.category.as_str(), p.attributes.as_map());
+        let currency = p.currency.as_ref().map(Currency::as_str);
         let set = (
             &p.name,
             &p.description,
@@ -234,6 +249,7 @@ impl CatalogStore for CqlStore {
             version,
             p.created_at_ms,
             p.updated_at_ms,
+            currency,
             p.sku.as_str(),
         );
         let set_if_version = (
@@ -246,6 +262,7 @@ impl CatalogStore for CqlStore {
             version,
             p.created_at_ms,
             p.updated_at_ms,
+            currency,
             p.sku.as_str(),
             expected_i64,
         );
@@ -343,6 +360,7 @@ impl CatalogViewStore for CqlStore {
             version,
             p.created_at_ms,
             p.updated_at_ms,
+            p.currency.as_ref().map(Currency::as_str),
             version,
         );
         let listing = (

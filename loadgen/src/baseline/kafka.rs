@@ -72,6 +72,7 @@ pub fn order_envelopes(n: u64) -> anyhow::Result<Vec<Envelope>> {
         processed_at_ms: None,
         reserved_skus: vec![],
         payment_method: None,
+        currency: None,
         timeline: vec![TimelineEntry { at_ms: now, kind: "placed".into(), detail: format!("total {total}") }],
     };
     let env = |step: &str, body: orderflow_schemas::Event| Envelope {
@@ -91,6 +92,7 @@ pub fn order_envelopes(n: u64) -> anyhow::Result<Vec<Envelope>> {
                 amount_cents: total.cents(),
                 idempotency_key: format!("{id}:capture"),
                 payment_method: None,
+                currency: None,
             }
             .into(),
         ),

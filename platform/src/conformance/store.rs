@@ -143,6 +143,7 @@ pub fn order(id: &str, user: &str, placed_at_ms: i64) -> Order {
         processed_at_ms: None,
         reserved_skus: vec![],
         payment_method: None,
+        currency: None,
         timeline: vec![],
     }
 }
@@ -157,6 +158,7 @@ pub async fn catalog_creates_once_updates_existing_and_paginates(stores: Stores)
     p.category = Category::parse("kitchen").unwrap();
     p.attributes = Attributes::parse([("color".to_owned(), "blue".to_owned())]).unwrap();
     p.archived = true;
+    p.currency = Some("JPY".parse().unwrap());
     p.version = 2;
     assert_eq!(stores.catalog.update_product(&p).await.unwrap(), ProductWrite::Written);
     assert_eq!(stores.catalog.product(&a).await.unwrap().unwrap(), p, "every field is stored");
@@ -222,6 +224,8 @@ fn versioned(sku_name: &str, version: u64, name: &str, category: &str, cents: i6
     p.category = Category::parse(category).unwrap();
     p.attributes = Attributes::parse([("v".to_owned(), version.to_string())]).unwrap();
     p.updated_at_ms = 1_000 + version as i64;
+    // Even versions name their currency, odd ones leave it to the shop's: both must round-trip.
+    p.currency = version.is_multiple_of(2).then(|| "USD".parse().unwrap());
     p
 }
 

@@ -35,7 +35,7 @@ pub struct PaymentHandler {
     pub bus: Arc<dyn Bus>,
     /// This instance's epochs for the partitions of the payments topic it owns: every write is fenced.
     pub fences: PartitionFences,
-    /// The shop's currency: every order's total is in it (`--currency`).
+    /// The shop's currency (`--currency`): the currency of a command from before orders had their own.
     pub currency: Currency,
 }
 
@@ -116,36 +116,41 @@ impl PaymentHandler {
                 )
                 | None => Ok(None),
             },
-            Event::RefundPayment(RefundPayment { refund_key: Some(key), amount_cents, .. }) => {
-                self.staff_refund(&env, key, *amount_cents, fence).await
+            Event::RefundPayment(RefundPayment { refund_key: Some(key), amount_cents, currency, .. }) => {
+                self.staff_refund(&env, key, *amount_cents, currency.unwrap_or(self.currency), fence).await
             }
-            Event::RefundPayment(_) => match self.payments.payment(order).await? {
+            Event::RefundPayment(RefundPayment { currency, .. }) => match self.payments.payment(order).await? {
                 // Captured, perhaps partly refunded by staff: what is left goes back.
                 Some(taken @ (PaymentRecord::Captured { .. } | PaymentRecord::PartlyRefunded { .. })) => {
                     let (Some(charge_id), Some(left)) = (taken.payment_id(), taken.refundable()) else {
                         return Ok(None);
                     };
                     let key = idempotency_key(order, "refund");
-                    let refund_id = self.provider.refund(&key, charge_id, left).await?;
+                    let currency = currency.unwrap_or(self.currency);
+                    let refund_id = self.provider.refund(&key, charge_id, left, currency).await?;
                     outcome("refund", "refunded");
                     let refunded = PaymentRecord::Refunded { charge_id: charge_id.to_owned(), refund_id, amount: left };
                     match self.payments.replace(order, &taken, &refunded, fence).await? {
                         PaymentRecord::Refunded { refund_id, amount, .. } => {
-                            reply(order, "refund_reply", PaymentRefunded { refund_id, refunded_cents: amount.cents() })
+                            reply(order, "refund_reply", PaymentRefunded::refund(refund_id, amount.cents()))
                         }
                         _ => Ok(None),
                     }
                 }
                 Some(PaymentRecord::Refunded { refund_id, amount, .. }) => {
-                    reply(order, "refund_reply", PaymentRefunded { refund_id, refunded_cents: amount.cents() })
+                    reply(order, "refund_reply", PaymentRefunded::refund(refund_id, amount.cents()))
                 }
-                // Held (or waiting for the customer), never taken: release the hold.
+                // Held (or waiting for the customer), never taken: release the hold, and say so.
                 Some(held @ (PaymentRecord::Authorised { .. } | PaymentRecord::ActionRequired { .. })) => {
-                    self.void(order, &held, fence).await?;
-                    Ok(None)
+                    let payment_id = self.void(order, &held, fence).await?;
+                    reply(order, "refund_reply", PaymentRefunded::void(payment_id))
                 }
-                // Never captured (declined, voided, or the capture has not happened): nothing to pay back.
-                Some(PaymentRecord::Declined { .. } | PaymentRecord::Voided { .. }) | None => Ok(None),
+                // Released before (a redelivered command): the same reply, recognised by its id.
+                Some(PaymentRecord::Voided { payment_id, .. }) => {
+                    reply(order, "refund_reply", PaymentRefunded::void(payment_id))
+                }
+                // Never captured (declined, or the capture has not happened): nothing to pay back.
+                Some(PaymentRecord::Declined { .. }) | None => Ok(None),
             },
             other => Err(HandlerError::Poison(format!("{} does not belong on the payments topic", other.name()))),
         }
@@ -169,7 +174,7 @@ impl PaymentHandler {
                 order,
                 user: &cmd.user_id,
                 amount,
-                currency: self.currency,
+                currency: cmd.currency.unwrap_or(self.currency),
                 payment_method: cmd.payment_method.as_ref(),
             };
             let answer = self.provider.authorise(&idempotency_key(order, "authorise"), request).await?;
@@ -208,6 +213,7 @@ impl PaymentHandler {
         env: &Envelope,
         key: &str,
         amount_cents: Option<i64>,
+        currency: Currency,
         fence: Fence,
     ) -> Result<Option<BusRecord>, HandlerError> {
         let order = &env.order_id;
@@ -223,7 +229,7 @@ impl PaymentHandler {
             return Ok(None);
         };
         if let Some(done) = current.refund_under(key) {
-            let body = PaymentRefunded { refund_id: done.refund_id.clone(), refunded_cents: done.amount.cents() };
+            let body = PaymentRefunded::refund(done.refund_id.clone(), done.amount.cents());
             return reply(order, &reply_step, body);
         }
         let (charge_id, captured, mut refunds) = match &current {
@@ -241,27 +247,27 @@ impl PaymentHandler {
             tracing::warn!(%order, %amount, "a staff refund asked for more than is left of the capture");
             return Ok(None);
         }
-        let refund_id =
-            self.provider.refund(&idempotency_key(order, &format!("refund:{key}")), &charge_id, amount).await?;
+        let refund_key = idempotency_key(order, &format!("refund:{key}"));
+        let refund_id = self.provider.refund(&refund_key, &charge_id, amount, currency).await?;
         outcome("partial_refund", "refunded");
         refunds.push(PartRefund { key: key.to_owned(), refund_id: refund_id.clone(), amount });
         let next = PaymentRecord::PartlyRefunded { charge_id, amount: captured, refunds };
         self.payments.replace(order, &current, &next, fence).await?;
-        reply(order, &reply_step, PaymentRefunded { refund_id, refunded_cents: amount.cents() })
+        reply(order, &reply_step, PaymentRefunded::refund(refund_id, amount.cents()))
     }
 
-    /// Releases an authorisation that will not be captured, and records that it was.
-    async fn void(&self, order: &OrderId, held: &PaymentRecord, fence: Fence) -> Result<(), HandlerError> {
+    /// Releases an authorisation that will not be captured, records that it was, and returns its id.
+    async fn void(&self, order: &OrderId, held: &PaymentRecord, fence: Fence) -> Result<String, HandlerError> {
         let (PaymentRecord::Authorised { payment_id, amount }
         | PaymentRecord::ActionRequired { payment_id, amount, .. }) = held
         else {
-            return Ok(());
+            return Err(HandlerError::Poison(format!("voiding {order}: nothing is held ({held:?})")));
         };
         self.provider.void(&idempotency_key(order, "void"), payment_id).await?;
         outcome("void", "voided");
         let voided = PaymentRecord::Voided { payment_id: payment_id.clone(), amount: *amount };
         self.payments.replace(order, held, &voided, fence).await?;
-        Ok(())
+        Ok(payment_id.clone())
     }
 }
 

@@ -97,6 +97,12 @@ pub trait PaymentProvider: Send + Sync {
     async fn lookup(&self, payment_id: &str) -> Result<Authorisation, ProviderError>;
     /// Releases an authorisation that will not be captured.
     async fn void(&self, idempotency_key: &str, payment_id: &str) -> Result<(), ProviderError>;
-    /// Pays `amount` of a captured payment back; returns the refund's id.
-    async fn refund(&self, idempotency_key: &str, payment_id: &str, amount: Money) -> Result<String, ProviderError>;
+    /// Pays `amount` (in `currency`, the payment's) of a captured payment back; returns the refund's id.
+    async fn refund(
+        &self,
+        idempotency_key: &str,
+        payment_id: &str,
+        amount: Money,
+        currency: Currency,
+    ) -> Result<String, ProviderError>;
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use orderflow_platform::store::{PaymentStore, ProviderEntry};
-use orderflow_schemas::{Money, OrderId, UserId, now_ms};
+use orderflow_schemas::{Currency, Money, OrderId, UserId, now_ms};
 
 use super::provider::{Authorisation, Capture, PaymentProvider, PaymentRequest, ProviderError};
 
@@ -120,7 +120,13 @@ impl PaymentProvider for SimulatedProvider {
         Ok(())
     }
 
-    async fn refund(&self, key: &str, _payment_id: &str, amount: Money) -> Result<String, ProviderError> {
+    async fn refund(
+        &self,
+        key: &str,
+        _payment_id: &str,
+        amount: Money,
+        _currency: Currency,
+    ) -> Result<String, ProviderError> {
         tokio::time::sleep(self.rules.latency).await;
         Ok(self.entry(key, "refund", format!("re_{}", derived(key).simple()), amount).await?.id)
     }

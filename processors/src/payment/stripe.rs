@@ -32,8 +32,6 @@ pub struct StripeConfig {
     pub api_base: Url,
     /// `sk_test_...` or `sk_live_...` (or a restricted `rk_...` key with PaymentIntents and Refunds).
     pub secret_key: Secret,
-    /// The currency refunds are counted in (the shop's, `--currency`).
-    pub currency: Currency,
 }
 
 #[derive(Debug)]
@@ -297,12 +295,15 @@ impl PaymentProvider for StripeProvider {
         Err(answer.failure("cancelling the PaymentIntent"))
     }
 
-    async fn refund(&self, key: &str, payment_id: &str, amount: Money) -> Result<String, ProviderError> {
-        let minor = self
-            .config
-            .currency
-            .minor_units(amount)
-            .map_err(|e| ProviderError::Refused(format!("refunding {payment_id}: {e}")))?;
+    async fn refund(
+        &self,
+        key: &str,
+        payment_id: &str,
+        amount: Money,
+        currency: Currency,
+    ) -> Result<String, ProviderError> {
+        let minor =
+            currency.minor_units(amount).map_err(|e| ProviderError::Refused(format!("refunding {payment_id}: {e}")))?;
         let form = [("payment_intent", payment_id.to_owned()), ("amount", minor.to_string())];
         let answer = self.post("/v1/refunds", key, &form).await?;
         if !answer.status.is_success() {
@@ -387,11 +388,8 @@ mod tests {
 
     #[test]
     fn only_secret_keys_are_accepted() {
-        let config = |key: &str| StripeConfig {
-            api_base: Url::parse(STRIPE_API).unwrap(),
-            secret_key: Secret::new(key),
-            currency: Currency::EUR,
-        };
+        let config =
+            |key: &str| StripeConfig { api_base: Url::parse(STRIPE_API).unwrap(), secret_key: Secret::new(key) };
         assert!(StripeProvider::new(config("pk_test_123")).is_err(), "a publishable key cannot charge");
         assert!(StripeProvider::new(config("sk_test_123")).is_ok());
     }
