@@ -1,7 +1,7 @@
-//! Backend selection: the one place that knows every adapter crate. It opens the bus and store adapters
-//! named by `--bus` and `--store` ([`BackendUrl`]), wraps the bus in the record-size limits and the stores in
-//! the owner's order cache, and applies the CQL schema (`orderflow migrate`). Everything above it sees
-//! `Arc<dyn Bus>` and the store traits only.
+//! Backend selection: the one place that knows every adapter crate. It opens the bus and store adapters named
+//! by `--bus` and `--store` ([`BackendUrl`]) (the simulated provider's ledger goes with the store), wraps the
+//! bus in the record-size limits and the stores in the owner's order cache, and applies the CQL schema
+//! (`orderflow migrate`). Everything above it sees `Arc<dyn Bus>` and the store traits only.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -9,6 +9,7 @@ use std::sync::Arc;
 use orderflow_platform::backend::{BackendError, BackendOptions, BackendUrl, Backends, CqlReplication, Namespace};
 use orderflow_platform::bus::limits::LimitedBus;
 use orderflow_platform::connection::CqlSecurity;
+use orderflow_platform::ledger::ProviderLedger;
 use orderflow_platform::store::Stores;
 
 /// Opens the adapters named by `bus` and `store`; `data_dir` holds whatever is embedded. For Kafka this
@@ -29,19 +30,29 @@ pub async fn open(
         (BackendUrl::Embedded, BackendUrl::Embedded) => orderflow_embedded::open(data_dir, options),
         (BackendUrl::Kafka(hosts), BackendUrl::Embedded) => {
             let embedded = orderflow_embedded::open(data_dir, options)?;
-            Ok(Backends { bus: Arc::new(kafka_bus(hosts, options).await?), stores: embedded.stores })
+            Ok(Backends {
+                bus: Arc::new(kafka_bus(hosts, options).await?),
+                stores: embedded.stores,
+                ledger: embedded.ledger,
+            })
         }
         (BackendUrl::Embedded, BackendUrl::Scylla(points)) => {
             let embedded = orderflow_embedded::open(data_dir, options)?;
-            Ok(Backends { bus: embedded.bus, stores: cql_stores(points, options).await? })
+            let (stores, ledger) = cql_stores(points, options).await?;
+            Ok(Backends { bus: embedded.bus, stores, ledger })
         }
         (BackendUrl::Kafka(hosts), BackendUrl::Scylla(points)) => {
-            Ok(Backends { bus: Arc::new(kafka_bus(hosts, options).await?), stores: cql_stores(points, options).await? })
+            let (stores, ledger) = cql_stores(points, options).await?;
+            Ok(Backends { bus: Arc::new(kafka_bus(hosts, options).await?), stores, ledger })
         }
     }?;
     // Every consumer dead-letters records over its topic's size limit before any decoder sees them.
     let bus = Arc::new(LimitedBus::new(backends.bus, options.record_limits.clone()));
-    Ok(Backends { bus, stores: backends.stores.with_owned_orders(options.owned_order_entries) })
+    Ok(Backends {
+        bus,
+        stores: backends.stores.with_owned_orders(options.owned_order_entries),
+        ledger: backends.ledger,
+    })
 }
 
 /// [`open`], waiting up to `wait` for a Kafka or CQL server that does not answer yet (one
@@ -95,21 +106,28 @@ pub async fn migrate_cql(
         .map_err(|e| BackendError::Cql(e.to_string()))
 }
 
-async fn cql_stores(points: &[String], options: &BackendOptions) -> Result<Stores, BackendError> {
+/// The CQL store and, on the same session, the simulated provider's ledger.
+async fn cql_stores(
+    points: &[String],
+    options: &BackendOptions,
+) -> Result<(Stores, Arc<dyn ProviderLedger>), BackendError> {
     let session = orderflow_cql::session(points, &options.cql_security).await.map_err(|e| {
         BackendError::Unreachable { what: "the CQL store", url: points.join(","), reason: e.to_string() }
     })?;
     let keyspaces = orderflow_cql::keyspaces::Keyspaces::new(options.namespace.as_ref().map(Namespace::as_str));
-    let opened = if options.migrate_cql {
-        orderflow_cql::connect_and_migrate_in(session, &options.cql_replication.to_cql(), keyspaces).await
-    } else {
-        orderflow_cql::CqlStore::new_in(session, keyspaces).await
+    let opened = async {
+        let store = if options.migrate_cql {
+            orderflow_cql::connect_and_migrate_in(session, &options.cql_replication.to_cql(), keyspaces).await
+        } else {
+            orderflow_cql::CqlStore::new_in(session, keyspaces).await
+        }?;
+        let store =
+            store.with_owned_order_entries(options.owned_order_entries).with_write_group(options.cql_write_group);
+        let ledger = store.ledger().await?;
+        Ok::<_, orderflow_platform::store::StoreError>((store, ledger))
     };
-    match opened {
-        Ok(store) => Ok(Arc::new(
-            store.with_owned_order_entries(options.owned_order_entries).with_write_group(options.cql_write_group),
-        )
-        .stores()),
+    match opened.await {
+        Ok((store, ledger)) => Ok((Arc::new(store).stores(), Arc::new(ledger) as Arc<dyn ProviderLedger>)),
         // A server that went away between connecting and preparing is unreachable, not unmigrated: worth
         // waiting for (`--startup-wait`) rather than a schema hint and an exit.
         Err(e) if !cql_answers(points, &options.cql_security).await => {

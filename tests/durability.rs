@@ -71,7 +71,7 @@ async fn orders_accepted_before_kill_9_are_processed_after_restart() {
 
     // The provider's own books: exactly one charge per order, no refunds.
     let backends = orderflow_embedded::open(&data, &Default::default()).unwrap();
-    let entries = backends.stores.payments.provider_entries().await.unwrap();
+    let entries = backends.ledger.entries().await.unwrap();
     let charges: Vec<_> = entries.iter().filter(|(_, e)| e.kind == "charge").collect();
     assert_eq!(charges.len(), ORDERS, "{entries:?}");
     let keys: HashSet<_> = charges.iter().map(|(k, _)| k.clone()).collect();

@@ -138,7 +138,7 @@ async fn cancelling_a_confirmed_order_refunds_and_restores_stock() {
         let order = app.get_order(&id).await.1;
         let refunded = order["timeline"].as_array().unwrap().iter().any(|t| t["type"] == "refunded");
         if stock(&app, "SKU-MUG").await == (5, 0) && refunded {
-            let entries = app.app().backends.stores.payments.provider_entries().await.unwrap();
+            let entries = app.app().backends.ledger.entries().await.unwrap();
             assert_eq!(entries.iter().filter(|(_, e)| e.kind == "refund").count(), 1);
             return;
         }

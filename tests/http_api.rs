@@ -89,7 +89,7 @@ async fn idempotency_key_header_makes_retries_safe_under_concurrency() {
     let id = ids.into_iter().next().unwrap();
     app.wait_status(&id, &["CONFIRMED"]).await;
     assert_eq!(stock(&app, "SKU-SALAD").await, (97, 3));
-    let entries = app.app().backends.stores.payments.provider_entries().await.unwrap();
+    let entries = app.app().backends.ledger.entries().await.unwrap();
     let kinds: Vec<&str> = entries.iter().map(|(_, e)| e.kind.as_str()).collect();
     assert_eq!(kinds, ["authorisation", "charge"], "authorised once, charged once: {entries:?}");
 }

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use futures::StreamExt;
-use orderflow_platform::Stores;
 use orderflow_platform::conformance::{test_cql_security, test_kafka_security};
+use orderflow_platform::{ProviderLedger, Stores};
 use orderflow_schemas::{Order, OrderId, OrderStatus, Sku};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -125,6 +125,8 @@ fn final_step(status: OrderStatus) -> Option<&'static str> {
 #[derive(Debug)]
 pub struct Checker {
     stores: Stores,
+    /// The simulated provider's own books (their audit listing).
+    ledger: orderflow_cql::CqlLedger,
     kafka: String,
     run: String,
     initial_stock: i64,
@@ -134,7 +136,14 @@ impl Checker {
     pub async fn connect(kafka: &str, cql: &str, run: &str, initial_stock: i64) -> anyhow::Result<Checker> {
         let store =
             orderflow_cql::connect(&[cql.to_owned()], &test_cql_security()).await.context("connecting to CQL")?;
-        Ok(Checker { stores: Arc::new(store).stores(), kafka: kafka.to_owned(), run: run.to_owned(), initial_stock })
+        let ledger = store.ledger().await.context("preparing the provider's ledger")?;
+        Ok(Checker {
+            stores: Arc::new(store).stores(),
+            ledger,
+            kafka: kafka.to_owned(),
+            run: run.to_owned(),
+            initial_stock,
+        })
     }
 
     /// Reads everything once and counts.
@@ -158,7 +167,7 @@ impl Checker {
         let mut charge: HashMap<String, i64> = HashMap::new();
         let mut refund: HashMap<String, i64> = HashMap::new();
         let known: HashSet<&str> = record.orders.keys().map(String::as_str).collect();
-        for (key, entry) in self.stores.payments.provider_entries().await? {
+        for (key, entry) in self.ledger.entries().await? {
             let Some((order, what)) = key.rsplit_once(':') else { continue };
             if !known.contains(order) {
                 continue;

@@ -8,6 +8,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use crate::bus::Bus;
+use crate::ledger::ProviderLedger;
 use crate::store::Stores;
 
 /// A backend setting as given on the command line or in `ORDERFLOW_BUS` / `ORDERFLOW_STORE`.
@@ -83,6 +84,9 @@ impl std::fmt::Display for BackendUrl {
 pub struct Backends {
     pub bus: Arc<dyn Bus>,
     pub stores: Stores,
+    /// The simulated payment provider's own books, on the same engine as `stores` but apart from its data
+    /// (see [`crate::ledger`]).
+    pub ledger: Arc<dyn ProviderLedger>,
 }
 
 /// Options of the adapters (embedded and Kafka).

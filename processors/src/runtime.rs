@@ -126,9 +126,10 @@ fn handler(role: Role, backends: &Backends, settings: &ProcessorSettings) -> Arc
         Role::Inventory => Arc::new(InventoryHandler { inventory: Arc::clone(&s.inventory), bus, fences: fences() }),
         Role::Payment => {
             let provider: Arc<dyn PaymentProvider> = match &settings.provider {
-                ProviderChoice::Simulated => {
-                    Arc::new(SimulatedProvider { rules: settings.payment.clone(), ledger: Arc::clone(&s.payments) })
-                }
+                ProviderChoice::Simulated => Arc::new(SimulatedProvider {
+                    rules: settings.payment.clone(),
+                    ledger: Arc::clone(&backends.ledger),
+                }),
                 ProviderChoice::Stripe(stripe) => Arc::clone(stripe) as Arc<dyn PaymentProvider>,
             };
             Arc::new(PaymentHandler {

@@ -80,7 +80,8 @@ async fn inventory_on_cql() -> Option<(tempfile::TempDir, Stores, InventoryHandl
     );
     let dir = tempfile::tempdir().unwrap();
     let embedded = embedded::open(dir.path(), &BackendOptions::default()).unwrap();
-    Some(with_product(dir, Backends { bus: embedded.bus, stores: cql.stores() }).await)
+    let ledger = Arc::new(cql.ledger().await.unwrap());
+    Some(with_product(dir, Backends { bus: embedded.bus, stores: cql.stores(), ledger }).await)
 }
 
 async fn with_product(dir: tempfile::TempDir, backends: Backends) -> (tempfile::TempDir, Stores, InventoryHandler) {

@@ -104,7 +104,10 @@ async fn authentication_required_is_neither_paid_nor_declined() {
             assert!(!client_secret.is_empty());
             assert_eq!(next_action, "use_stripe_sdk");
             // Read back by its id, it is still waiting.
-            assert!(matches!(provider.lookup(&payment_id).await.unwrap(), Authorisation::ActionRequired { .. }));
+            assert!(matches!(
+                provider.lookup(&p.order, &payment_id).await.unwrap(),
+                Authorisation::ActionRequired { .. }
+            ));
         }
         other => panic!("expected an action, got {other:?}"),
     }

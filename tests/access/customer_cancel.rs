@@ -15,7 +15,7 @@ async fn place(app: &TestApp, token: &str, sku: &str) -> String {
     id
 }
 
-fn refunds(entries: &[(String, orderflow_platform::store::ProviderEntry)], id: &str) -> usize {
+fn refunds(entries: &[(String, orderflow_platform::ledger::ProviderEntry)], id: &str) -> usize {
     entries.iter().filter(|(k, e)| k.starts_with(&format!("{id}:")) && e.kind == "refund").count()
 }
 
@@ -68,7 +68,7 @@ async fn customers_cancel_their_own_orders_until_they_are_out_for_delivery() {
     // Money and stock: each cancelled order refunded exactly once; only the delivered one holds a unit.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let entries = app.app().backends.stores.payments.provider_entries().await.unwrap();
+        let entries = app.app().backends.ledger.entries().await.unwrap();
         let counts = [refunds(&entries, &id), refunds(&entries, &second), refunds(&entries, &third)];
         if counts == [1, 1, 0] {
             break;

@@ -145,7 +145,7 @@ async fn a_forged_refund_pays_nothing_back_and_a_recorded_one_does() {
         )
         .await;
     assert_eq!(v["data"]["refundOrder"]["payment"]["refundableAmount"], "10.00", "{v}");
-    let refunds: Vec<i64> = (app.app().backends.stores.payments.provider_entries().await.unwrap().into_iter())
+    let refunds: Vec<i64> = (app.app().backends.ledger.entries().await.unwrap().into_iter())
         .filter(|(k, e)| k.starts_with(&format!("{id}:")) && e.kind == "refund")
         .map(|(_, e)| e.amount.cents())
         .collect();

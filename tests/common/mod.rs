@@ -255,14 +255,14 @@ pub async fn stock_of(http: &reqwest::Client, graphql_base: &str, sku: &str) -> 
     v["data"]["product"]["stock"].clone()
 }
 
-/// The simulated provider's own ledger (on the CQL store at `cql`): the entries under idempotency keys
-/// that start with `prefix`, sorted by key.
-pub async fn provider_entries(cql: &str, prefix: &str) -> Vec<(String, orderflow_platform::store::ProviderEntry)> {
+/// The simulated provider's own ledger (in its keyspace on the CQL cluster at `cql`): the entries under
+/// idempotency keys that start with `prefix`, sorted by key.
+pub async fn provider_entries(cql: &str, prefix: &str) -> Vec<(String, orderflow_platform::ledger::ProviderEntry)> {
+    use orderflow_platform::ledger::ProviderLedger;
     let security = orderflow_platform::conformance::test_cql_security();
-    let store = orderflow_cql::connect(&[cql.to_owned()], &security).await.unwrap();
-    let stores = std::sync::Arc::new(store).stores();
+    let ledger = orderflow_cql::connect_ledger(&[cql.to_owned()], &security).await.unwrap();
     let mut entries: Vec<_> =
-        stores.payments.provider_entries().await.unwrap().into_iter().filter(|(k, _)| k.starts_with(prefix)).collect();
+        ledger.entries().await.unwrap().into_iter().filter(|(k, _)| k.starts_with(prefix)).collect();
     entries.sort_by(|a, b| a.0.cmp(&b.0));
     entries
 }

@@ -3,15 +3,20 @@
 //! so that several deployments (staging, production, tenants) share one cluster without sharing data.
 //! [`Keyspaces::qualify`] rewrites a statement once, when it is prepared or run by the migration.
 
-/// Every keyspace orderflow creates (`schemas/cql/*.cql`).
-pub const NAMES: [&str; 6] = [
+/// Every keyspace orderflow creates (`schemas/cql/*.cql`). `orderflow_provider` holds the simulated payment
+/// provider's ledger, which is no table of the store's (see [`crate::CqlLedger`]).
+pub const NAMES: [&str; 7] = [
     "orderflow_catalog",
     "orderflow_fencing",
     "orderflow_fulfillment",
     "orderflow_inventory",
     "orderflow_orders",
     "orderflow_payments",
+    "orderflow_provider",
 ];
+
+/// The longest keyspace name Cassandra (and ScyllaDB) accept.
+pub const MAX_KEYSPACE_NAME: usize = 48;
 
 /// How this deployment's keyspaces are named.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -78,5 +83,18 @@ mod tests {
         );
         assert_eq!(Keyspaces::default().qualify("FROM orderflow_orders.orders"), "FROM orderflow_orders.orders");
         assert_eq!(ks.name("orderflow_fencing"), "staging_orderflow_fencing");
+        assert_eq!(ks.name("orderflow_provider"), "staging_orderflow_provider");
+    }
+
+    #[test]
+    fn every_keyspace_name_fits_cassandras_limit_in_the_longest_namespace() {
+        let longest = "n".repeat(16);
+        assert!(orderflow_platform::backend::Namespace::parse(&longest).is_ok(), "16 characters is the most");
+        assert!(orderflow_platform::backend::Namespace::parse(&format!("{longest}n")).is_err());
+        let ks = Keyspaces::new(Some(&longest));
+        for name in NAMES {
+            let on_cluster = ks.name(name);
+            assert!(on_cluster.len() <= MAX_KEYSPACE_NAME, "{on_cluster}: {} characters", on_cluster.len());
+        }
     }
 }

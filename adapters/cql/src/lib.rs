@@ -1,4 +1,5 @@
-//! The CQL adapter of every store port, for ScyllaDB and Apache Cassandra, on the `scylla` driver.
+//! The CQL adapter of every store port, for ScyllaDB and Apache Cassandra, on the `scylla` driver, and of the
+//! simulated payment provider's ledger ([`CqlLedger`], in a keyspace of its own).
 //!
 //! The tables are in `schemas/cql/*.cql` (one keyspace per service, a comment above each table saying which
 //! query it serves and why its key is what it is); [`migrate`] applies them. [`CqlStore::new`] prepares every
@@ -28,11 +29,13 @@ mod fencing;
 mod fulfillment;
 mod inventory;
 pub mod keyspaces;
+mod ledger;
 mod orders;
 mod payments;
 pub mod schema;
 mod writes;
 
+pub use ledger::CqlLedger;
 pub use writes::WriteCounts;
 
 use std::fmt;
@@ -76,7 +79,10 @@ const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The CQL adapter: one driver session and every prepared statement.
 pub struct CqlStore {
-    session: Session,
+    /// Shared with the ledger ([`CqlStore::ledger`]).
+    session: Arc<Session>,
+    /// The deployment's keyspace names (the ledger's too).
+    keyspaces: keyspaces::Keyspaces,
     catalog: catalog::Statements,
     inventory: inventory::Statements,
     alerts: alerts::Statements,
@@ -90,8 +96,9 @@ pub struct CqlStore {
     owner_states: orders::OwnerStates,
     /// SKUs whose alerts this process knows to be published (see [`alerts::CleanSkus`]).
     clean_skus: alerts::CleanSkus,
-    /// Plain writes made at the same time, sent as one request (see [`writes`]).
-    writes: writes::GroupedWrites,
+    /// Plain writes made at the same time, sent as one request (see [`writes`]); the ledger's go out with
+    /// them.
+    writes: Arc<writes::GroupedWrites>,
     /// The newest index bucket whose `order_buckets` row this process has written (see `orders.rs`).
     bucket_listed: std::sync::atomic::AtomicI64,
 }
@@ -164,6 +171,14 @@ pub async fn connect(contact_points: &[String], security: &CqlSecurity) -> Resul
     CqlStore::new(session(contact_points, security).await?).await
 }
 
+/// Connects and prepares the simulated provider's ledger alone (for audits and tests; a process that also
+/// has the store takes [`CqlStore::ledger`], which shares its session). The schema must exist.
+pub async fn connect_ledger(contact_points: &[String], security: &CqlSecurity) -> Result<CqlLedger> {
+    let session = Arc::new(session(contact_points, security).await?);
+    let writes = Arc::new(writes::GroupedWrites::new(orderflow_platform::backend::DEFAULT_CQL_WRITE_GROUP));
+    CqlLedger::new_in(session, &keyspaces::Keyspaces::default(), writes).await
+}
+
 /// Connects, applies the schema (idempotent) and prepares every statement.
 pub async fn connect_and_migrate(contact_points: &[String], security: &CqlSecurity) -> Result<CqlStore> {
     connect_and_migrate_session(session(contact_points, security).await?, schema::DEFAULT_REPLICATION).await
@@ -196,7 +211,7 @@ impl CqlStore {
     /// Sends at most `statements` statements of plain writes made at the same time as one request (1: every
     /// write on its own). The default is [`orderflow_platform::backend::DEFAULT_CQL_WRITE_GROUP`].
     pub fn with_write_group(mut self, statements: usize) -> Self {
-        self.writes = writes::GroupedWrites::new(statements);
+        self.writes = Arc::new(writes::GroupedWrites::new(statements));
         self
     }
 
@@ -220,10 +235,18 @@ impl CqlStore {
             sweep_floors: orderflow_platform::store::SweepFloors::default(),
             owner_states: orders::OwnerStates::new(orderflow_platform::backend::DEFAULT_OWNED_ORDER_ENTRIES),
             clean_skus: alerts::CleanSkus::new(),
-            writes: writes::GroupedWrites::new(orderflow_platform::backend::DEFAULT_CQL_WRITE_GROUP),
+            writes: Arc::new(writes::GroupedWrites::new(orderflow_platform::backend::DEFAULT_CQL_WRITE_GROUP)),
             bucket_listed: std::sync::atomic::AtomicI64::new(i64::MIN),
-            session,
+            session: Arc::new(session),
+            keyspaces,
         })
+    }
+
+    /// The simulated provider's ledger on this adapter's session and keyspaces, its plain writes grouped
+    /// with the store's (so make it after [`CqlStore::with_write_group`]). It is no part of
+    /// [`CqlStore::stores`]: see [`orderflow_platform::ledger`].
+    pub async fn ledger(&self) -> Result<CqlLedger> {
+        CqlLedger::new_in(Arc::clone(&self.session), &self.keyspaces, Arc::clone(&self.writes)).await
     }
 
     /// How many plain writes this adapter took, and in how many requests it sent them (see [`writes`]).

@@ -1,20 +1,16 @@
 //! Payments: `orderflow_payments.payments_v2` (one record per order, written by the owner of the order's
-//! payments partition, fenced by its epoch) and `provider_ledger` (the simulated provider's books, one entry
-//! per idempotency key: it stands in for an external system).
+//! payments partition, fenced by its epoch). The simulated provider's books are not here: see `ledger.rs`.
 
 use async_trait::async_trait;
 use orderflow_schemas::{Money, OrderId};
 use scylla::statement::prepared::PreparedStatement;
 
 use super::{CqlStore, Scope, corrupt, prepare};
-use orderflow_platform::store::{Fence, PaymentRecord, PaymentStore, ProviderEntry, Result, StoreError};
+use orderflow_platform::store::{Fence, PaymentRecord, PaymentStore, Result, StoreError};
 
 pub(super) struct Statements {
     put: PreparedStatement,
     get: PreparedStatement,
-    provider_put: PreparedStatement,
-    provider_get: PreparedStatement,
-    provider_all: PreparedStatement,
 }
 
 impl Statements {
@@ -26,20 +22,6 @@ impl Statements {
             true,
         )
         .await?;
-        let provider_get = prepare(
-            s,
-            "SELECT idempotency_key, kind, entry_id, amount_cents, at_ms FROM orderflow_payments.provider_ledger \
-             WHERE idempotency_key = ?",
-            true,
-        )
-        .await?;
-        let mut provider_all = prepare(
-            s,
-            "SELECT idempotency_key, kind, entry_id, amount_cents, at_ms FROM orderflow_payments.provider_ledger",
-            true,
-        )
-        .await?;
-        provider_all.set_page_size(1000);
         Ok(Self {
             put: prepare(
                 s,
@@ -49,15 +31,6 @@ impl Statements {
             )
             .await?,
             get,
-            provider_put: prepare(
-                s,
-                "INSERT INTO orderflow_payments.provider_ledger (idempotency_key, kind, entry_id, amount_cents, at_ms) \
-                 VALUES (?, ?, ?, ?, ?)",
-                true,
-            )
-            .await?,
-            provider_get,
-            provider_all,
         })
     }
 }
@@ -121,21 +94,6 @@ fn from_columns(order: &OrderId, row: RecordTuple) -> Result<PaymentRecord> {
     })
 }
 
-type EntryTuple = (String, Option<String>, Option<String>, Option<i64>, Option<i64>);
-
-fn entry_from_row(row: EntryTuple) -> Result<(String, ProviderEntry)> {
-    let (key, kind, id, amount_cents, at_ms) = row;
-    Ok((
-        key,
-        ProviderEntry {
-            kind: kind.unwrap_or_default(),
-            id: id.unwrap_or_default(),
-            amount: Money::from_cents(amount_cents.unwrap_or(0)).map_err(corrupt)?,
-            at_ms: at_ms.unwrap_or(0),
-        },
-    ))
-}
-
 impl CqlStore {
     async fn payment_write(&self, order: &OrderId, record: &PaymentRecord, fence: Fence) -> Result<()> {
         let (kind, charge_id, refund_id, amount, reason, client_secret, refunds) = to_columns(record)?;
@@ -175,26 +133,5 @@ impl PaymentStore for CqlStore {
             }
             Some(current) => Ok(current),
         }
-    }
-
-    /// A read, then a plain write when the key has no entry. Two calls with one key at the same moment (an
-    /// owner and its zombie) may both write: the simulated provider derives its entry ids from the key, so
-    /// they write the same entry and the books show one movement of money either way.
-    async fn provider_entry_once(&self, idempotency_key: &str, entry: &ProviderEntry) -> Result<ProviderEntry> {
-        if let Some(row) = self.first_row::<EntryTuple>(&self.payments.provider_get, (idempotency_key,)).await? {
-            return Ok(entry_from_row(row)?.1);
-        }
-        let values = (idempotency_key, &entry.kind, &entry.id, entry.amount.cents(), entry.at_ms);
-        self.write(&self.payments.provider_put, values).await?;
-        Ok(entry.clone())
-    }
-
-    async fn provider_entries(&self) -> Result<Vec<(String, ProviderEntry)>> {
-        // A full scan, in token order: for audits and tests (see payments.cql). Sorted by key like the
-        // embedded adapter's.
-        let rows: Vec<EntryTuple> = self.stream_rows(&self.payments.provider_all, ()).await?;
-        let mut entries = rows.into_iter().map(entry_from_row).collect::<Result<Vec<_>>>()?;
-        entries.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(entries)
     }
 }

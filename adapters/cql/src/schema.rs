@@ -10,13 +10,14 @@ use scylla::client::session::Session;
 use orderflow_platform::store::{Result, StoreError};
 
 /// The schema files, in the order they are applied.
-const FILES: [(&str, &str); 6] = [
+const FILES: [(&str, &str); 7] = [
     ("catalog.cql", include_str!("../../../schemas/cql/catalog.cql")),
     ("inventory.cql", include_str!("../../../schemas/cql/inventory.cql")),
     ("orders.cql", include_str!("../../../schemas/cql/orders.cql")),
     ("payments.cql", include_str!("../../../schemas/cql/payments.cql")),
     ("fulfillment.cql", include_str!("../../../schemas/cql/fulfillment.cql")),
     ("fencing.cql", include_str!("../../../schemas/cql/fencing.cql")),
+    ("provider.cql", include_str!("../../../schemas/cql/provider.cql")),
 ];
 
 /// The replication map every `CREATE KEYSPACE` in the files carries: right for one development node only.

@@ -15,8 +15,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use orderflow_cql::{self as cql, CqlStore};
+use orderflow_platform::conformance::ledger;
 use orderflow_platform::conformance::store::{self, product};
 use orderflow_platform::conformance::{real_engine, run_id, test_cql_security};
+use orderflow_platform::ledger::{ProviderEntry, ProviderLedger};
 use orderflow_platform::store::{
     Applied, Fence, Inserted, OrderFilter, PaymentRecord, Reservation, ReservationEnd, Stalled, Stores, Transition,
 };
@@ -47,6 +49,16 @@ macro_rules! checks {
     };
 }
 
+macro_rules! ledger_checks {
+    ($ledger:expr; $($name:ident),* $(,)?) => {
+        $(
+            let started = Instant::now();
+            ledger::$name(Arc::clone(&$ledger)).await;
+            println!("ok  {:<55} {:>6} ms", stringify!($name), started.elapsed().as_millis());
+        )*
+    };
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cql_store_passes_every_conformance_check_in_sequence() {
     let Some(contact_points) = cql_contact_points() else { return };
@@ -56,6 +68,7 @@ async fn cql_store_passes_every_conformance_check_in_sequence() {
         Arc::new(cql::connect_and_migrate(&contact_points, &security).await.expect("connect, migrate and prepare"));
     println!("connected to {contact_points:?}, migrated and prepared in {} ms", started.elapsed().as_millis());
     let stores = Arc::clone(&store).stores();
+    let provider_ledger: Arc<dyn ProviderLedger> = Arc::new(store.ledger().await.expect("prepare the ledger"));
 
     // The same list as adapters/embedded/tests/conformance.rs.
     checks!(stores;
@@ -76,6 +89,16 @@ async fn cql_store_passes_every_conformance_check_in_sequence() {
         partition_epochs_only_grow,
         answers_readiness_pings,
     );
+
+    // The simulated provider's ledger: the same list as adapters/embedded/tests/conformance.rs.
+    ledger_checks!(provider_ledger;
+        ledger_keeps_the_first_entry_per_key,
+        ledger_lists_every_entry_in_key_order,
+        ledger_records_many_keys_at_once,
+    );
+    let t = Instant::now();
+    the_ledger_is_its_own_keyspace_shared_by_every_process(&store, &contact_points, &provider_ledger).await;
+    println!("ok  {:<55} {:>6} ms", "the_ledger_is_its_own_keyspace_shared_by_every_process", t.elapsed().as_millis());
 
     // What only this adapter has to prove.
     let t = Instant::now();
@@ -505,4 +528,44 @@ async fn tls_sessions_check_the_nodes_certificate() {
     assert_eq!(rows.rows_num(), 1);
     let untrusted = CqlSecurity { login, tls: Some(Tls { ca: None }) };
     assert!(cql::session(&contact_points, &untrusted).await.is_err(), "a node with an untrusted certificate was used");
+}
+
+/// The ledger is in a keyspace of its own (`orderflow_provider`), and a second process (another session, as
+/// another payment instance has) shares it: it reads the first process's entry and records nothing over it.
+async fn the_ledger_is_its_own_keyspace_shared_by_every_process(
+    store: &CqlStore,
+    contact_points: &[String],
+    ledger: &Arc<dyn ProviderLedger>,
+) {
+    use orderflow_schemas::Money;
+    let key = format!("{}:authorise", run_id("shared"));
+    let first = ProviderEntry {
+        kind: "authorisation".into(),
+        id: "pay_1".into(),
+        amount: Money::from_cents(900).expect("amount"),
+        at_ms: 7,
+    };
+    assert_eq!(ledger.record_once(&key, &first).await.expect("record"), first);
+
+    let rows = store
+        .session()
+        .query_unpaged(
+            "SELECT entry_id, amount_cents FROM orderflow_provider.ledger WHERE idempotency_key = ?",
+            (key.as_str(),),
+        )
+        .await
+        .expect("read the ledger's table")
+        .into_rows_result()
+        .expect("rows")
+        .rows::<(String, i64)>()
+        .expect("typed rows")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("decoded rows");
+    assert_eq!(rows, vec![("pay_1".to_owned(), 900)], "the entry is in orderflow_provider.ledger");
+
+    let other = cql::connect_ledger(contact_points, &test_cql_security()).await.expect("a second process's ledger");
+    assert_eq!(other.entry(&key).await.expect("entry"), Some(first.clone()), "another process reads the entry");
+    let late = ProviderEntry { id: "pay_2".into(), at_ms: 8, ..first.clone() };
+    assert_eq!(other.record_once(&key, &late).await.expect("record"), first, "and keeps the first entry");
+    assert_eq!(ledger.entry(&key).await.expect("entry"), Some(first));
 }

@@ -1,11 +1,13 @@
-//! The embedded adapters: one fjall database in the data directory holds both the log (the bus) and
-//! the tables (the store). fjall is an LSM engine with a write-ahead journal; with the default settings
-//! every write reaches the OS before it is acknowledged, so a crash or `kill -9` of the process loses
-//! nothing (an OS crash or power loss can lose the last second unless `sync_writes` is on).
+//! The embedded adapters: one fjall database in the data directory holds the log (the bus), the tables (the
+//! store) and, in a keyspace of its own, the simulated payment provider's ledger. fjall is an LSM engine with
+//! a write-ahead journal; with the default settings every write reaches the OS before it is acknowledged, so
+//! a crash or `kill -9` of the process loses nothing (an OS crash or power loss can lose the last second
+//! unless `sync_writes` is on).
 //!
 //! All writes go through fjall's single-writer transactions, which serialise them; that is what makes
 //! the conditional writes (insert-if-absent, compare-and-set, reservations that never oversell) safe.
 
+mod ledger;
 mod log;
 mod store;
 
@@ -14,6 +16,7 @@ use std::sync::Arc;
 
 use fjall::{KeyspaceCreateOptions, PersistMode, SingleWriterTxDatabase, SingleWriterTxKeyspace, SingleWriterWriteTx};
 
+pub use ledger::EmbeddedLedger;
 pub use log::EmbeddedLog;
 pub use store::EmbeddedStore;
 
@@ -41,6 +44,7 @@ pub(crate) struct Db {
     pub(crate) order_requests: SingleWriterTxKeyspace,
     pub(crate) stats: SingleWriterTxKeyspace,
     pub(crate) payments: SingleWriterTxKeyspace,
+    /// The simulated provider's ledger (not the store's: see [`EmbeddedLedger`]).
     pub(crate) provider: SingleWriterTxKeyspace,
     pub(crate) shipments: SingleWriterTxKeyspace,
     /// The last epoch claimed per (group, topic, partition).
@@ -149,16 +153,18 @@ impl Db {
     }
 }
 
-/// Opens (creating if needed) the embedded bus and store in `dir`.
+/// Opens (creating if needed) the embedded bus, store and ledger in `dir`.
 pub fn open(dir: &Path, options: &BackendOptions) -> Result<Backends, BackendError> {
     let err = |reason: String| BackendError::Embedded { path: dir.to_owned(), reason };
     std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
     let db = Arc::new(Db::open(dir, options).map_err(|e| err(e.to_string()))?);
     store::upgrade_reservations(&db).map_err(|e| err(format!("upgrading reservations: {e}")))?;
     let store = Arc::new(EmbeddedStore::new(Arc::clone(&db)));
+    let ledger = Arc::new(EmbeddedLedger::new(Arc::clone(&db)));
     let bus = Arc::new(EmbeddedLog::new(db));
     Ok(Backends {
         bus,
+        ledger,
         stores: Stores {
             catalog: store.clone(),
             catalog_view: store.clone(),

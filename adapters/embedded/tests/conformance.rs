@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use orderflow_embedded as embedded;
 use orderflow_platform::backend::BackendOptions;
-use orderflow_platform::conformance::{bus, store};
+use orderflow_platform::conformance::{bus, ledger, store};
 use orderflow_platform::{Backends, Bus};
 
 struct Fresh {
@@ -31,6 +31,7 @@ macro_rules! checks {
     };
     (@run bus, $name:ident, $f:ident) => { bus::$name(Arc::clone(&$f.backends.bus) as Arc<dyn Bus>).await };
     (@run store, $name:ident, $f:ident) => { store::$name($f.backends.stores.clone()).await };
+    (@run ledger, $name:ident, $f:ident) => { ledger::$name(Arc::clone(&$f.backends.ledger)).await };
 }
 
 checks!(bus:
@@ -64,6 +65,36 @@ checks!(store:
     partition_epochs_only_grow,
     answers_readiness_pings,
 );
+
+checks!(ledger:
+    ledger_keeps_the_first_entry_per_key,
+    ledger_lists_every_entry_in_key_order,
+    ledger_records_many_keys_at_once,
+);
+
+/// The simulated provider's ledger is in the data directory: its entries are there after reopening it, and
+/// none of the store's tables holds them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ledger_survives_reopening_apart_from_the_store() {
+    use orderflow_platform::ProviderEntry;
+    use orderflow_schemas::{Money, OrderId};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let charge = ProviderEntry {
+        kind: "charge".into(),
+        id: "ch_1".into(),
+        amount: Money::from_cents(250).expect("amount"),
+        at_ms: 1,
+    };
+    {
+        let b = embedded::open(dir.path(), &BackendOptions::default()).expect("open");
+        assert_eq!(b.ledger.record_once("o-1:capture", &charge).await.expect("record"), charge);
+    }
+    let b = embedded::open(dir.path(), &BackendOptions::default()).expect("reopen");
+    assert_eq!(b.ledger.entry("o-1:capture").await.expect("entry"), Some(charge.clone()));
+    assert_eq!(b.ledger.entries().await.expect("entries"), vec![("o-1:capture".to_owned(), charge)]);
+    let order = OrderId::parse("o-1").expect("order id");
+    assert_eq!(b.stores.payments.payment(&order).await.expect("payment"), None, "the store has no payment of it");
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn log_and_cursors_survive_reopening() {

@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 pub mod bus;
+pub mod ledger;
 pub mod store;
 
 /// A prefix unique to one check, for keys, ids and group names.

@@ -757,14 +757,6 @@ pub async fn payments_record_then_replace(stores: Stores) {
     assert_eq!(ps.replace(&o3, &taken, &partly, fence(2)).await.unwrap(), partly);
     assert_eq!(ps.payment(&o3).await.unwrap(), Some(partly.clone()));
     assert_eq!(partly.refundable(), Some(Money::from_cents(500).unwrap()));
-
-    let key = format!("{id}:capture");
-    let e1 =
-        ProviderEntry { kind: "charge".into(), id: "ch_a".into(), amount: Money::from_cents(1).unwrap(), at_ms: 1 };
-    let e2 = ProviderEntry { id: "ch_b".into(), ..e1.clone() };
-    assert_eq!(ps.provider_entry_once(&key, &e1).await.unwrap(), e1);
-    assert_eq!(ps.provider_entry_once(&key, &e2).await.unwrap(), e1);
-    assert_eq!(ps.provider_entries().await.unwrap().iter().filter(|(k, _)| *k == key).count(), 1);
 }
 
 pub async fn shipments_are_created_once(stores: Stores) {

@@ -699,11 +699,6 @@ pub trait PaymentStore: Send + Sync {
         to: &PaymentRecord,
         fence: Fence,
     ) -> Result<PaymentRecord>;
-    /// The built-in simulated provider's own ledger (it stands in for an external system, so it keeps its
-    /// own books): one entry per idempotency key, the first write wins and is returned.
-    async fn provider_entry_once(&self, idempotency_key: &str, entry: &ProviderEntry) -> Result<ProviderEntry>;
-    /// Every entry of the simulated provider's ledger, for audits and tests.
-    async fn provider_entries(&self) -> Result<Vec<(String, ProviderEntry)>>;
 }
 
 /// One partial refund of a captured payment, under the staff request's key.
@@ -747,16 +742,6 @@ impl PaymentRecord {
             _ => None,
         }
     }
-}
-
-/// One money movement at the simulated provider.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProviderEntry {
-    /// `charge` or `refund`.
-    pub kind: String,
-    pub id: String,
-    pub amount: Money,
-    pub at_ms: i64,
 }
 
 // ---------------------------------------------------------------------------------------------------

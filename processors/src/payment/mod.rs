@@ -183,7 +183,7 @@ impl PaymentHandler {
             record = Some(first);
         }
         if let Some(waiting @ PaymentRecord::ActionRequired { payment_id, amount, .. }) = &record {
-            let now = stored(self.provider.lookup(payment_id).await?, *amount);
+            let now = stored(self.provider.lookup(order, payment_id).await?, *amount);
             if now != *waiting {
                 record = Some(self.payments.replace(order, waiting, &now, fence).await?);
             }

@@ -65,7 +65,7 @@ pub enum ProviderError {
     /// succeed until an operator fixes the configuration, so the command waits where it is, loudly.
     #[error("payment provider refused the request: {0}")]
     Refused(String),
-    /// The provider's own books could not be reached (the simulated provider keeps them in the store).
+    /// The provider's own books could not be reached (the simulated provider keeps them in its ledger).
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -92,9 +92,11 @@ pub trait PaymentProvider: Send + Sync {
         request: PaymentRequest<'_>,
     ) -> Result<Authorisation, ProviderError>;
     async fn capture(&self, idempotency_key: &str, payment_id: &str, amount: Money) -> Result<Capture, ProviderError>;
-    /// The payment as the provider holds it now, read back by its id (after the customer acted, or to
-    /// settle an answer that was lost): authorised, declined, or still waiting for the customer.
-    async fn lookup(&self, payment_id: &str) -> Result<Authorisation, ProviderError>;
+    /// The payment of `order` as the provider holds it now, read back by its id (after the customer acted,
+    /// or to settle an answer that was lost): authorised, declined, or still waiting for the customer.
+    /// `order` is for providers that find a payment by the order's keys (the simulated one); others go by
+    /// `payment_id` alone.
+    async fn lookup(&self, order: &OrderId, payment_id: &str) -> Result<Authorisation, ProviderError>;
     /// Releases an authorisation that will not be captured.
     async fn void(&self, idempotency_key: &str, payment_id: &str) -> Result<(), ProviderError>;
     /// Pays `amount` (in `currency`, the payment's) of a captured payment back; returns the refund's id.

@@ -1,13 +1,15 @@
-//! The built-in simulated provider: takes no real money, keeps its own ledger in the store.
+//! The built-in simulated provider: takes no real money, keeps its own ledger (a [`ProviderLedger`], apart
+//! from the store).
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use orderflow_platform::store::{PaymentStore, ProviderEntry};
+use orderflow_platform::ledger::{ProviderEntry, ProviderLedger};
 use orderflow_schemas::{Currency, Money, OrderId, UserId, now_ms};
 
+use super::idempotency_key;
 use super::provider::{Authorisation, Capture, PaymentProvider, PaymentRequest, ProviderError};
 
 /// Rules of the built-in simulated provider.
@@ -32,13 +34,13 @@ const DECLINING_METHODS: [(&str, &str); 3] = [
     ("pm_card_chargeDeclinedExpiredCard", "expired_card: Your card has expired."),
 ];
 
-/// A provider that takes no real money. It keeps its own ledger (as an external provider would) in the
-/// store, one entry per idempotency key. Its ids are derived from the order and the key, so two calls with
-/// one key (a redelivered command, or an owner and its zombie at the same moment) name the same movement
-/// of money.
+/// A provider that takes no real money. It keeps its own ledger (as an external provider would), one entry
+/// per idempotency key, shared by every payment process of the deployment. Its ids are derived from the order
+/// and the key, so two calls with one key (a redelivered command, or an owner and its zombie at the same
+/// moment) name the same movement of money.
 pub struct SimulatedProvider {
     pub rules: SimulatedRules,
-    pub ledger: Arc<dyn PaymentStore>,
+    pub ledger: Arc<dyn ProviderLedger>,
 }
 
 impl std::fmt::Debug for SimulatedProvider {
@@ -62,7 +64,7 @@ fn payment_id(order: &OrderId) -> String {
 impl SimulatedProvider {
     async fn entry(&self, key: &str, kind: &str, id: String, amount: Money) -> Result<ProviderEntry, ProviderError> {
         let entry = ProviderEntry { kind: kind.into(), id, amount, at_ms: now_ms() };
-        Ok(self.ledger.provider_entry_once(key, &entry).await?)
+        Ok(self.ledger.record_once(key, &entry).await?)
     }
 
     fn decline(&self, request: &PaymentRequest<'_>) -> Option<String> {
@@ -93,15 +95,10 @@ impl PaymentProvider for SimulatedProvider {
     }
 
     /// The simulated provider never waits for a customer; a payment it authorised is in its books under
-    /// the order's `authorise` key.
-    async fn lookup(&self, payment_id: &str) -> Result<Authorisation, ProviderError> {
-        let known = self
-            .ledger
-            .provider_entries()
-            .await?
-            .into_iter()
-            .any(|(_, e)| e.kind == "authorisation" && e.id == payment_id);
-        if known {
+    /// the order's `authorise` key: one keyed read.
+    async fn lookup(&self, order: &OrderId, payment_id: &str) -> Result<Authorisation, ProviderError> {
+        let entry = self.ledger.entry(&idempotency_key(order, "authorise")).await?;
+        if entry.is_some_and(|e| e.kind == "authorisation" && e.id == payment_id) {
             Ok(Authorisation::Authorised { payment_id: payment_id.to_owned() })
         } else {
             Err(ProviderError::Refused(format!("the simulated provider has no payment {payment_id}")))

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use orderflow_platform::secret::Secret;
-use orderflow_schemas::{Currency, Money};
+use orderflow_schemas::{Currency, Money, OrderId};
 use reqwest::StatusCode;
 pub use reqwest::Url;
 use serde::Deserialize;
@@ -247,7 +247,7 @@ impl PaymentProvider for StripeProvider {
         authorisation_of(intent)
     }
 
-    async fn lookup(&self, payment_id: &str) -> Result<Authorisation, ProviderError> {
+    async fn lookup(&self, _order: &OrderId, payment_id: &str) -> Result<Authorisation, ProviderError> {
         authorisation_of(self.intent(payment_id).await?)
     }
 

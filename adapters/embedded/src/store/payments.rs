@@ -1,13 +1,13 @@
-//! Payment records and the simulated provider's ledger.
+//! Payment records. (The simulated provider's ledger is not the store's: see `ledger.rs`.)
 
 use async_trait::async_trait;
 use orderflow_schemas::OrderId;
 
-use super::super::{from_row, to_row, unavailable};
+use super::super::to_row;
 use super::{EmbeddedStore, get_latest, get_row};
 use orderflow_platform::store::*;
 
-// Payments: payments[order] = PaymentRecord; provider[idempotency key] = ProviderEntry.
+// Payments: payments[order] = PaymentRecord.
 
 #[async_trait]
 impl PaymentStore for EmbeddedStore {
@@ -46,30 +46,5 @@ impl PaymentStore for EmbeddedStore {
                 }
             })
             .await
-    }
-
-    async fn provider_entry_once(&self, idempotency_key: &str, entry: &ProviderEntry) -> Result<ProviderEntry> {
-        let (key, entry) = (idempotency_key.to_owned(), entry.clone());
-        self.db
-            .write(move |db, tx| {
-                if let Some(first) = get_row(tx, &db.provider, key.as_bytes())? {
-                    return Ok(first);
-                }
-                tx.insert(&db.provider, key.as_bytes(), to_row(&entry)?);
-                Ok(entry)
-            })
-            .await
-    }
-
-    async fn provider_entries(&self) -> Result<Vec<(String, ProviderEntry)>> {
-        self.db
-            .provider
-            .inner()
-            .iter()
-            .map(|g| {
-                let (k, v) = g.into_inner().map_err(unavailable)?;
-                Ok((String::from_utf8_lossy(&k).into_owned(), from_row(&v)?))
-            })
-            .collect()
     }
 }
