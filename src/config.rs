@@ -174,6 +174,12 @@ pub struct Settings {
     #[arg(long, env = "ORDERFLOW_CURRENCY", default_value = "EUR", value_parser = parse_currency, global = true)]
     pub currency: Currency,
 
+    /// When payments are captured: `confirmation` (authorised and captured before the order is
+    /// CONFIRMED) or `dispatch` (authorised before CONFIRMED, captured when staff move the order to
+    /// OUT_FOR_DELIVERY; a failed capture cancels it). Each order keeps the setting it was placed under.
+    #[arg(long, env = "ORDERFLOW_CAPTURE_ON", value_enum, default_value_t = CaptureOnArg::Confirmation, global = true)]
+    pub capture_on: CaptureOnArg,
+
     /// Latency of each call to the simulated payment provider, in milliseconds.
     #[arg(long, env = "ORDERFLOW_PAYMENT_LATENCY_MS", default_value_t = 20, global = true)]
     pub payment_latency_ms: u64,
@@ -323,6 +329,22 @@ impl EndRoleFault {
 
 fn parse_currency(s: &str) -> Result<Currency, String> {
     Currency::parse("currency", s).map_err(|e| e.reason)
+}
+
+/// `--capture-on`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CaptureOnArg {
+    Confirmation,
+    Dispatch,
+}
+
+impl From<CaptureOnArg> for orderflow_schemas::CaptureOn {
+    fn from(arg: CaptureOnArg) -> Self {
+        match arg {
+            CaptureOnArg::Confirmation => Self::Confirmation,
+            CaptureOnArg::Dispatch => Self::Dispatch,
+        }
+    }
 }
 
 /// `--payment-provider`.

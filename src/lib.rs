@@ -91,7 +91,8 @@ fn router(
     let rate_limit = rate_limit.cloned();
     let intake = Intake::new(backends.stores.clone(), Arc::clone(&backends.bus))
         .requiring_payment_method(settings.payment_method_required())
-        .in_currency(settings.currency);
+        .in_currency(settings.currency)
+        .capturing_on(settings.capture_on.into());
     let mut api = Router::new();
     if roles.ingest {
         api = api.merge(orderflow_ingest::http::router(OrdersApi {
@@ -237,7 +238,9 @@ impl App {
             });
         }
         if roles.ingest {
-            let intake = Intake::new(backends.stores.clone(), Arc::clone(&backends.bus)).in_currency(settings.currency);
+            let intake = Intake::new(backends.stores.clone(), Arc::clone(&backends.bus))
+                .in_currency(settings.currency)
+                .capturing_on(settings.capture_on.into());
             let consumer = orderflow_platform::bus::run_consumer(
                 Arc::clone(&backends.bus),
                 orderflow_schemas::topics::groups::PARTNER_INTAKE,

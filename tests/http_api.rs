@@ -204,6 +204,7 @@ async fn unknown_sku_reaching_the_pipeline_ends_rejected() {
         reserved_skus: vec![],
         payment_method: None,
         currency: None,
+        capture_on: Default::default(),
         timeline: vec![],
     };
     stores.orders.insert_new(&order).await.unwrap();
@@ -250,6 +251,7 @@ async fn stalled_pending_orders_are_picked_up_again() {
         reserved_skus: vec![],
         payment_method: None,
         currency: None,
+        capture_on: Default::default(),
         timeline: vec![],
     };
     app.app().backends.stores.orders.insert_new(&order).await.unwrap();

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use common::stripe::{DECLINES, NEEDS_ACTION, PAYS, StripeProxy};
 use common::{TestApp, scenarios, stock};
-use orderflow::config::PaymentProviderName;
+use orderflow::config::{CaptureOnArg, PaymentProviderName};
 use orderflow_platform::BackendUrl;
 use orderflow_platform::backend::Namespace;
 use orderflow_platform::conformance::real_engine;
@@ -21,8 +21,17 @@ use orderflow_schemas::OrderId;
 use serde_json::{Value, json};
 
 async fn stripe_app(proxy: &StripeProxy, backends: Option<(String, String)>) -> TestApp {
+    stripe_app_capturing_on(proxy, backends, CaptureOnArg::Confirmation).await
+}
+
+async fn stripe_app_capturing_on(
+    proxy: &StripeProxy,
+    backends: Option<(String, String)>,
+    capture_on: CaptureOnArg,
+) -> TestApp {
     let base = proxy.base.clone();
     TestApp::start_with(move |s| {
+        s.capture_on = capture_on;
         s.payment_provider = PaymentProviderName::Stripe;
         s.stripe_api_base = base.parse().unwrap();
         s.stripe_secret_key = Some("sk_test_orderflow".into());
@@ -31,7 +40,8 @@ async fn stripe_app(proxy: &StripeProxy, backends: Option<(String, String)>) -> 
             s.bus = BackendUrl::Kafka(vec![kafka]);
             s.store = BackendUrl::Scylla(vec![cql]);
             // Topics, groups and keyspaces of its own: it runs beside the other apps on the cluster.
-            s.namespace = Some(Namespace::parse("it_stripe").unwrap());
+            let namespace = if capture_on == CaptureOnArg::Dispatch { "it_stripe_disp" } else { "it_stripe" };
+            s.namespace = Some(Namespace::parse(namespace).unwrap());
         }
     })
     .await
@@ -280,6 +290,93 @@ async fn stripe_payments_on_kafka_and_cql() {
     let Some(proxy) = StripeProxy::start().await else { return };
     let app = stripe_app(&proxy, Some((kafka, cql))).await;
     stripe_scenarios(&app, &proxy).await;
+}
+
+/// `--capture-on dispatch`: CONFIRMED on the authorisation, captured when staff send the order out for
+/// delivery; a capture refused then cancels the order, voids the authorisation and gives the stock back.
+/// Waits (at most 20 s) until the SKU's stock is `want` (available, reserved): releases and commits
+/// reach inventory after the order's own step.
+async fn settled_stock(app: &TestApp, sku: &str, want: (i64, i64)) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while stock(app, sku).await != want {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "stock of {sku} stayed {:?}, not {want:?}",
+            stock(app, sku).await
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+async fn capture_at_dispatch(app: &TestApp, proxy: &StripeProxy) {
+    let sku = scenarios::product(app, 10).await;
+    let move_to = |id: &str, status: &str| {
+        let m = "mutation($id: ID!, $s: OrderStatus!){ updateOrderStatus(id: $id, status: $s){ status reason } }";
+        let vars = json!({"id": id, "s": status});
+        async move { app.gql(m, vars, true).await["data"]["updateOrderStatus"].clone() }
+    };
+
+    let shipped = place(app, &sku, Some(PAYS)).await;
+    let order = app.wait_status(&shipped, &["CONFIRMED"]).await;
+    assert!(!kinds(&order).contains(&"payment_captured".to_owned()), "{order}");
+    assert!(matches!(payment(app, &shipped).await, Some(PaymentRecord::Authorised { .. })));
+    assert_eq!(keys_by_call(proxy, &shipped), keys(&[("create", "authorise")], &shipped), "held, not taken");
+    assert_eq!(move_to(&shipped, "PREPARING").await["status"], "PREPARING");
+    assert_eq!(move_to(&shipped, "OUT_FOR_DELIVERY").await["status"], "OUT_FOR_DELIVERY");
+    let order = app.get_order(&shipped).await.1;
+    let steps = kinds(&order);
+    let at = |k: &str| steps.iter().position(|s| s == k).unwrap_or_else(|| panic!("{k} missing: {steps:?}"));
+    assert!(at("confirmed") < at("capture_requested") && at("capture_requested") < at("payment_captured"));
+    assert!(at("payment_captured") < at("out_for_delivery"), "{steps:?}");
+    assert!(
+        matches!(payment(app, &shipped).await, Some(PaymentRecord::Captured { amount, .. }) if amount.cents() == 800)
+    );
+    assert_eq!(keys_by_call(proxy, &shipped), keys(&[("create", "authorise"), ("capture", "capture")], &shipped));
+    settled_stock(app, &sku, (8, 0)).await; // its two units left as sold
+
+    // The bank refuses the capture at dispatch: cancelled, the authorisation voided, the units back.
+    let refused = place(app, &sku, Some(PAYS)).await;
+    app.wait_status(&refused, &["CONFIRMED"]).await;
+    assert_eq!(move_to(&refused, "PREPARING").await["status"], "PREPARING");
+    proxy.decline_next("capture");
+    let order = move_to(&refused, "OUT_FOR_DELIVERY").await;
+    assert_eq!(order["status"], "CANCELLED", "{order}");
+    assert!(order["reason"].as_str().unwrap().starts_with("payment_capture_failed: card_declined"), "{order}");
+    assert_eq!(
+        keys_by_call(proxy, &refused),
+        keys(&[("create", "authorise"), ("capture", "capture"), ("cancel", "void")], &refused)
+    );
+    assert!(matches!(payment(app, &refused).await, Some(PaymentRecord::Declined { .. })));
+    settled_stock(app, &sku, (8, 0)).await;
+
+    // Cancelled by staff before dispatch: nothing was taken, so the authorisation is voided, not refunded.
+    let cancelled = place(app, &sku, Some(PAYS)).await;
+    app.wait_status(&cancelled, &["CONFIRMED"]).await;
+    assert_eq!(move_to(&cancelled, "CANCELLED").await["status"], "CANCELLED");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !kinds(&app.get_order(&cancelled).await.1).contains(&"payment_voided".to_owned()) {
+        assert!(std::time::Instant::now() < deadline, "no payment_voided: {}", app.get_order(&cancelled).await.1);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(keys_by_call(proxy, &cancelled), keys(&[("create", "authorise"), ("cancel", "void")], &cancelled));
+    settled_stock(app, &sku, (8, 0)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capture_at_dispatch_on_embedded() {
+    let Some(proxy) = StripeProxy::start().await else { return };
+    let app = stripe_app_capturing_on(&proxy, None, CaptureOnArg::Dispatch).await;
+    capture_at_dispatch(&app, &proxy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capture_at_dispatch_on_kafka_and_cql() {
+    let (Some(kafka), Some(cql)) = (real_engine("ORDERFLOW_TEST_KAFKA"), real_engine("ORDERFLOW_TEST_CQL")) else {
+        return;
+    };
+    let Some(proxy) = StripeProxy::start().await else { return };
+    let app = stripe_app_capturing_on(&proxy, Some((kafka, cql)), CaptureOnArg::Dispatch).await;
+    capture_at_dispatch(&app, &proxy).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

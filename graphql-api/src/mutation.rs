@@ -358,7 +358,9 @@ impl Mutation {
 
     /// Staff: moves an order one step along its life (e.g. CONFIRMED to PREPARING). The order saga
     /// applies the change; this waits up to 5 s for it and returns the order as it then is.
-    /// `illegal_transition` if the order cannot move there from its current status.
+    /// `illegal_transition` if the order cannot move there from its current status. An order placed
+    /// under `--capture-on dispatch` goes OUT_FOR_DELIVERY once its payment is captured: it stays
+    /// PREPARING until then, and is CANCELLED (`payment_capture_failed: ...`) if the capture fails.
     #[graphql(guard = "StaffGuard")]
     async fn update_order_status(
         &self,

@@ -16,7 +16,7 @@ use orderflow_platform::bus::{Bus, BusRecord};
 use orderflow_platform::store::{Inserted, StoreError, Stores};
 use orderflow_schemas::events::OrderPlaced;
 use orderflow_schemas::{
-    Currency, IdempotencyKey, Money, Order, OrderId, OrderLine, OrderStatus, PaymentMethod, Quantity, Sku,
+    CaptureOn, Currency, IdempotencyKey, Money, Order, OrderId, OrderLine, OrderStatus, PaymentMethod, Quantity, Sku,
     TimelineEntry, UserId, codec, now_ms, topics,
 };
 
@@ -133,6 +133,8 @@ pub struct Intake {
     payment_method_required: bool,
     /// The shop's currency (`--currency`): the currency of a product that names none.
     currency: Currency,
+    /// When the payments of orders placed now are captured (`--capture-on`).
+    capture_on: CaptureOn,
 }
 
 impl std::fmt::Debug for Intake {
@@ -148,12 +150,24 @@ pub fn order_placed_record(order: &Order) -> Result<BusRecord, codec::CodecError
 
 impl Intake {
     pub fn new(stores: Stores, bus: Arc<dyn Bus>) -> Self {
-        Self { stores, bus, payment_method_required: false, currency: Currency::default() }
+        Self {
+            stores,
+            bus,
+            payment_method_required: false,
+            currency: Currency::default(),
+            capture_on: CaptureOn::default(),
+        }
     }
 
     /// Prices products that name no currency in `currency` (the shop's, `--currency`).
     pub fn in_currency(mut self, currency: Currency) -> Self {
         self.currency = currency;
+        self
+    }
+
+    /// Captures the payments of the orders it places at `capture_on` (`--capture-on`).
+    pub fn capturing_on(mut self, capture_on: CaptureOn) -> Self {
+        self.capture_on = capture_on;
         self
     }
 
@@ -245,6 +259,7 @@ impl Intake {
             processed_at_ms: None,
             reserved_skus: vec![],
             payment_method: req.payment_method,
+            capture_on: self.capture_on,
             timeline: vec![TimelineEntry {
                 at_ms: now,
                 kind: "placed".into(),

@@ -32,6 +32,7 @@ fn order() -> Order {
         reserved_skus: vec![],
         payment_method: None,
         currency: None,
+        capture_on: Default::default(),
         timeline: vec![],
     }
 }
@@ -49,7 +50,12 @@ fn happy_path(c: &mut Criterion) {
     let pending = order();
     let placed = OrderPlaced::envelope_of(&pending);
     let reserved = env(StockReserved { units_reserved: 3, sku: None });
-    let captured = env(PaymentCaptured { charge_id: "ch_bench".into(), captured_cents: 975, authorisation_id: None });
+    let captured = env(PaymentCaptured {
+        charge_id: "ch_bench".into(),
+        captured_cents: 975,
+        authorisation_id: None,
+        authorised_only: false,
+    });
 
     let mut group = c.benchmark_group("saga_decide");
     group.throughput(Throughput::Elements(3));

@@ -352,6 +352,7 @@ mod tests {
             reserved_skus: vec![],
             payment_method: None,
             currency: None,
+            capture_on: Default::default(),
             timeline: vec![],
         }
     }

@@ -12,7 +12,7 @@ use orderflow_platform::store::{
 };
 use orderflow_schemas::events::*;
 use orderflow_schemas::topics::{self, Topic};
-use orderflow_schemas::{Envelope, Event, EventId, Order, OrderStatus, Sku, TimelineEntry};
+use orderflow_schemas::{CaptureOn, Envelope, Event, EventId, Order, OrderStatus, Sku, TimelineEntry};
 
 /// What an event does to an order: its new state and the commands to send.
 #[derive(Debug, Clone, PartialEq)]
@@ -131,7 +131,8 @@ impl<'a> Step<'a> {
 }
 
 /// The command that takes `order`'s payment (sent once its stock is held; sent again by the provider's
-/// webhook for a payment that waited for the customer: the payment role resumes where it stopped).
+/// webhook for a payment that waited for the customer: the payment role resumes where it stopped). An
+/// order captured at dispatch is only authorised by it; [`dispatch_capture_command`] captures it.
 pub fn capture_command(order: &Order) -> CapturePayment {
     CapturePayment {
         user_id: order.user_id.clone(),
@@ -139,7 +140,13 @@ pub fn capture_command(order: &Order) -> CapturePayment {
         idempotency_key: crate::payment::idempotency_key(&order.id, "capture"),
         payment_method: order.payment_method.clone(),
         currency: order.currency,
+        authorise_only: order.capture_on == CaptureOn::Dispatch,
     }
+}
+
+/// The command that captures the authorised payment of an order captured at dispatch.
+pub fn dispatch_capture_command(order: &Order) -> CapturePayment {
+    CapturePayment { authorise_only: false, ..capture_command(order) }
 }
 
 /// `changed_by` of the `StatusChangeRequested { status: REJECTED }` that the stuck-order sweep publishes
@@ -199,12 +206,17 @@ pub fn decide(order: &Order, env: &Envelope, now_ms: i64) -> Option<Decision> {
                 .release_skus("rejected", others)
                 .done()
         }
-        (Event::PaymentCaptured(p), Processing) => step
-            .note_if(p.authorisation_id.as_ref().map(|id| ("payment_authorised", format!("payment {id}"))))
-            .note("payment_captured", format!("charge {}", p.charge_id))
-            .status(Confirmed)
-            .note("confirmed", "stock reserved and payment captured")
-            .send(
+        (Event::PaymentCaptured(p), Processing) => {
+            let step =
+                step.note_if(p.authorisation_id.as_ref().map(|id| ("payment_authorised", format!("payment {id}"))));
+            let step = if p.authorised_only {
+                step.status(Confirmed).note("confirmed", "stock reserved and payment authorised; captured at dispatch")
+            } else {
+                step.note("payment_captured", format!("charge {}", p.charge_id))
+                    .status(Confirmed)
+                    .note("confirmed", "stock reserved and payment captured")
+            };
+            step.send(
                 topics::FULFILLMENT,
                 "ship",
                 CreateShipment {
@@ -216,7 +228,22 @@ pub fn decide(order: &Order, env: &Envelope, now_ms: i64) -> Option<Decision> {
                         .collect(),
                 },
             )
+            .done()
+        }
+        // Captured at dispatch: the order goes out for delivery, its units leave as sold.
+        (Event::PaymentCaptured(p), Preparing) if order.capture_on == CaptureOn::Dispatch && !p.authorised_only => step
+            .note("payment_captured", format!("charge {}", p.charge_id))
+            .status(OutForDelivery)
+            .note("out_for_delivery", "payment captured at dispatch")
+            .commit("out for delivery")
             .done(),
+        // The capture at dispatch failed (the provider voided the authorisation): the order cannot go out.
+        (Event::PaymentDeclined(d), Preparing) if order.capture_on == CaptureOn::Dispatch => {
+            // The payment role says the capture (not the authorisation) failed; say it once.
+            let why = d.decline_reason.strip_prefix("capture_failed: ").unwrap_or(&d.decline_reason);
+            let reason = format!("payment_capture_failed: {why}");
+            step.status(Cancelled).reason(reason.clone()).note("cancelled", reason).release("capture failed").done()
+        }
         // Captured after the order was cancelled: pay it back.
         (Event::PaymentCaptured(p), Cancelled) => step
             .note("refund_requested", format!("charge {} after cancellation", p.charge_id))
@@ -257,6 +284,15 @@ pub fn decide(order: &Order, env: &Envelope, now_ms: i64) -> Option<Decision> {
                 ("rejected_by_staff", "rejected by staff: stock released, any capture refunded")
             };
             step.status(Rejected).reason(reason.to_owned()).note("rejected", note).release(reason).refund(reason).done()
+        }
+        // Out for delivery once the payment held since confirmation is captured (the capture's reply moves
+        // it on, above); a repeated request asks again under the same ids, which changes nothing.
+        (Event::StatusChangeRequested(c), Preparing)
+            if c.status == OutForDelivery && order.capture_on == CaptureOn::Dispatch =>
+        {
+            step.note_once("capture_requested", format!("by {}: capturing the payment before dispatch", c.changed_by))
+                .send(topics::PAYMENTS, "capture_at_dispatch", dispatch_capture_command(order))
+                .done()
         }
         (Event::StatusChangeRequested(c), status)
             if status.can_move_to(c.status) && matches!(c.status, Preparing | OutForDelivery | Delivered) =>
@@ -390,11 +426,30 @@ impl SagaHandler {
             }
             return Ok(vouched);
         }
+        let at_dispatch = order.capture_on == CaptureOn::Dispatch && order.status == OrderStatus::Preparing;
+        if let Event::PaymentDeclined(_) = &env.body
+            && at_dispatch
+        {
+            // A failed capture cancels an order that may be on its way: only one the payments store holds.
+            let declined = matches!(self.payments.payment(&order.id).await?, Some(PaymentRecord::Declined { .. }));
+            if !declined {
+                metrics::counter!("orderflow_events_refused_total", "event" => "PaymentDeclined").increment(1);
+                tracing::warn!(order = %order.id, event_id = %env.event_id, "a PaymentDeclined the payments store does not hold was refused");
+            }
+            return Ok(declined);
+        }
         let Event::PaymentCaptured(captured) = &env.body else { return Ok(true) };
-        if order.status != OrderStatus::Processing {
+        // A reply that confirms the order, or (captured at dispatch) sends it out.
+        let moves_order = order.status == OrderStatus::Processing || (at_dispatch && !captured.authorised_only);
+        if !moves_order {
             return Ok(true); // `decide` moves nothing on it, or pays it back (after a cancellation)
         }
         let vouched = match self.payments.payment(&order.id).await? {
+            // Held, not taken: confirms an order captured at dispatch, for its whole total.
+            Some(PaymentRecord::Authorised { payment_id, amount }) if captured.authorised_only => {
+                payment_id == captured.charge_id && amount == order.total
+            }
+            Some(_) if captured.authorised_only => false,
             Some(
                 PaymentRecord::Captured { charge_id, amount }
                 | PaymentRecord::PartlyRefunded { charge_id, amount, .. }
@@ -601,6 +656,7 @@ mod tests {
             reserved_skus: vec![],
             payment_method: None,
             currency: None,
+            capture_on: Default::default(),
             timeline: vec![],
         }
     }
@@ -716,14 +772,82 @@ mod tests {
         assert_eq!(c.amount_cents, 1000);
         assert_eq!(c.idempotency_key, "o-1:capture");
 
-        let captured =
-            PaymentCaptured { charge_id: "pay_1".into(), captured_cents: 1000, authorisation_id: Some("pay_1".into()) };
+        let captured = PaymentCaptured {
+            charge_id: "pay_1".into(),
+            captured_cents: 1000,
+            authorisation_id: Some("pay_1".into()),
+            authorised_only: false,
+        };
         let d = decide(&d.order, &env(captured), 1_050).unwrap();
         assert_eq!(d.order.status, OrderStatus::Confirmed);
         assert_eq!(d.order.processed_at_ms, Some(1_050));
         assert_eq!(bodies(&d), vec![(topics::FULFILLMENT.name, "CreateShipment")]);
         let kinds: Vec<_> = d.order.timeline.iter().map(|t| t.kind.as_str()).collect();
         assert_eq!(kinds, ["processing", "stock_reserved", "payment_authorised", "payment_captured", "confirmed"]);
+    }
+
+    fn staff_moves(status: OrderStatus) -> Envelope {
+        env(StatusChangeRequested { status, changed_by: "staff".into() })
+    }
+
+    #[test]
+    fn captured_at_dispatch_confirms_on_the_authorisation_and_ships_on_the_capture() {
+        let mut pending = order(OrderStatus::Pending);
+        pending.capture_on = CaptureOn::Dispatch;
+        let d = decide(&pending, &OrderPlaced::envelope_of(&pending), 1_005).unwrap();
+        let d = decide(&d.order, &reserved("S1"), 1_010).unwrap();
+        let Event::CapturePayment(c) = &d.outputs[0].1.body else { panic!("expected a payment command") };
+        assert!(c.authorise_only, "authorised now, captured at dispatch");
+
+        let held = PaymentCaptured {
+            charge_id: "pay_1".into(),
+            captured_cents: 0,
+            authorisation_id: Some("pay_1".into()),
+            authorised_only: true,
+        };
+        let d = decide(&d.order, &env(held), 1_050).unwrap();
+        assert_eq!(d.order.status, OrderStatus::Confirmed);
+        assert_eq!(bodies(&d), vec![(topics::FULFILLMENT.name, "CreateShipment")]);
+        let kinds: Vec<_> = d.order.timeline.iter().map(|t| t.kind.as_str()).collect();
+        assert_eq!(kinds, ["processing", "stock_reserved", "payment_authorised", "confirmed"]);
+        let preparing = decide(&d.order, &staff_moves(OrderStatus::Preparing), 1_100).unwrap().order;
+
+        // Out for delivery asks for the capture first; the order waits for it, and a repeated request
+        // sends the same command (same id) again.
+        let d = decide(&preparing, &staff_moves(OrderStatus::OutForDelivery), 1_200).unwrap();
+        assert_eq!(d.order.status, OrderStatus::Preparing);
+        let Event::CapturePayment(c) = &d.outputs[0].1.body else { panic!("expected the capture") };
+        assert!(!c.authorise_only);
+        assert_eq!(c.idempotency_key, "o-1:capture", "the capture's key is the same in both modes");
+        let again = decide(&d.order, &staff_moves(OrderStatus::OutForDelivery), 1_210).unwrap();
+        assert_eq!(again.outputs[0].1.event_id, d.outputs[0].1.event_id);
+        assert_eq!(again.order.timeline.iter().filter(|t| t.kind == "capture_requested").count(), 1);
+
+        let captured = PaymentCaptured {
+            charge_id: "pay_1".into(),
+            captured_cents: 1000,
+            authorisation_id: Some("pay_1".into()),
+            authorised_only: false,
+        };
+        let shipped = decide(&d.order, &env(captured), 1_300).unwrap();
+        assert_eq!(shipped.order.status, OrderStatus::OutForDelivery);
+        assert_eq!(bodies(&shipped), vec![(topics::INVENTORY.name, "CommitStock")]);
+        assert!(shipped.order.timeline.iter().any(|t| t.kind == "payment_captured"));
+        // A redelivered authorisation reply changes nothing any more.
+        let late = PaymentCaptured {
+            charge_id: "pay_1".into(),
+            captured_cents: 0,
+            authorisation_id: Some("pay_1".into()),
+            authorised_only: true,
+        };
+        assert!(decide(&shipped.order, &env(late), 1_400).is_none());
+
+        // A capture that fails at dispatch cancels the order and releases its stock (the payment role
+        // voided the authorisation).
+        let failed = decide(&d.order, &env(PaymentDeclined { decline_reason: "expired_card".into() }), 1_300).unwrap();
+        assert_eq!(failed.order.status, OrderStatus::Cancelled);
+        assert_eq!(failed.order.reason.as_deref(), Some("payment_capture_failed: expired_card"));
+        assert_eq!(bodies(&failed), vec![(topics::INVENTORY.name, "ReleaseStock")]);
     }
 
     #[test]
@@ -780,7 +904,12 @@ mod tests {
         assert_eq!(again.order.timeline.len(), d.order.timeline.len());
         let d = decide(
             &c,
-            &env(PaymentCaptured { charge_id: "ch".into(), captured_cents: 1000, authorisation_id: None }),
+            &env(PaymentCaptured {
+                charge_id: "ch".into(),
+                captured_cents: 1000,
+                authorisation_id: None,
+                authorised_only: false,
+            }),
             1,
         )
         .unwrap();
@@ -816,7 +945,12 @@ mod tests {
         assert!(
             decide(
                 &order(OrderStatus::Confirmed),
-                &env(PaymentCaptured { charge_id: "c".into(), captured_cents: 1, authorisation_id: None }),
+                &env(PaymentCaptured {
+                    charge_id: "c".into(),
+                    captured_cents: 1,
+                    authorisation_id: None,
+                    authorised_only: false
+                }),
                 1
             )
             .is_none()
@@ -846,7 +980,12 @@ mod tests {
             reserved("S1"),
             env(StockReserved { units_reserved: 1, sku: None }),
             env(StockRejected { reason: "out_of_stock".into(), sku: None }),
-            env(PaymentCaptured { charge_id: "c".into(), captured_cents: 1, authorisation_id: None }),
+            env(PaymentCaptured {
+                charge_id: "c".into(),
+                captured_cents: 1,
+                authorisation_id: None,
+                authorised_only: false,
+            }),
             env(PaymentDeclined { decline_reason: "x".into() }),
             env(CancelRequested { cancel_reason: "x".into(), requested_by: "s".into() }),
             env(StatusChangeRequested { status: OrderStatus::Preparing, changed_by: "s".into() }),

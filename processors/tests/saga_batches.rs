@@ -41,6 +41,7 @@ fn order(id: &str, skus: &[&str]) -> Order {
         reserved_skus: vec![],
         payment_method: None,
         currency: None,
+        capture_on: Default::default(),
         timeline: vec![],
     }
 }

@@ -28,6 +28,7 @@ fn order() -> Order {
         reserved_skus: vec![],
         payment_method: None,
         currency: None,
+        capture_on: Default::default(),
         timeline: vec![],
     }
 }
@@ -46,7 +47,13 @@ fn event(kind: u8, status: OrderStatus) -> Event {
         .into(),
         1 => StockReserved { units_reserved: 2, sku: None }.into(),
         2 => StockRejected { reason: "out_of_stock".into(), sku: None }.into(),
-        3 => PaymentCaptured { charge_id: "ch".into(), captured_cents: 500, authorisation_id: None }.into(),
+        3 => PaymentCaptured {
+            charge_id: "ch".into(),
+            captured_cents: 500,
+            authorisation_id: None,
+            authorised_only: false,
+        }
+        .into(),
         4 => PaymentDeclined { decline_reason: "limit".into() }.into(),
         5 => PaymentRefunded::refund("re", 500).into(),
         6 => ShipmentCreated { shipment_id: "sh".into() }.into(),

@@ -210,10 +210,23 @@ mod tests {
                 idempotency_key: "k".into(),
                 payment_method: None,
                 currency: Some(crate::Currency::EUR),
+                authorise_only: true,
             }
             .into(),
-            PaymentCaptured { charge_id: "pi_1".into(), captured_cents: 2500, authorisation_id: Some("pi_1".into()) }
-                .into(),
+            PaymentCaptured {
+                charge_id: "pi_1".into(),
+                captured_cents: 2500,
+                authorisation_id: Some("pi_1".into()),
+                authorised_only: false,
+            }
+            .into(),
+            PaymentCaptured {
+                charge_id: "pi_1".into(),
+                captured_cents: 0,
+                authorisation_id: Some("pi_1".into()),
+                authorised_only: true,
+            }
+            .into(),
             PaymentDeclined { decline_reason: "limit".into() }.into(),
             RefundPayment { refund_reason: "cancelled".into(), amount_cents: None, refund_key: None, currency: None }
                 .into(),

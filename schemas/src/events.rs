@@ -164,6 +164,10 @@ pub struct CapturePayment {
     /// The currency of `amount_cents` (see [`OrderPlaced::currency`]).
     #[serde(default)]
     pub currency: Option<crate::Currency>,
+    /// Authorise and hold only; the capture follows as a second command without it (`--capture-on
+    /// dispatch`). `false` from writers before envelope v5.
+    #[serde(default)]
+    pub authorise_only: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -173,6 +177,10 @@ pub struct PaymentCaptured {
     /// The authorisation the capture took; `None` from writers before envelope v4 (one-step charges).
     #[serde(default)]
     pub authorisation_id: Option<String>,
+    /// The reply to an `authorise_only` command: authorised and held, nothing captured (`captured_cents`
+    /// is 0). `false` from writers before envelope v5.
+    #[serde(default)]
+    pub authorised_only: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

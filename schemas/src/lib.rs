@@ -25,7 +25,7 @@ pub mod values;
 
 pub use catalog::{Attributes, Category, Product, ProductSummary, StockLevel};
 pub use events::{Envelope, Event, EventId};
-pub use order::{Order, OrderLine, OrderStatus, TimelineEntry};
+pub use order::{CaptureOn, Order, OrderLine, OrderStatus, TimelineEntry};
 pub use stock_alert::{StockAlert, StockAlertKind};
 pub use values::{Currency, IdempotencyKey, Money, OrderId, PaymentMethod, Quantity, Sku, UserId, ValueError};
 

@@ -96,6 +96,26 @@ impl FromStr for OrderStatus {
     }
 }
 
+/// When an order's payment is captured (`--capture-on`). It is fixed for each order when it is placed,
+/// so a change of the setting applies to orders placed after it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CaptureOn {
+    /// Authorised and captured before the order is CONFIRMED (CONFIRMED: stock held, payment taken).
+    #[default]
+    Confirmation,
+    /// Authorised before the order is CONFIRMED (the money held on the card), captured when it goes out
+    /// for delivery; a capture that fails then cancels the order, its stock released and the
+    /// authorisation voided.
+    Dispatch,
+}
+
+impl CaptureOn {
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
 /// One line of an order, priced from the catalog at intake.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderLine {
@@ -142,6 +162,9 @@ pub struct Order {
     /// simulated provider charges, or that a partner prepaid.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payment_method: Option<PaymentMethod>,
+    /// When the payment is captured; [`CaptureOn::Confirmation`] in documents from before it existed.
+    #[serde(default, skip_serializing_if = "CaptureOn::is_default")]
+    pub capture_on: CaptureOn,
 }
 
 impl Order {

@@ -33,8 +33,34 @@ async fn place_pizza(app: &TestApp, statuses: &[&str]) -> String {
 }
 
 async fn forge_capture(app: &TestApp, order: &str, cents: i64) {
-    forge(app, order, PaymentCaptured { charge_id: "ch_forged".into(), captured_cents: cents, authorisation_id: None })
-        .await;
+    let body = PaymentCaptured {
+        charge_id: "ch_forged".into(),
+        captured_cents: cents,
+        authorisation_id: None,
+        authorised_only: false,
+    };
+    forge(app, order, body).await;
+}
+
+/// With `--capture-on dispatch` an order waiting in PREPARING for its capture goes out for delivery on
+/// the capture's reply: a forged one sends nothing out, and a forged decline cancels nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_capture_or_decline_at_dispatch_moves_nothing() {
+    let app = TestApp::start_with(|s| s.capture_on = orderflow::config::CaptureOnArg::Dispatch).await;
+    let id = place_pizza(&app, &["CONFIRMED"]).await;
+    let m = "mutation($id: ID!, $s: OrderStatus!){ updateOrderStatus(id: $id, status: $s){ status } }";
+    let v = app.gql(m, json!({"id": id, "s": "PREPARING"}), true).await;
+    assert_eq!(v["data"]["updateOrderStatus"]["status"], "PREPARING", "{v}");
+    forge_capture(&app, &id, 1250).await;
+    forge(&app, &id, orderflow_schemas::events::PaymentDeclined { decline_reason: "forged".into() }).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, order) = app.get_order(&id).await;
+    assert_eq!(order["status"], "PREPARING", "{order}");
+    // Staff's own request still captures and sends it out.
+    let v = app.gql(m, json!({"id": id, "s": "OUT_FOR_DELIVERY"}), true).await;
+    assert_eq!(v["data"]["updateOrderStatus"]["status"], "OUT_FOR_DELIVERY", "{v}");
+    let (_, order) = app.get_order(&id).await;
+    assert!(!order["timeline"].to_string().contains("ch_forged"), "the forged charge reached the timeline: {order}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

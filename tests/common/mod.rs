@@ -44,6 +44,7 @@ pub fn settings(data_dir: &Path) -> Settings {
         stripe_secret_key: None,
         stripe_webhook_secret: None,
         currency: orderflow_schemas::Currency::EUR,
+        capture_on: orderflow::config::CaptureOnArg::Confirmation,
         payment_latency_ms: 1,
         payment_decline_above: None,
         payment_decline_users: vec![],

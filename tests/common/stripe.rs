@@ -54,6 +54,8 @@ struct Shared {
     /// The kind of call ([`kind`]) to hold once: forwarded (Stripe acts on it), then never answered.
     hold: Mutex<Option<(&'static str, Option<std::time::Duration>)>>,
     held: tokio::sync::Notify,
+    /// The kind of call ([`kind`]) to answer once with a 402 decline.
+    decline_next: Mutex<Option<&'static str>>,
 }
 
 /// What a call to Stripe's API does: `create` (a PaymentIntent), `capture`, `cancel`, `refund`, or its
@@ -98,6 +100,7 @@ impl StripeProxy {
             calls: Mutex::default(),
             hold: Mutex::default(),
             held: tokio::sync::Notify::new(),
+            decline_next: Mutex::default(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -116,6 +119,13 @@ impl StripeProxy {
     /// [`StripeProxy::held`] returns as soon as Stripe has it.
     pub fn delay_next(&self, kind: &'static str, delay: std::time::Duration) {
         *self.shared.hold.lock().unwrap() = Some((kind, Some(delay)));
+    }
+
+    /// Answers the next call of `kind` as Stripe answers a card its bank refuses at that step (402
+    /// `card_declined`, Stripe's documented error object), without passing it on: a capture can fail so
+    /// when the authorisation has expired or the bank withdraws it, which no stripe-mock fixture models.
+    pub fn decline_next(&self, kind: &'static str) {
+        *self.shared.decline_next.lock().unwrap() = Some(kind);
     }
 
     /// The customer completed the action their bank asked for (3-D Secure): from now on Stripe holds
@@ -152,6 +162,27 @@ async fn forward(
 ) -> Response {
     let path = uri.path().to_owned();
     let text = String::from_utf8_lossy(&body).into_owned();
+    let declined = {
+        let mut decline = shared.decline_next.lock().unwrap();
+        let hit = *decline == Some(kind(&path));
+        if hit {
+            *decline = None;
+        }
+        hit
+    };
+    let idempotency_key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    if declined {
+        shared.calls.lock().unwrap().push(Call {
+            method: method.to_string(),
+            path,
+            idempotency_key,
+            form: text,
+            status: 402,
+        });
+        let error = serde_json::json!({"error": {"type": "card_error", "code": "card_declined",
+            "decline_code": "generic_decline", "message": "Your card was declined."}});
+        return (StatusCode::PAYMENT_REQUIRED, axum::Json(error)).into_response();
+    }
     let instance = {
         let owner = shared.owner.lock().unwrap();
         let intent = path.strip_prefix("/v1/payment_intents/").and_then(|rest| rest.split('/').next());
@@ -197,7 +228,7 @@ async fn forward(
     shared.calls.lock().unwrap().push(Call {
         method: method.to_string(),
         path,
-        idempotency_key: headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_owned),
+        idempotency_key,
         form: text,
         status: status.as_u16(),
     });

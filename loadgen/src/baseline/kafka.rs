@@ -73,6 +73,7 @@ pub fn order_envelopes(n: u64) -> anyhow::Result<Vec<Envelope>> {
         reserved_skus: vec![],
         payment_method: None,
         currency: None,
+        capture_on: Default::default(),
         timeline: vec![TimelineEntry { at_ms: now, kind: "placed".into(), detail: format!("total {total}") }],
     };
     let env = |step: &str, body: orderflow_schemas::Event| Envelope {
@@ -93,6 +94,7 @@ pub fn order_envelopes(n: u64) -> anyhow::Result<Vec<Envelope>> {
                 idempotency_key: format!("{id}:capture"),
                 payment_method: None,
                 currency: None,
+                authorise_only: false,
             }
             .into(),
         ),
@@ -102,6 +104,7 @@ pub fn order_envelopes(n: u64) -> anyhow::Result<Vec<Envelope>> {
                 charge_id: format!("pay_{}", uuid::Uuid::new_v4().simple()),
                 captured_cents: total.cents(),
                 authorisation_id: None,
+                authorised_only: false,
             }
             .into(),
         ),

@@ -144,6 +144,7 @@ pub fn order(id: &str, user: &str, placed_at_ms: i64) -> Order {
         reserved_skus: vec![],
         payment_method: None,
         currency: None,
+        capture_on: Default::default(),
         timeline: vec![],
     }
 }

@@ -89,33 +89,45 @@ impl PaymentHandler {
         let order = &env.order_id;
         let fence = self.fences.fence(delivery).await?;
         match &env.body {
-            Event::CapturePayment(cmd) => match self.take_payment(order, cmd, fence).await? {
-                Some(
-                    PaymentRecord::Captured { charge_id, amount }
-                    | PaymentRecord::PartlyRefunded { charge_id, amount, .. }
-                    | PaymentRecord::Refunded { charge_id, amount, .. },
-                ) => {
-                    let authorisation_id = Some(charge_id.clone());
-                    reply(
-                        order,
-                        "capture_reply",
-                        PaymentCaptured { charge_id, captured_cents: amount.cents(), authorisation_id },
-                    )
+            Event::CapturePayment(cmd) => {
+                // The reply to an authorisation held for a capture at dispatch has an id of its own: the
+                // capture's reply follows it later.
+                let step = if cmd.authorise_only { "authorise_reply" } else { "capture_reply" };
+                match self.take_payment(order, cmd, fence).await? {
+                    Some(
+                        PaymentRecord::Captured { charge_id, amount }
+                        | PaymentRecord::PartlyRefunded { charge_id, amount, .. }
+                        | PaymentRecord::Refunded { charge_id, amount, .. },
+                    ) if !cmd.authorise_only => {
+                        let authorisation_id = Some(charge_id.clone());
+                        let captured_cents = amount.cents();
+                        reply(
+                            order,
+                            step,
+                            PaymentCaptured { charge_id, captured_cents, authorisation_id, authorised_only: false },
+                        )
+                    }
+                    Some(PaymentRecord::Authorised { payment_id, .. }) if cmd.authorise_only => {
+                        let authorisation_id = Some(payment_id.clone());
+                        let body = PaymentCaptured {
+                            charge_id: payment_id,
+                            captured_cents: 0,
+                            authorisation_id,
+                            authorised_only: true,
+                        };
+                        reply(order, step, body)
+                    }
+                    Some(PaymentRecord::Declined { reason }) => {
+                        metrics::counter!("orderflow_payments_declined_total").increment(1);
+                        reply(order, step, PaymentDeclined { decline_reason: reason })
+                    }
+                    // Waiting for the customer: the order stays PROCESSING until the provider's webhook
+                    // brings the command again, or the stuck-order sweep rejects it (and the refund voids
+                    // it). Released without a capture after the saga moved on: nothing to tell it. An
+                    // authorisation command redelivered after the capture: the saga has moved on.
+                    Some(_) | None => Ok(None),
                 }
-                Some(PaymentRecord::Declined { reason }) => {
-                    metrics::counter!("orderflow_payments_declined_total").increment(1);
-                    reply(order, "capture_reply", PaymentDeclined { decline_reason: reason })
-                }
-                // Waiting for the customer: the order stays PROCESSING until the provider's webhook brings
-                // the command again, or the stuck-order sweep rejects it (and the refund voids it).
-                // Released without a capture after the saga moved on: nothing to tell it.
-                Some(
-                    PaymentRecord::ActionRequired { .. }
-                    | PaymentRecord::Voided { .. }
-                    | PaymentRecord::Authorised { .. },
-                )
-                | None => Ok(None),
-            },
+            }
             Event::RefundPayment(RefundPayment { refund_key: Some(key), amount_cents, currency, .. }) => {
                 self.staff_refund(&env, key, *amount_cents, currency.unwrap_or(self.currency), fence).await
             }
@@ -188,7 +200,9 @@ impl PaymentHandler {
                 record = Some(self.payments.replace(order, waiting, &now, fence).await?);
             }
         }
-        if let Some(held @ PaymentRecord::Authorised { payment_id, amount }) = &record {
+        if let Some(held @ PaymentRecord::Authorised { payment_id, amount }) = &record
+            && !cmd.authorise_only
+        {
             let next = match self.provider.capture(&cmd.idempotency_key, payment_id, *amount).await? {
                 Capture::Captured { charge_id } => {
                     outcome("capture", "captured");
