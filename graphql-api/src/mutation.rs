@@ -421,6 +421,7 @@ impl Mutation {
                 amount_cents: Some(amount.cents()),
                 refund_key: Some(key.clone()),
                 currency: order.currency,
+                ..Default::default()
             };
             let envelope =
                 Envelope::new(EventId::for_key(id.as_str(), &format!("staff-refund:{key}")), id.clone(), body);

@@ -7,7 +7,10 @@
 //! changes nothing) and sends the order's payment command to the payment role again, which reads the
 //! PaymentIntent back and goes on from its last stored step under the same idempotency keys. The command
 //! is the same whether it arrives before, during or after the payment role's own call, so the order ends
-//! in the same state in every order of arrival. Other events are acknowledged and ignored.
+//! in the same state in every order of arrival. A `charge.refunded` event about an order's payment
+//! (a refund orderflow made, or one made in the Stripe dashboard) goes to the payment role with the total
+//! Stripe reports refunded; the role records what its books lack, moving no money, and the order's
+//! timeline shows it. Other events are acknowledged and ignored.
 
 use std::sync::Arc;
 
@@ -21,6 +24,8 @@ use orderflow_platform::bus::{Bus, BusRecord};
 use orderflow_platform::secret::Secret;
 use orderflow_platform::store::Stores;
 use orderflow_processors::payment::stripe_webhook::{self, WebhookEvent};
+use orderflow_processors::requests;
+use orderflow_schemas::events::RefundPayment;
 use orderflow_schemas::{Envelope, EventId, codec, topics};
 use serde_json::json;
 
@@ -75,7 +80,7 @@ async fn stripe(State(api): State<StripeWebhooks>, headers: HeaderMap, body: Byt
         tracing::error!(error = %e, event = %event.id, "{what} failed for a Stripe webhook");
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "temporarily unavailable; Stripe retries")
     };
-    let Some(order_id) = event.order.as_ref().filter(|_| event.moves_payment()) else {
+    let Some(order_id) = event.order.as_ref().filter(|_| event.moves_payment() || event.refunded.is_some()) else {
         return Ok(received("ignored"));
     };
     let Some(order) = api.stores.orders.order(order_id).await.map_err(|e| unavailable("reading the order", &e))? else {
@@ -85,6 +90,26 @@ async fn stripe(State(api): State<StripeWebhooks>, headers: HeaderMap, body: Byt
     };
     let event_id = EventId::for_key(&event.id, "stripe-webhook");
     let orders = &api.stores.orders;
+    if let Some(refunded) = &event.refunded {
+        // Recorded before it is published (the payment role acts only on a recorded request), and
+        // published again on a repeated delivery: the payment role records one refund per event id.
+        let seen =
+            orders.recorded_request(&order.id, event_id).await.map_err(|e| unavailable("reading the requests", &e))?;
+        let body = RefundPayment {
+            refund_reason: "refunded at Stripe".into(),
+            refund_key: Some(format!("stripe:{}", event.id)),
+            currency: order.currency,
+            provider_refunded_cents: Some(refunded.total.cents()),
+            provider_refund_id: refunded.latest_refund_id.clone(),
+            ..Default::default()
+        };
+        let envelope = Envelope::new(event_id, order.id.clone(), body);
+        requests::record_and_publish(&**orders, &*api.bus, topics::PAYMENTS, &envelope)
+            .await
+            .map_err(|e| unavailable("recording and publishing", &e))?;
+        tracing::info!(event = %event.id, order = %order.id, total = %refunded.total, "Stripe reports a refund");
+        return Ok(received(if seen.is_some() { "duplicate" } else { "refund_recorded" }));
+    }
     if orders
         .recorded_request(&order.id, event_id)
         .await

@@ -228,13 +228,21 @@ mod tests {
             }
             .into(),
             PaymentDeclined { decline_reason: "limit".into() }.into(),
-            RefundPayment { refund_reason: "cancelled".into(), amount_cents: None, refund_key: None, currency: None }
-                .into(),
+            RefundPayment { refund_reason: "cancelled".into(), ..Default::default() }.into(),
             RefundPayment {
                 refund_reason: "damaged".into(),
                 amount_cents: Some(250),
                 refund_key: Some("k1".into()),
                 currency: Some("JPY".parse().unwrap()),
+                ..Default::default()
+            }
+            .into(),
+            RefundPayment {
+                refund_reason: "refunded at the provider".into(),
+                refund_key: Some("stripe:evt_1".into()),
+                provider_refunded_cents: Some(300),
+                provider_refund_id: Some("re_2".into()),
+                ..Default::default()
             }
             .into(),
             PaymentRefunded::refund("re_1", 2500).into(),

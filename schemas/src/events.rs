@@ -188,7 +188,7 @@ pub struct PaymentDeclined {
     pub decline_reason: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RefundPayment {
     pub refund_reason: String,
     /// A partial refund by staff; `None`: everything not yet refunded (the compensation of a cancelled
@@ -201,12 +201,27 @@ pub struct RefundPayment {
     /// The currency of the order's payment; `None` from writers before envelope v5 (the shop's).
     #[serde(default)]
     pub currency: Option<crate::Currency>,
+    /// Set by the provider's webhook (Stripe's `charge.refunded`): how much of the payment the provider
+    /// reports refunded in all, refunds made outside orderflow included. The payment role records what
+    /// its books lack and moves no money.
+    #[serde(default)]
+    pub provider_refunded_cents: Option<i64>,
+    /// The provider's id of the latest refund, when its event names one.
+    #[serde(default)]
+    pub provider_refund_id: Option<String>,
 }
 
 impl RefundPayment {
     /// The compensation of `order`: everything captured and not yet refunded goes back.
     pub fn compensation(order: &crate::Order, reason: &str) -> Self {
-        Self { refund_reason: reason.to_owned(), amount_cents: None, refund_key: None, currency: order.currency }
+        Self {
+            refund_reason: reason.to_owned(),
+            amount_cents: None,
+            refund_key: None,
+            currency: order.currency,
+            provider_refunded_cents: None,
+            provider_refund_id: None,
+        }
     }
 }
 

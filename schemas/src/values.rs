@@ -286,6 +286,17 @@ impl Currency {
         }
         Ok(amount.cents())
     }
+
+    /// The amount of `units` of the currency's minor units, as payment service providers report it
+    /// (the inverse of [`Currency::minor_units`]).
+    pub fn from_minor_units(self, units: i64) -> Result<Money, ValueError> {
+        let cents = if ZERO_DECIMAL.contains(&self.as_str()) {
+            units.checked_mul(100).ok_or_else(|| ValueError::new("amount", format!("{units} {self} is too large")))?
+        } else {
+            units
+        };
+        Money::from_cents(cents)
+    }
 }
 
 impl Default for Currency {

@@ -157,7 +157,7 @@ async fn a_forged_refund_pays_nothing_back_and_a_recorded_one_does() {
         refund_reason: "forged".into(),
         amount_cents: Some(1000),
         refund_key: Some("x".into()),
-        currency: None,
+        ..Default::default()
     };
     let env = Envelope::new(EventId::random(), OrderId::parse(id.clone()).unwrap(), forged);
     let record = BusRecord::new(topics::PAYMENTS, &id, codec::encode(&env).unwrap());

@@ -128,8 +128,8 @@ impl PaymentHandler {
                     Some(_) | None => Ok(None),
                 }
             }
-            Event::RefundPayment(RefundPayment { refund_key: Some(key), amount_cents, currency, .. }) => {
-                self.staff_refund(&env, key, *amount_cents, currency.unwrap_or(self.currency), fence).await
+            Event::RefundPayment(cmd @ RefundPayment { refund_key: Some(key), .. }) => {
+                self.staff_refund(&env, key, cmd, fence).await
             }
             Event::RefundPayment(RefundPayment { currency, .. }) => match self.payments.payment(order).await? {
                 // Captured, perhaps partly refunded by staff: what is left goes back.
@@ -221,15 +221,16 @@ impl PaymentHandler {
 
     /// A partial refund staff asked for under `key`: once per key, never more than is left of the
     /// capture, and only if orderflow recorded the request (a refund written to the topic by anyone else
-    /// moves no money).
+    /// moves no money). Or, with `provider_refunded_cents` (the provider's webhook), refunds the provider
+    /// made that orderflow's books lack: recorded under `key`, no money moved.
     async fn staff_refund(
         &self,
         env: &Envelope,
         key: &str,
-        amount_cents: Option<i64>,
-        currency: Currency,
+        cmd: &RefundPayment,
         fence: Fence,
     ) -> Result<Option<BusRecord>, HandlerError> {
+        let currency = cmd.currency.unwrap_or(self.currency);
         let order = &env.order_id;
         let asked = crate::saga::request_name(&env.body);
         if asked.is_none() || self.orders.recorded_request(order, env.event_id).await? != asked {
@@ -256,7 +257,28 @@ impl PaymentHandler {
                 return Ok(None);
             }
         };
-        let amount = Money::from_cents(amount_cents.unwrap_or(0)).map_err(|e| HandlerError::Poison(e.to_string()))?;
+        if let Some(reported) = cmd.provider_refunded_cents {
+            // Refunded at the provider in all, against what the books hold: the difference was refunded
+            // outside orderflow (orderflow's own refunds of this order were recorded before this command,
+            // which comes after them on the order's partition).
+            let back = captured.cents() - current.refundable().map_or(captured.cents(), Money::cents);
+            let missing = reported.min(captured.cents()) - back;
+            if cmd.provider_refund_id.as_deref().is_some_and(|id| refunds.iter().any(|r| r.refund_id == id))
+                || missing <= 0
+            {
+                return Ok(None); // the books hold every refund the provider reports
+            }
+            let amount = Money::from_cents(missing).map_err(|e| HandlerError::Poison(e.to_string()))?;
+            let refund_id = cmd.provider_refund_id.clone().unwrap_or_else(|| key.to_owned());
+            outcome("refund_at_provider", "recorded");
+            tracing::info!(%order, %amount, refund_id, "a refund made at the provider is now in the books");
+            refunds.push(PartRefund { key: key.to_owned(), refund_id: refund_id.clone(), amount });
+            let next = PaymentRecord::PartlyRefunded { charge_id, amount: captured, refunds };
+            self.payments.replace(order, &current, &next, fence).await?;
+            return reply(order, &reply_step, PaymentRefunded::refund(refund_id, amount.cents()));
+        }
+        let amount =
+            Money::from_cents(cmd.amount_cents.unwrap_or(0)).map_err(|e| HandlerError::Poison(e.to_string()))?;
         if amount == Money::ZERO || current.refundable().is_none_or(|left| amount > left) {
             tracing::warn!(%order, %amount, "a staff refund asked for more than is left of the capture");
             return Ok(None);

@@ -7,7 +7,7 @@
 
 use hmac::{Hmac, KeyInit, Mac};
 use orderflow_platform::secret::Secret;
-use orderflow_schemas::OrderId;
+use orderflow_schemas::{Currency, Money, OrderId};
 use serde::Deserialize;
 use sha2::Sha256;
 
@@ -113,6 +113,40 @@ struct EventObject {
     id: Option<String>,
     #[serde(default)]
     metadata: std::collections::HashMap<String, String>,
+    /// A Charge's PaymentIntent.
+    #[serde(default)]
+    payment_intent: Option<String>,
+    /// A Charge's refunded total, in the currency's minor units.
+    #[serde(default)]
+    amount_refunded: Option<i64>,
+    #[serde(default)]
+    currency: Option<String>,
+    /// A Charge's refunds, newest first; Stripe includes them only in API versions before 2022-11-15.
+    #[serde(default)]
+    refunds: Option<RefundList>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RefundList {
+    #[serde(default)]
+    data: Vec<RefundItem>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RefundItem {
+    id: String,
+}
+
+/// What a `charge.refunded` event reports: refunds made by orderflow, or outside it (the Stripe
+/// dashboard, another integration).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefundedAtProvider {
+    /// The PaymentIntent the charge belongs to.
+    pub payment_id: String,
+    /// Everything refunded of the charge so far.
+    pub total: Money,
+    /// The newest refund's id, when the event lists them.
+    pub latest_refund_id: Option<String>,
 }
 
 /// A verified event, as orderflow acts on it.
@@ -127,6 +161,8 @@ pub struct WebhookEvent {
     pub order: Option<OrderId>,
     /// The PaymentIntent's id.
     pub payment_id: Option<String>,
+    /// A `charge.refunded` event about one of orderflow's payments (its `order` is set too).
+    pub refunded: Option<RefundedAtProvider>,
 }
 
 impl WebhookEvent {
@@ -135,17 +171,45 @@ impl WebhookEvent {
         let event: EventBody = serde_json::from_slice(body).map_err(|e| format!("not a Stripe event: {e}"))?;
         let object = event.data.object;
         let is_intent = object.object.as_deref() == Some("payment_intent");
+        // Stripe copies a PaymentIntent's metadata (`order_id`) to the charge it creates.
+        let is_refunded_charge = object.object.as_deref() == Some("charge") && event.kind == "charge.refunded";
         let order = match object.metadata.get("order_id") {
-            Some(id) if is_intent => Some(OrderId::parse(id.clone()).map_err(|e| format!("metadata.order_id: {e}"))?),
+            Some(id) if is_intent || is_refunded_charge => {
+                Some(OrderId::parse(id.clone()).map_err(|e| format!("metadata.order_id: {e}"))?)
+            }
             _ => None,
         };
-        Ok(Self { id: event.id, kind: event.kind, order, payment_id: object.id.filter(|_| is_intent) })
+        // Only about one of orderflow's payments (another integration's charges are acknowledged and left).
+        let ours = is_refunded_charge && order.is_some();
+        let refunded = match (ours, &object.payment_intent, object.amount_refunded, &object.currency) {
+            (true, Some(payment_id), Some(units), Some(currency)) => {
+                let currency = Currency::parse("currency", currency).map_err(|e| format!("currency: {e}"))?;
+                Some(RefundedAtProvider {
+                    payment_id: payment_id.clone(),
+                    total: currency.from_minor_units(units).map_err(|e| format!("amount_refunded: {e}"))?,
+                    latest_refund_id: object.refunds.and_then(|r| r.data.into_iter().next()).map(|r| r.id),
+                })
+            }
+            (true, ..) => {
+                return Err("a charge.refunded event without payment_intent, amount_refunded or currency".into());
+            }
+            _ => None,
+        };
+        let payment_id = if is_intent { object.id } else { None };
+        Ok(Self {
+            id: event.id,
+            kind: event.kind,
+            order: order.filter(|_| is_intent || refunded.is_some()),
+            payment_id,
+            refunded,
+        })
     }
 
     /// Whether the event may change the payment of its order: a PaymentIntent that was waiting for the
     /// customer (3-D Secure) has been authorised, paid, or has failed.
     pub fn moves_payment(&self) -> bool {
         self.order.is_some()
+            && self.refunded.is_none()
             && matches!(
                 self.kind.as_str(),
                 "payment_intent.amount_capturable_updated"
@@ -204,10 +268,31 @@ mod tests {
         assert_eq!(event.order, Some(OrderId::parse("o-1").unwrap()));
         assert_eq!(event.payment_id.as_deref(), Some("pi_1"));
         assert!(event.moves_payment());
-        let charge = br#"{"id":"evt_2","type":"charge.refunded","data":{"object":{"object":"charge","id":"ch_1","metadata":{"order_id":"o-1"}}}}"#;
+        let charge = br#"{"id":"evt_2","type":"charge.succeeded","data":{"object":{"object":"charge","id":"ch_1","metadata":{"order_id":"o-1"}}}}"#;
         let event = WebhookEvent::parse(charge).unwrap();
         assert_eq!((event.order.clone(), event.moves_payment()), (None, false));
         assert!(WebhookEvent::parse(b"{}").is_err());
+    }
+
+    #[test]
+    fn a_refunded_charge_reports_its_total_in_the_charges_currency() {
+        let body = br#"{"id":"evt_3","type":"charge.refunded","data":{"object":{"object":"charge","id":"ch_1",
+            "payment_intent":"pi_1","amount_refunded":1500,"currency":"jpy","metadata":{"order_id":"o-1"},
+            "refunds":{"object":"list","data":[{"id":"re_2"},{"id":"re_1"}]}}}}"#;
+        let event = WebhookEvent::parse(body).unwrap();
+        assert_eq!(event.order, Some(OrderId::parse("o-1").unwrap()));
+        assert!(!event.moves_payment());
+        let refunded = event.refunded.unwrap();
+        assert_eq!(refunded.payment_id, "pi_1");
+        assert_eq!(refunded.total, Money::from_cents(150_000).unwrap(), "1500 yen");
+        assert_eq!(refunded.latest_refund_id.as_deref(), Some("re_2"));
+        // Since API version 2022-11-15 the refunds are not listed: the total is enough.
+        let bare = br#"{"id":"evt_4","type":"charge.refunded","data":{"object":{"object":"charge","id":"ch_1",
+            "payment_intent":"pi_1","amount_refunded":250,"currency":"eur","metadata":{"order_id":"o-1"}}}}"#;
+        let refunded = WebhookEvent::parse(bare).unwrap().refunded.unwrap();
+        assert_eq!((refunded.total.cents(), refunded.latest_refund_id), (250, None));
+        let broken = br#"{"id":"evt_5","type":"charge.refunded","data":{"object":{"object":"charge","id":"ch_1","metadata":{"order_id":"o-1"}}}}"#;
+        assert!(WebhookEvent::parse(broken).is_err());
         assert!(WebhookEvent::parse(b"not json").is_err());
     }
 }
