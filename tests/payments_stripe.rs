@@ -378,7 +378,9 @@ async fn capture_at_dispatch(app: &TestApp, proxy: &StripeProxy) {
     proxy.decline_next("capture");
     let order = move_to(&refused, "OUT_FOR_DELIVERY").await;
     assert_eq!(order["status"], "CANCELLED", "{order}");
-    assert!(order["reason"].as_str().unwrap().starts_with("payment_capture_failed: card_declined"), "{order}");
+    let reason = order["reason"].as_str().unwrap();
+    assert!(reason.starts_with("payment_capture_failed: card_declined"), "{order}");
+    assert!(reason.ends_with(" voided)") && reason.contains("(authorisation pi_"), "{order}");
     assert_eq!(
         keys_by_call(proxy, &refused),
         keys(&[("create", "authorise"), ("capture", "capture"), ("cancel", "void")], &refused)

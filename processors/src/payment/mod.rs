@@ -211,7 +211,10 @@ impl PaymentHandler {
                 Capture::Failed { reason } => {
                     outcome("capture", "failed");
                     self.provider.void(&idempotency_key(order, "void"), payment_id).await?;
-                    PaymentRecord::Declined { reason: format!("capture_failed: {reason}") }
+                    // The release is in the record (and so in the order's timeline) with the provider's id.
+                    PaymentRecord::Declined {
+                        reason: format!("capture_failed: {reason} (authorisation {payment_id} voided)"),
+                    }
                 }
             };
             record = Some(self.payments.replace(order, held, &next, fence).await?);
