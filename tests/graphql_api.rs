@@ -39,7 +39,7 @@ async fn customer_places_and_tracks_an_order() {
     app.wait_status(&id, &["CONFIRMED"]).await;
     let v = app
         .gql(
-            "query($id: ID!){ order(id: $id){ id status userId items { sku quantity } totalAmount timeline { at type detail } } }",
+            "query($id: ID!){ order(id: $id){ id status userId items { sku quantity } totalAmount currency timeline { seq at type detail } } }",
             json!({"id": id}),
             false,
         )
@@ -51,6 +51,9 @@ async fn customer_places_and_tracks_an_order() {
     assert_eq!(o["totalAmount"], "11.00");
     assert!(o["timeline"].as_array().unwrap().iter().any(|t| t["type"] == "confirmed"));
     assert!(o["timeline"][0]["at"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(o["currency"], "EUR");
+    let seqs: Vec<_> = o["timeline"].as_array().unwrap().iter().map(|t| t["seq"].as_i64().unwrap()).collect();
+    assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>(), "1, 2, 3, ... without gaps");
 
     let v = app
         .gql(

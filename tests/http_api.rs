@@ -29,6 +29,9 @@ async fn placed_order_is_priced_from_the_catalog_and_reaches_confirmed() {
         &kinds[..6],
         ["placed", "processing", "stock_reserved", "payment_authorised", "payment_captured", "confirmed"]
     );
+    assert_eq!(order["currency"], "EUR");
+    let seqs: Vec<_> = order["timeline"].as_array().unwrap().iter().map(|t| t["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "1, 2, 3, ... without gaps");
     assert_eq!(stock(&app, "SKU-PIZZA").await, (198, 2));
 }
 

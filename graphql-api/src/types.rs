@@ -116,7 +116,13 @@ impl OrderObject {
         self.0
             .timeline
             .iter()
-            .map(|t| TimelineEvent { at: rfc3339_ms(t.at_ms), kind: t.kind.clone(), detail: t.detail.clone() })
+            .zip(1..)
+            .map(|(t, seq)| TimelineEvent {
+                seq,
+                at: rfc3339_ms(t.at_ms),
+                kind: t.kind.clone(),
+                detail: t.detail.clone(),
+            })
             .collect()
     }
 }
@@ -211,6 +217,8 @@ pub(crate) struct OrderItem {
 /// One step in an order's life.
 #[derive(SimpleObject)]
 pub(crate) struct TimelineEvent {
+    /// The entry's place in its order's timeline: 1, 2, 3, ... with no gaps (a timeline only grows).
+    seq: i32,
     /// RFC 3339 UTC with milliseconds.
     at: String,
     /// Machine-readable step, such as `placed`, `stock_reserved`, `confirmed`.

@@ -185,6 +185,8 @@ pub struct OrderItemBody {
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct TimelineBody {
+    /// The entry's place in its order's timeline: 1, 2, 3, ... with no gaps (a timeline only grows).
+    pub seq: u32,
     pub at_ms: i64,
     #[serde(rename = "type")]
     pub kind: String,
@@ -215,7 +217,8 @@ impl OrderBody {
             timeline: o
                 .timeline
                 .iter()
-                .map(|t| TimelineBody { at_ms: t.at_ms, kind: t.kind.clone(), detail: t.detail.clone() })
+                .zip(1..)
+                .map(|(t, seq)| TimelineBody { seq, at_ms: t.at_ms, kind: t.kind.clone(), detail: t.detail.clone() })
                 .collect(),
         }
     }
